@@ -1,0 +1,1 @@
+"""Runnable entry points: flags in, `quicknets_jax.experiment.train_and_evaluate` out."""

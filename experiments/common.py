@@ -1,0 +1,97 @@
+"""Flags shared by the fully connected experiments and their conversion to an ExperimentConfig."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from quicknets_jax.experiment import ExperimentConfig
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(dataset: str) -> None:
+  """Defines every flag of an MLP QuickNet vs end-to-end run; `dataset` is the default dataset."""
+  flags.DEFINE_string("workdir", None, "Where checkpoints, results.json and results.md go.", required=True)
+  flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds a run with another config.")
+  flags.DEFINE_enum("dataset", dataset, ["fashion_mnist", "mnist"], "Dataset.")
+  flags.DEFINE_enum("data_source", "auto", ["auto", "idx", "tfds"],
+                    "auto: a local IDX copy if found (--data_dir, or Debian's dataset-fashion-mnist), else TFDS.")
+  flags.DEFINE_string("data_dir", None, "Directory with the four IDX files (train/t10k images/labels).")
+  flags.DEFINE_float("val_fraction", 0.1, "Last fraction of the training split kept for validation.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("max_train", None, "Use only the first N training samples (smoke runs).", lower_bound=1)
+  flags.DEFINE_integer("max_test", None, "Use only the first N test samples (smoke runs).", lower_bound=1)
+  flags.DEFINE_enum("model", "mlp", ["mlp"], "Architecture.")
+  flags.DEFINE_integer("width", 150, "Units per hidden layer.", lower_bound=1)
+  flags.DEFINE_integer("num_blocks", 3, "Blocks (= exits).", lower_bound=1)
+  flags.DEFINE_integer("layers_per_block", 1, "Hidden layers per block.", lower_bound=1)
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; results are mean ± std over them.")
+  flags.DEFINE_integer("batch_size", 128, "Training batch size.", lower_bound=1)
+  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Appendix A: 1e-3 for MLPs).", lower_bound=0.0)
+  flags.DEFINE_integer("max_epochs", 100, "Epoch cap per block / per end-to-end run.", lower_bound=1)
+  flags.DEFINE_float("plateau_factor", 0.5, "Learning-rate factor on a validation-loss plateau.")
+  flags.DEFINE_integer("plateau_patience", 1, "Epochs without improvement before the lr is reduced.",
+                       lower_bound=0)
+  flags.DEFINE_integer("early_stop_patience", 3, "Epochs without a new validation minimum before stopping.",
+                       lower_bound=1)
+  flags.DEFINE_bool("balanced_sampling", True, "Draw every class still present equally often (§3.2).")
+  flags.DEFINE_float("train_threshold", 0.9, "τ: confidence a sample needs to count as learned.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_string("exit_threshold", "auto",
+                      "Inference threshold t in [0, 1], or 'auto' to choose it on the validation split.")
+  flags.DEFINE_float("threshold_tolerance", 0.0,
+                     "With --exit_threshold=auto: the cheapest threshold within this validation accuracy "
+                     "of the best.", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_enum("fallback", "most_confident", ["most_confident", "last"],
+                    "Which exit answers when none qualifies.")
+  flags.DEFINE_bool("cache_features", True, "Compute frozen blocks' features once per block.")
+  flags.DEFINE_bool("end_to_end", True, "Also train the end-to-end baseline.")
+  flags.DEFINE_integer("eval_batch_size", 2048, "Batch size of evaluation passes.", lower_bound=1)
+
+
+def config_from_flags() -> ExperimentConfig:
+  """Reads the flags into an ExperimentConfig; bad values exit with a one-line message."""
+  try:
+    seeds = tuple(int(s) for s in FLAGS.seeds)
+  except ValueError:
+    raise SystemExit(f"error: --seeds must be integers separated by commas, got {','.join(FLAGS.seeds)!r}")
+  if FLAGS.exit_threshold == "auto":
+    exit_threshold = None
+  else:
+    try:
+      exit_threshold = float(FLAGS.exit_threshold)
+    except ValueError:
+      raise SystemExit(f"error: --exit_threshold must be 'auto' or a number in [0, 1], got "
+                       f"{FLAGS.exit_threshold!r}")
+  try:
+    return ExperimentConfig(
+        dataset=FLAGS.dataset, data_source=FLAGS.data_source, data_dir=FLAGS.data_dir,
+        val_fraction=FLAGS.val_fraction, max_train=FLAGS.max_train, max_test=FLAGS.max_test, model=FLAGS.model,
+        width=FLAGS.width, num_blocks=FLAGS.num_blocks, layers_per_block=FLAGS.layers_per_block, seeds=seeds,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, max_epochs=FLAGS.max_epochs,
+        plateau_factor=FLAGS.plateau_factor, plateau_patience=FLAGS.plateau_patience,
+        early_stop_patience=FLAGS.early_stop_patience, balanced_sampling=FLAGS.balanced_sampling,
+        train_threshold=FLAGS.train_threshold, exit_threshold=exit_threshold,
+        threshold_tolerance=FLAGS.threshold_tolerance, fallback=FLAGS.fallback,
+        cache_features=FLAGS.cache_features, end_to_end=FLAGS.end_to_end, eval_batch_size=FLAGS.eval_batch_size)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}")
+
+
+def run(argv) -> None:
+  """absl main: flags → config → train_and_evaluate; errors become one line on stderr, exit 1."""
+  del argv
+  from quicknets_jax.data import DataError
+  from quicknets_jax.experiment import train_and_evaluate
+  from quicknets_jax.progress import stderr_log
+  config = config_from_flags()
+  try:
+    results = train_and_evaluate(config, FLAGS.workdir, log=stderr_log, overwrite=FLAGS.overwrite)
+  except (DataError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1)
+  with open(f"{FLAGS.workdir}/results.md") as f:
+    print(f.read())
+  del results

@@ -1,0 +1,44 @@
+"""Per-epoch sample orders for a working set T_j, optionally class-rebalanced (design §1, paper §3.2).
+
+Everything here is pure JAX and jittable with `num_classes` and `balanced` static, so a whole epoch's
+order can be drawn inside the jitted training loop. Positions index the working set (0..n-1); the
+caller maps them through its own index array into the full training arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def class_counts(labels: jax.Array, num_classes: int) -> jax.Array:
+    """Number of samples of each class in `labels`: int32 [num_classes]."""
+    return jnp.bincount(jnp.asarray(labels, jnp.int32).reshape(-1),
+                        length=num_classes).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "balanced"))
+def draw_epoch(key: jax.Array, labels: jax.Array, num_classes: int, balanced: bool) -> jax.Array:
+    """One epoch's order of positions into a working set whose labels are `labels` ([n]).
+
+    balanced=False: a random permutation of 0..n-1 (each sample once).
+    balanced=True: n draws with replacement, each sample weighted 1 / count(its class), so every
+    class present in `labels` is drawn equally often in expectation, whatever the imbalance.
+    Returns int32 [n].
+    """
+    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+    n = labels.shape[0]
+    if n == 0:
+        return jnp.zeros((0,), jnp.int32)
+    if not balanced:
+        return jax.random.permutation(key, n).astype(jnp.int32)
+    counts = class_counts(labels, num_classes)
+    # Every label in `labels` has count >= 1, so the division is safe; the maximum guards stray
+    # out-of-range labels, which bincount drops.
+    weights = 1.0 / jnp.maximum(counts[jnp.clip(labels, 0, num_classes - 1)], 1).astype(jnp.float32)
+    # choice with p is an inverse-CDF search, O(n log n) memory-light; categorical with shape (n,)
+    # would materialise an n x n Gumbel matrix.
+    return jax.random.choice(key, n, shape=(n,), replace=True, p=weights / weights.sum()).astype(
+        jnp.int32)

@@ -1,0 +1,130 @@
+"""The early-exit rule, vectorized: confidence, exit selection, threshold sweeps and their costs.
+
+Everything here works on stacked exit outputs — `probs` [E, B, C] and `commit_logits` [E, B] — in one
+pass without a Python loop over samples, and is jit-able (the threshold may be traced). Semantics are
+design.md §1: a sample leaves at the first exit whose confidence exceeds the threshold and whose
+commitment logit is positive; otherwise the most confident exit answers (ties → the earlier exit), or
+the last exit with `fallback="last"` (the SDN/BranchyNet rule).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FALLBACKS = ("most_confident", "last")
+
+
+def confidence(probs: jnp.ndarray) -> jnp.ndarray:
+  """1 − H(p)/log C over the last axis: 1 for a one-hot p, 0 for the uniform distribution."""
+  num_classes = probs.shape[-1]
+  entropy = -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)
+  return 1.0 - entropy / jnp.log(num_classes)
+
+
+class ExitDecision(NamedTuple):
+  """Per-sample outcome of the exit rule."""
+
+  exit_index: jnp.ndarray  # [B] int32, the exit that answers
+  prediction: jnp.ndarray  # [B] int32, that exit's argmax class
+  qualified: jnp.ndarray  # [B] bool, True when the rule fired (False: the fallback answered)
+  exit_confidence: jnp.ndarray  # [E, B] confidence of every exit
+
+
+def check_threshold(threshold: float, name: str = "threshold") -> float:
+  """Refuses thresholds outside [0, 1] with a message that names the valid range."""
+  threshold = float(threshold)
+  if not 0.0 <= threshold <= 1.0 or np.isnan(threshold):
+    raise ValueError(f"{name} must be in [0, 1] (confidence = 1 − H/log C lies there), got {threshold}")
+  return threshold
+
+
+def select_exits(probs: jnp.ndarray, commit_logits: jnp.ndarray | None, threshold,
+                 fallback: str = "most_confident", use_commitment: bool = True) -> ExitDecision:
+  """Chooses an exit for every sample at once.
+
+  Args:
+    probs: [E, B, C] class probabilities of every exit.
+    commit_logits: [E, B] commitment logits (positive = commit), or None for confidence only.
+    threshold: confidence threshold t; an exit qualifies when confidence > t (and commitment > 0).
+    fallback: "most_confident" (the paper's rule) or "last" (take the final exit).
+    use_commitment: False ignores `commit_logits` (the confidence-only rule).
+
+  Returns:
+    An `ExitDecision` with the exit index and prediction per sample.
+  """
+  if fallback not in FALLBACKS:
+    raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+  num_exits = probs.shape[0]
+  exit_confidence = confidence(probs)
+  qualifies = exit_confidence > threshold
+  if use_commitment and commit_logits is not None:
+    qualifies = qualifies & (commit_logits > 0)
+  qualified = jnp.any(qualifies, axis=0)
+  first_qualifying = jnp.argmax(qualifies, axis=0)  # argmax returns the first True
+  if fallback == "most_confident":
+    fallback_exit = jnp.argmax(exit_confidence, axis=0)  # ties → the earlier exit
+  else:
+    fallback_exit = jnp.full(qualified.shape, num_exits - 1)
+  exit_index = jnp.where(qualified, first_qualifying, fallback_exit).astype(jnp.int32)
+  exit_predictions = jnp.argmax(probs, axis=-1)  # [E, B]
+  prediction = jnp.take_along_axis(exit_predictions, exit_index[None], axis=0)[0].astype(jnp.int32)
+  return ExitDecision(exit_index, prediction, qualified, exit_confidence)
+
+
+def sample_costs(decision: ExitDecision, cascade_costs: jnp.ndarray) -> jnp.ndarray:
+  """Inference FLOPs per sample: blocks and heads 0..e for a sample that left at exit e by the rule.
+
+  A sample that no exit accepted has run every block and head before the fallback could pick its
+  exit, so it costs the whole cascade whichever exit answers.
+  """
+  return jnp.where(decision.qualified, cascade_costs[decision.exit_index], cascade_costs[-1])
+
+
+class SweepResult(NamedTuple):
+  """Cost–accuracy curve of a threshold sweep (one entry per threshold)."""
+
+  thresholds: np.ndarray  # [T]
+  accuracy: np.ndarray  # [T]
+  inference_flops: np.ndarray  # [T] mean FLOPs per sample
+  exit_fractions: np.ndarray  # [T, E]
+
+
+def evaluate_rule(probs, commit_logits, labels, threshold, cascade_costs, fallback="most_confident",
+                  use_commitment=True):
+  """(accuracy, mean inference FLOPs, exit fractions [E]) of the rule at one threshold; jit-able."""
+  decision = select_exits(probs, commit_logits, threshold, fallback, use_commitment)
+  accuracy = jnp.mean(decision.prediction == labels)
+  cost = jnp.mean(sample_costs(decision, cascade_costs))
+  fractions = jnp.mean(jax.nn.one_hot(decision.exit_index, probs.shape[0]), axis=0)
+  return accuracy, cost, fractions
+
+
+def sweep_thresholds(probs, commit_logits, labels, cascade_costs, thresholds: Sequence[float] | None = None,
+                     fallback: str = "most_confident", use_commitment: bool = True) -> SweepResult:
+  """Evaluates the exit rule at every threshold in one vmapped pass."""
+  if thresholds is None:
+    thresholds = default_thresholds()
+  thresholds = jnp.asarray(thresholds, jnp.float32)
+  fn = jax.jit(jax.vmap(
+      lambda t: evaluate_rule(probs, commit_logits, labels, t, cascade_costs, fallback, use_commitment)))
+  accuracy, cost, fractions = fn(thresholds)
+  return SweepResult(np.asarray(thresholds), np.asarray(accuracy), np.asarray(cost), np.asarray(fractions))
+
+
+def default_thresholds() -> np.ndarray:
+  """0, 0.05, …, 0.95 then a finer grid up to 0.999 where the confidence of trained nets piles up."""
+  return np.unique(np.round(np.concatenate([np.arange(0.0, 0.95, 0.05),
+                                            np.arange(0.95, 1.0, 0.01), [0.995, 0.999]]), 4))
+
+
+def choose_threshold(sweep: SweepResult, accuracy_tolerance: float = 0.0) -> float:
+  """The operating threshold from a *validation* sweep: the cheapest threshold whose accuracy is within
+  `accuracy_tolerance` of the sweep's best (ties → the cheaper, then the lower threshold)."""
+  best = float(np.max(sweep.accuracy))
+  candidates = np.flatnonzero(sweep.accuracy >= best - accuracy_tolerance - 1e-12)
+  order = np.lexsort((sweep.thresholds[candidates], sweep.inference_flops[candidates]))
+  return float(sweep.thresholds[candidates[order[0]]])

@@ -1,0 +1,14 @@
+"""Multi-exit architectures, each a list of blocks (subnet + exit head + commitment head)."""
+
+from quicknets_jax.models.base import (Block, BlockCost, CommitmentHead, MultiExitModel, merge_variables,
+                                       prefix_features, split_variables)
+from quicknets_jax.models.mlp import mlp
+
+MODELS = {"mlp": mlp}
+
+
+def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExitModel:
+  """Builds a registered model by name; unknown names raise with the list of known ones."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
+  return MODELS[name](tuple(input_shape), num_classes, **kwargs)

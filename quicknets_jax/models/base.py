@@ -1,0 +1,153 @@
+"""Multi-exit models as a list of blocks: the shapes every architecture in `models/` shares.
+
+A block is one Linen module with three parts, each its own param subtree:
+`subnet` (the slice of the backbone, θ_j), `exit_head` (the classifier exit, γ_j) and `commit_head`
+(the commitment head, δ_j). A model is a tuple of blocks plus the input shape; its variables are a
+list with one Linen variable dict per block (`{"params": ..., "batch_stats": ...}`), so a block is
+frozen simply by not handing its tree to the optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+SUBNET, EXIT, COMMIT = "subnet", "exit_head", "commit_head"
+
+
+class CommitmentHead(nn.Module):
+  """δ_j: Dense(C) → ReLU → Dense(1) on the block's features; returns one logit per sample."""
+
+  hidden: int
+
+  @nn.compact
+  def __call__(self, features):
+    h = features.reshape((features.shape[0], -1))
+    h = nn.relu(nn.Dense(self.hidden, name="hidden")(h))
+    return nn.Dense(1, name="out")(h)[:, 0]
+
+
+class Block(nn.Module):
+  """One QuickNet block: subnet → (exit logits, commitment logit)."""
+
+  subnet: nn.Module
+  exit_head: nn.Module
+  commit_head: nn.Module
+
+  def __call__(self, x, train: bool = False):
+    features = self.subnet(x, train=train)
+    return features, self.exit_head(features, train=train), self.commit_head(features)
+
+  def features(self, x, train: bool = False):
+    return self.subnet(x, train=train)
+
+  def classify(self, features, train: bool = False):
+    return self.exit_head(features, train=train)
+
+  def commit(self, features):
+    return self.commit_head(features)
+
+  def features_and_logits(self, x, train: bool = False):
+    features = self.subnet(x, train=train)
+    return features, self.exit_head(features, train=train)
+
+
+def split_variables(variables: dict) -> tuple[dict, dict]:
+  """Splits a Linen variable dict into (params, model_state) — state is e.g. batch-norm statistics."""
+  params = variables.get("params", {})
+  state = {k: v for k, v in variables.items() if k != "params"}
+  return params, state
+
+
+def merge_variables(params: dict, state: dict) -> dict:
+  return {"params": params, **state}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCost:
+  """Analytic forward FLOPs of one block's parts, per sample."""
+
+  subnet: float
+  exit_head: float
+  commit_head: float
+
+  @property
+  def total(self) -> float:
+    return self.subnet + self.exit_head + self.commit_head
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiExitModel:
+  """A backbone cut into blocks, each with an exit and a commitment head.
+
+  Attributes:
+    name: model name, e.g. "mlp".
+    blocks: one `Block` per exit, in order.
+    input_shape: shape of one input sample (without the batch axis).
+    num_classes: classes of every exit.
+    block_costs: analytic forward FLOPs per sample of each block's parts (see `flops.py`).
+  """
+
+  name: str
+  blocks: tuple[Block, ...]
+  input_shape: tuple[int, ...]
+  num_classes: int
+  block_costs: tuple[BlockCost, ...]
+
+  @property
+  def num_blocks(self) -> int:
+    return len(self.blocks)
+
+  def init(self, key: jax.Array) -> list[dict]:
+    """Initialises every block; block j's input shape is block j−1's feature shape."""
+    variables = []
+    x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+    for j, block in enumerate(self.blocks):
+      block_key = jax.random.fold_in(key, j)
+      dummy = jnp.zeros(x.shape, x.dtype)
+      block_vars = block.init(block_key, dummy, train=False)
+      variables.append(jax.tree.map(jnp.asarray, block_vars))
+      x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), block_vars, dummy)
+    return variables
+
+  # Cumulative costs used by the evaluator: exit e costs blocks 0..e with all their heads.
+  def cascade_costs(self) -> jnp.ndarray:
+    """[E] forward FLOPs per sample to reach and decide at exit e (subnets, exits, commit heads 0..e)."""
+    return jnp.cumsum(jnp.asarray([c.total for c in self.block_costs], jnp.float64
+                                  if jax.config.jax_enable_x64 else jnp.float32))
+
+  def end_to_end_cost(self) -> float:
+    """Forward FLOPs per sample of the plain network: every subnet and the final exit only."""
+    return float(sum(c.subnet for c in self.block_costs) + self.block_costs[-1].exit_head)
+
+
+def forward_block(block: Block, variables: dict, x, train: bool = False):
+  """(features, exit logits, commitment logit) of one block in inference mode."""
+  return block.apply(variables, x, train=train)
+
+
+def prefix_features(model: MultiExitModel, variables: Sequence[dict], x, upto: int):
+  """Features entering block `upto`: x passed through blocks 0..upto−1 (inference mode)."""
+  for j in range(upto):
+    x = model.blocks[j].apply(variables[j], x, method=Block.features)
+  return x
+
+
+def run_block(block: Block, params: dict, state: dict, x, train: bool, method=None):
+  """Applies a block (or one of its methods) and returns (output, new model state).
+
+  Batch-norm statistics update only when `train` is True and the block has any; frozen blocks are
+  always run with train=False so their statistics stay frozen.
+  """
+  method = method or Block.__call__
+  variables = merge_variables(params, state)
+  if train and state:
+    out, new_state = block.apply(variables, x, train=True, method=method, mutable=list(state.keys()))
+    return out, dict(new_state)
+  return block.apply(variables, x, train=train, method=method), state

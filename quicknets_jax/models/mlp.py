@@ -1,0 +1,60 @@
+"""The paper's fully connected QuickNet (Appendix A): blocks of Dense(width)+ReLU, one output layer per exit."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import numpy as np
+
+from quicknets_jax import flops
+from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel
+
+
+class DenseSubnet(nn.Module):
+  """`layers` × (Dense(width) → ReLU); flattens its input first."""
+
+  width: int
+  layers: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    x = x.reshape((x.shape[0], -1))
+    for i in range(self.layers):
+      x = nn.relu(nn.Dense(self.width, name=f"dense_{i}")(x))
+    return x
+
+
+class LinearExit(nn.Module):
+  """The fully connected exit: a single output layer."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features, train: bool = False):
+    del train
+    return nn.Dense(self.num_classes, name="out")(features.reshape((features.shape[0], -1)))
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, width: int = 150, num_blocks: int = 3,
+        layers_per_block: int = 1) -> MultiExitModel:
+  """The paper's MLP QuickNet: `num_blocks` blocks of `layers_per_block` Dense(width)+ReLU layers.
+
+  Defaults are Appendix A's Fashion-MNIST/MNIST network: three blocks, one 150-unit layer each.
+  """
+  if num_blocks < 1:
+    raise ValueError(f"num_blocks must be ≥ 1 (got {num_blocks}): pass --num_blocks=3 for the paper's MLP")
+  if width < 1 or layers_per_block < 1:
+    raise ValueError(f"width and layers_per_block must be ≥ 1 (got {width}, {layers_per_block})")
+  blocks, costs = [], []
+  in_features = int(np.prod(input_shape))
+  for _ in range(num_blocks):
+    blocks.append(Block(subnet=DenseSubnet(width, layers_per_block), exit_head=LinearExit(num_classes),
+                        commit_head=CommitmentHead(num_classes)))
+    subnet_cost = flops.dense_flops(in_features, width, activation=True)
+    subnet_cost += (layers_per_block - 1) * flops.dense_flops(width, width, activation=True)
+    commit_cost = flops.dense_flops(width, num_classes, activation=True) + flops.dense_flops(num_classes, 1)
+    costs.append(BlockCost(subnet=subnet_cost, exit_head=flops.dense_flops(width, num_classes),
+                           commit_head=commit_cost))
+    in_features = width
+  return MultiExitModel(name="mlp", blocks=tuple(blocks), input_shape=tuple(input_shape),
+                        num_classes=num_classes, block_costs=tuple(costs))
