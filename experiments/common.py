@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from absl import flags
+from absl import logging
 
 from quicknets_jax.experiment import ExperimentConfig
 
@@ -83,6 +84,7 @@ def config_from_flags() -> ExperimentConfig:
 def run(argv) -> None:
   """absl main: flags → config → train_and_evaluate; errors become one line on stderr, exit 1."""
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every save and backend probe at INFO
   from quicknets_jax.data import DataError
   from quicknets_jax.experiment import train_and_evaluate
   from quicknets_jax.progress import stderr_log

@@ -9,6 +9,7 @@ the last exit with `fallback="last"` (the SDN/BranchyNet rule).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -109,10 +110,16 @@ def sweep_thresholds(probs, commit_logits, labels, cascade_costs, thresholds: Se
   if thresholds is None:
     thresholds = default_thresholds()
   thresholds = jnp.asarray(thresholds, jnp.float32)
-  fn = jax.jit(jax.vmap(
-      lambda t: evaluate_rule(probs, commit_logits, labels, t, cascade_costs, fallback, use_commitment)))
-  accuracy, cost, fractions = fn(thresholds)
+  accuracy, cost, fractions = _sweep(probs, commit_logits, jnp.asarray(labels), thresholds,
+                                     jnp.asarray(cascade_costs), fallback, use_commitment)
   return SweepResult(np.asarray(thresholds), np.asarray(accuracy), np.asarray(cost), np.asarray(fractions))
+
+
+@functools.partial(jax.jit, static_argnames=("fallback", "use_commitment"))
+def _sweep(probs, commit_logits, labels, thresholds, cascade_costs, fallback, use_commitment):
+  # arrays are arguments, not closed-over constants: XLA would otherwise constant-fold the whole sweep
+  return jax.vmap(lambda t: evaluate_rule(probs, commit_logits, labels, t, cascade_costs, fallback,
+                                          use_commitment))(thresholds)
 
 
 def default_thresholds() -> np.ndarray:

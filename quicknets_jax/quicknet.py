@@ -136,8 +136,8 @@ def prefix_features_of(model: MultiExitModel, variables: Sequence[dict], images,
 
 def block_outputs(block: Block, variables: dict, features, batch_size: int):
   """(features out, exit probs, commitment logits) of one block on cached input features."""
-  fn = jax.jit(lambda x: block.apply(variables, x))
-  out = _batched(fn, [features], batch_size)
+  fn = jax.jit(block.apply)
+  out = _batched(lambda x: fn(variables, x), [features], batch_size)
   h, logits, commit = out
   return h, jax.nn.softmax(logits), commit
 
@@ -146,6 +146,33 @@ def learned_mask(probs, commit_logits, labels, train_threshold: float):
   """L_j as a mask: correct, confidence above τ, positive commitment (design.md §1)."""
   correct = jnp.argmax(probs, -1) == labels
   return correct & (exits.confidence(probs) > train_threshold) & (commit_logits > 0)
+
+
+def train_commitment_head(block: Block, variables: dict, features, correct, val_features, val_correct,
+                          config: FitConfig, key: jax.Array, name: str = "commitment head",
+                          on_epoch=None) -> FitState:
+  """Trains δ of a frozen block: BCE of its commitment logit against "the exit was right".
+
+  Works for any frozen multi-exit network (QuickNet blocks, or the exits of a jointly trained SDN).
+  Most targets are 1, so each class is weighted n / (2·n_class): both classes weigh the same in the
+  loss, and a positive logit means "more likely right than wrong, at balanced odds".
+
+  Args:
+    block: the block whose `commit_head` trains (its subnet and exit stay as they are).
+    variables: the block's variables; only `params["commit_head"]` changes.
+    features, correct: the block's features on its training set and 0/1 correctness of its exit.
+    val_features, val_correct: the same on the validation set.
+    config: the schedule (Appendix A: the same as the blocks').
+  Returns:
+    The FitState; `best_params` is the block's params tree with the trained commitment head.
+  """
+  n = int(correct.shape[0])
+  n_pos = int(jnp.sum(correct))
+  pos_w, neg_w = n / (2.0 * max(n_pos, 1)), n / (2.0 * max(n - n_pos, 1))
+  params = variables["params"]
+  objective = Objective(losses.commitment_loss(block, pos_w, neg_w), _block_mask(params, ("commit_head",)))
+  data = FitData(features, correct, jnp.arange(n, dtype=jnp.int32), correct, val_features, val_correct)
+  return fit(objective, params, {}, data, config, key, num_classes=2, name=name, on_epoch=on_epoch)
 
 
 def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars: dict, images, labels,
@@ -204,24 +231,18 @@ def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars
   flops["cache"] += (n_train + n_val) * trainable_cost
   correct_train = (jnp.argmax(probs_train, -1) == labels_j).astype(jnp.int32)
   correct_val = (jnp.argmax(probs_val, -1) == val_labels_j).astype(jnp.int32)
+  commit_result = train_commitment_head(block, variables, h_train, correct_train, h_val, correct_val,
+                                        config.commit_fit, commit_key, name=f"commitment head {j}",
+                                        on_epoch=on_epoch and (lambda s, r: on_epoch("commitment", s, r)))
   n_pos = int(correct_train.sum())
-  n_neg = n_train - n_pos
-  pos_w, neg_w = n_train / (2.0 * max(n_pos, 1)), n_train / (2.0 * max(n_neg, 1))
-  commit_objective = Objective(losses.commitment_loss(block, pos_w, neg_w),
-                               _block_mask(variables["params"], ("commit_head",)))
-  commit_data = FitData(h_train, correct_train, jnp.arange(n_train, dtype=jnp.int32), correct_train,
-                        h_val, correct_val)
-  commit_result = fit(commit_objective, variables["params"], {}, commit_data, config.commit_fit, commit_key,
-                      num_classes=2, name=f"commitment head {j}",
-                      on_epoch=on_epoch and (lambda s, r: on_epoch("commitment", s, r)))
   flops["commit_training"] += commit_result.epoch * n_train * 3 * cost.commit_head
   flops["commit_validation"] += commit_result.epoch * n_val * cost.commit_head
   variables = {"params": commit_result.best_params, **result.best_model_state}
 
   # Learned set: selection needs the trained commitment logits (the exit outputs are already known).
-  commit_fn = jax.jit(lambda h: block.apply(variables, h, method=Block.commit))
-  commit_train = _batched(commit_fn, [h_train], eval_bs)
-  commit_val = _batched(commit_fn, [h_val], eval_bs)
+  commit_fn = jax.jit(lambda v, h: block.apply(v, h, method=Block.commit))
+  commit_train = _batched(lambda h: commit_fn(variables, h), [h_train], eval_bs)
+  commit_val = _batched(lambda h: commit_fn(variables, h), [h_val], eval_bs)
   flops["selection"] += (n_train + n_val) * cost.commit_head
   learned = np.asarray(learned_mask(probs_train, commit_train, labels_j, config.train_threshold))
   val_learned = np.asarray(learned_mask(probs_val, commit_val, val_labels_j, config.train_threshold))
@@ -320,19 +341,18 @@ def train_end_to_end(model: MultiExitModel, images, labels, val_images, val_labe
 
 def predict_exits(model: MultiExitModel, variables: Sequence[dict], images, batch_size: int = 2048):
   """All exits on `images`: (probs [E, N, C], commitment logits [E, N]) for the trained blocks."""
-  num = len(variables)
+  variables = list(variables)
 
   @jax.jit
-  def fn(x):
+  def fn(variables, x):
     probs, commits = [], []
-    for k in range(num):
-      x, logits, commit = model.blocks[k].apply(variables[k], x)
+    for k, v in enumerate(variables):
+      x, logits, commit = model.blocks[k].apply(v, x)
       probs.append(jax.nn.softmax(logits))
       commits.append(commit)
-    return jnp.stack(probs), jnp.stack(commits)
+    return jnp.stack(probs, axis=1), jnp.stack(commits, axis=1)  # batch first, for _batched
 
-  out = _batched(lambda x: jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), fn(x)), [jnp.asarray(images)],
-                 batch_size)
+  out = _batched(lambda x: fn(variables, x), [jnp.asarray(images)], batch_size)
   probs, commits = out
   return jnp.moveaxis(probs, 0, 1), jnp.moveaxis(commits, 0, 1)
 

@@ -1,0 +1,120 @@
+"""The experiment runner end to end: real Fashion-MNIST slice, MNIST via IDX files and TFDS mock data,
+results.json schema, the workdir guard, and one-line errors for bad input before any training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from quicknets_jax.data import idx
+from quicknets_jax.experiment import ExperimentConfig, guard_workdir, train_and_evaluate
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(width=32, seeds=(0,), max_epochs=2, batch_size=64)
+QUICKNET_KEYS = {"test_accuracy", "test_accuracy_std", "per_seed", "params", "inference_flops", "training_flops",
+                 "train_seconds", "exit_fractions", "train_samples_per_block", "epochs_per_block", "curve"}
+E2E_KEYS = {"test_accuracy", "test_accuracy_std", "params", "inference_flops", "training_flops", "train_seconds",
+            "epochs"}
+
+
+def _check_schema(results, num_blocks):
+  assert {"dataset", "model", "seeds", "exit_threshold", "train_threshold", "quicknet", "end_to_end",
+          "ratios"} <= set(results)
+  q, e = results["quicknet"], results["end_to_end"]
+  assert QUICKNET_KEYS <= set(q) and E2E_KEYS <= set(e)
+  assert QUICKNET_KEYS - {"per_seed", "test_accuracy_std"} <= set(q["per_seed"][0])
+  assert len(q["exit_fractions"]) == num_blocks and abs(sum(q["exit_fractions"]) - 1) < 1e-5
+  assert 0 <= q["test_accuracy"] <= 1 and 0 <= e["test_accuracy"] <= 1
+  assert set(results["ratios"]) == {"training_flops", "inference_flops", "train_seconds"}
+  assert results["ratios"]["inference_flops"] == pytest.approx(e["inference_flops"] / q["inference_flops"])
+  point = q["curve"][0]
+  assert {"threshold", "test_accuracy", "inference_flops", "exit_fractions"} <= set(point)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_slice_every_exit_beats_chance(tmp_path):
+  config = ExperimentConfig(dataset="fashion_mnist", max_train=6000, max_test=2000, **TINY)
+  results = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
+  _check_schema(results, 3)
+  per_exit = results["quicknet"]["per_seed"][0]["per_exit_test_accuracy"]
+  assert len(per_exit) == results["quicknet"]["trained_blocks"] >= 2
+  assert min(per_exit) > 0.5, per_exit  # chance is 0.1
+  assert results["end_to_end"]["test_accuracy"] > 0.6
+  # the threshold was chosen on validation, and the curve is on test
+  assert results["exit_threshold_chosen_on"] == "validation"
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["quicknet"]["test_accuracy"] == results["quicknet"]["test_accuracy"]
+  table = (tmp_path / "results.md").read_text()
+  assert "| Fashion-MNIST | QuickNet |" in table and "| Fashion-MNIST | End-to-End |" in table
+  # a second call finds every seed finished and redoes nothing
+  again = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
+  assert again["quicknet"]["test_accuracy"] == results["quicknet"]["test_accuracy"]
+
+
+def _write_mnist_like(directory, n_train=600, n_test=200):
+  """Small IDX files in the real MNIST format: class-dependent blobs on 28×28 (test data only)."""
+  rng = np.random.default_rng(0)
+  centres = rng.integers(0, 256, size=(10, 28, 28))
+  for prefix, n in (("train", n_train), ("t10k", n_test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = np.clip(centres[labels] + rng.normal(0, 40, (n, 28, 28)), 0, 255).astype(np.uint8)
+    idx.write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
+    idx.write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+
+
+def _run_cli(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def test_mnist_cli_on_an_idx_directory(tmp_path):
+  data_dir = tmp_path / "mnist"
+  data_dir.mkdir()
+  _write_mnist_like(data_dir)
+  workdir = tmp_path / "run"
+  proc = _run_cli("experiments.mnist", f"--data_dir={data_dir}", f"--workdir={workdir}", "--seeds=0",
+                  "--max_epochs=2", "--width=16")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads((workdir / "results.json").read_text())
+  _check_schema(results, 3)
+  assert results["dataset"] == "mnist" and results["num_train"] == 540 and results["num_val"] == 60
+  assert "block 0" in proc.stderr and "samples/s" in proc.stderr  # progress lines
+  assert "| MNIST | QuickNet |" in proc.stdout
+
+
+def test_mnist_through_tfds_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  config = ExperimentConfig(dataset="mnist", data_source="tfds", **TINY)
+  with tfds.testing.mock_data(num_examples=300):
+    results = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
+  _check_schema(results, 3)
+  assert results["num_train"] + results["num_val"] == 300
+
+
+def test_workdir_guard_names_the_differing_flags(tmp_path):
+  guard_workdir(ExperimentConfig(width=32), str(tmp_path))
+  guard_workdir(ExperimentConfig(width=32, seeds=(0, 1, 2, 3)), str(tmp_path))  # more seeds: fine
+  with pytest.raises(ValueError, match=r"width: 32 → 64.*--overwrite"):
+    guard_workdir(ExperimentConfig(width=64), str(tmp_path))
+  guard_workdir(ExperimentConfig(width=64), str(tmp_path), overwrite=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--exit_threshold=1.5"], "exit_threshold must be in [0, 1]"),
+    (["--train_threshold=-0.2"], "train_threshold"),
+    (["--num_blocks=0"], "num_blocks"),
+    (["--dataset=cifar100"], "dataset"),
+    (["--model=transformer"], "model"),
+    (["--seeds=a,b"], "--seeds must be integers"),
+    (["--data_source=idx", "--data_dir=/nonexistent"], "/nonexistent"),
+])
+def test_bad_input_fails_in_one_line_before_training(tmp_path, args, message):
+  proc = _run_cli("experiments.fashion_mnist", f"--workdir={tmp_path}", *args)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-1500:]
+  assert "epoch" not in proc.stderr  # nothing trained
+  assert "Traceback" not in proc.stderr
