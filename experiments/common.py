@@ -16,15 +16,24 @@ def define_flags(dataset: str) -> None:
   """Defines every flag of an MLP QuickNet vs end-to-end run; `dataset` is the default dataset."""
   flags.DEFINE_string("workdir", None, "Where checkpoints, results.json and results.md go.", required=True)
   flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds a run with another config.")
-  flags.DEFINE_enum("dataset", dataset, ["fashion_mnist", "mnist"], "Dataset.")
-  flags.DEFINE_enum("data_source", "auto", ["auto", "idx", "tfds"],
+  flags.DEFINE_enum("dataset", dataset, ["fashion_mnist", "mnist", "cifar10"], "Dataset.")
+  flags.DEFINE_enum("data_source", "auto", ["auto", "idx", "tfds", "cifar_tar"],
                     "auto: a local IDX copy if found (--data_dir, or Debian's dataset-fashion-mnist), else TFDS.")
   flags.DEFINE_string("data_dir", None, "Directory with the four IDX files (train/t10k images/labels).")
   flags.DEFINE_float("val_fraction", 0.1, "Last fraction of the training split kept for validation.",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("max_train", None, "Use only the first N training samples (smoke runs).", lower_bound=1)
   flags.DEFINE_integer("max_test", None, "Use only the first N test samples (smoke runs).", lower_bound=1)
-  flags.DEFINE_enum("model", "mlp", ["mlp"], "Architecture.")
+  flags.DEFINE_enum("model", "mlp", ["mlp", "vgg"], "Architecture.")
+  flags.DEFINE_bool("augment", False, "Random crop (4-px padding) + horizontal flip while training (vgg; "
+                    "needs --nocache_features).")
+  flags.DEFINE_string("vgg_cfg", "vgg11", "vgg: 'vgg11' or conv widths and M pools, e.g. '64,M,128,M,256'.")
+  flags.DEFINE_integer("classifier_width", 4096, "vgg: hidden units of the final exit (VGG's classifier).",
+                       lower_bound=1)
+  flags.DEFINE_bool("data_parallel", True, "Split every batch over all local devices (params replicated) "
+                    "when there is more than one.")
+  flags.DEFINE_bool("distributed", False, "Multi-host (e.g. a TPU pod slice): call "
+                    "jax.distributed.initialize() first; the mesh then spans every host's devices.")
   flags.DEFINE_integer("width", 150, "Units per hidden layer.", lower_bound=1)
   flags.DEFINE_integer("num_blocks", 3, "Blocks (= exits).", lower_bound=1)
   flags.DEFINE_integer("layers_per_block", 1, "Hidden layers per block.", lower_bound=1)
@@ -76,7 +85,8 @@ def config_from_flags() -> ExperimentConfig:
         early_stop_patience=FLAGS.early_stop_patience, balanced_sampling=FLAGS.balanced_sampling,
         train_threshold=FLAGS.train_threshold, exit_threshold=exit_threshold,
         threshold_tolerance=FLAGS.threshold_tolerance, fallback=FLAGS.fallback,
-        cache_features=FLAGS.cache_features, end_to_end=FLAGS.end_to_end, eval_batch_size=FLAGS.eval_batch_size)
+        cache_features=FLAGS.cache_features, end_to_end=FLAGS.end_to_end, eval_batch_size=FLAGS.eval_batch_size,
+        augment=FLAGS.augment, vgg_cfg=FLAGS.vgg_cfg, classifier_width=FLAGS.classifier_width)
   except ValueError as e:
     raise SystemExit(f"error: {e}")
 
@@ -88,9 +98,15 @@ def run(argv) -> None:
   from quicknets_jax.data import DataError
   from quicknets_jax.experiment import train_and_evaluate
   from quicknets_jax.progress import stderr_log
+  from quicknets_jax import parallel
+  if FLAGS.distributed:
+    parallel.initialize_distributed()
   config = config_from_flags()
+  import jax
+  mesh = parallel.make_mesh() if FLAGS.data_parallel and jax.device_count() > 1 else None
   try:
-    results = train_and_evaluate(config, FLAGS.workdir, log=stderr_log, overwrite=FLAGS.overwrite)
+    with parallel.data_parallel(mesh):
+      results = train_and_evaluate(config, FLAGS.workdir, log=stderr_log, overwrite=FLAGS.overwrite)
   except (DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1)

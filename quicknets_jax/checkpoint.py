@@ -1,22 +1,38 @@
-"""Orbax checkpoints: one per frozen block, holding its variables and the next block's working sets.
+"""Orbax checkpoints: one per frozen block, and one per epoch of every fit still in progress.
 
-Step j of the manager is block j. A save is atomic (orbax writes a tmp dir and renames it), so a run
-killed mid-save resumes from the previous block. `restore` returns every frozen block, its record and
-the remaining index arrays, or nothing when the directory is empty.
+`BlockCheckpointer`: step j of its manager is frozen block j, holding its variables and the next
+block's working sets. `FitCheckpointer`: step e is the whole `FitState` of one fit (a block, a
+commitment head or the end-to-end baseline) after e epochs — params, Adam moments, best-validation
+params, learning rate, plateau and early-stop counters, history — so a killed run loses at most one
+epoch and goes on bit-identically (every random key derives from (seed, block, epoch, step)).
+
+Saves are atomic (orbax writes `<step>.orbax-checkpoint-tmp` and renames it when complete), so a
+run killed mid-save resumes from the previous step. Unreadable checkpoints and failed saves raise
+`CheckpointError` with one line naming the block and the fix; nothing falls back to fresh weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import shutil
+from typing import Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from quicknets_jax.train import FitState, fit, init_fit_state
+
 # orbax logs every save at INFO through absl; progress lines are ours to print.
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+# Scalar fields of a FitState stored as JSON beside its arrays (history is a list of dicts).
+_FIT_SCALARS = ("best_val_loss", "best_epoch", "learning_rate", "epoch", "epochs_since_best",
+                "plateau_bad_epochs", "stopped", "history")
+_FIT_TREES = ("params", "opt_state", "model_state", "best_params", "best_model_state")
 
 
 def _nonempty(idx) -> np.ndarray:
@@ -24,12 +40,31 @@ def _nonempty(idx) -> np.ndarray:
   return idx if idx.size else np.full((1,), -1, np.int32)
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be read."""
+def _first_line(e: BaseException) -> str:
+  text = str(e).splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+class CheckpointError(RuntimeError, ValueError):
+  """A checkpoint exists but cannot be read, or one could not be written.
+
+  Also a ValueError, so entry points print it as their one-line error instead of a traceback.
+  """
+
+
+def _save_failed(what: str, directory: str, previous, e: BaseException) -> CheckpointError:
+  """One-line error for a failed save; names what is still on disk and how to go on."""
+  kept = (f"the checkpoint of {previous} is intact" if previous is not None
+          else "no earlier checkpoint is affected")
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    return CheckpointError(f"no space left on device while saving {what} to {directory}; {kept}: free disk "
+                           "space (or move --workdir) and rerun the same command to resume")
+  return CheckpointError(f"could not save {what} to {directory} ({_first_line(e)}); {kept}: fix the "
+                         "cause and rerun the same command to resume")
 
 
 class BlockCheckpointer:
-  """One orbax checkpoint per frozen block under `directory`."""
+  """One orbax checkpoint per frozen block under `directory`; fits in progress under `in_progress/`."""
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
@@ -39,13 +74,17 @@ class BlockCheckpointer:
   def save(self, block: int, variables: dict, record, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
     """Saves frozen block `block` with the working sets T_{j+1}, V_{j+1}; waits until it is on disk."""
     record_dict = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
-    saved = self._manager.save(block, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(jax.device_get(variables)),
-        remaining=ocp.args.StandardSave({"train_idx": _nonempty(train_idx), "val_idx": _nonempty(val_idx),
-                                         # orbax refuses zero-size arrays: store the lengths beside them
-                                         "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32)}),
-        record=ocp.args.JsonSave(record_dict)))
-    self._manager.wait_until_finished()
+    try:
+      saved = self._manager.save(block, args=ocp.args.Composite(
+          variables=ocp.args.StandardSave(jax.device_get(variables)),
+          remaining=ocp.args.StandardSave({"train_idx": _nonempty(train_idx), "val_idx": _nonempty(val_idx),
+                                           # orbax refuses zero-size arrays: store the lengths beside them
+                                           "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32)}),
+          record=ocp.args.JsonSave(record_dict)))
+      self._manager.wait_until_finished()
+    except Exception as e:  # the in-progress checkpoints of this block stay, so a rerun redoes only this
+      raise _save_failed(f"frozen block {block}", self.directory,
+                         f"block {block - 1}" if block > 0 else None, e) from e
     if not saved:
       raise CheckpointError(f"block {block} was not saved: {self.directory} already holds a checkpoint "
                             f"for it or a later block; pass a fresh workdir or --overwrite")
@@ -64,16 +103,123 @@ class BlockCheckpointer:
         restored = self._manager.restore(j, args=ocp.args.Composite(
             variables=ocp.args.StandardRestore(target), remaining=ocp.args.StandardRestore(),
             record=ocp.args.JsonRestore()))
+        record = BlockRecord(**restored["record"])
+        sizes = np.asarray(restored["remaining"]["sizes"])
+        next_sets = (np.asarray(restored["remaining"]["train_idx"], np.int32)[:sizes[0]].reshape(-1),
+                     np.asarray(restored["remaining"]["val_idx"], np.int32)[:sizes[1]].reshape(-1))
       except Exception as e:  # orbax raises many types; all mean the same to the user
-        raise CheckpointError(f"checkpoint of block {j} in {self.directory} is unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); delete {self.directory}/{j} to retrain "
-                              f"from block {j}") from e
+        raise CheckpointError(f"checkpoint of block {j} in {self.directory} is unreadable ({_first_line(e)}); "
+                              f"delete {self.directory}/{j} to retrain from block {j}") from e
       variables.append(jax.tree.map(np.asarray, restored["variables"]))
-      records.append(BlockRecord(**restored["record"]))
-      sizes = np.asarray(restored["remaining"]["sizes"])
-      remaining = (np.asarray(restored["remaining"]["train_idx"], np.int32)[:sizes[0]].reshape(-1),
-                   np.asarray(restored["remaining"]["val_idx"], np.int32)[:sizes[1]].reshape(-1))
+      records.append(record)
+      remaining = next_sets
     return variables, records, remaining
+
+  def fit_checkpointer(self, kind: str, block: int) -> "FitCheckpointer":
+    """The per-epoch checkpoints of one fit of block `block` (`kind`: "block" or "commitment")."""
+    name = f"block {block}" if kind == "block" else f"commitment head {block}"
+    return FitCheckpointer(os.path.join(self.directory, "in_progress", f"{kind}_{block}"), name)
+
+  def clear_in_progress(self, upto_block: int) -> None:
+    """Deletes the per-epoch checkpoints of blocks ≤ `upto_block`: frozen, they are never read again."""
+    root = os.path.join(self.directory, "in_progress")
+    if not os.path.isdir(root):
+      return
+    for entry in os.listdir(root):
+      block = entry.rsplit("_", 1)[-1]
+      if block.isdigit() and int(block) <= upto_block:
+        # a kill mid-delete leaves a partial tree that is never read: the next call finishes the job
+        shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
   def close(self):
     self._manager.close()
+
+
+class FitCheckpointer:
+  """Per-epoch orbax checkpoints of one fit: step e is its FitState after e epochs.
+
+  The two newest steps are kept, so a checkpoint corrupted on disk (not by a kill: saves are atomic)
+  can be deleted by hand to resume one epoch earlier.
+  """
+
+  def __init__(self, directory: str, name: str = "fit", max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self.name = name
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.resumed_seconds = 0.0  # wall time of the epochs restore() brought back (for honest timings)
+
+  def latest_epoch(self) -> Optional[int]:
+    """Epochs completed by the newest saved state, or None when nothing is saved."""
+    return self._manager.latest_step()
+
+  def save(self, state: FitState) -> None:
+    """Saves `state` as step `state.epoch` and waits until it is on disk."""
+    trees = {k: jax.device_get(getattr(state, k)) for k in _FIT_TREES}
+    scalars = {k: getattr(state, k) for k in _FIT_SCALARS}
+    previous = self._manager.latest_step()
+    try:
+      saved = self._manager.save(state.epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(trees), scalars=ocp.args.JsonSave(scalars)))
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise _save_failed(f"{self.name} after epoch {state.epoch}", self.directory,
+                         None if previous is None else f"epoch {previous}", e) from e
+    if not saved:
+      raise CheckpointError(f"{self.name}: epoch {state.epoch} was not saved: {self.directory} already holds "
+                            f"epoch {previous}; delete {self.directory} to retrain {self.name}")
+
+  def restore(self, template: FitState) -> Optional[FitState]:
+    """The newest saved FitState, shaped like `template` (a fresh FitState of the same fit), or None."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    try:
+      target = {k: jax.tree.map(np.asarray, jax.device_get(getattr(template, k))) for k in _FIT_TREES}
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), scalars=ocp.args.JsonRestore()))
+      scalars = dict(restored["scalars"])
+      if set(scalars) != set(_FIT_SCALARS) or scalars["epoch"] != step:
+        raise ValueError(f"fields {sorted(scalars)} at epoch {scalars.get('epoch')}")
+    except Exception as e:  # orbax raises many types; all mean the same to the user
+      earlier = [s for s in self._manager.all_steps() if s < step]
+      fix = (f"delete {self.directory}/{step} to resume from epoch {max(earlier)}" if earlier
+             else f"delete {self.directory} to retrain {self.name} from its first epoch")
+      raise CheckpointError(f"{self.name}: checkpoint of epoch {step} in {self.directory} is unreadable "
+                            f"({_first_line(e)}); {fix}") from e
+    self.resumed_seconds = float(sum(r.get("seconds", 0.0) for r in scalars["history"]))
+    return FitState(**restored["state"], **scalars)
+
+  def close(self):
+    self._manager.close()
+
+
+def fit_resumably(objective, params, model_state, data, config, key, *, num_classes: int, name: str,
+                  checkpoint: Optional[FitCheckpointer], on_epoch=None, log=None):
+  """`train.fit`, resumed from `checkpoint`'s newest FitState and saved to it after every epoch.
+
+  The save comes before `on_epoch`, so whatever the callback sees is already on disk. A fit that had
+  finished (early-stopped or at max_epochs) comes back at once, and its caller goes on from there.
+  With `checkpoint=None` this is plain `fit`.
+  """
+  if checkpoint is None:
+    return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
+               on_epoch=on_epoch)
+  resume = checkpoint.restore(init_fit_state(objective, params, model_state, config))
+  if resume is not None and log is not None:
+    log(f"{name}: resumed after epoch {resume.epoch}" + (" (finished)" if resume.stopped
+                                                         or resume.epoch >= config.max_epochs else ""))
+
+  def save_then_report(state, record):
+    checkpoint.save(state)
+    if on_epoch is not None:
+      on_epoch(state, record)
+
+  try:
+    return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
+               on_epoch=save_then_report, resume=resume)
+  except FloatingPointError as e:  # same type, one line, plus where the last good state is
+    kept = checkpoint.latest_epoch()
+    where = (f"the checkpoint of epoch {kept} in {checkpoint.directory} is kept" if kept is not None
+             else "nothing was checkpointed")
+    raise type(e)(f"{e}; {where}") from e

@@ -21,8 +21,9 @@ import numpy as np
 
 from quicknets_jax import data as data_lib
 from quicknets_jax import exits, models, report
-from quicknets_jax.checkpoint import BlockCheckpointer
-from quicknets_jax.progress import EpochProgress
+from quicknets_jax import metrics as metrics_lib
+from quicknets_jax.checkpoint import BlockCheckpointer, FitCheckpointer
+from quicknets_jax.progress import EpochProgress, format_seconds
 from quicknets_jax.quicknet import (QuickNetConfig, predict_exits, train_end_to_end, train_quicknet)
 from quicknets_jax.train import FitConfig
 
@@ -58,6 +59,10 @@ class ExperimentConfig:
   cache_features: bool = True
   end_to_end: bool = True
   eval_batch_size: int = 2048
+  # Convolutional models (vgg): training-time crop + flip, the VGG configuration, the final exit's width.
+  augment: bool = False
+  vgg_cfg: str = "vgg11"
+  classifier_width: int = 4096
 
   def __post_init__(self):
     exits.check_threshold(self.train_threshold, "train_threshold")
@@ -72,6 +77,20 @@ class ExperimentConfig:
     if not 0 <= self.threshold_tolerance < 1:
       raise ValueError(f"threshold_tolerance must be in [0, 1), got {self.threshold_tolerance}")
     self.fit_config()  # validates the schedule before any data is read
+    if self.augment and self.cache_features:
+      raise ValueError("augment needs --nocache_features: cached features are computed once, without "
+                       "augmentation, so blocks after the first would never see it")
+
+  def model_kwargs(self) -> dict:
+    """Keyword arguments of `models.build_model` for this config's model."""
+    kwargs = dict(width=self.width, num_blocks=self.num_blocks, layers_per_block=self.layers_per_block)
+    if self.model == "vgg":
+      kwargs.update(cfg=self.vgg_cfg, classifier_width=self.classifier_width,
+                    augment="crop_flip" if self.augment else None)
+    elif self.augment:
+      raise ValueError(f"augment is only implemented for convolutional models, not {self.model!r}: "
+                       "drop --augment")
+    return kwargs
 
   def fit_config(self) -> FitConfig:
     return FitConfig(learning_rate=self.learning_rate, batch_size=self.batch_size, max_epochs=self.max_epochs,
@@ -92,6 +111,8 @@ class ExperimentConfig:
 
 # Fields that may change between a run and its resumption without changing any result.
 _RESUMABLE_FIELDS = ("seeds", "eval_batch_size")
+# A config.json written before a field existed holds that field's default.
+_DEFAULTS = ExperimentConfig().to_json()
 
 
 def guard_workdir(config: ExperimentConfig, workdir: str, overwrite: bool = False) -> None:
@@ -107,13 +128,23 @@ def guard_workdir(config: ExperimentConfig, workdir: str, overwrite: bool = Fals
       stored = json.load(f)
     current = config.to_json()
     differing = sorted(k for k in set(stored) | set(current)
-                       if k not in _RESUMABLE_FIELDS and stored.get(k) != current.get(k))
+                       if k not in _RESUMABLE_FIELDS
+                       and stored.get(k, _DEFAULTS.get(k)) != current.get(k))
     if differing:
       details = ", ".join(f"{k}: {stored.get(k)!r} → {current.get(k)!r}" for k in differing)
       raise ValueError(f"{workdir} holds a run with another config ({details}); pass --overwrite to start "
                        "over or choose another --workdir")
   with open(path, "w") as f:
     json.dump(config.to_json(), f, indent=2)
+
+
+def check_batch_size(batch_size: int, num_train: int) -> None:
+  """Refuses a --batch_size larger than the whole training split: it is a typo or the wrong data, and
+  clamping it would silently train another schedule. (Working sets T_j that shrink below the batch
+  size inside a run are expected; the trainer takes them as one batch.)"""
+  if batch_size > num_train:
+    raise ValueError(f"--batch_size={batch_size} is larger than the {num_train} training samples: pass "
+                     f"--batch_size={num_train} or less, or use more data (--max_train)")
 
 
 def param_count(tree) -> int:
@@ -150,16 +181,55 @@ def evaluate_quicknet(model, variables, dataset: data_lib.Dataset, config: Exper
               exit_fractions=fractions, per_exit_test_accuracy=[float(a) for a in per_exit_accuracy],
               val_accuracy_at_threshold=float(val_sweep.accuracy[np.argmin(np.abs(val_sweep.thresholds
                                                                                   - threshold))]),
-              curve=_curve(test_sweep), curve_confidence_only=_curve(confidence_only))
+              curve=_curve(test_sweep), curve_confidence_only=_curve(confidence_only),
+              **_figure_data(model, dataset, config, threshold, val_probs, val_commit, test_probs, test_commit))
 
 
-def run_quicknet_seed(model, dataset, config: ExperimentConfig, seed: int, seed_dir: str, log: Log) -> dict:
-  """Trains (or resumes) one seed's QuickNet and evaluates it; returns its per-seed results."""
+def _figure_data(model, dataset, config: ExperimentConfig, threshold: float, val_probs, val_commit, test_probs,
+                 test_commit) -> dict:
+  """What the report's figures need beyond the table, from the exit outputs already computed:
+  the test accuracy of the QuickNet cut after each block (its threshold chosen on validation the same
+  way) and, at the operating threshold, which exit each class's test samples take."""
+  num = int(test_probs.shape[0])
+  cascade = model.cascade_costs()[:num]
+  after_block, thresholds = [], []
+  for j in range(num):
+    t = threshold
+    if j < num - 1 and config.exit_threshold is None:
+      sweep = exits.sweep_thresholds(val_probs[:j + 1], val_commit[:j + 1], dataset.val_labels, cascade[:j + 1],
+                                     fallback=config.fallback)
+      t = exits.choose_threshold(sweep, config.threshold_tolerance)
+    accuracy, _, _ = exits.evaluate_rule(test_probs[:j + 1], test_commit[:j + 1], dataset.test_labels, t,
+                                         cascade[:j + 1], config.fallback)
+    after_block.append(float(accuracy))
+    thresholds.append(float(t))
+  decision = exits.select_exits(test_probs, test_commit, threshold, config.fallback)
+  exit_index, labels = np.asarray(decision.exit_index), np.asarray(dataset.test_labels)
+  correct = np.asarray(decision.prediction) == labels
+  counts = np.zeros((dataset.num_classes, model.num_blocks), np.int64)
+  right = np.zeros_like(counts)
+  np.add.at(counts, (labels, exit_index), 1)
+  np.add.at(right, (labels, exit_index), correct.astype(np.int64))
+  return dict(test_accuracy_after_block=after_block, exit_threshold_after_block=thresholds,
+              test_exit_counts_per_class=counts.tolist(), test_correct_counts_per_class=right.tolist())
+
+
+def run_quicknet_seed(model, dataset, config: ExperimentConfig, seed: int, seed_dir: str, log: Log,
+                      metrics: Optional[metrics_lib.MetricsWriter] = None) -> dict:
+  """Trains (or resumes) one seed's QuickNet and evaluates it; returns its per-seed results.
+
+  With `metrics`, every block and commitment epoch becomes a line of WORKDIR/metrics.jsonl.
+  """
   checkpointer = BlockCheckpointer(os.path.join(seed_dir, "quicknet_checkpoints"))
   progress = EpochProgress(f"[seed {seed} quicknet]", config.max_epochs, log)
   on_epoch = lambda kind, state, record: progress(kind, state, record)
+  tracked, tracker = checkpointer, None
+  if metrics is not None:
+    tracker = metrics_lib.QuickNetTracker(metrics, model, seed, len(dataset.val_labels), config.cache_features)
+    tracked = tracker.wrap(checkpointer)  # tells the tracker which block trains, also after a resume
+    on_epoch = lambda kind, state, record: (progress(kind, state, record), tracker.on_epoch(kind, state, record))
   run = train_quicknet(model, dataset.train_images, dataset.train_labels, dataset.val_images,
-                       dataset.val_labels, config.quicknet_config(), seed, checkpointer=checkpointer,
+                       dataset.val_labels, config.quicknet_config(), seed, checkpointer=tracked,
                        log=lambda m: log(f"[seed {seed} quicknet] {m}"), on_epoch=on_epoch)
   checkpointer.close()
   result = evaluate_quicknet(model, run.variables, dataset, config)
@@ -175,15 +245,38 @@ def run_quicknet_seed(model, dataset, config: ExperimentConfig, seed: int, seed_
       class_counts_per_block=[r.class_counts for r in records],
       training_flops_parts=[dict(block=r.block, **r.flops) for r in records],
       history=[dict(block=r.block, epochs=r.history, commitment_epochs=r.commit_history) for r in records])
+  if tracker is not None:
+    tracker.after_blocks(result)
   return result
 
 
-def run_end_to_end_seed(model, dataset, config: ExperimentConfig, seed: int, log: Log) -> dict:
+def run_end_to_end_seed(model, dataset, config: ExperimentConfig, seed: int, log: Log,
+                        seed_dir: Optional[str] = None,
+                        metrics: Optional[metrics_lib.MetricsWriter] = None) -> dict:
+  """Trains (or resumes, from SEED_DIR/end_to_end_checkpoints) one seed's end-to-end baseline.
+
+  With `metrics`, every epoch becomes a line of WORKDIR/metrics.jsonl and its history entry gets the
+  test accuracy after that epoch (for the accuracy-vs-training-cost figure; kept off `train_seconds`).
+  """
   progress = EpochProgress(f"[seed {seed} end-to-end]", config.max_epochs, log)
+  on_epoch = lambda kind, state, record: progress(kind, state, record)
+  tracker = None
+  if metrics is not None:
+    tracker = metrics_lib.EndToEndTracker(
+        metrics, model, seed, len(dataset.train_labels), len(dataset.val_labels),
+        metrics_lib.end_to_end_test_eval(model, dataset.test_images, dataset.test_labels,
+                                         config.eval_batch_size))
+    on_epoch = lambda kind, state, record: (tracker.on_epoch(kind, state, record), progress(kind, state, record))
+  checkpointer = (FitCheckpointer(os.path.join(seed_dir, "end_to_end_checkpoints"), "end-to-end")
+                  if seed_dir is not None else None)
   run = train_end_to_end(model, dataset.train_images, dataset.train_labels, dataset.val_images,
                          dataset.val_labels, config.fit_config(), seed,
                          log=lambda m: log(f"[seed {seed}] {m}"),
-                         on_epoch=lambda kind, state, record: progress(kind, state, record))
+                         on_epoch=on_epoch, checkpointer=checkpointer)
+  if checkpointer is not None:
+    checkpointer.close()
+  if tracker is not None:
+    run.seconds -= tracker.seconds
   probs, _ = predict_exits(model, run.variables, dataset.test_images, config.eval_batch_size)
   accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == dataset.test_labels))
   last = model.num_blocks - 1
@@ -241,8 +334,11 @@ def _load_or_run(path: str, fn: Callable[[], dict]) -> dict:
 
 
 def train_and_evaluate(config: ExperimentConfig, workdir: str, log: Log = print, overwrite: bool = False,
-                       dataset: Optional[data_lib.Dataset] = None) -> dict:
-  """Runs the comparison for every seed and writes WORKDIR/results.json and results.md; returns the dict."""
+                       dataset: Optional[data_lib.Dataset] = None, metrics: bool = True) -> dict:
+  """Runs the comparison for every seed and writes WORKDIR/results.json and results.md; returns the dict.
+
+  `metrics`: log every epoch to WORKDIR/metrics.jsonl and TensorBoard events under WORKDIR/tensorboard/.
+  """
   model = None
   if config.model not in models.MODELS:
     raise ValueError(f"unknown model {config.model!r}: choose one of {sorted(models.MODELS)}")
@@ -251,26 +347,34 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, log: Log = print,
     dataset = data_lib.load_dataset(config.dataset, config.data_source, config.data_dir, config.val_fraction,
                                     max_train=config.max_train, max_test=config.max_test)
   log(f"data: {dataset.summary()}")
+  check_batch_size(config.batch_size, len(dataset.train_labels))
   model = models.build_model(config.model, dataset.train_images.shape[1:], dataset.num_classes,
-                             width=config.width, num_blocks=config.num_blocks,
-                             layers_per_block=config.layers_per_block)
+                             **config.model_kwargs())
   quicknet_seeds, e2e_seeds = [], []
   start = time.perf_counter()
+  writer = metrics_lib.MetricsWriter(workdir) if metrics else None
   for i, seed in enumerate(config.seeds):
     seed_dir = os.path.join(workdir, f"seed_{seed}")
     os.makedirs(seed_dir, exist_ok=True)
-    log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {time.perf_counter() - start:.0f}s elapsed")
+    elapsed = time.perf_counter() - start
+    eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
+    log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
     quicknet_seeds.append(_load_or_run(os.path.join(seed_dir, "quicknet.json"),
-                                       lambda: run_quicknet_seed(model, dataset, config, seed, seed_dir, log)))
+                                       lambda: run_quicknet_seed(model, dataset, config, seed, seed_dir, log,
+                                                                 metrics=writer)))
     if config.end_to_end:
       e2e_seeds.append(_load_or_run(os.path.join(seed_dir, "end_to_end.json"),
-                                    lambda: run_end_to_end_seed(model, dataset, config, seed, log)))
+                                    lambda: run_end_to_end_seed(model, dataset, config, seed, log, seed_dir,
+                                                                metrics=writer)))
+  if writer is not None:
+    writer.close()
   results = dict(dataset=config.dataset, model=config.model, seeds=list(config.seeds),
                  exit_threshold=_mean([s["exit_threshold"] for s in quicknet_seeds]),
                  exit_threshold_chosen_on="validation" if config.exit_threshold is None else "flag",
                  train_threshold=config.train_threshold, fallback=config.fallback,
                  num_train=int(len(dataset.train_labels)), num_val=int(len(dataset.val_labels)),
                  num_test=int(len(dataset.test_labels)), config=config.to_json(),
+                 class_names=list(dataset.class_names),
                  machine=report.machine_description(),
                  flops_convention="1 multiply-add = 2 FLOPs; training = 3 x forward per trained sample + "
                                   "cache, selection and validation forwards (design.md section 2)",

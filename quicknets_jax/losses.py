@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from quicknets_jax.data.augment import augment as augment_images
 from quicknets_jax.models.base import Block, MultiExitModel, run_block
+
+
+def augment_inputs(block: Block, x, rng, train):
+  """Applies the training-time augmentation a model's first block names (`subnet.augment`, e.g. VGG's
+  crop + flip) with the step's rng; identity for evaluation, for blocks without one, and for models
+  (like the MLP) that never set it."""
+  name = getattr(block.subnet, "augment", None)
+  if not train or rng is None or name is None:
+    return x
+  return augment_images(name, x, rng)
 
 
 def cross_entropy(logits, labels):
@@ -17,11 +29,12 @@ def cross_entropy(logits, labels):
   return losses, (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
 
+@functools.cache  # one loss object per block config, so jitted epochs are reused
 def block_loss(block: Block):
   """CE of one block's exit on the features entering it (its frozen prefix already applied or cached)."""
 
   def loss_fn(params, state, x, y, rng, train):
-    del rng
+    x = augment_inputs(block, x, rng, train)
     (_, logits), new_state = run_block(block, params, state, x, train, method=Block.features_and_logits)
     return (*cross_entropy(logits, y), new_state)
 
@@ -34,6 +47,8 @@ def block_loss_through_prefix(model: MultiExitModel, j: int, frozen_params: Sequ
   inner = block_loss(model.blocks[j])
 
   def loss_fn(params, state, x, y, rng, train):
+    if j > 0:  # block 0's own loss augments; here the raw images enter the frozen prefix first
+      x = augment_inputs(model.blocks[0], x, rng, train)
     for k in range(j):
       x, _ = run_block(model.blocks[k], frozen_params[k], frozen_state[k], x, False, method=Block.features)
     return inner(params, state, jax.lax.stop_gradient(x), y, rng, train)
@@ -41,15 +56,18 @@ def block_loss_through_prefix(model: MultiExitModel, j: int, frozen_params: Sequ
   return loss_fn
 
 
-def commitment_loss(block: Block, positive_weight: float, negative_weight: float):
+@functools.cache
+def commitment_loss(block: Block):
   """Weighted binary CE of the commitment logit against "the exit was right" (targets in {0, 1}).
 
-  The weights balance the classes (most targets are 1); `correct` reports whether the sign of the
-  logit matches the target.
+  `loss_args` = (positive weight, negative weight) balances the classes (most targets are 1); they
+  are traced, so every block's commitment head shares one compiled epoch. `correct` reports whether
+  the sign of the logit matches the target.
   """
 
-  def loss_fn(params, state, features, target, rng, train):
+  def loss_fn(params, state, features, target, rng, train, loss_args):
     del rng, train
+    positive_weight, negative_weight = loss_args
     logit = block.apply({"params": params, **state}, features, method=Block.commit)
     target = target.astype(jnp.float32)
     weights = jnp.where(target > 0.5, positive_weight, negative_weight)
@@ -59,16 +77,43 @@ def commitment_loss(block: Block, positive_weight: float, negative_weight: float
   return loss_fn
 
 
+@functools.cache
 def end_to_end_loss(model: MultiExitModel):
   """CE of the final exit through every block, all trained together (the end-to-end baseline)."""
 
   def loss_fn(params, state, x, y, rng, train):
-    del rng
+    x = augment_inputs(model.blocks[0], x, rng, train)
     new_state = list(state)
     for k, block in enumerate(model.blocks[:-1]):
       x, new_state[k] = run_block(block, params[k], state[k], x, train, method=Block.features)
     (_, logits), new_state[-1] = run_block(model.blocks[-1], params[-1], state[-1], x, train,
                                            method=Block.features_and_logits)
     return (*cross_entropy(logits, y), new_state)
+
+  return loss_fn
+
+
+def joint_loss(model: MultiExitModel, max_weights):
+  """SDN's weighted joint loss (Kaya et al. 2019): Σ_i τ_i·CE_i over the internal exits + CE of the final exit.
+
+  Every block runs (and trains) together. τ arrives per epoch as the keyword `hparams` ([E−1] weights,
+  see `sdn.loss_weights`); without it — validation — the maximum weights `max_weights` apply, so
+  validation losses of different epochs compare. `correct` is the final exit's.
+  """
+  max_weights = jnp.asarray(max_weights, jnp.float32)
+  if max_weights.shape != (model.num_blocks - 1,):
+    raise ValueError(f"max_weights needs one weight per internal exit ({model.num_blocks - 1}), got "
+                     f"shape {max_weights.shape}")
+
+  def loss_fn(params, state, x, y, rng, train, hparams=None):
+    del rng
+    weights = max_weights if hparams is None else hparams
+    new_state = list(state)
+    total = 0.0
+    for k, block in enumerate(model.blocks):
+      (x, logits), new_state[k] = run_block(block, params[k], state[k], x, train, method=Block.features_and_logits)
+      losses, correct = cross_entropy(logits, y)
+      total = total + (losses if k == model.num_blocks - 1 else weights[k] * losses)
+    return total, correct, new_state
 
   return loss_fn

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Optional, TextIO
 
 
 def format_seconds(seconds: float) -> str:
@@ -33,6 +33,79 @@ class EpochProgress:
              f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} | "
              f"lr {record['learning_rate']:.2g} | {rate / 1e3:.1f}k samples/s | "
              + ("stopped early" if record["stopped"] else f"eta ≤ {format_seconds(remaining)}"))
+
+
+class Progress:
+  """A progress line for any long loop (sweeps, benchmarks, seeds): done/total, rate and ETA.
+
+  On a terminal the line is redrawn in place at most every `min_interval` seconds and finished with a
+  newline by `close()`; when `stream` is not a terminal (a log file, CI, a pipe) it writes nothing, so
+  logs hold only the loop's own messages. `enabled=True` forces it on (tests), `False` off.
+
+      with Progress(len(thresholds), "sweep", unit="thresholds") as progress:
+        for t in thresholds:
+          ...
+          progress.update()
+  """
+
+  def __init__(self, total: Optional[int], description: str = "", unit: str = "it", stream: TextIO = None,
+               enabled: Optional[bool] = None, min_interval: float = 0.2):
+    self.total, self.description, self.unit = total, description, unit
+    self.stream = sys.stderr if stream is None else stream
+    if enabled is None:
+      isatty = getattr(self.stream, "isatty", None)
+      enabled = bool(isatty and isatty())
+    self.enabled, self.min_interval = enabled, min_interval
+    self.done = 0
+    self.start = time.perf_counter()
+    self._last_draw = -float("inf")
+    self._width = 0
+
+  def line(self) -> str:
+    """The current progress line: `description done/total unit | rate | elapsed | eta`."""
+    elapsed = time.perf_counter() - self.start
+    rate = self.done / elapsed if elapsed > 0 else 0.0
+    count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+    text = f"{self.description} {count} {self.unit} | {rate:.3g} {self.unit}/s | {format_seconds(elapsed)}"
+    if self.total and rate > 0:
+      text += f" | eta {format_seconds((self.total - self.done) / rate)}"
+    return text.strip()
+
+  def update(self, n: int = 1, note: str = "") -> None:
+    """Counts `n` more items done; redraws the line (with `note` after it) when enough time passed."""
+    self.done += n
+    now = time.perf_counter()
+    if not self.enabled or (now - self._last_draw < self.min_interval and self.done != self.total):
+      return
+    self._last_draw = now
+    text = self.line() + (f" | {note}" if note else "")
+    self.stream.write("\r" + text.ljust(self._width))  # pad: a shorter line must cover the last one
+    self.stream.flush()
+    self._width = len(text)
+
+  def close(self) -> None:
+    """Ends the line on a terminal (nothing otherwise)."""
+    if self.enabled and self._width:
+      self.stream.write("\n")
+      self.stream.flush()
+      self._width = 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def track(iterable: Iterable, description: str = "", total: Optional[int] = None, unit: str = "it",
+          stream: TextIO = None, enabled: Optional[bool] = None) -> Iterator:
+  """Yields from `iterable` while showing a `Progress` line (on a terminal only)."""
+  if total is None and hasattr(iterable, "__len__"):
+    total = len(iterable)
+  with Progress(total, description, unit, stream, enabled) as progress:
+    for item in iterable:
+      yield item
+      progress.update()
 
 
 def stderr_log(message: str) -> None:

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from quicknets_jax.data.sampling import draw_epoch
+from quicknets_jax import parallel
+from quicknets_jax.data.sampling import draw_epoch_padded
 
 PyTree = Any
 # loss_fn(params, model_state, inputs, targets, rng, train) -> (per-sample loss [B],
@@ -67,6 +68,13 @@ class Objective:
 
   loss_fn: LossFn
   trainable: PyTree = None  # None: every leaf trains
+  # Optional: epoch number (1-based, the epoch about to run) -> pytree of arrays handed to loss_fn as
+  # the keyword `hparams` during training, traced so a changing value never recompiles (SDN's loss
+  # weights grow per epoch). Validation calls loss_fn without it. None: loss_fn is called as before.
+  epoch_hparams: Optional[Callable[[int], PyTree]] = None
+  # Optional: arrays handed to loss_fn as the keyword `loss_args` in training and validation (e.g.
+  # class weights), traced so that fits differing only in them share one compiled epoch.
+  loss_args: PyTree = None
 
   __hash__ = object.__hash__
   __eq__ = object.__eq__
@@ -88,6 +96,11 @@ class FitData(NamedTuple):
   sample_classes: jnp.ndarray
   val_inputs: jnp.ndarray
   val_targets: jnp.ndarray
+  num_val: Optional[int] = None  # validation rows that exist when val arrays are padded (None: all)
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+  """A fit met a NaN/inf loss; also a ValueError, so entry points print it as their one-line error."""
 
 
 @dataclasses.dataclass
@@ -121,67 +134,127 @@ def make_optimizer(trainable: PyTree, params: PyTree) -> optax.GradientTransform
   return optax.multi_transform({"train": optax.scale_by_adam(), "freeze": optax.set_to_zero()}, labels)
 
 
-def _pad_to_multiple(n: int, multiple: int) -> int:
-  return max(1, math.ceil(n / multiple)) * multiple
+def bucket_size(n: int, minimum: int = 256) -> int:
+  """The padded length a working set of n rows is compiled for: the next power of two (≥ minimum).
+
+  Every size in (bucket/2, bucket] shares one compiled epoch: blocks of the same shape, the
+  commitment heads of every block, and every seed reuse it instead of compiling their own.
+  """
+  return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def pad_rows(array, rows: int, value=0):
+  """`array` with its first axis padded to `rows` (never truncated)."""
+  array = np.asarray(array)  # padded on the host: an eager jnp concat compiles for every new length
+  missing = rows - array.shape[0]
+  if missing > 0:
+    array = np.concatenate([array, np.full((missing, *array.shape[1:]), value, array.dtype)])
+  return jnp.asarray(array)
 
 
 def make_epoch_fn(objective: Objective, tx: optax.GradientTransformation, batch_size: int,
-                  num_samples: int, num_classes: int, balanced: bool):
-  """Jitted (params, opt_state, state, lr, data arrays, key) -> one epoch of steps, inside one XLA call."""
-  num_steps = max(1, math.ceil(num_samples / batch_size))
-  padded = num_steps * batch_size
+                  num_classes: int, balanced: bool, mesh=None):
+  """Jitted one epoch of training steps inside one XLA call.
+
+  (params, opt_state, state, lr, inputs, targets, positions [bucket], sample_classes [bucket],
+  num_samples, key[, hparams]) -> (params, opt_state, state, mean loss, accuracy). The working set
+  is padded to a bucket and its true size is traced, so the step count is a loop bound, not a shape.
+  """
+  with_hparams = objective.epoch_hparams is not None
+  with_args = objective.loss_args is not None
 
   def epoch_fn(params, opt_state, model_state, learning_rate, inputs, targets, positions, sample_classes,
-               key):
+               num_samples, key, hparams=None, loss_args=None):
     draw_key, step_key = jax.random.split(key)
-    order = draw_epoch(draw_key, sample_classes, num_classes, balanced)
-    pad = padded - num_samples
-    order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)]).reshape(num_steps, batch_size)
-    mask = jnp.concatenate([jnp.ones((num_samples,)), jnp.zeros((pad,))]).reshape(num_steps, batch_size)
+    order = draw_epoch_padded(draw_key, sample_classes, num_samples, num_classes, balanced)
+    order = jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)])  # room for the last batch
+    num_steps = (num_samples + batch_size - 1) // batch_size
+    kwargs = {}
+    if with_hparams:
+      kwargs["hparams"] = hparams
+    if with_args:
+      kwargs["loss_args"] = loss_args
 
-    def step(carry, xs):
-      params, opt_state, model_state = carry
-      batch_order, batch_mask, step_index = xs
+    def step(step_index, carry):
+      params, opt_state, model_state, loss_sum, correct_sum = carry
+      offset = step_index * batch_size
+      batch_order = jax.lax.dynamic_slice(order, (offset,), (batch_size,))
+      batch_mask = ((offset + jnp.arange(batch_size)) < num_samples).astype(jnp.float32)
       rows = positions[batch_order]
       x, y = inputs[rows], targets[rows]
+      if mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
+        x, y, batch_mask = parallel.shard_batch((x, y, batch_mask), mesh)
       rng = jax.random.fold_in(step_key, step_index)
 
       def mean_loss(p):
-        losses, correct, new_state = objective.loss_fn(p, model_state, x, y, rng, True)
+        losses, correct, new_state = objective.loss_fn(p, model_state, x, y, rng, True, **kwargs)
         return jnp.sum(losses * batch_mask) / jnp.maximum(jnp.sum(batch_mask), 1.0), (losses, correct,
                                                                                        new_state)
 
       (_, (losses, correct, new_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, jax.tree.map(lambda u: -learning_rate * u, updates))
-      return (params, opt_state, new_state), (jnp.sum(losses * batch_mask), jnp.sum(correct * batch_mask))
+      return (params, opt_state, new_state, loss_sum + jnp.sum(losses * batch_mask),
+              correct_sum + jnp.sum(correct * batch_mask))
 
-    (params, opt_state, model_state), (loss_sums, correct_sums) = jax.lax.scan(
-        step, (params, opt_state, model_state), (order, mask, jnp.arange(num_steps)))
-    return params, opt_state, model_state, jnp.sum(loss_sums) / num_samples, jnp.sum(correct_sums) / num_samples
+    zero = jnp.zeros((), jnp.float32)
+    params, opt_state, model_state, loss_sum, correct_sum = jax.lax.fori_loop(
+        0, num_steps, step, (params, opt_state, model_state, zero, zero))
+    return params, opt_state, model_state, loss_sum / num_samples, correct_sum / num_samples
 
   return jax.jit(epoch_fn)
 
 
-def make_eval_fn(loss_fn: LossFn, eval_batch_size: int):
-  """Jitted (params, state, inputs, targets) -> (mean loss, accuracy); scans padded, masked chunks."""
+def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None):
+  """Jitted (params, state, inputs [rows], targets, n[, loss_args]) -> (mean loss, accuracy) over the
+  first n rows; scans fixed-size masked chunks, so padded inputs of any n up to `rows` share it."""
 
-  def eval_fn(params, model_state, inputs, targets):
-    n = inputs.shape[0]
-    padded = _pad_to_multiple(n, eval_batch_size)
-    chunks = padded // eval_batch_size
-    rows = jnp.minimum(jnp.arange(padded), n - 1).reshape(chunks, eval_batch_size)
-    mask = (jnp.arange(padded) < n).reshape(chunks, eval_batch_size)
+  def eval_fn(params, model_state, inputs, targets, num_rows, loss_args=None):
+    size = inputs.shape[0]
+    chunks = max(1, -(-size // eval_batch_size))
+    padded = chunks * eval_batch_size
+    rows = jnp.minimum(jnp.arange(padded), size - 1).reshape(chunks, eval_batch_size)
+    mask = (jnp.arange(padded) < num_rows).reshape(chunks, eval_batch_size)
+    kwargs = {"loss_args": loss_args} if with_args else {}
 
     def chunk(carry, xs):
       r, m = xs
-      losses, correct, _ = loss_fn(params, model_state, inputs[r], targets[r], None, False)
-      return carry, (jnp.sum(losses * m), jnp.sum(correct * m))
+      x, y = inputs[r], targets[r]
+      if mesh is not None:
+        x, y, m = parallel.shard_batch((x, y, m), mesh)
+      losses, correct, _ = loss_fn(params, model_state, x, y, None, False, **kwargs)
+      return carry, (jnp.sum(jnp.where(m, losses, 0.0)), jnp.sum(jnp.where(m, correct, 0.0)))
 
     _, (loss_sums, correct_sums) = jax.lax.scan(chunk, None, (rows, mask))
-    return jnp.sum(loss_sums) / n, jnp.sum(correct_sums) / n
+    return jnp.sum(loss_sums) / num_rows, jnp.sum(correct_sums) / num_rows
 
   return jax.jit(eval_fn)
+
+
+# Jitted epoch/eval functions, reused by every fit with the same loss, mask and sizes (e.g. block 0 and
+# the end-to-end network of every seed), so XLA compiles them once per process, not once per fit.
+_COMPILED: dict = {}
+
+
+def _compiled_fns(objective: Objective, tx, params, batch_size: int, num_classes: int, balanced: bool,
+                  eval_batch_size: int, mesh=None):
+  mask = objective.trainable
+  mask_key = None if mask is None else (jax.tree.structure(mask), tuple(jax.tree.leaves(mask)))
+  key = (objective.loss_fn, mask_key, objective.epoch_hparams is not None, objective.loss_args is not None,
+         batch_size, num_classes, balanced, eval_batch_size, mesh)
+  try:
+    hash(key)
+  except TypeError:  # an unhashable loss (a lambda over arrays): compile for this fit only
+    key = None
+  if key is None or key not in _COMPILED:
+    fns = (make_epoch_fn(objective, tx, batch_size, num_classes, balanced, mesh=mesh),
+           make_eval_fn(objective.loss_fn, eval_batch_size, objective.loss_args is not None, mesh=mesh))
+    if key is None:
+      return fns
+    if len(_COMPILED) > 256:
+      _COMPILED.clear()
+    _COMPILED[key] = fns
+  return _COMPILED[key]
 
 
 def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, config: FitConfig) -> FitState:
@@ -194,8 +267,11 @@ def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, co
 def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData, config: FitConfig,
         key: jax.Array, *, num_classes: int, name: str = "fit",
         on_epoch: Optional[Callable[[FitState, dict], None]] = None,
-        resume: Optional[FitState] = None) -> FitState:
+        resume: Optional[FitState] = None, mesh=None) -> FitState:
   """Trains `params` on `data` under Appendix A's schedule; returns the final FitState.
+
+  `mesh`: a `parallel.make_mesh()` mesh to run data parallel on (batches split over its devices,
+  params replicated); None takes the mesh of an enclosing `parallel.data_parallel(...)` block, if any.
 
   `state.best_params` / `best_model_state` hold the best-validation parameters. `on_epoch(state,
   record)` is called after every epoch (progress, checkpoints). `resume` continues an interrupted fit.
@@ -204,24 +280,43 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
   num_samples = int(data.positions.shape[0])
   if num_samples == 0:
     raise ValueError(f"{name}: the working set is empty; nothing to train")
-  if data.val_inputs.shape[0] == 0:
+  if (data.val_inputs.shape[0] if data.num_val is None else data.num_val) == 0:
     raise ValueError(f"{name}: the validation set is empty; raise --val_fraction")
   tx = make_optimizer(objective.trainable, params)
   state = resume if resume is not None else init_fit_state(objective, params, model_state, config)
   batch_size = min(config.batch_size, num_samples)
-  epoch_fn = make_epoch_fn(objective, tx, batch_size, num_samples, num_classes, config.balanced_sampling)
-  eval_fn = make_eval_fn(objective.loss_fn, config.eval_batch_size)
+  eval_batch_size = config.eval_batch_size
+  mesh = mesh if mesh is not None else parallel.current_mesh()
+  if mesh is not None:  # every device gets the same number of rows; the extra ones are masked padding
+    batch_size = parallel.round_up_batch(batch_size, mesh)
+    eval_batch_size = parallel.round_up_batch(eval_batch_size, mesh)
+    state.params, state.opt_state, state.model_state, data = parallel.replicate(
+        (state.params, state.opt_state, state.model_state, data), mesh)
+  epoch_fn, eval_fn = _compiled_fns(objective, tx, params, batch_size, num_classes, config.balanced_sampling,
+                                     eval_batch_size, mesh)
+  # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
+  bucket = bucket_size(num_samples)
+  positions = pad_rows(np.asarray(data.positions, np.int32), bucket)
+  sample_classes = pad_rows(np.asarray(data.sample_classes, np.int32), bucket)
+  num_val = int(data.val_inputs.shape[0] if data.num_val is None else data.num_val)
+  val_rows = bucket_size(int(data.val_inputs.shape[0]))
+  val_inputs = pad_rows(data.val_inputs, val_rows)
+  val_targets = pad_rows(data.val_targets, val_rows)
+  loss_args = {} if objective.loss_args is None else {"loss_args": objective.loss_args}
 
   while not state.stopped and state.epoch < config.max_epochs:
     start = time.perf_counter()
     epoch_key = jax.random.fold_in(key, state.epoch)
+    hparams = ({} if objective.epoch_hparams is None
+               else {"hparams": jax.tree.map(jnp.asarray, objective.epoch_hparams(state.epoch + 1))})
     params, opt_state, new_model_state, train_loss, train_acc = epoch_fn(
         state.params, state.opt_state, state.model_state, jnp.float32(state.learning_rate), data.inputs,
-        data.targets, data.positions, data.sample_classes, epoch_key)
-    val_loss, val_acc = eval_fn(params, new_model_state, data.val_inputs, data.val_targets)
+        data.targets, positions, sample_classes, jnp.int32(num_samples), epoch_key, **hparams, **loss_args)
+    val_loss, val_acc = eval_fn(params, new_model_state, val_inputs, val_targets, jnp.int32(num_val),
+                                **loss_args)
     train_loss, train_acc, val_loss, val_acc = (float(v) for v in (train_loss, train_acc, val_loss, val_acc))
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-      raise FloatingPointError(
+      raise NonFiniteLossError(
           f"{name}: non-finite loss at epoch {state.epoch + 1} (train {train_loss}, val {val_loss}); "
           f"the last good parameters are kept — lower --learning_rate (now {state.learning_rate:g})")
     state.params, state.opt_state, state.model_state = params, opt_state, new_model_state

@@ -42,3 +42,25 @@ def draw_epoch(key: jax.Array, labels: jax.Array, num_classes: int, balanced: bo
     # would materialise an n x n Gumbel matrix.
     return jax.random.choice(key, n, shape=(n,), replace=True, p=weights / weights.sum()).astype(
         jnp.int32)
+
+
+def draw_epoch_padded(key: jax.Array, labels: jax.Array, num_valid: jax.Array, num_classes: int,
+                      balanced: bool) -> jax.Array:
+    """`draw_epoch` over a working set padded to a fixed length: only the first `num_valid` rows exist.
+
+    The length of `labels` is a bucket (so one compiled epoch serves every working-set size up to
+    it) and `num_valid` is traced. Returns int32 [len(labels)] positions whose first `num_valid`
+    entries are the epoch's order (all < num_valid); the rest are padding.
+    """
+    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+    size = labels.shape[0]
+    valid = jnp.arange(size) < num_valid
+    if not balanced:
+        # a uniform random order of the valid rows, padding sorted behind them
+        keys = jnp.where(valid, jax.random.uniform(key, (size,)), 2.0)
+        return jnp.argsort(keys).astype(jnp.int32)
+    clipped = jnp.clip(labels, 0, num_classes - 1)
+    counts = jnp.zeros((num_classes,), jnp.float32).at[clipped].add(valid.astype(jnp.float32))
+    weights = jnp.where(valid, 1.0 / jnp.maximum(counts[clipped], 1.0), 0.0)
+    return jax.random.choice(key, size, shape=(size,), replace=True, p=weights / weights.sum()).astype(
+        jnp.int32)

@@ -82,6 +82,12 @@ class BlockCost:
     return self.subnet + self.exit_head + self.commit_head
 
 
+def _init_block(block: Block, key, dummy):
+  # Eager on purpose: under jit, XLA takes longer to compile the truncated-normal initializers than
+  # eager mode takes to compile and run them op by op (measured on 2 CPU cores).
+  return jax.tree.map(jnp.asarray, block.init(key, dummy, train=False))
+
+
 @dataclasses.dataclass(frozen=True)
 class MultiExitModel:
   """A backbone cut into blocks, each with an exit and a commitment head.
@@ -111,8 +117,8 @@ class MultiExitModel:
     for j, block in enumerate(self.blocks):
       block_key = jax.random.fold_in(key, j)
       dummy = jnp.zeros(x.shape, x.dtype)
-      block_vars = block.init(block_key, dummy, train=False)
-      variables.append(jax.tree.map(jnp.asarray, block_vars))
+      block_vars = _init_block(block, block_key, dummy)
+      variables.append(block_vars)
       x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), block_vars, dummy)
     return variables
 

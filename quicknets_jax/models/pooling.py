@@ -1,9 +1,17 @@
-"""Exit heads for convolutional blocks: SDN's mixed max-average pooling followed by one linear layer.
+"""Pieces the convolutional QuickNets share: SDN's mixed max-average pooling exit, and FLOP counts of
+conv-net layers that match how XLA's `cost_analysis()` counts them.
 
-Kaya et al. 2019 (Shallow-Deep Networks, `aux_funcs.py` `InternalClassifier`): a feature map of
-size s ≥ 4 is pooled with kernel = stride = s // 4 (so to 4×4 for sizes divisible by 4) as
-`α·maxpool + (1−α)·avgpool`, with α a learned scalar per exit initialised uniformly in [0, 1] and
-left unconstrained as in SDN; maps smaller than 4 go straight to the linear layer.
+Exit head (Kaya et al. 2019, Shallow-Deep Networks, `aux_funcs.py` `InternalClassifier` and
+`feature_reduction_formula`): a feature map of side s is pooled with kernel = stride = s // 4 as
+`α·maxpool + (1−α)·avgpool`, with α a learned scalar per exit initialised uniformly in [0, 1] and left
+unconstrained, as in SDN, then one linear layer. Where we differ: SDN also "pools" maps of side 4..7
+with kernel 1 (a no-op that still carries an α); here every map whose kernel would be ≤ 1 (side < 8)
+goes straight to the linear layer, as the issue asks. Odd sides pool with floor (VALID), as
+PyTorch's MaxPool2d/AvgPool2d do.
+
+FLOPs (one multiply-add = 2): a SAME-padded convolution is counted over the taps that touch the image
+only — XLA skips the zero padding, so this is what the XLA cross-check can confirm; the all-taps count
+of design.md §2 (`flops.conv_flops`) is 4% higher at 32×32 and 2.25× higher for a 3×3 conv on a 2×2 map.
 """
 
 from __future__ import annotations
@@ -14,8 +22,15 @@ from quicknets_jax import flops
 
 
 def reduction_kernel(size: int) -> int:
-  """SDN's `feature_reduction_formula`: pooling kernel for a map of side `size`, or 0 for none."""
-  return size // 4 if size >= 4 else 0
+  """SDN's `feature_reduction_formula` (side // 4), or 0 where that kernel would be ≤ 1 (no pooling)."""
+  kernel = size // 4
+  return kernel if kernel > 1 else 0
+
+
+def pooled_size(size: int) -> int:
+  """Side of the map after the exit's pooling."""
+  kernel = reduction_kernel(size)
+  return size // kernel if kernel else size
 
 
 class MixedPoolClassifier(nn.Module):
@@ -36,21 +51,61 @@ class MixedPoolClassifier(nn.Module):
 
 
 def mixed_pool_classifier_flops(height: int, width: int, channels: int, num_classes: int) -> float:
-  """Analytic FLOPs per sample of `MixedPoolClassifier` on an H×W×C map.
+  """Analytic FLOPs per sample of `MixedPoolClassifier` on an H×W×C map (checked against XLA in tests).
 
-  Each pooling window of k×k taps costs k² element ops for the max and k² for the sum (plus one
-  divide), and mixing costs 3 ops per pooled element (two scales and an add).
+  Per pooled element: k²−1 comparisons for the max, k²−1 adds for the sum, then α·max, c·sum and
+  their sum (3); the average's 1/k² folds into the scalar c = (1−α)/k² (2 scalar ops per sample).
   """
   kernel = reduction_kernel(height)
   if not kernel:
     return flops.dense_flops(height * width * channels, num_classes)
   out_h, out_w = height // kernel, width // kernel
   pooled = out_h * out_w * channels
-  pool_ops = pooled * (2 * kernel * kernel + 1)
-  return pool_ops + 3 * pooled + flops.dense_flops(pooled, num_classes)
+  pool_ops = pooled * (2 * (kernel * kernel - 1) + 3) + 2
+  return pool_ops + flops.dense_flops(pooled, num_classes)
 
 
-def pooled_size(size: int) -> int:
-  kernel = reduction_kernel(size)
-  return size // kernel if kernel else size
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(output side, padding before) of XLA's SAME padding along one axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return out, total // 2
 
+
+def valid_taps(size: int, kernel: int, stride: int = 1, padding: str = "SAME") -> int:
+  """Σ over output positions of the kernel taps that land inside the image, along one axis."""
+  if padding == "SAME":
+    out, lo = same_padding(size, kernel, stride)
+  else:
+    out, lo = (size - kernel) // stride + 1, 0
+  return sum(sum(1 for k in range(kernel) if 0 <= o * stride + k - lo < size) for o in range(out))
+
+
+def conv_flops(size: tuple[int, int], kernel: int, in_channels: int, out_channels: int, stride: int = 1,
+               padding: str = "SAME", bias: bool = False) -> float:
+  """FLOPs per sample of a square-kernel 2-D convolution on an H×W map, padding taps excluded."""
+  taps = valid_taps(size[0], kernel, stride, padding) * valid_taps(size[1], kernel, stride, padding)
+  out_h, out_w = conv_out(size, kernel, stride, padding)
+  return 2.0 * taps * in_channels * out_channels + (out_h * out_w * out_channels if bias else 0)
+
+
+def conv_out(size: tuple[int, int], kernel: int, stride: int = 1, padding: str = "SAME") -> tuple[int, int]:
+  """Output H×W of a convolution or pooling window."""
+  if padding == "SAME":
+    return tuple(same_padding(s, kernel, stride)[0] for s in size)
+  return tuple((s - kernel) // stride + 1 for s in size)
+
+
+def batch_norm_flops(elements: int, channels: int) -> float:
+  """Inference-mode batch norm: (x − mean)·scale' + bias per element, scale' = γ/√(var+ε) per channel."""
+  return 3.0 * elements + 2.0 * channels
+
+
+def max_pool_flops(out_elements: int, kernel: int) -> float:
+  """k²−1 comparisons per output element."""
+  return float(out_elements * (kernel * kernel - 1))
+
+
+def avg_pool_flops(out_elements: int, kernel: int) -> float:
+  """k²−1 adds and one divide per output element."""
+  return float(out_elements * kernel * kernel)

@@ -1,0 +1,96 @@
+"""Data parallelism: the batch split over a 1-D device mesh (axis "data"), params replicated.
+
+Choice (see BUILD.md): plain `jax.jit` with `NamedSharding`, not `pmap` (legacy since JAX 0.8) nor
+`shard_map`. The trainer's step stays the single-device program; a sharding constraint on the
+gathered batch tells XLA's SPMD partitioner to split it, and the partitioner inserts the gradient
+all-reduce itself — so there is no hand-written `pmean` to get wrong (notes-jax.md's shard_map trap),
+and batch norm's batch statistics are computed over the *global* batch (synchronised BN), exactly as
+on one device. Multi-host (a TPU pod slice): `initialize_distributed()` before anything touches a
+device; the mesh then spans every host's devices, each host holds the same in-memory data (the
+arrays are replicated), draws the same batch indices from the same key, and computes only the rows
+of each batch that land on its own devices.
+
+`fit` takes `mesh=`; code that calls `fit` without one (Algorithm 1's per-block fits) picks up the
+mesh of an enclosing `with data_parallel(mesh):`. Outside such a block nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+_CURRENT: contextvars.ContextVar[Optional[Mesh]] = contextvars.ContextVar("quicknets_mesh", default=None)
+
+
+def initialize_distributed() -> None:
+  """Multi-host setup: `jax.distributed.initialize()` (on Cloud TPU it finds the coordinator itself;
+  elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Call before using jax."""
+  jax.distributed.initialize()
+
+
+def make_mesh(num_devices: Optional[int] = None) -> Mesh:
+  """A 1-D mesh named "data" over the first `num_devices` devices (default: all, on every host)."""
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else num_devices
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"asked for {n} devices but {len(devices)} are visible: pass --num_devices ≤ "
+                     f"{len(devices)}")
+  return Mesh(np.asarray(devices[:n]), (AXIS,))
+
+
+@contextlib.contextmanager
+def data_parallel(mesh: Optional[Mesh]):
+  """Within this block, `train.fit` calls without a `mesh=` run data parallel on `mesh` (None: off)."""
+  token = _CURRENT.set(mesh)
+  try:
+    yield mesh
+  finally:
+    _CURRENT.reset(token)
+
+
+def current_mesh() -> Optional[Mesh]:
+  """The mesh of the enclosing `data_parallel` block, or None."""
+  return _CURRENT.get()
+
+
+def mesh_size(mesh: Optional[Mesh]) -> int:
+  return 1 if mesh is None else int(mesh.devices.size)
+
+
+def round_up_batch(batch_size: int, mesh: Optional[Mesh]) -> int:
+  """The smallest multiple of the device count ≥ batch_size (the extra rows are padding, masked out)."""
+  n = mesh_size(mesh)
+  return int(math.ceil(batch_size / n) * n)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places every array of `tree` on all devices of `mesh` (on every host: each passes the same values)."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    host = np.asarray(x)  # multi-host: build the global array from this host's identical copy
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+  """Inside jit: splits the leading (batch) axis of every array of `tree` over the mesh."""
+  return jax.lax.with_sharding_constraint(tree, batch_sharding(mesh))

@@ -1,0 +1,365 @@
+"""Bad input is refused with one line that names the fix, before (or instead of) silent damage.
+
+One table of cases: data files, flags and configs, checkpoints (corrupt, truncated, NaN loss, disk
+full). Each case is a function that must raise; the test checks the type, a key phrase and that the
+message is one line. The data-layer cases have deeper tests in test_data.py; they are repeated here
+so the whole table comes from one place: `python -m tests.test_bad_input` prints it as Markdown
+(BUILD.md's "Refused bad input" table).
+"""
+
+import dataclasses
+import errno
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import numpy as np
+import pytest
+
+from quicknets_jax import data, models
+from quicknets_jax.checkpoint import BlockCheckpointer, CheckpointError, FitCheckpointer
+from quicknets_jax.data import DataError, cifar, idx
+from quicknets_jax.experiment import ExperimentConfig, guard_workdir, train_and_evaluate
+from quicknets_jax.quicknet import QuickNetConfig, train_quicknet
+from quicknets_jax.train import FitConfig, NonFiniteLossError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=2), commit_fit=FitConfig(
+    batch_size=64, max_epochs=2, balanced_sampling=False), train_threshold=0.5)
+
+CASES = []  # (id, what is wrong, expected exception, key phrase, fn(tmp_dir, blobs, interrupted))
+
+
+def case(what, error, phrase):
+  def register(fn):
+    CASES.append((fn.__name__, what, error, phrase, fn))
+    return fn
+  return register
+
+
+def _blobs(n=400, seed=0):
+  from tests.conftest import make_blobs
+  return make_blobs(n, seed=seed)
+
+
+def _model():
+  return models.mlp((6, 6, 1), 4, width=8, num_blocks=2)
+
+
+class Interrupt(Exception):
+  pass
+
+
+def make_interrupted(directory, blobs):
+  """A checkpoint directory left by a run stopped after block 1's first epoch: block 0 frozen,
+  in_progress/block_1 holding epoch 1."""
+  x, y, vx, vy = blobs
+
+  def stop(kind, state, record):
+    if kind == "block" and stop.blocks_seen == 1 and record["epoch"] == 1:
+      raise Interrupt
+    if kind == "commitment" and record["epoch"] == TINY.commit_fit.max_epochs:
+      stop.blocks_seen += 1
+  stop.blocks_seen = 0
+  try:
+    train_quicknet(_model(), x, y, vx, vy, TINY, seed=0, checkpointer=BlockCheckpointer(directory),
+                   log=lambda m: None, on_epoch=stop)
+  except Interrupt:
+    return directory
+  raise AssertionError("the run was not interrupted")
+
+
+def _copy(interrupted, tmp):
+  target = os.path.join(tmp, "ckpt")
+  shutil.copytree(interrupted, target)
+  return target
+
+
+def _resume(directory, blobs, on_epoch=None, images=None):
+  x, y, vx, vy = blobs
+  return train_quicknet(_model(), x if images is None else images, y, vx, vy, TINY, seed=0,
+                        checkpointer=BlockCheckpointer(directory), log=lambda m: None, on_epoch=on_epoch)
+
+
+def _files(directory):
+  return [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+
+
+def _disk_full(monkeypatch_target):
+  """Makes every text write orbax does (metadata, JSON) fail as on a full disk."""
+  from etils import epath
+  cls = type(epath.Path(tempfile.gettempdir()))
+
+  def full(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+  monkeypatch_target.setattr(cls, "write_text", full)
+
+
+# --- data files ----------------------------------------------------------------------------------
+
+@case("IDX file with wrong magic bytes", DataError, "bad magic bytes")
+def idx_wrong_magic(tmp, blobs, interrupted, mp):
+  path = os.path.join(tmp, "train-labels-idx1-ubyte")
+  with open(path, "wb") as f:
+    f.write(b"\x12\x34\x08\x01\x00\x00\x00\x02\x01\x02")
+  idx.read_idx(path)
+
+
+@case("truncated gzip IDX file", DataError, "re-download")
+def idx_truncated_gzip(tmp, blobs, interrupted, mp):
+  path = os.path.join(tmp, "train-images-idx3-ubyte.gz")
+  idx.write_idx(path, np.zeros((50, 28, 28), np.uint8) + np.arange(28, dtype=np.uint8))
+  with open(path, "rb") as f:
+    blob = f.read()
+  with open(path, "wb") as f:
+    f.write(blob[:len(blob) // 2])
+  idx.read_idx(path)
+
+
+@case("IDX payload shorter than its header says", DataError, "truncated")
+def idx_truncated_payload(tmp, blobs, interrupted, mp):
+  path = os.path.join(tmp, "train-images-idx3-ubyte")
+  idx.write_idx(path, np.zeros((4, 5, 6), np.uint8))
+  with open(path, "rb") as f:
+    raw = f.read()
+  with open(path, "wb") as f:
+    f.write(raw[:-7])
+  idx.read_idx(path)
+
+
+def _idx_dir(tmp, n_train=12, n_test=5, train_labels=None):
+  rng = np.random.default_rng(0)
+  arrays = [rng.integers(0, 256, (n_train, 4, 3), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
+            rng.integers(0, 256, (n_test, 4, 3), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)]
+  if train_labels is not None:
+    arrays[1] = train_labels
+  for base, a in zip(idx.IDX_FILES, arrays):
+    idx.write_idx(os.path.join(tmp, base + ".gz"), a)
+  return tmp
+
+
+@case("image/label count mismatch", DataError, "disagree")
+def idx_count_mismatch(tmp, blobs, interrupted, mp):
+  idx.load_idx_dir(_idx_dir(tmp, train_labels=np.zeros(11, np.uint8)))
+
+
+@case("labels out of range", DataError, "outside [0, 10)")
+def labels_out_of_range(tmp, blobs, interrupted, mp):
+  labels = np.zeros(12, np.uint8)
+  labels[[2, 5]] = 17
+  data.load_dataset("fashion_mnist", data_source="idx", data_dir=_idx_dir(tmp, train_labels=labels))
+
+
+@case("a missing IDX file", DataError, "missing IDX file")
+def idx_missing_file(tmp, blobs, interrupted, mp):
+  os.remove(os.path.join(_idx_dir(tmp), "t10k-labels-idx1-ubyte.gz"))
+  idx.load_idx_dir(tmp)
+
+
+@case("CIFAR-10 tarball missing a training batch", DataError, "data_batch_3")
+def cifar_missing_batch(tmp, blobs, interrupted, mp):
+  rng = np.random.default_rng(0)
+  good, bad = os.path.join(tmp, "good.tar.gz"), os.path.join(tmp, "bad.tar.gz")
+  cifar.write_cifar_tar(good, rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+                        rng.integers(0, 10, 20, dtype=np.uint8),
+                        rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 6, dtype=np.uint8))
+  with tarfile.open(good) as src, tarfile.open(bad, "w:gz") as dst:
+    for m in src.getmembers():
+      if not m.name.endswith("data_batch_3"):
+        dst.addfile(m, src.extractfile(m))
+  cifar.load_cifar_tar(bad)
+
+
+# --- configs -------------------------------------------------------------------------------------
+
+@case("validation fraction outside (0, 1)", DataError, "val_fraction")
+def val_fraction_out_of_range(tmp, blobs, interrupted, mp):
+  x, y = _blobs(20)
+  data.split_validation(x, y, 1.5)
+
+
+@case("batch size larger than the training split (refused, not clamped)", ValueError, "--batch_size")
+def batch_larger_than_data(tmp, blobs, interrupted, mp):
+  x, y = _blobs(40)
+  ds = data.Dataset("fashion_mnist", x[:30], y[:30], x[30:], y[30:], x[30:], y[30:], 4, tuple("abcd"))
+  train_and_evaluate(ExperimentConfig(batch_size=128, seeds=(0,), width=8), os.path.join(tmp, "w"),
+                     log=lambda m: None, dataset=ds)
+
+
+@case("non-finite learning rate", ValueError, "learning_rate")
+def learning_rate_nan(tmp, blobs, interrupted, mp):
+  ExperimentConfig(learning_rate=float("nan"))
+
+
+@case("exit threshold outside [0, 1]", ValueError, "exit_threshold")
+def exit_threshold_out_of_range(tmp, blobs, interrupted, mp):
+  ExperimentConfig(exit_threshold=1.5)
+
+
+@case("workdir holding a run with another config", ValueError, "--overwrite")
+def workdir_other_config(tmp, blobs, interrupted, mp):
+  guard_workdir(ExperimentConfig(width=32), tmp)
+  guard_workdir(ExperimentConfig(width=64, learning_rate=3e-4), tmp)
+
+
+# --- checkpoints and training --------------------------------------------------------------------
+
+@case("corrupt checkpoint of a frozen block", CheckpointError, "checkpoint of block 0")
+def corrupt_block_checkpoint(tmp, blobs, interrupted, mp):
+  directory = _copy(interrupted, tmp)
+  for f in _files(os.path.join(directory, "0", "variables")):
+    if os.path.getsize(f) > 0:
+      with open(f, "wb") as out:
+        out.write(b"garbage")
+  _resume(directory, blobs)
+
+
+@case("truncated checkpoint of a frozen block", CheckpointError, "checkpoint of block 0")
+def truncated_block_checkpoint(tmp, blobs, interrupted, mp):
+  directory = _copy(interrupted, tmp)
+  for f in _files(os.path.join(directory, "0")):
+    size = os.path.getsize(f)
+    with open(f, "r+b") as out:
+      out.truncate(size // 2)
+  _resume(directory, blobs)
+
+
+@case("truncated per-epoch checkpoint inside a block", CheckpointError, "block 1: checkpoint of epoch 1")
+def truncated_epoch_checkpoint(tmp, blobs, interrupted, mp):
+  directory = _copy(interrupted, tmp)
+  for f in _files(os.path.join(directory, "in_progress", "block_1", "1", "state")):
+    with open(f, "r+b") as out:
+      out.truncate(os.path.getsize(f) // 2)
+  _resume(directory, blobs)
+
+
+@case("NaN/inf loss", NonFiniteLossError, "block 1: non-finite loss at epoch 2")
+def nan_loss(tmp, blobs, interrupted, mp):
+  directory = _copy(interrupted, tmp)
+  x = blobs[0].copy()
+  x[:] = np.nan  # the frozen block 0 turns every feature into NaN
+  try:
+    _resume(directory, blobs, images=x)
+  finally:  # the last good state is still there and readable
+    assert FitCheckpointer(os.path.join(directory, "in_progress", "block_1")).latest_epoch() == 1
+
+
+@case("no space left while saving an epoch", CheckpointError, "no space left on device")
+def disk_full_epoch(tmp, blobs, interrupted, mp):
+  directory = _copy(interrupted, tmp)
+  _disk_full(mp)
+  try:
+    _resume(directory, blobs)
+  finally:
+    mp.undo()
+    ckpt = FitCheckpointer(os.path.join(directory, "in_progress", "block_1"))
+    assert ckpt.latest_epoch() == 1  # the previous checkpoint is intact and still the newest
+
+
+@case("no space left while saving a frozen block", CheckpointError, "saving frozen block 1")
+def disk_full_block(tmp, blobs, interrupted, mp):
+  directory = _copy(interrupted, tmp)
+
+  def fill_disk_after_last_epoch(kind, state, record):
+    if kind == "commitment" and record["epoch"] == TINY.commit_fit.max_epochs:
+      _disk_full(mp)  # the next write is the frozen block's checkpoint
+  try:
+    _resume(directory, blobs, on_epoch=fill_disk_after_last_epoch)
+  finally:
+    mp.undo()
+    assert BlockCheckpointer(directory)._manager.all_steps() == [0]  # block 0 intact, no half block 1
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+  return make_interrupted(str(tmp_path_factory.mktemp("interrupted") / "ckpt"), _blobs_split())
+
+
+def _blobs_split():
+  x, y = _blobs(400, seed=0)
+  vx, vy = _blobs(100, seed=1)
+  return x, y, vx, vy
+
+
+@pytest.mark.parametrize("name,what,error,phrase,fn", CASES, ids=[c[0] for c in CASES])
+def test_refused_with_one_line(tmp_path, interrupted, monkeypatch, name, what, error, phrase, fn):
+  with pytest.raises(error) as e:
+    fn(str(tmp_path), _blobs_split(), interrupted, monkeypatch)
+  message = str(e.value)
+  assert phrase in message, message
+  assert "\n" not in message, message
+
+
+def test_nan_loss_leaves_a_resumable_run(tmp_path, interrupted):
+  """After the NaN refusal, the kept checkpoint resumes (on good data) as if nothing happened."""
+  directory = _copy(interrupted, str(tmp_path))
+  x = _blobs_split()[0].copy()
+  x[:] = np.nan
+  with pytest.raises(NonFiniteLossError):
+    _resume(directory, _blobs_split(), images=x)
+  run = _resume(directory, _blobs_split())
+  assert run.num_trained_blocks == 2
+
+
+# Flag errors come from absl before anything is imported or read: its line, then a help hint.
+CLI_CASES = [
+    ("unknown flag in a flagfile", ["--flagfile={bad_flagfile}"], "Unknown command line flag 'widht'"),
+    ("missing flagfile", ["--flagfile={tmp}/none.flags"], "Unable to open flagfile"),
+    ("non-numeric flag", ["--width=abc"], "flag --width=abc: invalid literal for int()"),
+    ("out-of-range flag", ["--batch_size=0"], "flag --batch_size=0: 0 is not a positive integer"),
+    ("out-of-range float flag", ["--val_fraction=1.5"], "flag --val_fraction=1.5"),
+]
+
+
+def run_cli_cases(tmp):
+  """Runs every CLI case at once (they only parse flags); returns [(case, stderr)]."""
+  bad = os.path.join(tmp, "bad.flags")
+  with open(bad, "w") as f:
+    f.write("--dataset=fashion_mnist\n--widht=32\n")
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.fashion_mnist", f"--workdir={tmp}/w{i}",
+                             *(a.format(bad_flagfile=bad, tmp=tmp) for a in args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i, (_, args, _) in enumerate(CLI_CASES)]
+  return [(c, p.communicate(timeout=300)[1], p.returncode) for c, p in zip(CLI_CASES, procs)]
+
+
+def test_flag_errors_are_one_line_before_anything_runs(tmp_path):
+  for (what, args, phrase), stderr, code in run_cli_cases(str(tmp_path)):
+    assert code != 0, what
+    first = stderr.strip().splitlines()[0]
+    assert phrase in first, (what, stderr)
+    assert "Traceback" not in stderr and "epoch" not in stderr, (what, stderr)
+
+
+if __name__ == "__main__":  # prints BUILD.md's table with the exact messages
+  with tempfile.TemporaryDirectory() as root:
+    blobs = _blobs_split()
+    interrupted_dir = make_interrupted(os.path.join(root, "interrupted"), blobs)
+    print("| # | bad input | refused with (exact text; paths are the test's temp dirs) | test |")
+    print("|---|---|---|---|")
+    row = 0
+    for name, what, error, phrase, fn in CASES:
+      tmp = tempfile.mkdtemp(dir=root)
+      mp = pytest.MonkeyPatch()
+      try:
+        fn(tmp, blobs, interrupted_dir, mp)
+        message = "NOT REFUSED"
+      except error as e:
+        message = f"{type(e).__name__}: {e}"
+      finally:
+        mp.undo()
+      row += 1
+      print(f"| {row} | {what} | `{message.replace(root, '<tmp>').replace('|', '/')}` | "
+            f"test_bad_input.py::test_refused_with_one_line[{name}] |")
+    for (what, _, _), stderr, _ in run_cli_cases(root):
+      row += 1
+      line = stderr.strip().splitlines()[0].replace(root, "<tmp>")
+      print(f"| {row} | {what} | `{line}` (+ absl's `Pass --helpshort or --helpfull to see help on flags.`) | "
+            f"test_bad_input.py::test_flag_errors_are_one_line_before_anything_runs |")

@@ -1,0 +1,143 @@
+"""Deterministic resume: a run stopped after any epoch (block fit, commitment fit, end-to-end) and
+resumed from its per-epoch orbax checkpoints ends bit-identical to an uninterrupted one; and the
+fault-injection benchmark (SIGKILL at random moments, in a subprocess) on a tiny config."""
+
+import dataclasses
+import os
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quicknets_jax import models
+from quicknets_jax.checkpoint import BlockCheckpointer, FitCheckpointer
+from quicknets_jax.quicknet import QuickNetConfig, train_end_to_end, train_quicknet
+from quicknets_jax.train import FitConfig, FitState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=3), commit_fit=FitConfig(
+    batch_size=64, max_epochs=3, balanced_sampling=False), train_threshold=0.5)
+
+
+class Interrupt(Exception):
+  """Stands in for a kill right after an epoch's checkpoint reached the disk."""
+
+
+def _model():
+  return models.mlp((6, 6, 1), 4, width=16, num_blocks=2)
+
+
+def _untimed(obj):
+  """`obj` without wall-clock fields, which differ between any two runs."""
+  if isinstance(obj, dict):
+    return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k}
+  if isinstance(obj, list):
+    return [_untimed(v) for v in obj]
+  return obj
+
+
+def _records(run):
+  return [_untimed(dataclasses.asdict(r)) for r in run.records]
+
+
+@pytest.fixture(scope="module")
+def reference(blobs, tmp_path_factory):
+  x, y, vx, vy = blobs
+  directory = tmp_path_factory.mktemp("reference")
+  run = train_quicknet(_model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(directory),
+                       log=lambda m: None)
+  return run, directory
+
+
+@pytest.mark.parametrize("kind,block,epoch", [("block", 1, 2), ("commitment", 0, 1)])
+def test_stop_after_any_epoch_resumes_bit_identically(blobs, reference, tmp_path, kind, block, epoch):
+  x, y, vx, vy = blobs
+  full, _ = reference
+  seen = {"block": -1, "commitment": -1}
+
+  def stop(k, state, record):
+    if k == "block" and record["epoch"] == 1:
+      seen["block"] += 1  # the block fit's first epoch: a new block started
+    if k == kind and seen["block"] == block and record["epoch"] == epoch:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    train_quicknet(_model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(tmp_path),
+                   log=lambda m: None, on_epoch=stop)
+  # the epoch the callback saw is on disk already: the kill cost nothing
+  assert FitCheckpointer(tmp_path / "in_progress" / f"{kind}_{block}").latest_epoch() == epoch
+  messages, epochs_run = [], []
+  resumed = train_quicknet(_model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(tmp_path),
+                           log=messages.append, on_epoch=lambda k, s, r: epochs_run.append((k, r["epoch"])))
+  name = f"block {block}" if kind == "block" else f"commitment head {block}"
+  assert any(m.startswith(f"{name}: resumed after epoch {epoch}") for m in messages), messages
+  # nothing saved runs again: for a commitment fit, the finished block fit came back from disk
+  assert epochs_run[0] == (kind, epoch + 1), epochs_run
+  chex.assert_trees_all_equal(jax.device_get(full.variables), jax.device_get(resumed.variables))
+  assert _records(full) == _records(resumed)
+  # the frozen blocks' per-epoch checkpoints are gone; only the block checkpoints remain
+  assert not os.listdir(tmp_path / "in_progress")
+
+
+def test_end_to_end_resumes_bit_identically(blobs, tmp_path):
+  x, y, vx, vy = blobs
+  model, config = _model(), FitConfig(batch_size=64, max_epochs=4)
+  full = train_end_to_end(model, x, y, vx, vy, config, seed=2, log=lambda m: None,
+                          checkpointer=FitCheckpointer(tmp_path / "full", "end-to-end"))
+
+  def stop(kind, state, record):
+    if record["epoch"] == 2:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    train_end_to_end(model, x, y, vx, vy, config, seed=2, log=lambda m: None, on_epoch=stop,
+                     checkpointer=FitCheckpointer(tmp_path / "cut", "end-to-end"))
+  messages = []
+  resumed = train_end_to_end(model, x, y, vx, vy, config, seed=2, log=messages.append,
+                             checkpointer=FitCheckpointer(tmp_path / "cut", "end-to-end"))
+  assert any("end-to-end: resumed after epoch 2" in m for m in messages)
+  chex.assert_trees_all_equal(jax.device_get(full.variables), jax.device_get(resumed.variables))
+  assert _untimed(full.history) == _untimed(resumed.history)
+  assert (full.epochs, full.best_epoch, full.training_flops) == (resumed.epochs, resumed.best_epoch,
+                                                                 resumed.training_flops)
+  assert resumed.seconds >= sum(r["seconds"] for r in resumed.history[:2])  # restored epochs still count
+
+
+def test_fit_state_round_trip_is_exact(tmp_path):
+  params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.zeros(3)}
+  from quicknets_jax.train import Objective, init_fit_state
+  objective = Objective(lambda *a: None, {"w": True, "b": False})
+  state = init_fit_state(objective, params, {}, FitConfig(learning_rate=3e-4))
+  state = dataclasses.replace(state, best_val_loss=0.1 + 0.2, best_epoch=3, learning_rate=3e-4 * 0.5,
+                              epoch=4, epochs_since_best=1, plateau_bad_epochs=1, stopped=False,
+                              history=[{"epoch": 4, "val_loss": 1 / 3}])
+  ckpt = FitCheckpointer(tmp_path, "toy")
+  ckpt.save(state)
+  back = ckpt.restore(init_fit_state(objective, params, {}, FitConfig()))
+  chex.assert_trees_all_equal(jax.device_get(state.params), back.params)
+  chex.assert_trees_all_equal(jax.device_get(state.opt_state), back.opt_state)
+  assert jax.tree.structure(back.opt_state) == jax.tree.structure(state.opt_state)
+  for field in ("best_val_loss", "best_epoch", "learning_rate", "epoch", "epochs_since_best",
+                "plateau_bad_epochs", "stopped", "history"):
+    assert getattr(back, field) == getattr(state, field), field
+  assert isinstance(back, FitState)
+
+
+def test_fault_injection_small(tmp_path):
+  """Two SIGKILLs (one at a random moment, one while a checkpoint is being written), then a resume."""
+  from benchmarks import fault_injection
+  data_dir = tmp_path / "data"
+  fault_injection.write_tiny_idx(str(data_dir))
+  flags = [f"--data_dir={data_dir}", "--dataset=mnist", "--width=8", "--num_blocks=2", "--seeds=0",
+           "--max_epochs=2", "--eval_batch_size=256"]
+  lines = []
+  # compiles dominate these tiny runs; a cache kept across test sessions pays them once per machine
+  cache = os.path.join(tempfile.gettempdir(), "quicknets_jax_fault_injection_xla_cache")
+  summary = fault_injection.run_trials(flags, trials=1, kills_per_trial=2, root=str(tmp_path / "runs"),
+                                       seed=0, log=lines.append, compilation_cache=cache)
+  assert summary["identical"] == 1, lines
+  assert summary["kills"] >= 1, lines
+  assert lines[-1] == "1/1 identical"
