@@ -6,7 +6,10 @@ trial starts the same run in a fresh workdir in a subprocess, SIGKILLs it (`--ki
 times, rerunning in between), and reruns the same command until it finishes. Kills alternate
 between a uniformly random moment within the reference's duration and the moment an orbax
 checkpoint is being written (a `*.orbax-checkpoint-tmp` directory exists) after a random delay.
-The runs share a persistent XLA compilation cache, filled by the reference run. A trial is identical when its results.json equals the reference's with every
+A trial whose run finishes before its kill starts over with a shorter horizon, so every trial is
+killed. Each trial's line says what the killed run had left on disk (frozen blocks, the newest epoch
+of each fit in progress, finished parts). The runs share a persistent XLA compilation cache, filled
+by the reference run. A trial is identical when its results.json equals the reference's with every
 wall-clock field ("...seconds...") removed, and every saved parameter array (frozen blocks, and the
 end-to-end fit's FitState) equals the reference's bit for bit. The last line is `K/N identical`.
 Extra arguments after `--` go to the experiment (e.g. `-- --max_epochs=3`).
@@ -68,12 +71,42 @@ def _saving(workdir: str) -> bool:
   return False
 
 
-def _finish(flags, workdir, log_path, timeout: float, cache_dir: Optional[str]) -> None:
+def disk_state(workdir: str) -> str:
+  """What a killed run left, in words: frozen blocks, newest epoch of each fit in progress, results."""
+  parts = []
+  for seed_dir in sorted(d for d in os.listdir(workdir) if d.startswith("seed_")) if os.path.isdir(workdir) else []:
+    base = os.path.join(workdir, seed_dir)
+
+    def steps(path):
+      return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
+    blocks = steps(os.path.join(base, "quicknet_checkpoints"))
+    if blocks:
+      parts.append(f"blocks 0-{blocks[-1]} frozen")
+    progress = os.path.join(base, "quicknet_checkpoints", "in_progress")
+    for fit_dir in sorted(os.listdir(progress)) if os.path.isdir(progress) else []:
+      done = steps(os.path.join(progress, fit_dir))
+      if done:
+        parts.append(f"{fit_dir} epoch {done[-1]}")
+    for name in ("quicknet.json", "end_to_end.json"):
+      if os.path.exists(os.path.join(base, name)):
+        parts.append(name)
+    e2e = steps(os.path.join(base, "end_to_end_checkpoints"))
+    if e2e:
+      parts.append(f"end_to_end epoch {e2e[-1]}")
+  return ", ".join(parts) or "no checkpoint yet"
+
+
+def _finish(flags, workdir, log_path, timeout: float, cache_dir: Optional[str]) -> list[str]:
+  """Runs to the end; returns the run's "resumed ..." lines (where the previous run had got to)."""
+  offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
   proc = _start(flags, workdir, log_path, cache_dir)
   if proc.wait(timeout=timeout) != 0:
     with open(log_path, errors="replace") as f:
       tail = f.read()[-2000:]
     raise RuntimeError(f"run in {workdir} failed (exit {proc.returncode}); its log ends:\n{tail}")
+  with open(log_path, errors="replace") as f:
+    f.seek(offset)
+    return [line.split("] ", 1)[-1].strip() for line in f if "resumed after" in line]
 
 
 def _kill_once(flags, workdir, log_path, mode: str, horizon: float, rng: random.Random,
@@ -88,11 +121,12 @@ def _kill_once(flags, workdir, log_path, mode: str, horizon: float, rng: random.
   if mode == "save":  # from a random moment on, wait for the next save to start
     while proc.poll() is None and not _saving(workdir) and time.monotonic() - start < 2 * horizon:
       time.sleep(0.001)
-  if proc.poll() is not None:
+  if proc.poll() is not None:  # faster than the horizon: the caller shortens it and tries again
     return dict(at=time.monotonic() - start, mid_save=False, finished_first=True)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  return dict(at=time.monotonic() - start, mid_save=_saving(workdir), finished_first=False)
+  return dict(at=time.monotonic() - start, mid_save=_saving(workdir), finished_first=False,
+              left=disk_state(workdir))
 
 
 def _untimed(obj):
@@ -193,20 +227,26 @@ def run_trials(flags: Sequence[str], trials: int, kills_per_trial: int = 1, root
     workdir = os.path.join(root, f"trial_{trial}")
     shutil.rmtree(workdir, ignore_errors=True)
     log_path = os.path.join(root, f"trial_{trial}.log")
-    events = []
-    for k in range(kills_per_trial):
-      mode = "random" if (trial + k) % 2 == 0 else "save"
+    events, attempts = [], 0
+    while len(events) < kills_per_trial:
+      mode = "random" if (trial + len(events)) % 2 == 0 else "save"
       event = _kill_once(flags, workdir, log_path, mode, horizon, rng, cache_dir)
+      if event["finished_first"]:  # no kill happened: the machine got faster; start the trial over
+        horizon = 0.9 * event["at"]
+        attempts += 1
+        shutil.rmtree(workdir, ignore_errors=True)
+        events = []
+        if attempts > 5:
+          raise RuntimeError(f"trial {trial}: the run kept finishing before the kill; rerun on a quieter machine")
+        continue
       events.append(dict(event, mode=mode))
-      if event["finished_first"]:
-        break
     _finish(flags, workdir, log_path, timeout, cache_dir)
     diffs = compare(reference, workdir)
     identical += not diffs
-    kills += sum(not e["finished_first"] for e in events)
+    kills += len(events)
     mid_save += sum(e["mid_save"] for e in events)
-    described = ", ".join(f"{e['mode']}: " + ("finished before the kill" if e["finished_first"] else
-                          f"killed at {e['at']:.1f}s" + (" mid-save" if e["mid_save"] else "")) for e in events)
+    described = ", ".join(f"{e['mode']} kill at {e['at']:.1f}s" + (" mid-save" if e["mid_save"] else "")
+                          + f" left [{e['left']}]" for e in events)
     log(f"trial {trial}: {described}; resumed to the end: "
         + ("identical" if not diffs else "DIFFERENT: " + "; ".join(diffs[:3])))
   log(f"{kills} kills, {mid_save} of them while a checkpoint was being written")

@@ -198,8 +198,9 @@ def fit_resumably(objective, params, model_state, data, config, key, *, num_clas
                   checkpoint: Optional[FitCheckpointer], on_epoch=None, log=None):
   """`train.fit`, resumed from `checkpoint`'s newest FitState and saved to it after every epoch.
 
-  The save comes before `on_epoch`, so whatever the callback sees is already on disk. A fit that had
-  finished (early-stopped or at max_epochs) comes back at once, and its caller goes on from there.
+  The save comes after `on_epoch` (and also when it raises): callbacks may add to the epoch's record
+  (e.g. a test accuracy), and the history on disk must hold what an uninterrupted run's holds. A fit
+  that had finished (early-stopped or at max_epochs) comes back at once, and its caller goes on.
   With `checkpoint=None` this is plain `fit`.
   """
   if checkpoint is None:
@@ -210,14 +211,16 @@ def fit_resumably(objective, params, model_state, data, config, key, *, num_clas
     log(f"{name}: resumed after epoch {resume.epoch}" + (" (finished)" if resume.stopped
                                                          or resume.epoch >= config.max_epochs else ""))
 
-  def save_then_report(state, record):
-    checkpoint.save(state)
-    if on_epoch is not None:
-      on_epoch(state, record)
+  def report_then_save(state, record):
+    try:
+      if on_epoch is not None:
+        on_epoch(state, record)
+    finally:
+      checkpoint.save(state)
 
   try:
     return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
-               on_epoch=save_then_report, resume=resume)
+               on_epoch=report_then_save, resume=resume)
   except FloatingPointError as e:  # same type, one line, plus where the last good state is
     kept = checkpoint.latest_epoch()
     where = (f"the checkpoint of epoch {kept} in {checkpoint.directory} is kept" if kept is not None

@@ -263,12 +263,14 @@ def disk_full_epoch(tmp, blobs, interrupted, mp):
 @case("no space left while saving a frozen block", CheckpointError, "saving frozen block 1")
 def disk_full_block(tmp, blobs, interrupted, mp):
   directory = _copy(interrupted, tmp)
+  real_save = BlockCheckpointer.save
 
-  def fill_disk_after_last_epoch(kind, state, record):
-    if kind == "commitment" and record["epoch"] == TINY.commit_fit.max_epochs:
-      _disk_full(mp)  # the next write is the frozen block's checkpoint
+  def fill_disk_then_save(self, *args, **kwargs):
+    _disk_full(mp)  # the disk fills up right when block 1 is to be frozen
+    return real_save(self, *args, **kwargs)
+  mp.setattr(BlockCheckpointer, "save", fill_disk_then_save)
   try:
-    _resume(directory, blobs, on_epoch=fill_disk_after_last_epoch)
+    _resume(directory, blobs)
   finally:
     mp.undo()
     assert BlockCheckpointer(directory)._manager.all_steps() == [0]  # block 0 intact, no half block 1

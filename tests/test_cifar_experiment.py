@@ -37,6 +37,7 @@ def data_dir(tmp_path_factory):
   return str(out)
 
 
+@pytest.mark.slow  # two full smoke runs (~6 min on 2 cores): `python -m pytest -q tests -m slow`
 def test_smoke_run_on_one_and_eight_devices(data_dir, tmp_path):
   one = _run(tmp_path / "one", data_dir, 1)
   q = one["quicknet"]
