@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import losses, models
 from quicknets_jax.quicknet import _block_mask
-from quicknets_jax.train import Objective, make_epoch_fn, make_optimizer
+from quicknets_jax.train import Objective, bucket_size, make_epoch_fn, make_optimizer, pad_rows
 
 flags.DEFINE_list("batch_sizes", ["128", "1024"], "Batch sizes to time.")
 flags.DEFINE_integer("samples", 54000, "Samples per timed epoch.")
@@ -24,11 +25,13 @@ FLAGS = flags.FLAGS
 
 def _epoch_rate(objective, params, state, inputs, labels, batch_size, n):
   tx = make_optimizer(objective.trainable, params)
-  epoch_fn = make_epoch_fn(objective, tx, batch_size, n, 10, True)
+  epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True)
   opt_state = tx.init(params)
-  positions = jnp.arange(n, dtype=jnp.int32)
-  run = lambda: epoch_fn(params, opt_state, state, jnp.float32(1e-3), inputs, labels, positions, labels,
-                         jax.random.PRNGKey(0))
+  rows = bucket_size(n)
+  positions = pad_rows(np.arange(n, dtype=np.int32), rows)
+  classes = pad_rows(np.asarray(labels), rows)
+  run = lambda: epoch_fn(params, opt_state, state, jnp.float32(1e-3), inputs, labels, positions, classes,
+                         jnp.int32(n), jax.random.PRNGKey(0))
   seconds = common.time_call(run, repeats=3, warmup=1)
   return n / seconds
 

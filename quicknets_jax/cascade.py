@@ -63,7 +63,8 @@ def cascade_predict(model: MultiExitModel, variables: Sequence[dict], images, th
   for start in range(0, n, batch_size):
     rows = np.arange(start, min(start + batch_size, n))
     x = images[start:start + len(rows)]
-    x = jnp.concatenate([x, jnp.zeros((_bucket(len(rows)) - len(rows), *x.shape[1:]), x.dtype)])
+    if _bucket(len(rows)) > len(rows):  # only a short last batch is padded
+      x = jnp.concatenate([x, jnp.zeros((_bucket(len(rows)) - len(rows), *x.shape[1:]), x.dtype)])
     best_conf = np.full(len(rows), -np.inf, np.float32)
     best_pred = np.zeros(len(rows), np.int32)
     best_exit = np.zeros(len(rows), np.int32)
