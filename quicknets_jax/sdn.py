@@ -25,7 +25,7 @@ import numpy as np
 
 from quicknets_jax import losses
 from quicknets_jax.models.base import MultiExitModel, split_variables
-from quicknets_jax.quicknet import block_outputs, train_commitment_head
+from quicknets_jax.quicknet import EndToEndRun, block_outputs, train_commitment_head
 from quicknets_jax.train import FitConfig, Objective, fit, FitData
 
 Log = Callable[[str], None]
@@ -81,16 +81,8 @@ class SDNConfig:
 
 
 @dataclasses.dataclass
-class JointRun:
-  """A jointly trained multi-exit network (commitment heads still untrained)."""
-
-  variables: list
-  epochs: int
-  best_epoch: int
-  training_flops: float
-  flops: dict
-  history: list
-  seconds: float
+class JointRun(EndToEndRun):
+  """A jointly trained multi-exit network (commitment heads still untrained); fields as EndToEndRun."""
 
 
 def _mask(params: dict, parts: Sequence[str]) -> dict:
