@@ -36,7 +36,7 @@ SMOKE_FLAGS = os.path.join(ROOT, "experiments", "configs", "fashion_mnist_smoke.
 TMP_MARK = ".orbax-checkpoint-tmp"
 
 
-def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200) -> None:
+def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200, noise: float = 60.0) -> None:
   """MNIST-format IDX files of class-dependent blobs: a run that takes seconds (for the test)."""
   from quicknets_jax.data import idx
   os.makedirs(directory, exist_ok=True)
@@ -44,7 +44,7 @@ def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200) -> Non
   centres = rng.integers(0, 256, size=(10, 28, 28))
   for prefix, n in (("train", n_train), ("t10k", n_test)):
     labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = np.clip(centres[labels] + rng.normal(0, 60, (n, 28, 28)), 0, 255).astype(np.uint8)
+    images = np.clip(centres[labels] + rng.normal(0, noise, (n, 28, 28)), 0, 255).astype(np.uint8)
     idx.write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
     idx.write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels)
 
@@ -129,12 +129,12 @@ def _kill_once(flags, workdir, log_path, mode: str, horizon: float, rng: random.
               left=disk_state(workdir))
 
 
-def _untimed(obj):
+def untimed(obj):
   """`obj` without wall-clock fields ("seconds" in the key), which differ between any two runs."""
   if isinstance(obj, dict):
-    return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k}
+    return {k: untimed(v) for k, v in obj.items() if "seconds" not in k}
   if isinstance(obj, list):
-    return [_untimed(v) for v in obj]
+    return [untimed(v) for v in obj]
   return obj
 
 
@@ -169,9 +169,9 @@ def compare(reference: str, workdir: str) -> list[str]:
   """Differences between two finished workdirs (empty: identical), each as a short line."""
   diffs = []
   with open(os.path.join(reference, "results.json")) as f:
-    want = _untimed(json.load(f))
+    want = untimed(json.load(f))
   with open(os.path.join(workdir, "results.json")) as f:
-    got = _untimed(json.load(f))
+    got = untimed(json.load(f))
   if want != got:
     keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     diffs.append(f"results.json differs in {keys}")

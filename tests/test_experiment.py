@@ -6,10 +6,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from quicknets_jax.data import idx
+from benchmarks.fault_injection import write_tiny_idx
 from quicknets_jax.experiment import ExperimentConfig, guard_workdir, train_and_evaluate
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -55,15 +54,9 @@ def test_real_fashion_mnist_slice_every_exit_beats_chance(tmp_path):
   assert again["quicknet"]["test_accuracy"] == results["quicknet"]["test_accuracy"]
 
 
-def _write_mnist_like(directory, n_train=600, n_test=200):
-  """Small IDX files in the real MNIST format: class-dependent blobs on 28×28 (test data only)."""
-  rng = np.random.default_rng(0)
-  centres = rng.integers(0, 256, size=(10, 28, 28))
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = np.clip(centres[labels] + rng.normal(0, 40, (n, 28, 28)), 0, 255).astype(np.uint8)
-    idx.write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
-    idx.write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+def _write_mnist_like(directory):
+  """Small IDX files in the real MNIST format (test data only)."""
+  write_tiny_idx(str(directory), noise=40.0)
 
 
 def _run_cli(module, *args):

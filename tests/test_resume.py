@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.fault_injection import untimed as _untimed
 from quicknets_jax import models
 from quicknets_jax.checkpoint import BlockCheckpointer, FitCheckpointer
 from quicknets_jax.quicknet import QuickNetConfig, train_end_to_end, train_quicknet
@@ -28,15 +29,6 @@ class Interrupt(Exception):
 
 def _model():
   return models.mlp((6, 6, 1), 4, width=16, num_blocks=2)
-
-
-def _untimed(obj):
-  """`obj` without wall-clock fields, which differ between any two runs."""
-  if isinstance(obj, dict):
-    return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k}
-  if isinstance(obj, list):
-    return [_untimed(v) for v in obj]
-  return obj
 
 
 def _annotate(kind, state, record):
