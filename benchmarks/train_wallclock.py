@@ -3,7 +3,8 @@
 Each method runs in its own fresh Python process (so neither inherits the other's compiled code or
 warm caches) with the default flags of experiments/configs/fashion_mnist.flags and one seed; the
 clock covers everything from model init to the trained network, compilation included. Reports
-seconds, training FLOPs (design.md §2), their ratios, and seconds per training FLOP.
+seconds, training FLOPs (design.md §2), their ratios, and seconds per training FLOP. With
+`--plus_flagfile=experiments/configs/fashion_mnist_plus.flags`, QuickNet+ (those levers) runs too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,33 @@ flags.DEFINE_string("out_dir", common.DEFAULT_OUT, "Where train_wallclock.json/.
 flags.DEFINE_bool("cache_features", True, "QuickNet: cache frozen-prefix features (False: recompute).")
 flags.DEFINE_string("compilation_cache_dir", None,
                     "Internal: JAX's persistent compilation cache for the child process.")
+flags.DEFINE_string("plus_flagfile", None, "A QuickNet+ flagfile (e.g. experiments/configs/"
+                    "fashion_mnist_plus.flags): also time QuickNet with its levers.")
 FLAGS = flags.FLAGS
+
+
+def config_overrides(flagfile) -> dict:
+  """ExperimentConfig fields set by a flagfile's `--name=value` / `--[no]name` lines (others ignored)."""
+  import dataclasses
+  from quicknets_jax.experiment import ExperimentConfig
+  fields = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+  defaults = ExperimentConfig()
+  overrides = {}
+  if not flagfile:
+    return overrides
+  with open(flagfile) as f:
+    for line in f:
+      line = line.strip()
+      if not line.startswith("--"):
+        continue
+      name, _, value = line[2:].partition("=")
+      if not value and name.startswith("no") and name[2:] in fields:
+        overrides[name[2:]] = False
+      elif name in fields and name not in ("seeds", "exit_threshold", "dataset"):
+        default = getattr(defaults, name)
+        kind = type(default) if default is not None else (int if name == "later_width" else float)
+        overrides[name] = value.lower() in ("1", "true") if kind is bool else kind(value)
+  return overrides
 
 
 def _run_method(method: str) -> dict:
@@ -39,12 +66,13 @@ def _run_method(method: str) -> dict:
   from quicknets_jax.quicknet import predict_exits, train_end_to_end, train_quicknet
   from quicknets_jax import exits
   import numpy as np
-  config = ExperimentConfig(seeds=(FLAGS.seed,), cache_features=FLAGS.cache_features)
+  overrides = config_overrides(FLAGS.plus_flagfile) if method == "quicknet_plus" else {}
+  config = ExperimentConfig(**{"seeds": (FLAGS.seed,), "cache_features": FLAGS.cache_features, **overrides})
   ds = data.load_dataset("fashion_mnist")
-  model = models.mlp(ds.train_images.shape[1:], ds.num_classes)
+  model = models.build_model(config.model, ds.train_images.shape[1:], ds.num_classes, **config.model_kwargs())
   quiet = lambda m: None
   start = time.perf_counter()
-  if method == "quicknet":
+  if method in ("quicknet", "quicknet_plus"):
     run = train_quicknet(model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels,
                          config.quicknet_config(), FLAGS.seed, log=quiet)
     seconds = time.perf_counter() - start
@@ -54,7 +82,8 @@ def _run_method(method: str) -> dict:
     probs, commit = predict_exits(model, run.variables, ds.test_images)
     accuracy = float(exits.evaluate_rule(probs, commit, ds.test_labels, threshold, model.cascade_costs())[0])
     return dict(method=method, seconds=seconds, training_flops=run.training_flops, test_accuracy=accuracy,
-                epochs=[r.epochs for r in run.records], block_seconds=[r.seconds for r in run.records])
+                epochs=[r.epochs for r in run.records], block_seconds=[r.seconds for r in run.records],
+                levers=overrides)
   run = train_end_to_end(model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels,
                          config.fit_config(), FLAGS.seed, log=quiet)
   seconds = time.perf_counter() - start
@@ -72,6 +101,8 @@ def main(argv):
   def run(method, cache_dir=None):
     args = [sys.executable, "-m", "benchmarks.train_wallclock", f"--method={method}", f"--seed={FLAGS.seed}",
             f"--cache_features={FLAGS.cache_features}"]
+    if FLAGS.plus_flagfile:
+      args.append(f"--plus_flagfile={FLAGS.plus_flagfile}")
     if cache_dir:
       args.append(f"--compilation_cache_dir={cache_dir}")
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
@@ -80,7 +111,8 @@ def main(argv):
       raise SystemExit(f"{method} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(line[0][len("RESULT "):])
 
-  results = {m: run(m) for m in ("end_to_end", "quicknet")}
+  methods = ("end_to_end", "quicknet") + (("quicknet_plus",) if FLAGS.plus_flagfile else ())
+  results = {m: run(m) for m in methods}
   # The same runs again with JAX's persistent compilation cache warm (a user's second run).
   warm = {}
   with tempfile.TemporaryDirectory() as cache_dir:
@@ -98,6 +130,16 @@ def main(argv):
                                  quicknet_seconds_per_flop_over_end_to_end=warm_per_flop),
                  quicknet_seconds_per_flop_over_end_to_end=per_flop,
                  target_met=ratios["train_seconds"] >= 0.8 * ratios["training_flops"])
+  plus_lines = []
+  if "quicknet_plus" in results:
+    p = results["quicknet_plus"]
+    payload["plus_ratios"] = dict(train_seconds=e["seconds"] / p["seconds"],
+                                  training_flops=e["training_flops"] / p["training_flops"])
+    plus_lines = ["", f"QuickNet+ ({FLAGS.plus_flagfile}: {p['levers']}): {p['seconds']:.1f} s, "
+                      f"{p['training_flops']:.3g} FLOPs, epochs {p['epochs']}, test accuracy "
+                      f"{100 * p['test_accuracy']:.2f} %; end-to-end / QuickNet+: wall-clock "
+                      f"{payload['plus_ratios']['train_seconds']:.2f}, training FLOPs "
+                      f"{payload['plus_ratios']['training_flops']:.2f}."]
   md = "\n".join([
       f"QuickNet vs end-to-end training on the real Fashion-MNIST (seed {FLAGS.seed}, default flags, each in "
       "a fresh process, compilation included).", "",
@@ -110,7 +152,8 @@ def main(argv):
       f"Ratios end-to-end / QuickNet: wall-clock {ratios['train_seconds']:.2f}, training FLOPs "
       f"{ratios['training_flops']:.2f}. QuickNet's seconds per training FLOP are {per_flop:.2f}× the "
       f"end-to-end network's (target ≤ 1.25: {'met' if payload['target_met'] else 'not met'}). With a warm "
-      f"compilation cache: wall-clock ratio {warm_ratio:.2f}, seconds per FLOP {warm_per_flop:.2f}×."])
+      f"compilation cache: wall-clock ratio {warm_ratio:.2f}, seconds per FLOP {warm_per_flop:.2f}×.",
+      *plus_lines])
   common.write("train_wallclock", payload, md, FLAGS.out_dir)
 
 

@@ -13,40 +13,10 @@ import os
 from absl import app
 
 from experiments import common
+from quicknets_jax.flops import flops_check
 
 common.define_flags("cifar10")
 FLAGS = common.FLAGS
-
-
-def flops_check(model) -> dict:
-  """Analytic vs XLA (`cost_analysis`) forward FLOPs per sample of each block (subnet + exit + commitment
-  head, compiled together) and of the end-to-end network, with their relative difference."""
-  import jax
-  import jax.numpy as jnp
-
-  from quicknets_jax.flops import xla_flops
-  from quicknets_jax.models.base import Block
-
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
-  x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
-  blocks = []
-  for block, v, cost in zip(model.blocks, variables, model.block_costs):
-    counted = xla_flops(lambda v, a, b=block: b.apply(v, a), v, x)
-    blocks.append(dict(analytic=cost.total, xla=counted, relative_difference=cost.total / counted - 1,
-                       analytic_parts=dict(subnet=cost.subnet, exit_head=cost.exit_head,
-                                           commit_head=cost.commit_head)))
-    x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), v, x)
-
-  def end_to_end(variables, a):
-    for block, v in zip(model.blocks[:-1], variables[:-1]):
-      a = block.apply(v, a, method=Block.features)
-    return model.blocks[-1].apply(variables[-1], a, method=Block.features_and_logits)[1]
-
-  counted = xla_flops(end_to_end, variables, jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32))
-  analytic = model.end_to_end_cost()
-  return dict(convention="forward FLOPs per sample; conv taps on zero padding are not counted (as XLA)",
-              blocks=blocks, end_to_end=dict(analytic=analytic, xla=counted,
-                                             relative_difference=analytic / counted - 1))
 
 
 def main(argv) -> None:

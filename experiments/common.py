@@ -16,25 +16,31 @@ def define_flags(dataset: str) -> None:
   """Defines every flag of an MLP QuickNet vs end-to-end run; `dataset` is the default dataset."""
   flags.DEFINE_string("workdir", None, "Where checkpoints, results.json and results.md go.", required=True)
   flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds a run with another config.")
-  flags.DEFINE_enum("dataset", dataset, ["fashion_mnist", "mnist", "cifar10"], "Dataset.")
+  flags.DEFINE_enum("dataset", dataset, ["fashion_mnist", "mnist", "cifar10", "imagenet2012"], "Dataset.")
   flags.DEFINE_enum("data_source", "auto", ["auto", "idx", "tfds", "cifar_tar"],
                     "auto: a local IDX copy if found (--data_dir, or Debian's dataset-fashion-mnist), else TFDS.")
-  flags.DEFINE_string("data_dir", None, "Directory with the four IDX files (train/t10k images/labels).")
+  flags.DEFINE_string("data_dir", None, "Directory with the four IDX files (train/t10k images/labels); "
+                      "cifar10: the tarball's directory; with --data_source=tfds: the TFDS data dir.")
   flags.DEFINE_float("val_fraction", 0.1, "Last fraction of the training split kept for validation.",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("max_train", None, "Use only the first N training samples (smoke runs).", lower_bound=1)
   flags.DEFINE_integer("max_test", None, "Use only the first N test samples (smoke runs).", lower_bound=1)
-  flags.DEFINE_enum("model", "mlp", ["mlp", "vgg"], "Architecture.")
+  flags.DEFINE_enum("model", "mlp", ["mlp", "vgg", "densenet"], "Architecture.")
   flags.DEFINE_bool("augment", False, "Random crop (4-px padding) + horizontal flip while training (vgg; "
                     "needs --nocache_features).")
   flags.DEFINE_string("vgg_cfg", "vgg11", "vgg: 'vgg11' or conv widths and M pools, e.g. '64,M,128,M,256'.")
   flags.DEFINE_integer("classifier_width", 4096, "vgg: hidden units of the final exit (VGG's classifier).",
                        lower_bound=1)
+  flags.DEFINE_string("block_layers", "densenet121", "densenet: layers per dense block, 'densenet121' "
+                      "(6,12,24,16) or a list such as '2,2,2,2'; --width is the growth rate.")
+  flags.DEFINE_integer("image_size", None, "imagenet2012: side the images are resized (shorter side) and "
+                       "centre-cropped to (default 224).", lower_bound=4)
   flags.DEFINE_bool("data_parallel", True, "Split every batch over all local devices (params replicated) "
                     "when there is more than one.")
   flags.DEFINE_bool("distributed", False, "Multi-host (e.g. a TPU pod slice): call "
                     "jax.distributed.initialize() first; the mesh then spans every host's devices.")
-  flags.DEFINE_integer("width", 150, "Units per hidden layer.", lower_bound=1)
+  flags.DEFINE_integer("width", 150, "Units per hidden layer (vgg: channels of the first conv; densenet: the "
+                       "growth rate).", lower_bound=1)
   flags.DEFINE_integer("num_blocks", 3, "Blocks (= exits).", lower_bound=1)
   flags.DEFINE_integer("layers_per_block", 1, "Hidden layers per block.", lower_bound=1)
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; results are mean ± std over them.")
@@ -57,8 +63,28 @@ def define_flags(dataset: str) -> None:
   flags.DEFINE_enum("fallback", "most_confident", ["most_confident", "last"],
                     "Which exit answers when none qualifies.")
   flags.DEFINE_bool("cache_features", True, "Compute frozen blocks' features once per block.")
+  flags.DEFINE_float("feature_cache_mb", None, "Memory budget of a block's feature cache (MiB); above it "
+                     "the frozen prefix is recomputed every step instead (default: no limit).", lower_bound=0.0)
   flags.DEFINE_bool("end_to_end", True, "Also train the end-to-end baseline.")
   flags.DEFINE_integer("eval_batch_size", 2048, "Batch size of evaluation passes.", lower_bound=1)
+  # QuickNet+ levers (README "QuickNet+"); the defaults are the faithful QuickNet.
+  flags.DEFINE_integer("later_width", None, "QuickNet+: units of the blocks after the first (mlp; default "
+                       "--width).", lower_bound=1)
+  flags.DEFINE_enum("budget", "val_loss", ["val_loss", "learned_set"],
+                    "QuickNet+: what ends a block's training: its validation loss (the paper), or its "
+                    "validation learned set (correct, confidence > τ) no longer growing.")
+  flags.DEFINE_float("budget_min_delta", 0.01, "learned_set budget: the growth of the validation learned "
+                     "fraction that counts as progress.", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("budget_patience", 2, "learned_set budget: epochs without progress before the block "
+                       "stops.", lower_bound=1)
+  flags.DEFINE_float("commit_holdout", 0.0, "QuickNet+: fraction of T_j held out of block j's training; its "
+                     "commitment head learns from that slice's correctness.", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float("keep_learned", 0.0, "QuickNet+ soft removal: fraction of each learned set kept in the "
+                     "next working set.", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("finetune_epochs", 0, "QuickNet+: epochs of joint fine-tuning of every block after "
+                       "block-wise training (then the commitment heads retrain).", lower_bound=0)
+  flags.DEFINE_float("finetune_lr", 3e-4, "QuickNet+: Adam learning rate of the joint fine-tuning.",
+                     lower_bound=0.0)
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -85,8 +111,12 @@ def config_from_flags() -> ExperimentConfig:
         early_stop_patience=FLAGS.early_stop_patience, balanced_sampling=FLAGS.balanced_sampling,
         train_threshold=FLAGS.train_threshold, exit_threshold=exit_threshold,
         threshold_tolerance=FLAGS.threshold_tolerance, fallback=FLAGS.fallback,
-        cache_features=FLAGS.cache_features, end_to_end=FLAGS.end_to_end, eval_batch_size=FLAGS.eval_batch_size,
-        augment=FLAGS.augment, vgg_cfg=FLAGS.vgg_cfg, classifier_width=FLAGS.classifier_width)
+        cache_features=FLAGS.cache_features, feature_cache_mb=FLAGS.feature_cache_mb, end_to_end=FLAGS.end_to_end, eval_batch_size=FLAGS.eval_batch_size,
+        augment=FLAGS.augment, vgg_cfg=FLAGS.vgg_cfg, classifier_width=FLAGS.classifier_width,
+        block_layers=FLAGS.block_layers, image_size=FLAGS.image_size,
+        later_width=FLAGS.later_width, budget=FLAGS.budget, budget_min_delta=FLAGS.budget_min_delta,
+        budget_patience=FLAGS.budget_patience, commit_holdout=FLAGS.commit_holdout,
+        keep_learned=FLAGS.keep_learned, finetune_epochs=FLAGS.finetune_epochs, finetune_lr=FLAGS.finetune_lr)
   except ValueError as e:
     raise SystemExit(f"error: {e}")
 

@@ -30,7 +30,7 @@ from quicknets_jax.train import FitState, fit, init_fit_state
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 # Scalar fields of a FitState stored as JSON beside its arrays (history is a list of dicts).
-_FIT_SCALARS = ("best_val_loss", "best_epoch", "learning_rate", "epoch", "epochs_since_best",
+_FIT_SCALARS = ("best_val_loss", "progress_score", "best_epoch", "learning_rate", "epoch", "epochs_since_best",
                 "plateau_bad_epochs", "stopped", "history")
 _FIT_TREES = ("params", "opt_state", "model_state", "best_params", "best_model_state")
 
@@ -120,6 +120,11 @@ class BlockCheckpointer:
     name = f"block {block}" if kind == "block" else f"commitment head {block}"
     return FitCheckpointer(os.path.join(self.directory, "in_progress", f"{kind}_{block}"), name)
 
+  def after_blocks_checkpointer(self, name: str) -> "FitCheckpointer":
+    """Per-epoch checkpoints of a fit that runs after every block is frozen (QuickNet+ fine-tuning),
+    kept apart from the blocks' `in_progress/` so clearing those never touches it."""
+    return FitCheckpointer(os.path.join(self.directory, "after_blocks", name), name)
+
   def clear_in_progress(self, upto_block: int) -> None:
     """Deletes the per-epoch checkpoints of blocks ≤ `upto_block`: frozen, they are never read again."""
     root = os.path.join(self.directory, "in_progress")
@@ -195,7 +200,7 @@ class FitCheckpointer:
 
 
 def fit_resumably(objective, params, model_state, data, config, key, *, num_classes: int, name: str,
-                  checkpoint: Optional[FitCheckpointer], on_epoch=None, log=None):
+                  checkpoint: Optional[FitCheckpointer], on_epoch=None, log=None, positions_bucket=None):
   """`train.fit`, resumed from `checkpoint`'s newest FitState and saved to it after every epoch.
 
   The save comes after `on_epoch` (and also when it raises): callbacks may add to the epoch's record
@@ -205,7 +210,7 @@ def fit_resumably(objective, params, model_state, data, config, key, *, num_clas
   """
   if checkpoint is None:
     return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
-               on_epoch=on_epoch)
+               on_epoch=on_epoch, positions_bucket=positions_bucket)
   resume = checkpoint.restore(init_fit_state(objective, params, model_state, config))
   if resume is not None and log is not None:
     log(f"{name}: resumed after epoch {resume.epoch}" + (" (finished)" if resume.stopped
@@ -220,7 +225,7 @@ def fit_resumably(objective, params, model_state, data, config, key, *, num_clas
 
   try:
     return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
-               on_epoch=report_then_save, resume=resume)
+               on_epoch=report_then_save, resume=resume, positions_bucket=positions_bucket)
   except FloatingPointError as e:  # same type, one line, plus where the last good state is
     kept = checkpoint.latest_epoch()
     where = (f"the checkpoint of epoch {kept} in {checkpoint.directory} is kept" if kept is not None

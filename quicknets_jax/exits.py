@@ -96,9 +96,12 @@ class SweepResult(NamedTuple):
   exit_fractions: np.ndarray  # [T, E]
 
 
+# Jitted: called eagerly (by the experiment, once per trained prefix of the cascade) its dozen small ops
+# would each compile for every exit count, ~1 s per call on 2 CPU cores; inside `_sweep` it is inlined.
+@functools.partial(jax.jit, static_argnames=("fallback", "use_commitment"))
 def evaluate_rule(probs, commit_logits, labels, threshold, cascade_costs, fallback="most_confident",
                   use_commitment=True):
-  """(accuracy, mean inference FLOPs, exit fractions [E]) of the rule at one threshold; jit-able."""
+  """(accuracy, mean inference FLOPs, exit fractions [E]) of the rule at one threshold; jitted."""
   decision = select_exits(probs, commit_logits, threshold, fallback, use_commitment)
   accuracy = jnp.mean(decision.prediction == labels)
   cost = jnp.mean(sample_costs(decision, cascade_costs))

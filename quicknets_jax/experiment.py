@@ -57,12 +57,26 @@ class ExperimentConfig:
   threshold_tolerance: float = 0.0
   fallback: str = "most_confident"
   cache_features: bool = True
+  feature_cache_mb: Optional[float] = None
   end_to_end: bool = True
   eval_batch_size: int = 2048
   # Convolutional models (vgg): training-time crop + flip, the VGG configuration, the final exit's width.
   augment: bool = False
   vgg_cfg: str = "vgg11"
   classifier_width: int = 4096
+  # densenet: layers per dense block ("densenet121" = 6,12,24,16; `width` is the growth rate), and the
+  # side imagenet2012 is resized to (None: 224).
+  block_layers: str = "densenet121"
+  image_size: Optional[int] = None
+  # QuickNet+ levers (README "QuickNet+"); the defaults are the faithful QuickNet.
+  later_width: Optional[int] = None
+  budget: str = "val_loss"
+  budget_min_delta: float = 0.01
+  budget_patience: int = 2
+  commit_holdout: float = 0.0
+  keep_learned: float = 0.0
+  finetune_epochs: int = 0
+  finetune_lr: float = 3e-4
 
   def __post_init__(self):
     exits.check_threshold(self.train_threshold, "train_threshold")
@@ -76,7 +90,7 @@ class ExperimentConfig:
       raise ValueError("seeds is empty: pass --seeds=0 (or 0,1,2)")
     if not 0 <= self.threshold_tolerance < 1:
       raise ValueError(f"threshold_tolerance must be in [0, 1), got {self.threshold_tolerance}")
-    self.fit_config()  # validates the schedule before any data is read
+    self.quicknet_config()  # validates the schedule and the levers before any data is read
     if self.augment and self.cache_features:
       raise ValueError("augment needs --nocache_features: cached features are computed once, without "
                        "augmentation, so blocks after the first would never see it")
@@ -87,9 +101,16 @@ class ExperimentConfig:
     if self.model == "vgg":
       kwargs.update(cfg=self.vgg_cfg, classifier_width=self.classifier_width,
                     augment="crop_flip" if self.augment else None)
+    elif self.model == "densenet":
+      kwargs.update(block_layers=self.block_layers, augment="crop_flip" if self.augment else None)
     elif self.augment:
       raise ValueError(f"augment is only implemented for convolutional models, not {self.model!r}: "
                        "drop --augment")
+    if self.later_width is not None:
+      if self.model != "mlp":
+        raise ValueError(f"later_width is only implemented for the mlp model, not {self.model!r}: drop "
+                         "--later_width")
+      kwargs["later_width"] = self.later_width
     return kwargs
 
   def fit_config(self) -> FitConfig:
@@ -100,8 +121,10 @@ class ExperimentConfig:
 
   def quicknet_config(self) -> QuickNetConfig:
     fit = self.fit_config()
-    return QuickNetConfig(fit=fit, commit_fit=dataclasses.replace(fit, balanced_sampling=False),
-                          train_threshold=self.train_threshold, cache_features=self.cache_features)
+    # τ, the feature cache and the QuickNet+ levers: every QuickNetConfig field this config also has
+    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(QuickNetConfig)
+              if f.name not in ("fit", "commit_fit")}
+    return QuickNetConfig(fit=fit, commit_fit=dataclasses.replace(fit, balanced_sampling=False), **shared)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -225,7 +248,8 @@ def run_quicknet_seed(model, dataset, config: ExperimentConfig, seed: int, seed_
   on_epoch = lambda kind, state, record: progress(kind, state, record)
   tracked, tracker = checkpointer, None
   if metrics is not None:
-    tracker = metrics_lib.QuickNetTracker(metrics, model, seed, len(dataset.val_labels), config.cache_features)
+    tracker = metrics_lib.QuickNetTracker(metrics, model, seed, len(dataset.train_labels), len(dataset.val_labels),
+                                          config.quicknet_config())
     tracked = tracker.wrap(checkpointer)  # tells the tracker which block trains, also after a resume
     on_epoch = lambda kind, state, record: (progress(kind, state, record), tracker.on_epoch(kind, state, record))
   run = train_quicknet(model, dataset.train_images, dataset.train_labels, dataset.val_images,
@@ -236,7 +260,7 @@ def run_quicknet_seed(model, dataset, config: ExperimentConfig, seed: int, seed_
   records = run.records
   result.update(
       seed=seed, params=param_count([v["params"] for v in run.variables]),
-      training_flops=run.training_flops, train_seconds=float(sum(r.seconds for r in records)),
+      training_flops=run.training_flops, train_seconds=run.train_seconds,
       trained_blocks=run.num_trained_blocks,
       train_samples_per_block=[r.train_samples for r in records],
       learned_per_block=[r.learned for r in records],
@@ -244,6 +268,8 @@ def run_quicknet_seed(model, dataset, config: ExperimentConfig, seed: int, seed_
       commit_positive_rate_per_block=[r.positive_rate for r in records],
       class_counts_per_block=[r.class_counts for r in records],
       training_flops_parts=[dict(block=r.block, **r.flops) for r in records],
+      # QuickNet+ fine-tuning (after every block): its FLOPs by part, epochs and seconds
+      finetune=None if run.finetune is None else {k: v for k, v in run.finetune.items() if k != "history"},
       history=[dict(block=r.block, epochs=r.history, commitment_epochs=r.commit_history) for r in records])
   if tracker is not None:
     tracker.after_blocks(result)
@@ -301,7 +327,7 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
   for key, value in per_seed[0].items():
     values = [s[key] for s in per_seed]
     if key in ("history", "seed", "curve", "curve_confidence_only", "training_flops_parts",
-               "class_counts_per_block"):
+               "class_counts_per_block", "finetune"):
       continue
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       out[key] = _mean(values)
@@ -345,7 +371,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, log: Log = print,
   guard_workdir(config, workdir, overwrite)
   if dataset is None:
     dataset = data_lib.load_dataset(config.dataset, config.data_source, config.data_dir, config.val_fraction,
-                                    max_train=config.max_train, max_test=config.max_test)
+                                    max_train=config.max_train, max_test=config.max_test,
+                                    image_size=config.image_size)
   log(f"data: {dataset.summary()}")
   check_batch_size(config.batch_size, len(dataset.train_labels))
   model = models.build_model(config.model, dataset.train_images.shape[1:], dataset.num_classes,

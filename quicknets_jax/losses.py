@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from quicknets_jax import exits
 from quicknets_jax.data.augment import augment as augment_images
 from quicknets_jax.models.base import Block, MultiExitModel, run_block
 
@@ -30,21 +31,29 @@ def cross_entropy(logits, labels):
 
 
 @functools.cache  # one loss object per block config, so jitted epochs are reused
-def block_loss(block: Block):
-  """CE of one block's exit on the features entering it (its frozen prefix already applied or cached)."""
+def block_loss(block: Block, learned_threshold: Optional[float] = None):
+  """CE of one block's exit on the features entering it (its frozen prefix already applied or cached).
+
+  With `learned_threshold` τ, the per-sample "correct" it reports is "correct with confidence > τ":
+  the fit's accuracy is then the fraction of samples the block would remove (before its commitment
+  head exists), which QuickNet+'s learned-set budget monitors on validation.
+  """
 
   def loss_fn(params, state, x, y, rng, train):
     x = augment_inputs(block, x, rng, train)
     (_, logits), new_state = run_block(block, params, state, x, train, method=Block.features_and_logits)
-    return (*cross_entropy(logits, y), new_state)
+    losses, correct = cross_entropy(logits, y)
+    if learned_threshold is not None:
+      correct = correct * (exits.confidence(jax.nn.softmax(logits)) > learned_threshold)
+    return losses, correct, new_state
 
   return loss_fn
 
 
 def block_loss_through_prefix(model: MultiExitModel, j: int, frozen_params: Sequence[dict],
-                              frozen_state: Sequence[dict]):
+                              frozen_state: Sequence[dict], learned_threshold: Optional[float] = None):
   """CE of block j on raw inputs, recomputing the frozen blocks 0..j−1 every step (no feature cache)."""
-  inner = block_loss(model.blocks[j])
+  inner = block_loss(model.blocks[j], learned_threshold)
 
   def loss_fn(params, state, x, y, rng, train):
     if j > 0:  # block 0's own loss augments; here the raw images enter the frozen prefix first

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quicknets_jax.quicknet import finetune_epoch_flops, uses_feature_cache
+
 # Keys every line of metrics.jsonl has (issue 7); `val_*`, `test_accuracy`, `phase`, ... come on top.
 REQUIRED_KEYS = ("run", "seed", "model", "phase", "block", "epoch", "samples_left", "loss", "accuracy",
                  "learning_rate", "training_flops", "wall_seconds")
@@ -127,11 +129,12 @@ class QuickNetTracker:
   resumed run restored.
   """
 
-  def __init__(self, writer: MetricsWriter, model, seed: int, num_val: int, cache_features: bool):
+  def __init__(self, writer: MetricsWriter, model, seed: int, num_train: int, num_val: int, config):
+    """`config`: the run's QuickNetConfig (it says whether each block's prefix features are cached)."""
     self.writer, self.model, self.seed = writer, model, seed
     self.run = f"seed_{seed}/quicknet"
-    self.num_val_total = num_val
-    self.cache_features = cache_features
+    self.num_train_total, self.num_val_total = num_train, num_val
+    self.config = config
     self.block = 0
     self.num_val = num_val
     self.done_flops = 0.0  # exact totals of frozen blocks (BlockRecord.flops)
@@ -162,7 +165,7 @@ class QuickNetTracker:
     costs = self.model.block_costs
     prefix = float(sum(c.subnet for c in costs[:j]))
     trainable = costs[j].subnet + costs[j].exit_head
-    cached = self.cache_features or j == 0
+    cached = uses_feature_cache(self.model, j, self.config, self.num_train_total, self.num_val_total)
     recompute = 0.0 if cached else prefix
     cache = n_val * prefix + (num_train * prefix if cached else 0.0)
     per_epoch = num_train * (3 * trainable + recompute) + n_val * (trainable + recompute)
@@ -181,9 +184,16 @@ class QuickNetTracker:
     if kind == "block":
       self.block_epochs = record["epoch"]
     self.step += 1
+    if kind == "finetune":  # QuickNet+: every trained block at once, after the last was frozen
+      self.finetune_flops = finetune_epoch_flops(self.model, self.block, record["samples"], self.num_val_total)
+      flops = self.done_flops + record["epoch"] * self.finetune_flops
+    elif kind == "recommit":  # the heads' own FLOPs are small; the total is exact in results.json
+      flops = None
+    else:
+      flops = self._flops(kind, record["epoch"], record["samples"])
     line = dict(run=self.run, seed=self.seed, model="quicknet", phase=kind, block=self.block,
                 **_epoch_fields(record),
-                training_flops=self._flops(kind, record["epoch"], record["samples"]),
+                training_flops=flops,
                 wall_seconds=self.done_seconds + (time.perf_counter() - self.start))
     self.writer.write(line, step=self.step)
     self.seconds += time.perf_counter() - start

@@ -27,6 +27,7 @@ from quicknets_jax.models.base import Block, MultiExitModel, run_block, split_va
 from quicknets_jax.train import FitConfig, FitData, FitState, Objective, bucket_size, fit, pad_rows
 
 Log = Callable[[str], None]
+BUDGETS = ("val_loss", "learned_set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +46,51 @@ class QuickNetConfig:
   commit_fit: FitConfig = FitConfig(balanced_sampling=False)
   train_threshold: float = 0.9
   cache_features: bool = True
+  # Above this many MiB (features of the padded training and validation splits entering a block) the
+  # frozen prefix is recomputed every step instead of cached (None: no limit; e.g. ImageNet).
+  feature_cache_mb: Optional[float] = None
+  # QuickNet+ levers, each off by default (the faithful QuickNet):
+  # budget="learned_set": block j's fit monitors the fraction of its validation samples it would remove
+  #   (correct with confidence > τ) instead of the validation loss; best params, reduce-on-plateau and
+  #   early stopping follow it, with `budget_min_delta` the growth that counts and `budget_patience`
+  #   the epochs it may stall.
+  budget: str = "val_loss"
+  budget_min_delta: float = 0.01
+  budget_patience: int = 2
+  # commit_holdout=f: a seeded fraction f of T_j never trains block j; its commitment head trains on
+  #   that held-out slice's correctness (what the block gets right on unseen data), not on T_j's.
+  commit_holdout: float = 0.0
+  # keep_learned=f: soft removal — a seeded fraction f of L_j (and of the learned validation samples)
+  #   stays in the next working set, so later blocks still see some easy samples of every class.
+  keep_learned: float = 0.0
+  # finetune_epochs=k: after block-wise training, k epochs of joint training of every block's subnet
+  #   and exit (Σ_j CE_j, Marquez et al. 2018) at `finetune_lr`, then the commitment heads retrain on
+  #   the fine-tuned blocks. Counted in the training cost.
+  finetune_epochs: int = 0
+  finetune_lr: float = 3e-4
 
   def __post_init__(self):
     exits.check_threshold(self.train_threshold, "train_threshold")
+    if self.feature_cache_mb is not None and not self.feature_cache_mb >= 0:
+      raise ValueError(f"feature_cache_mb must be ≥ 0 (or None: no limit), got {self.feature_cache_mb}")
+    if self.budget not in BUDGETS:
+      raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+    if not 0 <= self.budget_min_delta < 1 or self.budget_patience < 1:
+      raise ValueError(f"budget_min_delta must be in [0, 1) and budget_patience ≥ 1, got "
+                       f"{self.budget_min_delta}, {self.budget_patience}")
+    for name in ("commit_holdout", "keep_learned"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+    if self.finetune_epochs < 0 or not self.finetune_lr > 0:
+      raise ValueError(f"finetune_epochs must be ≥ 0 and finetune_lr > 0, got {self.finetune_epochs}, "
+                       f"{self.finetune_lr}")
+
+  def block_fit(self) -> FitConfig:
+    """The schedule of a block's own fit (the learned-set budget changes what it monitors)."""
+    if self.budget == "val_loss":
+      return self.fit
+    return dataclasses.replace(self.fit, monitor="val_accuracy", min_delta=self.budget_min_delta,
+                               early_stop_patience=self.budget_patience)
 
 
 @dataclasses.dataclass
@@ -80,6 +123,7 @@ class QuickNetRun:
 
   variables: list
   records: list
+  finetune: Optional[dict] = None  # QuickNet+ joint fine-tuning: epochs, flops by part, seconds
 
   @property
   def num_trained_blocks(self) -> int:
@@ -87,7 +131,12 @@ class QuickNetRun:
 
   @property
   def training_flops(self) -> float:
-    return float(sum(r.training_flops for r in self.records))
+    extra = sum(self.finetune["flops"].values()) if self.finetune else 0.0
+    return float(sum(r.training_flops for r in self.records) + extra)
+
+  @property
+  def train_seconds(self) -> float:
+    return float(sum(r.seconds for r in self.records) + (self.finetune["seconds"] if self.finetune else 0.0))
 
 
 def _block_mask(params: dict, parts: Sequence[str]) -> dict:
@@ -125,6 +174,32 @@ def feature_fn(model: MultiExitModel, upto: int):
     return x
 
   return fn
+
+
+@functools.cache
+def feature_elements(model: MultiExitModel, upto: int) -> int:
+  """How many numbers one sample's features entering block `upto` hold (shapes only, nothing runs)."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+  return int(np.prod(jax.eval_shape(feature_fn(model, upto), list(variables[:upto]), x).shape[1:]))
+
+
+def feature_cache_bytes(model: MultiExitModel, j: int, num_train: int, num_val: int) -> int:
+  """Bytes block j's feature cache takes: float32 features of the training and validation splits,
+  each padded to its bucket (the cache is laid out so every block and seed shares compiled code)."""
+  return 4 * feature_elements(model, j) * (bucket_size(num_train) + bucket_size(num_val))
+
+
+def uses_feature_cache(model: MultiExitModel, j: int, config: QuickNetConfig, num_train: int,
+                       num_val: int) -> bool:
+  """Whether block j trains on cached prefix features (True) or recomputes the frozen prefix every
+  step (False). Block 0 has no prefix; the FLOP accounting follows whichever path this picks."""
+  if j == 0:
+    return True
+  if not config.cache_features:
+    return False
+  return (config.feature_cache_mb is None
+          or feature_cache_bytes(model, j, num_train, num_val) <= config.feature_cache_mb * 2**20)
 
 
 def prefix_features_of(model: MultiExitModel, variables: Sequence[dict], images, rows, upto: int,
@@ -187,16 +262,20 @@ def train_commitment_head(block: Block, variables: dict, features, correct, val_
   correct = np.asarray(correct)
   n_pos = int(np.sum(correct))
   pos_w, neg_w = n / (2.0 * max(n_pos, 1)), n / (2.0 * max(n - n_pos, 1))
-  params = variables["params"]
-  objective = Objective(losses.commitment_loss(block), _block_mask(params, ("commit_head",)),
-                        loss_args=(jnp.float32(pos_w), jnp.float32(neg_w)))
+  # Only the head's own params enter the fit (the block's subnet and exit stay outside it): heads of
+  # blocks with different subnets then share one compiled epoch.
+  params = {"commit_head": variables["params"]["commit_head"]}
+  objective = Objective(losses.commitment_loss(block), None, loss_args=(jnp.float32(pos_w), jnp.float32(neg_w)))
   # Padded rows (only the first n train): every block's head and every seed share one compiled epoch.
   rows = pad_rows_to or bucket_size(n)
   val_rows = pad_val_rows_to or bucket_size(len(val_correct))
   data = FitData(pad_rows(features, rows), pad_rows(correct, rows), jnp.arange(n, dtype=jnp.int32), correct,
                  pad_rows(val_features, val_rows), pad_rows(val_correct, val_rows), num_val=len(val_correct))
-  return fit_resumably(objective, params, {}, data, config, key, num_classes=2, name=name,
-                       checkpoint=checkpoint, on_epoch=on_epoch, log=log)
+  result = fit_resumably(objective, params, {}, data, config, key, num_classes=2, name=name,
+                         checkpoint=checkpoint, on_epoch=on_epoch, log=log, positions_bucket=rows)
+  result.params = {**variables["params"], **result.params}
+  result.best_params = {**variables["params"], **result.best_params}
+  return result
 
 
 def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars: dict, images, labels,
@@ -223,41 +302,56 @@ def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars
   flops = dict(block_training=0.0, block_validation=0.0, cache=0.0, commit_training=0.0,
                commit_validation=0.0, selection=0.0)
 
+  # QuickNet+ commitment holdout: positions (into T_j) that the block never trains on. The faithful
+  # recipe holds none out, and every draw below uses its own fold_in so it changes nothing else.
+  holdout = _seeded_subset(n_train, config.commit_holdout, jax.random.fold_in(key, 7))
+  fit_pos = np.setdiff1d(np.arange(n_train, dtype=np.int32), holdout) if len(holdout) else np.arange(
+      n_train, dtype=np.int32)
+  n_fit = len(fit_pos)
+  learned_threshold = config.train_threshold if config.budget == "learned_set" else None
+
   # Features entering block j for T_j and V_j: computed once (cache) or recomputed every step.
   val_features = prefix_features_of(model, frozen, val_images, val_idx, j, eval_bs)
   flops["cache"] += n_val * prefix_cost
   params, state = split_variables(init_vars)
   mask = _block_mask(params, ("subnet", "exit_head"))
-  cached = config.cache_features or j == 0
+  cached = uses_feature_cache(model, j, config, len(labels), len(val_labels))
+  if config.cache_features and not cached:
+    log(f"block {j}: its feature cache would take {feature_cache_bytes(model, j, len(labels), len(val_labels)) / 2**20:.0f} "
+        f"MiB > feature_cache_mb={config.feature_cache_mb:g}: the frozen prefix is recomputed every step instead")
   if cached:
     train_features = prefix_features_of(model, frozen, images, train_idx, j, eval_bs)
     flops["cache"] += n_train * prefix_cost
     if j == 0:  # block 0 reads the images themselves through the index array: no copy
-      data = FitData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(train_idx, jnp.int32),
-                     jnp.asarray(labels_j), jnp.asarray(val_features), jnp.asarray(val_labels_j))
+      data = FitData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(np.asarray(train_idx)[fit_pos], jnp.int32),
+                     jnp.asarray(labels_j[fit_pos]), jnp.asarray(val_features), jnp.asarray(val_labels_j))
     else:
       # Padded to the full splits' buckets: blocks of one shape share one compiled epoch and
       # validation pass across working-set sizes and seeds (only the first n rows are ever read).
       rows = bucket_size(len(labels))
       data = FitData(pad_rows(train_features, rows), pad_rows(labels_j, rows),
-                     jnp.arange(n_train, dtype=jnp.int32), jnp.asarray(labels_j),
+                     jnp.asarray(fit_pos), jnp.asarray(labels_j[fit_pos]),
                      pad_rows(val_features, full_val_rows), pad_rows(val_labels_j, full_val_rows), num_val=n_val)
-    objective = Objective(losses.block_loss(block), mask)
+    objective = Objective(losses.block_loss(block, learned_threshold), mask)
     recompute_cost = 0.0
   else:
     frozen_params = [split_variables(v)[0] for v in frozen]
     frozen_state = [split_variables(v)[1] for v in frozen]
-    data = FitData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(train_idx, jnp.int32),
-                   jnp.asarray(labels_j), jnp.asarray(np.asarray(val_images)[val_idx]), jnp.asarray(val_labels_j))
-    objective = Objective(losses.block_loss_through_prefix(model, j, frozen_params, frozen_state), mask)
+    data = FitData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(np.asarray(train_idx)[fit_pos], jnp.int32),
+                   jnp.asarray(labels_j[fit_pos]), jnp.asarray(np.asarray(val_images)[val_idx]),
+                   jnp.asarray(val_labels_j))
+    objective = Objective(losses.block_loss_through_prefix(model, j, frozen_params, frozen_state,
+                                                           learned_threshold), mask)
     recompute_cost = prefix_cost
 
   fit_key, commit_key = jax.random.split(key)
-  result = fit_resumably(objective, params, state, data, config.fit, fit_key, num_classes=num_classes,
+  # Blocks after the first pad their working sets to the full split's bucket: they share one compiled epoch.
+  result = fit_resumably(objective, params, state, data, config.block_fit(), fit_key, num_classes=num_classes,
                          name=f"block {j}", checkpoint=block_ckpt, log=log,
+                         positions_bucket=bucket_size(len(labels)) if j > 0 else None,
                          on_epoch=on_epoch and (lambda s, r: on_epoch("block", s, r)))
   epochs = result.epoch
-  flops["block_training"] += epochs * n_train * (3 * trainable_cost + recompute_cost)
+  flops["block_training"] += epochs * n_fit * (3 * trainable_cost + recompute_cost)
   flops["block_validation"] += epochs * n_val * (trainable_cost + recompute_cost)
   variables = {"params": result.best_params, **result.best_model_state}
 
@@ -272,13 +366,16 @@ def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars
   flops["cache"] += (n_train + n_val) * trainable_cost
   correct_train = (np.argmax(probs_train, -1) == labels_j).astype(np.int32)
   correct_val = (np.argmax(probs_val, -1) == val_labels_j).astype(np.int32)
-  commit_result = train_commitment_head(block, variables, h_train, correct_train, h_val, correct_val,
+  commit_pos = holdout if len(holdout) else np.arange(n_train)  # the rows its commitment head learns from
+  n_commit = len(commit_pos)
+  commit_result = train_commitment_head(block, variables, h_train[commit_pos], correct_train[commit_pos],
+                                        h_val, correct_val,
                                         config.commit_fit, commit_key, name=f"commitment head {j}",
                                         pad_rows_to=bucket_size(len(labels)), pad_val_rows_to=full_val_rows,
                                         on_epoch=on_epoch and (lambda s, r: on_epoch("commitment", s, r)),
                                         checkpoint=commit_ckpt, log=log)
-  n_pos = int(correct_train.sum())
-  flops["commit_training"] += commit_result.epoch * n_train * 3 * cost.commit_head
+  n_pos = int(correct_train[commit_pos].sum())
+  flops["commit_training"] += commit_result.epoch * n_commit * 3 * cost.commit_head
   flops["commit_validation"] += commit_result.epoch * n_val * cost.commit_head
   variables = {"params": commit_result.best_params, **result.best_model_state}
 
@@ -288,14 +385,17 @@ def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars
   flops["selection"] += (n_train + n_val) * cost.commit_head
   learned = np.asarray(learned_mask(probs_train, commit_train, labels_j, config.train_threshold))
   val_learned = np.asarray(learned_mask(probs_val, commit_val, val_labels_j, config.train_threshold))
-  next_train_idx = np.asarray(train_idx)[~learned].astype(np.int32)
-  next_val_idx = np.asarray(val_idx)[~val_learned].astype(np.int32)
+  # Soft removal keeps a seeded fraction of the learned samples in the next working sets.
+  kept = _seeded_mask(learned, config.keep_learned, jax.random.fold_in(key, 8))
+  val_kept = _seeded_mask(val_learned, config.keep_learned, jax.random.fold_in(key, 9))
+  next_train_idx = np.asarray(train_idx)[~learned | kept].astype(np.int32)
+  next_val_idx = np.asarray(val_idx)[~val_learned | val_kept].astype(np.int32)
 
   record = BlockRecord(
       block=j, train_samples=n_train, val_samples=n_val,
       class_counts=np.bincount(np.asarray(labels_j), minlength=num_classes).tolist(),
       epochs=epochs, best_epoch=result.best_epoch, commit_epochs=commit_result.epoch,
-      learned=int(learned.sum()), val_learned=int(val_learned.sum()), positive_rate=n_pos / n_train,
+      learned=int(learned.sum()), val_learned=int(val_learned.sum()), positive_rate=n_pos / n_commit,
       flops=flops, seconds=time.perf_counter() - start + _resumed_seconds(block_ckpt, commit_ckpt),
       history=result.history,
       commit_history=commit_result.history)
@@ -306,6 +406,23 @@ def train_block(model: MultiExitModel, j: int, frozen: Sequence[dict], init_vars
     if ckpt is not None:
       ckpt.close()
   return variables, record, next_train_idx, next_val_idx
+
+
+def _seeded_subset(n: int, fraction: float, key: jax.Array) -> np.ndarray:
+  """Sorted positions of a seeded random `fraction` of range(n) (none when the fraction is 0)."""
+  count = int(round(fraction * n))
+  if count == 0 or n < 2:
+    return np.zeros(0, np.int32)
+  count = min(count, n - 1)  # the block keeps at least one sample to train on
+  return np.sort(np.asarray(jax.random.permutation(key, n))[:count]).astype(np.int32)
+
+
+def _seeded_mask(mask: np.ndarray, fraction: float, key: jax.Array) -> np.ndarray:
+  """A seeded random `fraction` of the True entries of `mask`, as a mask of the same shape."""
+  chosen = np.zeros_like(mask)
+  where = np.flatnonzero(mask)
+  chosen[where[_seeded_subset(len(where), fraction, key)]] = True
+  return chosen
 
 
 def _resumed_seconds(*checkpoints) -> float:
@@ -353,7 +470,90 @@ def train_quicknet(model: MultiExitModel, images, labels, val_images, val_labels
     if checkpointer is not None:
       checkpointer.save(j, block_vars, record, train_idx, val_idx)
       checkpointer.clear_in_progress(j)
-  return QuickNetRun(variables, records)
+  if config.finetune_epochs == 0:
+    return QuickNetRun(variables, records)
+  variables, finetune = finetune_quicknet(model, variables, images, labels, val_images, val_labels, config,
+                                          jax.random.fold_in(key, 2), checkpointer=checkpointer, log=log,
+                                          on_epoch=on_epoch)
+  return QuickNetRun(variables, records, finetune)
+
+
+def finetune_epoch_flops(model: MultiExitModel, num_blocks: int, n_train: int, n_val: int) -> float:
+  """Training FLOPs of one joint fine-tuning epoch over the first `num_blocks` blocks: every sample
+  runs every subnet and exit (3× forward for a step) and every validation sample once."""
+  forward = float(sum(c.subnet + c.exit_head for c in model.block_costs[:num_blocks]))
+  return (3 * n_train + n_val) * forward
+
+
+def finetune_quicknet(model: MultiExitModel, variables: Sequence[dict], images, labels, val_images, val_labels,
+                      config: QuickNetConfig, key: jax.Array, checkpointer=None, log: Log = print,
+                      on_epoch=None) -> tuple[list, dict]:
+  """QuickNet+ joint fine-tuning of the trained blocks, then their commitment heads again.
+
+  Every trained block's subnet and exit train together for `config.finetune_epochs` epochs on the
+  whole training split (minus the commitment holdout, when there is one) with the sum of the exits'
+  cross-entropies at `config.finetune_lr`, keeping the best-validation parameters. The features each
+  commitment head reads have moved, so every head then retrains on its fine-tuned block's correctness
+  (on the holdout slice when `commit_holdout` > 0, else on the training split). Returns (variables,
+  record: epochs, flops by part, seconds, commitment epochs).
+  """
+  start = time.perf_counter()
+  num = len(variables)
+  trained = dataclasses.replace(model, blocks=model.blocks[:num], block_costs=model.block_costs[:num])
+  n, n_val = len(labels), len(val_labels)
+  holdout = _seeded_subset(n, config.commit_holdout, jax.random.fold_in(key, 7))
+  fit_pos = np.setdiff1d(np.arange(n, dtype=np.int32), holdout)
+  commit_pos = holdout if len(holdout) else np.arange(n)
+  ckpt = (lambda name: checkpointer.after_blocks_checkpointer(name)) if checkpointer is not None else (
+      lambda name: None)
+
+  params = [split_variables(v)[0] for v in variables]
+  state = [split_variables(v)[1] for v in variables]
+  mask = [_block_mask(p, ("subnet", "exit_head")) for p in params]
+  labels_np = np.asarray(labels)
+  data = FitData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(fit_pos), jnp.asarray(labels_np[fit_pos]),
+                 jnp.asarray(val_images), jnp.asarray(val_labels))
+  fit_config = dataclasses.replace(config.fit, learning_rate=config.finetune_lr, max_epochs=config.finetune_epochs)
+  finetune_ckpt = ckpt("finetune")
+  result = fit_resumably(Objective(losses.joint_loss(trained, [1.0] * (num - 1)), mask), params, state, data,
+                         fit_config, jax.random.fold_in(key, 1), num_classes=model.num_classes, name="fine-tune",
+                         checkpoint=finetune_ckpt, log=log,
+                         on_epoch=on_epoch and (lambda s, r: on_epoch("finetune", s, r)))
+  flops = dict(finetune_training=result.epoch * finetune_epoch_flops(model, num, len(fit_pos), 0),
+               finetune_validation=result.epoch * finetune_epoch_flops(model, num, 0, n_val), cache=0.0,
+               commit_training=0.0, commit_validation=0.0)
+  tuned = [{"params": p, **s} for p, s in zip(result.best_params, result.best_model_state)]
+
+  # Commitment heads on the fine-tuned features: "the exit was right" on the rows they learn from.
+  eval_bs = config.fit.eval_batch_size
+  h_train, h_val = np.asarray(images)[commit_pos], np.asarray(val_images)
+  commit_epochs, commit_ckpts = [], []
+  for j, block in enumerate(trained.blocks):
+    cost = model.block_costs[j]
+    h_train, probs_train, _ = block_outputs(block, tuned[j], h_train, eval_bs)
+    h_val, probs_val, _ = block_outputs(block, tuned[j], h_val, eval_bs)
+    flops["cache"] += (len(commit_pos) + n_val) * (cost.subnet + cost.exit_head)
+    correct_train = (np.argmax(probs_train, -1) == labels_np[commit_pos]).astype(np.int32)
+    correct_val = (np.argmax(probs_val, -1) == np.asarray(val_labels)).astype(np.int32)
+    commit_ckpts.append(ckpt(f"commitment_{j}"))
+    commit_result = train_commitment_head(block, tuned[j], h_train, correct_train, h_val, correct_val,
+                                          config.commit_fit, jax.random.fold_in(key, 10 + j),
+                                          name=f"commitment head {j} (fine-tuned)",
+                                          pad_rows_to=bucket_size(n), pad_val_rows_to=bucket_size(n_val),
+                                          on_epoch=on_epoch and (lambda s, r: on_epoch("recommit", s, r)),
+                                          checkpoint=commit_ckpts[-1], log=log)
+    tuned[j] = {"params": commit_result.best_params, **result.best_model_state[j]}
+    commit_epochs.append(commit_result.epoch)
+    flops["commit_training"] += commit_result.epoch * len(commit_pos) * 3 * cost.commit_head
+    flops["commit_validation"] += commit_result.epoch * n_val * cost.commit_head
+  seconds = time.perf_counter() - start + _resumed_seconds(finetune_ckpt, *commit_ckpts)
+  for c in (finetune_ckpt, *commit_ckpts):
+    if c is not None:
+      c.close()
+  log(f"fine-tune: {result.epoch} joint epochs (best {result.best_epoch}) on {len(fit_pos)} samples, "
+      f"commitment heads again ({commit_epochs} epochs), {sum(flops.values()):.3g} FLOPs, {seconds:.1f}s")
+  return tuned, dict(epochs=result.epoch, best_epoch=result.best_epoch, commit_epochs=commit_epochs,
+                     flops=flops, seconds=seconds, history=result.history)
 
 
 @dataclasses.dataclass

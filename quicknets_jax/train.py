@@ -27,6 +27,7 @@ from quicknets_jax import parallel
 from quicknets_jax.data.sampling import draw_epoch_padded
 
 PyTree = Any
+MONITORS = ("val_loss", "val_accuracy")
 # loss_fn(params, model_state, inputs, targets, rng, train) -> (per-sample loss [B],
 #                                                              per-sample correct [B], new model_state)
 LossFn = Callable[..., tuple[jnp.ndarray, jnp.ndarray, PyTree]]
@@ -44,8 +45,22 @@ class FitConfig:
   early_stop_patience: int = 3
   balanced_sampling: bool = True
   eval_batch_size: int = 2048
+  # What "a better epoch" means for best params, reduce-on-plateau and early stopping: the validation
+  # loss going down (Appendix A), or the validation "accuracy" the loss reports going up (QuickNet+'s
+  # learned-set budget makes that the fraction of validation samples the block would remove). An epoch
+  # keeps its parameters if it beats the best; it counts as progress (resetting the plateau and
+  # early-stopping patience) only when it beats the last progress by more than `min_delta`.
+  monitor: str = "val_loss"
+  min_delta: float = 0.0
+  # Run an epoch's steps from a Python loop instead of inside one jit (see `make_epoch_fn`); None:
+  # only for models that convolve, on CPU, where XLA runs convolutions in loops far slower.
+  host_loop: Optional[bool] = None
 
   def __post_init__(self):
+    if self.monitor not in MONITORS:
+      raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+    if not (self.min_delta >= 0 and math.isfinite(self.min_delta)):
+      raise ValueError(f"min_delta must be a finite number ≥ 0, got {self.min_delta}")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -112,7 +127,10 @@ class FitState:
   model_state: PyTree
   best_params: PyTree
   best_model_state: PyTree
-  best_val_loss: float = float("inf")
+  best_val_loss: float = float("inf")  # the best monitored score: val loss, or −val accuracy
+  # The score of the last epoch that counted as progress (beat this by more than min_delta); the
+  # patience counters below count epochs since then. With min_delta = 0 it is best_val_loss.
+  progress_score: float = float("inf")
   best_epoch: int = 0
   learning_rate: float = 0.0
   epoch: int = 0  # epochs completed
@@ -153,82 +171,134 @@ def pad_rows(array, rows: int, value=0):
 
 
 def make_epoch_fn(objective: Objective, tx: optax.GradientTransformation, batch_size: int,
-                  num_classes: int, balanced: bool, mesh=None):
-  """Jitted one epoch of training steps inside one XLA call.
+                  num_classes: int, balanced: bool, mesh=None, host_loop: bool = False):
+  """One epoch of training steps: (params, opt_state, state, lr, inputs, targets, positions [bucket],
+  sample_classes [bucket], num_samples, key[, hparams][, loss_args]) -> (params, opt_state, state,
+  mean loss, accuracy). The working set is padded to a bucket and its true size is traced, so the
+  step count is a loop bound, not a shape.
 
-  (params, opt_state, state, lr, inputs, targets, positions [bucket], sample_classes [bucket],
-  num_samples, key[, hparams]) -> (params, opt_state, state, mean loss, accuracy). The working set
-  is padded to a bucket and its true size is traced, so the step count is a loop bound, not a shape.
+  By default the whole epoch is one jitted XLA call (`fori_loop` over the steps). `host_loop=True`
+  runs the same jitted step from a Python loop instead (one dispatch per step, same random streams):
+  XLA:CPU runs convolutions inside a while loop ~40× slower than at top level (a VGG block's step:
+  2.6 s vs 64 ms), so convolutional models on CPU take this path (see `fit`).
   """
   with_hparams = objective.epoch_hparams is not None
   with_args = objective.loss_args is not None
 
-  def epoch_fn(params, opt_state, model_state, learning_rate, inputs, targets, positions, sample_classes,
-               num_samples, key, hparams=None, loss_args=None):
+  def draw(key, sample_classes, num_samples):
     draw_key, step_key = jax.random.split(key)
     order = draw_epoch_padded(draw_key, sample_classes, num_samples, num_classes, balanced)
-    order = jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)])  # room for the last batch
-    num_steps = (num_samples + batch_size - 1) // batch_size
+    return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key  # room for the last batch
+
+  def step(step_index, carry, order, step_key, learning_rate, inputs, targets, positions, num_samples,
+           hparams, loss_args):
     kwargs = {}
     if with_hparams:
       kwargs["hparams"] = hparams
     if with_args:
       kwargs["loss_args"] = loss_args
+    params, opt_state, model_state, loss_sum, correct_sum = carry
+    offset = step_index * batch_size
+    batch_order = jax.lax.dynamic_slice(order, (offset,), (batch_size,))
+    batch_mask = ((offset + jnp.arange(batch_size)) < num_samples).astype(jnp.float32)
+    rows = positions[batch_order]
+    x, y = inputs[rows], targets[rows]
+    if mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
+      x, y, batch_mask = parallel.shard_batch((x, y, batch_mask), mesh)
+    rng = jax.random.fold_in(step_key, step_index)
 
-    def step(step_index, carry):
-      params, opt_state, model_state, loss_sum, correct_sum = carry
-      offset = step_index * batch_size
-      batch_order = jax.lax.dynamic_slice(order, (offset,), (batch_size,))
-      batch_mask = ((offset + jnp.arange(batch_size)) < num_samples).astype(jnp.float32)
-      rows = positions[batch_order]
-      x, y = inputs[rows], targets[rows]
-      if mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
-        x, y, batch_mask = parallel.shard_batch((x, y, batch_mask), mesh)
-      rng = jax.random.fold_in(step_key, step_index)
+    def mean_loss(p):
+      losses, correct, new_state = objective.loss_fn(p, model_state, x, y, rng, True, **kwargs)
+      return jnp.sum(losses * batch_mask) / jnp.maximum(jnp.sum(batch_mask), 1.0), (losses, correct,
+                                                                                     new_state)
 
-      def mean_loss(p):
-        losses, correct, new_state = objective.loss_fn(p, model_state, x, y, rng, True, **kwargs)
-        return jnp.sum(losses * batch_mask) / jnp.maximum(jnp.sum(batch_mask), 1.0), (losses, correct,
-                                                                                       new_state)
+    (_, (losses, correct, new_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, jax.tree.map(lambda u: -learning_rate * u, updates))
+    return (params, opt_state, new_state, loss_sum + jnp.sum(losses * batch_mask),
+            correct_sum + jnp.sum(correct * batch_mask))
 
-      (_, (losses, correct, new_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, jax.tree.map(lambda u: -learning_rate * u, updates))
-      return (params, opt_state, new_state, loss_sum + jnp.sum(losses * batch_mask),
-              correct_sum + jnp.sum(correct * batch_mask))
+  if not host_loop:
+    def epoch_fn(params, opt_state, model_state, learning_rate, inputs, targets, positions, sample_classes,
+                 num_samples, key, hparams=None, loss_args=None):
+      order, step_key = draw(key, sample_classes, num_samples)
+      num_steps = (num_samples + batch_size - 1) // batch_size
+      zero = jnp.zeros((), jnp.float32)
+      params, opt_state, model_state, loss_sum, correct_sum = jax.lax.fori_loop(
+          0, num_steps, lambda i, carry: step(i, carry, order, step_key, learning_rate, inputs, targets,
+                                              positions, num_samples, hparams, loss_args),
+          (params, opt_state, model_state, zero, zero))
+      return params, opt_state, model_state, loss_sum / num_samples, correct_sum / num_samples
 
+    # params, optimizer state and model state are donated: XLA writes the new ones into their buffers.
+    return jax.jit(epoch_fn, donate_argnums=(0, 1, 2))
+
+  jit_draw = jax.jit(draw)
+  jit_step = jax.jit(step, donate_argnums=(1,))  # the carry: params, optimizer and model state, sums
+
+  def host_epoch_fn(params, opt_state, model_state, learning_rate, inputs, targets, positions, sample_classes,
+                    num_samples, key, hparams=None, loss_args=None):
+    order, step_key = jit_draw(key, sample_classes, num_samples)
     zero = jnp.zeros((), jnp.float32)
-    params, opt_state, model_state, loss_sum, correct_sum = jax.lax.fori_loop(
-        0, num_steps, step, (params, opt_state, model_state, zero, zero))
+    carry = (params, opt_state, model_state, zero, jnp.zeros((), jnp.float32))
+    for i in range(-(-int(num_samples) // batch_size)):
+      carry = jit_step(jnp.int32(i), carry, order, step_key, learning_rate, inputs, targets, positions,
+                       num_samples, hparams, loss_args)
+    params, opt_state, model_state, loss_sum, correct_sum = carry
     return params, opt_state, model_state, loss_sum / num_samples, correct_sum / num_samples
 
-  return jax.jit(epoch_fn)
+  return host_epoch_fn
 
 
-def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None):
-  """Jitted (params, state, inputs [rows], targets, n[, loss_args]) -> (mean loss, accuracy) over the
-  first n rows; scans fixed-size masked chunks, so padded inputs of any n up to `rows` share it."""
+def _private_copy(tree):
+  """Fresh device buffers holding `tree` (a donated epoch consumes its inputs; callers keep theirs)."""
+  return jax.tree.map(lambda x: jax.device_put(x, may_alias=False), tree)
 
-  def eval_fn(params, model_state, inputs, targets, num_rows, loss_args=None):
-    size = inputs.shape[0]
+
+def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None,
+                 host_loop: bool = False):
+  """(params, state, inputs [rows], targets, n[, loss_args]) -> (mean loss, accuracy) over the first n
+  rows, in fixed-size masked chunks, so padded inputs of any n up to `rows` share one compile. The
+  chunks are a `lax.scan` inside one jit, or (`host_loop`, see `make_epoch_fn`) a Python loop."""
+
+  def chunk_sums(params, model_state, inputs, targets, r, m, loss_args):
+    kwargs = {"loss_args": loss_args} if with_args else {}
+    x, y = inputs[r], targets[r]
+    if mesh is not None:
+      x, y, m = parallel.shard_batch((x, y, m), mesh)
+    losses, correct, _ = loss_fn(params, model_state, x, y, None, False, **kwargs)
+    return jnp.sum(jnp.where(m, losses, 0.0)), jnp.sum(jnp.where(m, correct, 0.0))
+
+  def chunks_of(size, num_rows, xp):
     chunks = max(1, -(-size // eval_batch_size))
     padded = chunks * eval_batch_size
-    rows = jnp.minimum(jnp.arange(padded), size - 1).reshape(chunks, eval_batch_size)
-    mask = (jnp.arange(padded) < num_rows).reshape(chunks, eval_batch_size)
-    kwargs = {"loss_args": loss_args} if with_args else {}
+    rows = xp.minimum(xp.arange(padded), size - 1).reshape(chunks, eval_batch_size)
+    return rows, (xp.arange(padded) < num_rows).reshape(chunks, eval_batch_size)
 
-    def chunk(carry, xs):
-      r, m = xs
-      x, y = inputs[r], targets[r]
-      if mesh is not None:
-        x, y, m = parallel.shard_batch((x, y, m), mesh)
-      losses, correct, _ = loss_fn(params, model_state, x, y, None, False, **kwargs)
-      return carry, (jnp.sum(jnp.where(m, losses, 0.0)), jnp.sum(jnp.where(m, correct, 0.0)))
+  if not host_loop:
+    def eval_fn(params, model_state, inputs, targets, num_rows, loss_args=None):
+      rows, mask = chunks_of(inputs.shape[0], num_rows, jnp)
+      _, (loss_sums, correct_sums) = jax.lax.scan(
+          lambda carry, xs: (carry, chunk_sums(params, model_state, inputs, targets, *xs, loss_args)), None,
+          (rows, mask))
+      return jnp.sum(loss_sums) / num_rows, jnp.sum(correct_sums) / num_rows
 
-    _, (loss_sums, correct_sums) = jax.lax.scan(chunk, None, (rows, mask))
-    return jnp.sum(loss_sums) / num_rows, jnp.sum(correct_sums) / num_rows
+    return jax.jit(eval_fn)
 
-  return jax.jit(eval_fn)
+  jit_chunk = jax.jit(chunk_sums)
+
+  def host_eval_fn(params, model_state, inputs, targets, num_rows, loss_args=None):
+    rows, mask = chunks_of(inputs.shape[0], int(num_rows), np)
+    sums = [jit_chunk(params, model_state, inputs, targets, r, m, loss_args) for r, m in zip(rows, mask)]
+    return (sum(float(l) for l, _ in sums) / int(num_rows), sum(float(c) for _, c in sums) / int(num_rows))
+
+  return host_eval_fn
+
+
+def uses_convolution(loss_fn: LossFn, params, model_state, x, y, **kwargs) -> bool:
+  """Whether `loss_fn` convolves (traced once on one sample; nothing runs)."""
+  jaxpr = jax.make_jaxpr(lambda p: loss_fn(p, model_state, x[:1], y[:1], None, False, **kwargs))(params)
+  return "conv_general_dilated" in str(jaxpr)
 
 
 # Jitted epoch/eval functions, reused by every fit with the same loss, mask and sizes (e.g. block 0 and
@@ -237,18 +307,19 @@ _COMPILED: dict = {}
 
 
 def _compiled_fns(objective: Objective, tx, params, batch_size: int, num_classes: int, balanced: bool,
-                  eval_batch_size: int, mesh=None):
+                  eval_batch_size: int, mesh=None, host_loop: bool = False):
   mask = objective.trainable
   mask_key = None if mask is None else (jax.tree.structure(mask), tuple(jax.tree.leaves(mask)))
   key = (objective.loss_fn, mask_key, objective.epoch_hparams is not None, objective.loss_args is not None,
-         batch_size, num_classes, balanced, eval_batch_size, mesh)
+         batch_size, num_classes, balanced, eval_batch_size, mesh, host_loop)
   try:
     hash(key)
   except TypeError:  # an unhashable loss (a lambda over arrays): compile for this fit only
     key = None
   if key is None or key not in _COMPILED:
-    fns = (make_epoch_fn(objective, tx, batch_size, num_classes, balanced, mesh=mesh),
-           make_eval_fn(objective.loss_fn, eval_batch_size, objective.loss_args is not None, mesh=mesh))
+    fns = (make_epoch_fn(objective, tx, batch_size, num_classes, balanced, mesh=mesh, host_loop=host_loop),
+           make_eval_fn(objective.loss_fn, eval_batch_size, objective.loss_args is not None, mesh=mesh,
+                        host_loop=host_loop))
     if key is None:
       return fns
     if len(_COMPILED) > 256:
@@ -267,11 +338,15 @@ def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, co
 def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData, config: FitConfig,
         key: jax.Array, *, num_classes: int, name: str = "fit",
         on_epoch: Optional[Callable[[FitState, dict], None]] = None,
-        resume: Optional[FitState] = None, mesh=None) -> FitState:
+        resume: Optional[FitState] = None, mesh=None, positions_bucket: Optional[int] = None) -> FitState:
   """Trains `params` on `data` under Appendix A's schedule; returns the final FitState.
 
   `mesh`: a `parallel.make_mesh()` mesh to run data parallel on (batches split over its devices,
   params replicated); None takes the mesh of an enclosing `parallel.data_parallel(...)` block, if any.
+
+  `positions_bucket`: the length the working set is padded to (default: `bucket_size` of its size).
+  Fits whose working sets differ in size but not in bucket share one compiled epoch; QuickNet pads
+  every block after the first, and every commitment head, to the full split's bucket.
 
   `state.best_params` / `best_model_state` hold the best-validation parameters. `on_epoch(state,
   record)` is called after every epoch (progress, checkpoints). `resume` continues an interrupted fit.
@@ -292,10 +367,19 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
     eval_batch_size = parallel.round_up_batch(eval_batch_size, mesh)
     state.params, state.opt_state, state.model_state, data = parallel.replicate(
         (state.params, state.opt_state, state.model_state, data), mesh)
+  # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
+  # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
+  state.params, state.opt_state, state.model_state = _private_copy(
+      (state.params, state.opt_state, state.model_state))
+  host_loop = config.host_loop
+  if host_loop is None:
+    host_loop = jax.default_backend() == "cpu" and uses_convolution(
+        objective.loss_fn, state.params, state.model_state, data.inputs, data.targets,
+        **({} if objective.loss_args is None else {"loss_args": objective.loss_args}))
   epoch_fn, eval_fn = _compiled_fns(objective, tx, params, batch_size, num_classes, config.balanced_sampling,
-                                     eval_batch_size, mesh)
+                                     eval_batch_size, mesh, host_loop)
   # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
-  bucket = bucket_size(num_samples)
+  bucket = max(positions_bucket or 0, bucket_size(num_samples))
   positions = pad_rows(np.asarray(data.positions, np.int32), bucket)
   sample_classes = pad_rows(np.asarray(data.sample_classes, np.int32), bucket)
   num_val = int(data.val_inputs.shape[0] if data.num_val is None else data.num_val)
@@ -324,9 +408,13 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
     record = dict(epoch=state.epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                   val_accuracy=val_acc, learning_rate=state.learning_rate, samples=num_samples,
                   seconds=time.perf_counter() - start)
-    if val_loss < state.best_val_loss:
-      state.best_val_loss, state.best_epoch = val_loss, state.epoch
-      state.best_params, state.best_model_state = params, new_model_state
+    score = val_loss if config.monitor == "val_loss" else -val_acc  # lower is better
+    if score < state.best_val_loss:  # best params: the best epoch, however small its gain
+      state.best_val_loss, state.best_epoch = score, state.epoch
+      # copies: the next epoch donates (and so overwrites) `params` and `new_model_state`
+      state.best_params, state.best_model_state = _private_copy((params, new_model_state))
+    if score < state.progress_score - config.min_delta:  # progress: a gain larger than min_delta
+      state.progress_score = score
       state.epochs_since_best = state.plateau_bad_epochs = 0
     else:
       state.epochs_since_best += 1

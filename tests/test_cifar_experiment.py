@@ -14,8 +14,9 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from make_cifar_smoke_data import main as make_smoke_data  # noqa: E402
 
-# The smoke flags, made smaller still (fewer samples) so the two runs fit a test.
-SMALLER = ["--max_train=300", "--max_test=100"]
+# The smoke flags plus what the smoke leaves out for speed, the paper config's augmentation (crop + flip,
+# frozen prefix recomputed): the 8-device run must reproduce it too.
+SMALLER = ["--max_train=300", "--max_test=100", "--augment", "--nocache_features"]
 
 
 def _run(workdir, data_dir, devices):

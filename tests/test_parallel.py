@@ -32,10 +32,12 @@ STEP_CHECK = textwrap.dedent("""
   tx = optax.identity()  # plain SGD: the update is -lr * gradient
   args = (params, tx.init(params), state, jnp.float32(0.1), x, y, positions, classes, jnp.int32(BATCH),
           jax.random.PRNGKey(3))
-  single = train.make_epoch_fn(objective, tx, BATCH, 4, False)(*args)
+  # the epoch donates params and states: each call gets its own copies
+  single = train.make_epoch_fn(objective, tx, BATCH, 4, False)(*jax.tree.map(jnp.copy, args))
   mesh = parallel.make_mesh()
   batch = parallel.round_up_batch(BATCH, mesh)
-  sharded = train.make_epoch_fn(objective, tx, batch, 4, False, mesh=mesh)(*parallel.replicate(args, mesh))
+  sharded = train.make_epoch_fn(objective, tx, batch, 4, False, mesh=mesh)(
+      *parallel.replicate(jax.tree.map(jnp.copy, args), mesh))
   assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded[0]))
   diffs = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), single[:3], sharded[:3])
   worst = max(jax.tree.leaves(diffs))

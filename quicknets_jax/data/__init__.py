@@ -3,6 +3,8 @@
 `load_dataset(name)` is the entry point: it finds the data (`data_source` auto | idx | tfds |
 cifar_tar), checks it, carves the validation split deterministically from the end of the training
 data (design §1), and standardises images per channel with the training part's statistics.
+ImageNet (`imagenet2012`) comes only from a prepared TFDS copy, resized to `image_size`² and held in
+memory: pass max_train for a subset (see `tfds_source.load_tfds_resized` for what is read and why).
 Class-rebalanced epoch sampling lives in `quicknets_jax.data.sampling`.
 """
 
@@ -18,29 +20,53 @@ from quicknets_jax.data.cifar import load_cifar_tar, write_cifar_tar
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import find_idx_files, load_idx_dir, read_idx, write_idx
 from quicknets_jax.data.sampling import class_counts, draw_epoch
-from quicknets_jax.data.tfds_source import default_tfds_dir, load_tfds
+from quicknets_jax.data.tfds_source import RESIZED_SPLITS, default_tfds_dir, load_tfds, load_tfds_resized
 
 __all__ = [
     "DataError", "Dataset", "DEFAULT_LOCAL_DIRS", "KNOWN", "SOURCES", "CLASS_NAMES", "TFDS_DATA_DIR",
     "load_arrays", "validate_arrays", "split_validation", "normalise", "load_dataset",
-    "read_idx", "write_idx", "load_idx_dir", "load_tfds", "load_cifar_tar", "write_cifar_tar",
+    "read_idx", "write_idx", "load_idx_dir", "load_tfds", "load_tfds_resized", "load_cifar_tar",
+    "write_cifar_tar", "DEFAULT_IMAGE_SIZE",
     "class_counts", "draw_epoch",
 ]
 
-KNOWN = ("mnist", "fashion_mnist", "cifar10")
+KNOWN = ("mnist", "fashion_mnist", "cifar10", "imagenet2012")
 SOURCES = ("auto", "idx", "tfds", "cifar_tar")
 # Local copies `auto` looks at before TFDS (Debian/Ubuntu: apt-get install dataset-fashion-mnist).
 DEFAULT_LOCAL_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 # TFDS data directory `auto` tries when no local copy is found; None means TFDS's default.
 TFDS_DATA_DIR: str | None = None
+# Side of the square images datasets of many image sizes are resized to, unless image_size says otherwise.
+DEFAULT_IMAGE_SIZE = {"imagenet2012": 224}
+
+
+def _imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 WordNet ids of ILSVRC2012 in TFDS's label order, read from the installed
+    tensorflow-datasets package without importing it; generic names when it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("tensorflow_datasets")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            path = os.path.join(root, "datasets", "imagenet2012", "labels.txt")
+            if os.path.exists(path):
+                with open(path) as f:
+                    names = tuple(line.strip() for line in f if line.strip())
+                if len(names) == 1000:
+                    return names
+    except (ImportError, ValueError, OSError):
+        pass
+    return tuple(f"class_{i}" for i in range(1000))
+
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                       "Sneaker", "Bag", "Ankle boot"),
     "mnist": tuple(str(d) for d in range(10)),
     "cifar10": _CIFAR10_NAMES,
+    "imagenet2012": _imagenet_class_names(),
 }
-_PRETTY = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
+_PRETTY = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "imagenet2012": "ImageNet"}
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -93,12 +119,29 @@ def _local_source(name: str, data_dir) -> tuple[Arrays, str]:
     return load_idx_dir(data_dir), f"idx:{data_dir}"
 
 
-def _load(name: str, data_source: str, data_dir) -> tuple[Arrays, str]:
-    """load_arrays plus a short description of where the data came from."""
+def _load(name: str, data_source: str, data_dir, image_size: int | None = None, max_train: int | None = None,
+          max_test: int | None = None) -> tuple[Arrays, str]:
+    """load_arrays plus a short description of where the data came from.
+
+    image_size, max_train, max_test matter to datasets read resized (imagenet2012) only: there they
+    decide how much is read at all.
+    """
     name = _check_name(name)
     if data_source not in SOURCES:
         raise DataError(f"unknown data_source {data_source!r}: choose one of {', '.join(SOURCES)}")
     pretty = _PRETTY[name]
+    if name in RESIZED_SPLITS:
+        if data_source not in ("auto", "tfds"):
+            raise DataError(f"{name} is read from a prepared TFDS copy only, not data_source={data_source}: "
+                            f"pass --data_source=tfds (and --data_dir=DIR, the TFDS data dir, if it is not "
+                            f"in {default_tfds_dir()})")
+        size = DEFAULT_IMAGE_SIZE[name] if image_size is None else image_size
+        tfds_dir = data_dir if data_dir is not None else (TFDS_DATA_DIR if data_source == "auto" else None)
+        arrays = load_tfds_resized(name, tfds_dir, size, max_train, max_test, num_classes=len(CLASS_NAMES[name]))
+        return arrays, f"tfds:{default_tfds_dir(tfds_dir)} ({size}x{size})"
+    if image_size is not None:
+        raise DataError(f"image_size applies to {', '.join(RESIZED_SPLITS)} only ({pretty} images have one "
+                        f"size): drop --image_size")
     if data_source == "tfds":
         return load_tfds(name, data_dir), f"tfds:{default_tfds_dir(data_dir)}"
     if data_source == "cifar_tar":
@@ -149,16 +192,17 @@ def _load(name: str, data_source: str, data_dir) -> tuple[Arrays, str]:
                     f"{tfds_way}")
 
 
-def load_arrays(name: str, data_source: str = "auto", data_dir=None) -> Arrays:
+def load_arrays(name: str, data_source: str = "auto", data_dir=None, image_size: int | None = None) -> Arrays:
     """Loads raw (train_images, train_labels, test_images, test_labels) as uint8 numpy arrays.
 
     data_source: "idx" (an MNIST-style directory; default: DEFAULT_LOCAL_DIRS), "cifar_tar" (the
     CIFAR-10 python tarball in `data_dir`), "tfds" (a prepared TFDS dataset; `data_dir` is the
     TFDS data dir), or "auto": `data_dir` if given (IDX, or the tarball for cifar10), else the
     DEFAULT_LOCAL_DIRS copy if its files are there, else a prepared TFDS copy in TFDS_DATA_DIR.
-    Grayscale images are [N, H, W], colour [N, H, W, 3].
+    imagenet2012 comes from TFDS only (`data_dir` is then the TFDS data dir), resized to
+    `image_size` (default 224). Grayscale images are [N, H, W], colour [N, H, W, 3].
     """
-    return _load(name, data_source, data_dir)[0]
+    return _load(name, data_source, data_dir, image_size)[0]
 
 
 def validate_arrays(train_images, train_labels, test_images, test_labels, num_classes: int) -> None:
@@ -249,19 +293,23 @@ def normalise(train, *others, chunk: int = 4096):
 
 
 def load_dataset(name: str, data_source: str = "auto", data_dir=None, val_fraction: float = 0.1,
-                 max_train: int | None = None, max_test: int | None = None) -> Dataset:
+                 max_train: int | None = None, max_test: int | None = None,
+                 image_size: int | None = None) -> Dataset:
     """Loads, checks, splits and normalises a dataset (see load_arrays for the sources).
 
     max_train / max_test keep only the first N samples of the training split (before the
-    validation split is carved off its end) / the test split; for smoke runs and tests.
+    validation split is carved off its end) / the test split; for smoke runs and tests, and for
+    imagenet2012, where only that many records are read at all. image_size: the side imagenet2012
+    is resized to (default 224); other datasets refuse it.
     """
     name = _check_name(name)
-    (train_x, train_y, test_x, test_y), source = _load(name, data_source, data_dir)
-    num_classes = len(CLASS_NAMES[name])
-    validate_arrays(train_x, train_y, test_x, test_y, num_classes)
     for flag, value in (("max_train", max_train), ("max_test", max_test)):
         if value is not None and (int(value) != value or value < 1):
             raise DataError(f"{flag}={value} must be a positive integer or None")
+    (train_x, train_y, test_x, test_y), source = _load(name, data_source, data_dir, image_size, max_train,
+                                                       max_test)
+    num_classes = len(CLASS_NAMES[name])
+    validate_arrays(train_x, train_y, test_x, test_y, num_classes)
     if max_train is not None:
         train_x, train_y = train_x[:max_train], train_y[:max_train]
     if max_test is not None:

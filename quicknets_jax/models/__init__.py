@@ -2,11 +2,12 @@
 
 from quicknets_jax.models.base import (Block, BlockCost, CommitmentHead, MultiExitModel, merge_variables,
                                        prefix_features, split_variables)
+from quicknets_jax.models.densenet import densenet
 from quicknets_jax.models.mlp import mlp
 from quicknets_jax.models.resnet_sdn import resnet_sdn
 from quicknets_jax.models.vgg import vgg
 
-MODELS = {"mlp": mlp, "vgg": vgg, "resnet_sdn": resnet_sdn}
+MODELS = {"mlp": mlp, "vgg": vgg, "resnet_sdn": resnet_sdn, "densenet": densenet}
 
 
 def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExitModel:

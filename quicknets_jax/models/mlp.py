@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import numpy as np
 
@@ -36,25 +38,29 @@ class LinearExit(nn.Module):
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, width: int = 150, num_blocks: int = 3,
-        layers_per_block: int = 1) -> MultiExitModel:
+        layers_per_block: int = 1, later_width: Optional[int] = None) -> MultiExitModel:
   """The paper's MLP QuickNet: `num_blocks` blocks of `layers_per_block` Dense(width)+ReLU layers.
 
   Defaults are Appendix A's Fashion-MNIST/MNIST network: three blocks, one 150-unit layer each.
+  `later_width` (QuickNet+, the paper's §5): blocks after the first get this many units instead —
+  they train and run only on the samples earlier exits did not take, so widening them is cheap.
   """
   if num_blocks < 1:
     raise ValueError(f"num_blocks must be ≥ 1 (got {num_blocks}): pass --num_blocks=3 for the paper's MLP")
-  if width < 1 or layers_per_block < 1:
-    raise ValueError(f"width and layers_per_block must be ≥ 1 (got {width}, {layers_per_block})")
+  if width < 1 or layers_per_block < 1 or (later_width is not None and later_width < 1):
+    raise ValueError(f"width, later_width and layers_per_block must be ≥ 1 (got {width}, {later_width}, "
+                     f"{layers_per_block})")
   blocks, costs = [], []
   in_features = int(np.prod(input_shape))
-  for _ in range(num_blocks):
-    blocks.append(Block(subnet=DenseSubnet(width, layers_per_block), exit_head=LinearExit(num_classes),
+  for j in range(num_blocks):
+    block_width = later_width if j > 0 and later_width is not None else width
+    blocks.append(Block(subnet=DenseSubnet(block_width, layers_per_block), exit_head=LinearExit(num_classes),
                         commit_head=CommitmentHead(num_classes)))
-    subnet_cost = flops.dense_flops(in_features, width, activation=True)
-    subnet_cost += (layers_per_block - 1) * flops.dense_flops(width, width, activation=True)
-    commit_cost = flops.dense_flops(width, num_classes, activation=True) + flops.dense_flops(num_classes, 1)
-    costs.append(BlockCost(subnet=subnet_cost, exit_head=flops.dense_flops(width, num_classes),
+    subnet_cost = flops.dense_flops(in_features, block_width, activation=True)
+    subnet_cost += (layers_per_block - 1) * flops.dense_flops(block_width, block_width, activation=True)
+    commit_cost = flops.dense_flops(block_width, num_classes, activation=True) + flops.dense_flops(num_classes, 1)
+    costs.append(BlockCost(subnet=subnet_cost, exit_head=flops.dense_flops(block_width, num_classes),
                            commit_head=commit_cost))
-    in_features = width
+    in_features = block_width
   return MultiExitModel(name="mlp", blocks=tuple(blocks), input_shape=tuple(input_shape),
                         num_classes=num_classes, block_costs=tuple(costs))

@@ -17,8 +17,33 @@ of design.md §2 (`flops.conv_flops`) is 4% higher at 32×32 and 2.25× higher f
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from quicknets_jax import flops
+from quicknets_jax.models.base import lecun_normal
+
+
+def _windows(x, kernel: int):
+  """NHWC `x` cropped to whole k×k windows (VALID, floor) and split into them: [N, H/k, k, W/k, k, C]."""
+  n, h, w, c = x.shape
+  out_h, out_w = h // kernel, w // kernel
+  return x[:, :out_h * kernel, :out_w * kernel].reshape(n, out_h, kernel, out_w, kernel, c)
+
+
+def max_pool(x, kernel: int):
+  """k×k max pool with stride k (VALID), the same numbers as `nn.max_pool`.
+
+  Written as a reshape + max because XLA:CPU differentiates `reduce_window` max pooling with
+  select-and-scatter, which is ~9× slower here (a 2×2 pool's backward on a 128×28×28×16 batch:
+  109 ms vs 12 ms); the gradient only differs on exact ties, which after a ReLU are zeros whose
+  gradient is zero either way.
+  """
+  return jnp.max(_windows(x, kernel), axis=(2, 4))
+
+
+def avg_pool(x, kernel: int):
+  """k×k average pool with stride k (VALID), the same numbers as `nn.avg_pool` (and ~6× faster on CPU)."""
+  return jnp.mean(_windows(x, kernel), axis=(2, 4))
 
 
 def reduction_kernel(size: int) -> int:
@@ -45,9 +70,8 @@ class MixedPoolClassifier(nn.Module):
     x = features
     if kernel:
       alpha = self.param("alpha", nn.initializers.uniform(scale=1.0), (1,))
-      window = (kernel, kernel)
-      x = alpha * nn.max_pool(x, window, strides=window) + (1 - alpha) * nn.avg_pool(x, window, strides=window)
-    return nn.Dense(self.num_classes, name="out")(x.reshape((x.shape[0], -1)))
+      x = alpha * max_pool(x, kernel) + (1 - alpha) * avg_pool(x, kernel)
+    return nn.Dense(self.num_classes, kernel_init=lecun_normal, name="out")(x.reshape((x.shape[0], -1)))
 
 
 def mixed_pool_classifier_flops(height: int, width: int, channels: int, num_classes: int) -> float:

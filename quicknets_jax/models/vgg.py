@@ -24,7 +24,7 @@ import numpy as np
 
 from quicknets_jax import flops
 from quicknets_jax.models import pooling
-from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel
+from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, lecun_normal
 
 # VGG configuration A (VGG-11): conv output channels, "M" = 2×2 max pool.
 CONFIGS = {
@@ -46,11 +46,11 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv")(x)
+    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=lecun_normal, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
     x = nn.relu(x)
     if self.pool:
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = pooling.max_pool(x, 2)
     return x
 
 
@@ -66,8 +66,8 @@ class MLPClassifier(nn.Module):
     del train
     x = features.reshape((features.shape[0], -1))
     for i in range(self.layers):
-      x = nn.relu(nn.Dense(self.width, name=f"hidden_{i}")(x))
-    return nn.Dense(self.num_classes, name="out")(x)
+      x = nn.relu(nn.Dense(self.width, kernel_init=lecun_normal, name=f"hidden_{i}")(x))
+    return nn.Dense(self.num_classes, kernel_init=lecun_normal, name="out")(x)
 
 
 def mlp_classifier_flops(in_features: int, num_classes: int, width: int, layers: int) -> float:
