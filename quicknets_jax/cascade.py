@@ -13,8 +13,8 @@ gather dispatches cost more than the later blocks of a small network save):
   the most confident exit so far travels with the rows for the fallback;
 - later blocks take the continuing rows of a few input batches together (`pool`), in calls of at most
   one input batch's size, so they run on batches large enough to be efficient;
-- their sizes are buckets (`bucket`: 4 per octave by default), so a block compiles for a bounded set
-  of sizes and pads under 25 %; the rule's settings are traced, so one compiled step per size serves
+- their sizes are buckets (`bucket`: 8 per octave by default), so a block compiles for a bounded set
+  of sizes and pads under 12.5 %; the rule's settings are traced, so one compiled step per size serves
   every threshold and variant;
 - the host does not wait for counts: each later block's bucket is guessed from the fraction of rows
   that reached it before (with a 4σ margin) and all blocks are queued at once; a window whose guess
@@ -64,9 +64,9 @@ def _qualified_flag(num_exits: int, num_classes: int) -> int:
   return num_exits * num_classes
 
 
-def bucket(n: int, per_octave: int = 4) -> int:
+def bucket(n: int, per_octave: int = 8) -> int:
   """The padded batch size for n samples: n itself up to 2·per_octave, above that the next multiple of
-  2^k/per_octave for the octave [2^k, 2^(k+1)) holding n — e.g. 1600 → 1792 with 4 per octave.
+  2^k/per_octave for the octave [2^k, 2^(k+1)) holding n — e.g. 1600 → 1664 with 8 per octave.
 
   `per_octave` must be a power of two; 1 gives plain powers of two. A block therefore compiles for at
   most per_octave·log2(batch) + 2·per_octave sizes and wastes under 1/per_octave of its rows on padding.
@@ -182,7 +182,7 @@ def _guess(fraction: float, width: int) -> int:
 
 def cascade_predict(model: MultiExitModel, variables: Sequence[dict], images, threshold: float,
                     fallback: str = "most_confident", use_commitment: bool = True, batch_size: int = 4096,
-                    buckets_per_octave: int = 4, pool: int = 4, reuse_guesses: bool = True) -> CascadeResult:
+                    buckets_per_octave: int = 8, pool: int = 4, reuse_guesses: bool = True) -> CascadeResult:
   """Early-exit inference that stops computing for a sample once it has left.
 
   Args:
@@ -204,7 +204,7 @@ def cascade_predict(model: MultiExitModel, variables: Sequence[dict], images, th
 
 def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], batches: Iterable, threshold: float,
                             fallback: str = "most_confident", use_commitment: bool = True,
-                            buckets_per_octave: int = 4, pool: int = 4, reuse_guesses: bool = True
+                            buckets_per_octave: int = 8, pool: int = 4, reuse_guesses: bool = True
                             ) -> CascadeResult:
   """`cascade_predict` on batches the caller has already cut (e.g. a data loader's), in order.
 
