@@ -143,3 +143,31 @@ def run(argv) -> None:
   with open(f"{FLAGS.workdir}/results.md") as f:
     print(f.read())
   del results
+
+
+def run_with_flops_check(argv) -> None:
+  """`run`, then adds `flops_check` to WORKDIR/results.json: every block's analytic forward FLOPs beside
+  XLA's `cost_analysis()` count, for the model and input shape the flags describe."""
+  import json
+  import os
+
+  from quicknets_jax import data as data_lib
+  from quicknets_jax import models
+  from quicknets_jax.flops import flops_check
+  run(argv)
+  path = os.path.join(FLAGS.workdir, "results.json")
+  with open(path) as f:
+    results = json.load(f)
+  config = config_from_flags()
+  if config.dataset in data_lib.DEFAULT_IMAGE_SIZE:  # resized as read (imagenet2012)
+    size = config.image_size or data_lib.DEFAULT_IMAGE_SIZE[config.dataset]
+    shape = (size, size, 3)
+  else:  # the other datasets have one image size
+    shape = (32, 32, 3) if config.dataset == "cifar10" else (28, 28, 1)
+  num_classes = len(data_lib.CLASS_NAMES[config.dataset])
+  model = models.build_model(config.model, shape, num_classes, **config.model_kwargs())
+  results["flops_check"] = flops_check(model)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1)
+  worst = max(abs(b["relative_difference"]) for b in results["flops_check"]["blocks"])
+  print(f"FLOPs check: analytic vs XLA per block within {100 * worst:.2f}% (results.json flops_check)")
