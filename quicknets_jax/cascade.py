@@ -6,7 +6,7 @@ test checks it); unlike that vectorized evaluator, the FLOPs a sample does not n
 
 How it is kept cheap on the clock (a naive loop's per-block host syncs, numpy bookkeeping and separate
 gather dispatches cost more than the later blocks of a small network save):
-- one jitted call per block does everything for it on device: it picks the continuing rows out of
+- one step per block does everything for it on device: it picks the continuing rows out of
   the previous block's outputs (a cumsum-based stable compaction and a gather), runs the block and its
   heads (the MLP's two Dense heads share one matmul), applies the exit rule and records the answer of
   each row that leaves — one int32 code (prediction, exit, qualified) scattered into an answer array;
@@ -17,9 +17,11 @@ gather dispatches cost more than the later blocks of a small network save):
   of sizes and pads under 12.5 %; the rule's settings are traced, so one compiled step per size serves
   every threshold and variant;
 - the host does not wait for counts: each later block's bucket is guessed from the fraction of rows
-  that reached it before (with a 4σ margin) and all blocks are queued at once; a window whose guess
-  was too small runs again reading its counts, so answers never depend on the guesses. The answers
-  come back in one transfer per window and are decoded with numpy.
+  that reached it before (with a 4σ margin), and the whole window — block 0 on each input batch and
+  every later block on its guessed calls — runs as one jitted call, so no host work (dispatch,
+  argument handling) competes with the blocks for the cores; a window whose guess was too small runs
+  again block by block reading its counts, so answers never depend on the guesses. The answers come
+  back in one transfer per window and are decoded with numpy.
 """
 
 from __future__ import annotations
@@ -163,7 +165,24 @@ def _compiled(model: MultiExitModel, num_exits: int):
     return (_Part(features, rows, best_confidence, best_code, continues), answer,
             jnp.sum(continues, dtype=jnp.int32), count > start + size)
 
-  return jax.jit(first), jax.jit(later, static_argnums=(0, 1, 2))
+  def window(variables, xs: tuple, rule: _Rule, plan: tuple):
+    """A whole window in one call: block 0 on each input batch, then block j on the calls
+    `plan[j − 1]` ((start, size) pairs, sizes guessed on the host). Returns (the window's answer
+    codes, whether any block's rows outgrew its guessed calls)."""
+    offsets = np.cumsum([0] + [x.shape[0] for x in xs[:-1]])
+    outputs = [first(variables[0], x, np.int32(offset), rule) for x, offset in zip(xs, offsets)]
+    parts, answers = [o[0] for o in outputs], tuple(o[1] for o in outputs)
+    overflows = [jnp.zeros((), bool)]
+    for j, calls in enumerate(plan, start=1):
+      previous, parts = tuple(parts), []
+      for start, size in calls:
+        part, answer, _, overflow = later(j, start, size, variables[j], previous, answers, rule)
+        parts.append(part)
+        answers = (answer,)
+      overflows.append(overflow)
+    return jnp.concatenate(answers), functools.reduce(jnp.logical_or, overflows)
+
+  return jax.jit(first), jax.jit(later, static_argnums=(0, 1, 2)), jax.jit(window, static_argnames="plan")
 
 
 # Per (model, exits, threshold, commitment rule): the fraction of the rows that reached each later
@@ -215,7 +234,7 @@ def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], ba
 
   The host does not wait for counts: each later block's size is guessed — the fraction of rows that
   reached it (in the previous call with the same model, threshold and rule, else in this call's first
-  window) plus a 4σ binomial margin, as a bucket — and a window's blocks are all queued at once. A
+  window) plus a 4σ binomial margin, as a bucket — and a window runs as one jitted call. A
   block whose guess held fewer rows than continued flags its window, which then runs again reading
   its counts, so answers never depend on the guesses, only the work does. With nothing to guess
   from, the first window reads its counts: the host waits for each block's count of continuing rows.
@@ -235,43 +254,59 @@ def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], ba
   if buckets_per_octave < 1 or buckets_per_octave & (buckets_per_octave - 1):
     raise ValueError(f"buckets_per_octave must be a power of two, got {buckets_per_octave}")
   num_exits = len(variables)
-  first, later = _compiled(model, num_exits)
+  first, later, window_step = _compiled(model, num_exits)
   # numpy scalars: making jax scalars eagerly costs ~1 ms each on 2 busy cores
   rule = _Rule(np.float32(threshold), np.bool_(use_commitment), np.bool_(fallback == "most_confident"))
   key = (model, num_exits, float(threshold), bool(use_commitment))
   fractions = list(_REACHED.get(key, ())) if reuse_guesses else []  # per later block: rows reaching it
 
+  def calls(needed: int, available: int, cap: int) -> tuple:
+    """A block's calls for `needed` of the `available` rows: (start, size) pairs of at most `cap`
+    rows, the last one a bucket."""
+    spans, start = [], 0
+    while start < needed:
+      size = cap if needed - start > cap else min(bucket(needed - start, buckets_per_octave), available - start)
+      spans.append((start, size))
+      start += size
+    return tuple(spans)
+
+  def plan(widths: list) -> tuple:
+    """The guessed calls of each later block for a window: ((start, size), ...) per block — the
+    guessed count as calls of at most the largest batch's size, the last one a bucket."""
+    total, cap = sum(widths), max(widths)
+    plans, available = [], total
+    for fraction in fractions:
+      plans.append(calls(min(_guess(fraction, total), available), available, cap))
+      available = sum(size for _, size in plans[-1])
+    return tuple(plans)
+
   def run(window: list, guess: bool):
     """Queues a window through the cascade: (its answer codes, as a tuple of device arrays, and the
-    overflow flag of each guessed block). Without guesses, waits for each block's count of continuing
-    rows and keeps the fractions it saw for the windows after it."""
+    overflow flags of its guessed blocks). Guessed: one call for the whole window (no host work
+    between blocks to compete with them for the cores). Without guesses, block by block, waiting for
+    each block's count of continuing rows, and keeps the fractions it saw for the windows after it."""
     widths = [x.shape[0] for x in window]
+    if guess:
+      answer, overflow = window_step(tuple(variables), tuple(window), rule, plan=plan(widths))
+      return (answer,), [overflow]
     total, cap = sum(widths), max(widths)
     outputs = [first(variables[0], x, np.int32(offset), rule)
                for x, offset in zip(window, np.cumsum([0] + widths[:-1]))]
     parts, answers, counts = (list(column) for column in zip(*outputs))
-    answers, flags, seen = tuple(answers), [], []
+    answers, seen = tuple(answers), []
     for j in range(1, num_exits):
-      if guess:
-        needed = _guess(fractions[j - 1], total)
-      else:
-        needed = sum(int(np.asarray(c)) for c in counts)  # the host waits here
-        seen.append(needed / total)
-        if needed == 0:
-          break
-      previous, available = tuple(parts), sum(part.continues.shape[0] for part in parts)
-      needed = min(needed, available)
-      parts, counts, start = [], [], 0
-      while start < needed:  # calls of at most `cap` rows, the last one a bucket
-        size = cap if needed - start > cap else min(bucket(needed - start, buckets_per_octave), available - start)
-        part, answer, count, overflow = later(j, start, size, variables[j], previous, answers, rule)
+      needed = sum(int(np.asarray(c)) for c in counts)  # the host waits here
+      seen.append(needed / total)
+      if needed == 0:
+        break
+      previous, parts, counts = tuple(parts), [], []
+      for start, size in calls(needed, sum(part.continues.shape[0] for part in previous), cap):
+        part, answer, count, _ = later(j, start, size, variables[j], previous, answers, rule)
         parts.append(part)
         counts.append(count)
-        answers, start = (answer,), start + size
-      flags.append(overflow)
-    if not guess:
-      fractions[:] = seen + [0.0] * (num_exits - 1 - len(seen))
-    return answers, flags
+        answers = (answer,)
+    fractions[:] = seen + [0.0] * (num_exits - 1 - len(seen))
+    return answers, []
 
   def settle(index: int, window: list, flags: list):
     """Waits for a guessed window; runs it again reading its counts if a guess was too small."""

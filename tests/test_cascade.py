@@ -82,6 +82,32 @@ def test_wrong_bucket_guesses_cost_work_not_answers(trained_like):
   assert (got.blocks_run == 3).all()
 
 
+def test_guessed_windows_run_as_one_call(trained_like, monkeypatch):
+  """Once a call has left its fractions, the next call with the same rule runs each window as one
+  jitted program (no per-block dispatch from the host) and still answers like select_exits."""
+  model, variables, x = trained_like
+  compiled = cascade._compiled(model, len(variables))
+  calls = {"first": 0, "later": 0, "window": 0}
+
+  def counting(name, fn):
+    def wrapped(*args, **kwargs):
+      calls[name] += 1
+      return fn(*args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(cascade, "_compiled", lambda *_: tuple(
+      counting(name, fn) for name, fn in zip(("first", "later", "window"), compiled)))
+  cascade._REACHED.clear()
+  batches = [x[:256], x[256:512], x[512:]]
+  got = cascade_predict_batches(model, variables, batches, 0.3)  # a first call: block by block
+  assert calls["window"] == 0 and calls["first"] == 3 and calls["later"] >= 2
+  _assert_same_as_select_exits(model, variables, x, got, 0.3)
+  calls.update(first=0, later=0, window=0)
+  got = cascade_predict_batches(model, variables, batches, 0.3)  # guessed: one window, one call
+  assert calls == {"first": 0, "later": 0, "window": 1}
+  _assert_same_as_select_exits(model, variables, x, got, 0.3)
+
+
 @pytest.mark.parametrize("use_commitment", [True, False])
 def test_cascade_when_every_sample_leaves_at_block_0(trained_like, use_commitment):
   model, _, x = trained_like
