@@ -96,6 +96,16 @@ class Block(nn.Module):
     return features, self.exit_head(features, train=train)
 
 
+def spec_items(spec, named: dict) -> list:
+  """The items of an architecture spec: a `named` configuration's entries, a comma list's stripped
+  items ("64,M,128"), or a sequence's elements — for the caller to check and convert."""
+  if isinstance(spec, str):
+    if spec in named:
+      return list(named[spec])
+    return [item.strip() for item in spec.split(",") if item.strip()]
+  return list(spec)
+
+
 def split_variables(variables: dict) -> tuple[dict, dict]:
   """Splits a Linen variable dict into (params, model_state) — state is e.g. batch-norm statistics."""
   params = variables.get("params", {})

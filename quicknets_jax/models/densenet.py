@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from quicknets_jax import flops
 from quicknets_jax.models import pooling
-from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, flat_draw
+from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, flat_draw, spec_items
 
 # Layers per dense block of the DenseNets of Huang et al. (2017), all with growth rate 32.
 CONFIGS = {
@@ -198,12 +198,7 @@ def pooled_commit_flops(hw: tuple[int, int], channels: int, num_classes: int) ->
 
 def parse_layers(block_layers: Union[str, Sequence[int]]) -> tuple[int, ...]:
   """"densenet121" (or another `CONFIGS` name), "6,12,24,16" or a sequence → a tuple of layer counts."""
-  if isinstance(block_layers, str):
-    if block_layers in CONFIGS:
-      return CONFIGS[block_layers]
-    items = [s.strip() for s in block_layers.split(",") if s.strip()]
-  else:
-    items = list(block_layers)
+  items = spec_items(block_layers, CONFIGS)
   try:
     layers = tuple(int(s) for s in items)
   except (TypeError, ValueError):

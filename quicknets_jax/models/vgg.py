@@ -24,7 +24,7 @@ import numpy as np
 
 from quicknets_jax import flops
 from quicknets_jax.models import pooling
-from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, lecun_normal
+from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, lecun_normal, spec_items
 
 # VGG configuration A (VGG-11): conv output channels, "M" = 2×2 max pool.
 CONFIGS = {
@@ -81,12 +81,7 @@ def mlp_classifier_flops(in_features: int, num_classes: int, width: int, layers:
 
 def parse_config(cfg: Union[str, Sequence]) -> tuple:
   """A named configuration ("vgg11") or a comma list like "64,M,128,M" → tuple of ints and "M"."""
-  if isinstance(cfg, str):
-    if cfg in CONFIGS:
-      return CONFIGS[cfg]
-    items = [c.strip() for c in cfg.split(",") if c.strip()]
-  else:
-    items = list(cfg)
+  items = spec_items(cfg, CONFIGS)
   out = []
   for c in items:
     if str(c).upper() == "M":
