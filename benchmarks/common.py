@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quicknets_jax.report import machine_description
+from quicknets_jax import data
+from quicknets_jax.runs.workdir import machine_description
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -34,7 +35,7 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
   b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
   fn = jax.jit(lambda x, y: x @ y)
   seconds = time_call(lambda: fn(a, b), repeats=repeats, warmup=2)
-  return 2.0 * size ** 3 / seconds
+  return 2.0 * size**3 / seconds
 
 
 def write(name: str, payload: dict, markdown: str, out_dir: str = DEFAULT_OUT) -> None:
@@ -51,5 +52,4 @@ def write(name: str, payload: dict, markdown: str, out_dir: str = DEFAULT_OUT) -
 
 def load_fashion_mnist(max_train=None):
   """The real Fashion-MNIST if installed (speed does not depend on it, but it is what users run)."""
-  from quicknets_jax import data
   return data.load_dataset("fashion_mnist", max_train=max_train)

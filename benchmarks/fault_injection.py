@@ -27,9 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
+
+from quicknets_jax.data import idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_FLAGS = os.path.join(ROOT, "experiments", "configs", "fashion_mnist_smoke.flags")
@@ -38,7 +41,6 @@ TMP_MARK = ".orbax-checkpoint-tmp"
 
 def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200, noise: float = 60.0) -> None:
   """MNIST-format IDX files of class-dependent blobs: a run that takes seconds (for the test)."""
-  from quicknets_jax.data import idx
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(0)
   centres = rng.integers(0, 256, size=(10, 28, 28))
@@ -57,8 +59,11 @@ def _command(flags: Sequence[str], workdir: str) -> list[str]:
 def _start(flags: Sequence[str], workdir: str, log_path: str, cache_dir: Optional[str] = None) -> subprocess.Popen:
   env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
   if cache_dir:  # XLA compiles dominate a smoke run; every restart would pay them again
-    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
   out = open(log_path, "ab")
   return subprocess.Popen(_command(flags, workdir), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -79,6 +84,7 @@ def disk_state(workdir: str) -> str:
 
     def steps(path):
       return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
+
     blocks = steps(os.path.join(base, "quicknet_checkpoints"))
     if blocks:
       parts.append(f"blocks 0-{blocks[-1]} frozen")
@@ -109,13 +115,13 @@ def _finish(flags, workdir, log_path, timeout: float, cache_dir: Optional[str]) 
     return [line.split("] ", 1)[-1].strip() for line in f if "resumed after" in line]
 
 
-def _kill_once(flags, workdir, log_path, mode: str, horizon: float, rng: random.Random,
-               cache_dir: Optional[str]) -> dict:
+def _kill_once(
+  flags, workdir, log_path, mode: str, horizon: float, rng: random.Random, cache_dir: Optional[str]
+) -> dict:
   """Starts the run and SIGKILLs it: at a random moment, or as a checkpoint save begins."""
   proc = _start(flags, workdir, log_path, cache_dir)
   start = time.monotonic()
-  wait = rng.uniform(0.02 * horizon, 0.98 * horizon) if mode == "random" else rng.uniform(0.1 * horizon,
-                                                                                          0.8 * horizon)
+  wait = rng.uniform(0.02 * horizon, 0.98 * horizon) if mode == "random" else rng.uniform(0.1 * horizon, 0.8 * horizon)
   while time.monotonic() - start < wait and proc.poll() is None:
     time.sleep(0.005)
   if mode == "save":  # from a random moment on, wait for the next save to start
@@ -125,8 +131,7 @@ def _kill_once(flags, workdir, log_path, mode: str, horizon: float, rng: random.
     return dict(at=time.monotonic() - start, mid_save=False, finished_first=True)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  return dict(at=time.monotonic() - start, mid_save=_saving(workdir), finished_first=False,
-              left=disk_state(workdir))
+  return dict(at=time.monotonic() - start, mid_save=_saving(workdir), finished_first=False, left=disk_state(workdir))
 
 
 def untimed(obj):
@@ -146,16 +151,24 @@ def saved_arrays(workdir: str) -> dict:
   """
   import jax
   import orbax.checkpoint as ocp
+
   out = {}
   checkpointer = ocp.PyTreeCheckpointer()
   for seed_dir in sorted(d for d in os.listdir(workdir) if d.startswith("seed_")):
     base = os.path.join(workdir, seed_dir)
     blocks = os.path.join(base, "quicknet_checkpoints")
-    items = [(f"{seed_dir}/block_{s}", os.path.join(blocks, s, "variables"))
-             for s in sorted(os.listdir(blocks)) if s.isdigit()] if os.path.isdir(blocks) else []
+    items = (
+      [
+        (f"{seed_dir}/block_{s}", os.path.join(blocks, s, "variables"))
+        for s in sorted(os.listdir(blocks))
+        if s.isdigit()
+      ]
+      if os.path.isdir(blocks)
+      else []
+    )
     e2e = os.path.join(base, "end_to_end_checkpoints")
     if os.path.isdir(e2e):
-      steps = sorted((int(s) for s in os.listdir(e2e) if s.isdigit()))
+      steps = sorted(int(s) for s in os.listdir(e2e) if s.isdigit())
       if steps:
         items.append((f"{seed_dir}/end_to_end", os.path.join(e2e, str(steps[-1]), "state")))
     for name, path in items:
@@ -186,9 +199,16 @@ def compare(reference: str, workdir: str) -> list[str]:
   return diffs
 
 
-def run_trials(flags: Sequence[str], trials: int, kills_per_trial: int = 1, root: Optional[str] = None,
-               seed: int = 0, log: Callable[[str], None] = print, timeout: float = 3600.0,
-               compilation_cache: Optional[str] = "") -> dict:
+def run_trials(
+  flags: Sequence[str],
+  trials: int,
+  kills_per_trial: int = 1,
+  root: Optional[str] = None,
+  seed: int = 0,
+  log: Callable[[str], None] = print,
+  timeout: float = 3600.0,
+  compilation_cache: Optional[str] = "",
+) -> dict:
   """The reference run, then `trials` killed-and-resumed runs; returns counts, logs one line per trial.
 
   Args:
@@ -220,8 +240,10 @@ def run_trials(flags: Sequence[str], trials: int, kills_per_trial: int = 1, root
     _finish(flags, warm, os.path.join(root, "reference_warm.log"), timeout, cache_dir)
     horizon = time.monotonic() - start
     diffs = compare(reference, warm)
-    log(f"warm rerun (compiles from the cache): {horizon:.1f}s, "
-        + ("identical to the reference" if not diffs else "DIFFERENT: " + "; ".join(diffs[:3])))
+    log(
+      f"warm rerun (compiles from the cache): {horizon:.1f}s, "
+      + ("identical to the reference" if not diffs else "DIFFERENT: " + "; ".join(diffs[:3]))
+    )
   identical = kills = mid_save = 0
   for trial in range(trials):
     workdir = os.path.join(root, f"trial_{trial}")
@@ -245,14 +267,17 @@ def run_trials(flags: Sequence[str], trials: int, kills_per_trial: int = 1, root
     identical += not diffs
     kills += len(events)
     mid_save += sum(e["mid_save"] for e in events)
-    described = ", ".join(f"{e['mode']} kill at {e['at']:.1f}s" + (" mid-save" if e["mid_save"] else "")
-                          + f" left [{e['left']}]" for e in events)
-    log(f"trial {trial}: {described}; resumed to the end: "
-        + ("identical" if not diffs else "DIFFERENT: " + "; ".join(diffs[:3])))
+    described = ", ".join(
+      f"{e['mode']} kill at {e['at']:.1f}s" + (" mid-save" if e["mid_save"] else "") + f" left [{e['left']}]"
+      for e in events
+    )
+    log(
+      f"trial {trial}: {described}; resumed to the end: "
+      + ("identical" if not diffs else "DIFFERENT: " + "; ".join(diffs[:3]))
+    )
   log(f"{kills} kills, {mid_save} of them while a checkpoint was being written")
   log(f"{identical}/{trials} identical")
-  return dict(identical=identical, trials=trials, kills=kills, mid_save=mid_save, reference_seconds=horizon,
-              root=root)
+  return dict(identical=identical, trials=trials, kills=kills, mid_save=mid_save, reference_seconds=horizon, root=root)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -263,16 +288,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--root", default=None, help="where workdirs go (default: a new temp dir)")
   parser.add_argument("--flagfile", default=SMOKE_FLAGS, help="the experiment's flagfile")
-  parser.add_argument("--no_compilation_cache", action="store_true",
-                      help="compile afresh in every run instead of sharing a persistent XLA cache")
+  parser.add_argument(
+    "--no_compilation_cache",
+    action="store_true",
+    help="compile afresh in every run instead of sharing a persistent XLA cache",
+  )
   parser.add_argument("extra", nargs="*", help="more experiment flags, after --")
   args = parser.parse_args(argv)
   if args.trials < 1 or args.kills_per_trial < 1:
     parser.error("--trials and --kills_per_trial must be ≥ 1")
   flags = [f"--flagfile={os.path.abspath(args.flagfile)}", *args.extra]
-  summary = run_trials(flags, args.trials, args.kills_per_trial, args.root, args.seed,
-                       log=lambda m: print(m, flush=True),
-                       compilation_cache=None if args.no_compilation_cache else "")
+  summary = run_trials(
+    flags,
+    args.trials,
+    args.kills_per_trial,
+    args.root,
+    args.seed,
+    log=lambda m: print(m, flush=True),
+    compilation_cache=None if args.no_compilation_cache else "",
+  )
   return 0 if summary["identical"] == summary["trials"] else 1
 
 

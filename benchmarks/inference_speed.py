@@ -18,11 +18,13 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from quicknets_jax import data, exits, models
-from quicknets_jax.cascade import cascade_flops, cascade_predict, cascade_predict_batches
-from quicknets_jax.checkpoint import BlockCheckpointer
+from quicknets_jax import data, models
+from quicknets_jax.algorithms.cascade import cascade_flops, cascade_predict, cascade_predict_batches
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
+from quicknets_jax.core import exits
 from quicknets_jax.models.base import Block
-from quicknets_jax.quicknet import QuickNetConfig, predict_exits, train_quicknet
+from quicknets_jax.training.checkpoint import BlockCheckpointer
 
 flags.DEFINE_string("workdir", None, "A finished fashion_mnist run whose seed_0 checkpoints to load.")
 flags.DEFINE_integer("batch_size", 4096, "Batch for throughput.")
@@ -38,6 +40,7 @@ def _end_to_end_fn(model):
     for k, block in enumerate(model.blocks):
       x = block.apply(variables[k], x, method=Block.features)
     return jnp.argmax(model.blocks[-1].apply(variables[-1], x, method=Block.classify), -1)
+
   return fn
 
 
@@ -50,6 +53,7 @@ def _vectorized_fn(model):
       probs.append(jax.nn.softmax(logits))
       commits.append(commit)
     return exits.select_exits(jnp.stack(probs), jnp.stack(commits), threshold).prediction
+
   return fn
 
 
@@ -64,7 +68,7 @@ def _interleaved_seconds(calls: dict, repeats: int, warmup: int = 2) -> dict:
   names = list(calls)
   times = {name: [] for name in names}
   for round_ in range(warmup + repeats):
-    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
       start = time.perf_counter()
       jax.block_until_ready(calls[name]())
       if round_ >= warmup:
@@ -82,8 +86,9 @@ def main(argv):
     variables, _, _ = BlockCheckpointer(directory).restore(model.init(jax.random.PRNGKey(0)))
     variables = jax.tree.map(jnp.asarray, variables)
   if not variables:
-    variables = train_quicknet(model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels,
-                               QuickNetConfig(), 0, log=lambda m: None).variables
+    variables = train_quicknet(
+      model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, QuickNetConfig(), 0, log=lambda m: None
+    ).variables
   probs, commit = predict_exits(model, variables, ds.val_images)
   chosen = exits.choose_threshold(exits.sweep_thresholds(probs, commit, ds.val_labels, model.cascade_costs()))
   test = jnp.asarray(ds.test_images)
@@ -92,64 +97,92 @@ def main(argv):
   bs = FLAGS.batch_size
   # the same device batches for all three methods, cut once outside the timed region (slicing a batch
   # out of the test array copies it, a cost that is data loading's, not the network's)
-  batches = [test[i:i + bs] for i in range(0, len(test), bs)]
-  singles = [test[i:i + 1] for i in range(FLAGS.latency_samples)]
+  batches = [test[i : i + bs] for i in range(0, len(test), bs)]
+  singles = [test[i : i + 1] for i in range(FLAGS.latency_samples)]
   e2e_latency = common.time_call(lambda: _each(lambda b: e2e(variables, b), singles), repeats=3) / len(singles)
   e2e_flops = model.end_to_end_cost()
   rows = []
   for threshold in sorted({0.0, 0.5, 0.7, 0.9, 0.99, chosen}):
     result = cascade_predict(model, variables, test, threshold, batch_size=bs)
     want = exits.select_exits(test_probs, test_commit, threshold)
-    mismatches = int(np.sum((result.prediction != np.asarray(want.prediction))
-                            | (result.exit_index != np.asarray(want.exit_index))))
+    mismatches = int(
+      np.sum((result.prediction != np.asarray(want.prediction)) | (result.exit_index != np.asarray(want.exit_index)))
+    )
     flops = float(np.mean(cascade_flops(result, model)))
     t = jnp.float32(threshold)
-    seconds = _interleaved_seconds({
+    seconds = _interleaved_seconds(
+      {
         "end_to_end": lambda: _each(lambda b: e2e(variables, b), batches),
         "cascade": lambda: cascade_predict_batches(model, variables, batches, threshold),
         # as a first call: no bucket guesses remembered, the first batch's counts are read on the host
         "cascade_cold": lambda: cascade_predict_batches(model, variables, batches, threshold, reuse_guesses=False),
-        "vectorized": lambda: _each(lambda b: vectorized(variables, b, t), batches)}, FLAGS.repeats)
+        "vectorized": lambda: _each(lambda b: vectorized(variables, b, t), batches),
+      },
+      FLAGS.repeats,
+    )
     rate = {name: len(test) / float(np.median(s)) for name, s in seconds.items()}
     # speed-up: median over rounds of the end-to-end / cascade time ratio within the same round
     speedup = float(np.median(seconds["end_to_end"] / seconds["cascade"]))
     speedup_cold = float(np.median(seconds["end_to_end"] / seconds["cascade_cold"]))
     latency = common.time_call(
-        lambda: _each(lambda b: cascade_predict_batches(model, variables, [b], threshold), singles),
-        repeats=3) / len(singles)
-    rows.append(dict(threshold=threshold, chosen=threshold == chosen,
-                     accuracy=float(np.mean(result.prediction == ds.test_labels)), cascade_flops=flops,
-                     flop_ratio=e2e_flops / flops, cascade_samples_per_second=rate["cascade"],
-                     vectorized_samples_per_second=rate["vectorized"],
-                     end_to_end_samples_per_second=rate["end_to_end"],
-                     speedup=speedup, speedup_of_median_rates=rate["cascade"] / rate["end_to_end"],
-                     cascade_cold_samples_per_second=rate["cascade_cold"], speedup_cold=speedup_cold,
-                     cascade_latency_ms=1e3 * latency,
-                     end_to_end_latency_ms=1e3 * e2e_latency, mismatches_vs_select_exits=mismatches,
-                     blocks_run_fractions=(np.bincount(result.blocks_run, minlength=model.num_blocks + 1)[1:]
-                                           / len(test)).tolist()))
+      lambda: _each(lambda b: cascade_predict_batches(model, variables, [b], threshold), singles), repeats=3
+    ) / len(singles)
+    rows.append(
+      dict(
+        threshold=threshold,
+        chosen=threshold == chosen,
+        accuracy=float(np.mean(result.prediction == ds.test_labels)),
+        cascade_flops=flops,
+        flop_ratio=e2e_flops / flops,
+        cascade_samples_per_second=rate["cascade"],
+        vectorized_samples_per_second=rate["vectorized"],
+        end_to_end_samples_per_second=rate["end_to_end"],
+        speedup=speedup,
+        speedup_of_median_rates=rate["cascade"] / rate["end_to_end"],
+        cascade_cold_samples_per_second=rate["cascade_cold"],
+        speedup_cold=speedup_cold,
+        cascade_latency_ms=1e3 * latency,
+        end_to_end_latency_ms=1e3 * e2e_latency,
+        mismatches_vs_select_exits=mismatches,
+        blocks_run_fractions=(np.bincount(result.blocks_run, minlength=model.num_blocks + 1)[1:] / len(test)).tolist(),
+      )
+    )
   op = next(r for r in rows if r["chosen"])
-  lines = [f"Inference on the 10,000 Fashion-MNIST test images in batches of {bs} (the same device batches, "
-           f"cut once beforehand, for all three methods; per threshold, {FLAGS.repeats} interleaved rounds "
-           f"after 2 warm-up rounds: throughputs are medians, the speed-up is the median of the rounds' "
-           f"end-to-end / cascade time ratios; 'first call': the cascade without the bucket guesses a previous "
-           f"call left, reading the first batch's counts instead); latency = one sample per call "
-           f"(end-to-end: {1e3 * e2e_latency:.3f} ms). End-to-end: {e2e_flops / 1e6:.3f} MFLOPs per sample.", "",
-           "| Threshold | Test acc. (%) | Cascade MFLOPs | FLOP ratio | Blocks run 1/2/3 (%) | End-to-end samples/s "
-           "| Cascade samples/s | Speed-up vs end-to-end | Speed-up, first call | Vectorized samples/s "
-           "| Cascade latency (ms) | Differs from select_exits |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  lines += [f"| {r['threshold']:.2f}{' (chosen on val)' if r['chosen'] else ''} | {100 * r['accuracy']:.2f} | "
-            f"{r['cascade_flops'] / 1e6:.4f} | {r['flop_ratio']:.2f} | "
-            f"{'/'.join(f'{100 * f:.0f}' for f in r['blocks_run_fractions'])} | "
-            f"{r['end_to_end_samples_per_second']:,.0f} | {r['cascade_samples_per_second']:,.0f} | "
-            f"{r['speedup']:.2f} | {r['speedup_cold']:.2f} | {r['vectorized_samples_per_second']:,.0f} | "
-            f"{r['cascade_latency_ms']:.3f} | {r['mismatches_vs_select_exits']} |" for r in rows]
+  lines = [
+    f"Inference on the 10,000 Fashion-MNIST test images in batches of {bs} (the same device batches, "
+    f"cut once beforehand, for all three methods; per threshold, {FLAGS.repeats} interleaved rounds "
+    f"after 2 warm-up rounds: throughputs are medians, the speed-up is the median of the rounds' "
+    f"end-to-end / cascade time ratios; 'first call': the cascade without the bucket guesses a previous "
+    f"call left, reading the first batch's counts instead); latency = one sample per call "
+    f"(end-to-end: {1e3 * e2e_latency:.3f} ms). End-to-end: {e2e_flops / 1e6:.3f} MFLOPs per sample.",
+    "",
+    "| Threshold | Test acc. (%) | Cascade MFLOPs | FLOP ratio | Blocks run 1/2/3 (%) | End-to-end samples/s "
+    "| Cascade samples/s | Speed-up vs end-to-end | Speed-up, first call | Vectorized samples/s "
+    "| Cascade latency (ms) | Differs from select_exits |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {r['threshold']:.2f}{' (chosen on val)' if r['chosen'] else ''} | {100 * r['accuracy']:.2f} | "
+    f"{r['cascade_flops'] / 1e6:.4f} | {r['flop_ratio']:.2f} | "
+    f"{'/'.join(f'{100 * f:.0f}' for f in r['blocks_run_fractions'])} | "
+    f"{r['end_to_end_samples_per_second']:,.0f} | {r['cascade_samples_per_second']:,.0f} | "
+    f"{r['speedup']:.2f} | {r['speedup_cold']:.2f} | {r['vectorized_samples_per_second']:,.0f} | "
+    f"{r['cascade_latency_ms']:.3f} | {r['mismatches_vs_select_exits']} |"
+    for r in rows
+  ]
   met = op["speedup"] >= 0.9 * op["flop_ratio"]
-  lines += ["", f"At the operating threshold {chosen:.2f}: wall-clock speed-up {op['speedup']:.2f} vs FLOP ratio "
-                f"{op['flop_ratio']:.2f} (target speed-up ≥ 0.9 × FLOP ratio = {0.9 * op['flop_ratio']:.2f}: "
-                f"{'met' if met else 'not met'}; as a first call {op['speedup_cold']:.2f})."]
-  common.write("inference_speed", dict(chosen_threshold=chosen, rows=rows, target_met=met,
-                                       batch_size=bs, repeats=FLAGS.repeats), "\n".join(lines), FLAGS.out_dir)
+  lines += [
+    "",
+    f"At the operating threshold {chosen:.2f}: wall-clock speed-up {op['speedup']:.2f} vs FLOP ratio "
+    f"{op['flop_ratio']:.2f} (target speed-up ≥ 0.9 × FLOP ratio = {0.9 * op['flop_ratio']:.2f}: "
+    f"{'met' if met else 'not met'}; as a first call {op['speedup_cold']:.2f}).",
+  ]
+  common.write(
+    "inference_speed",
+    dict(chosen_threshold=chosen, rows=rows, target_met=met, batch_size=bs, repeats=FLAGS.repeats),
+    "\n".join(lines),
+    FLAGS.out_dir,
+  )
 
 
 if __name__ == "__main__":

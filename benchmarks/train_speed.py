@@ -13,9 +13,10 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from quicknets_jax import losses, models
-from quicknets_jax.quicknet import _block_mask
-from quicknets_jax.train import Objective, bucket_size, make_epoch_fn, make_optimizer, pad_rows
+from quicknets_jax import models
+from quicknets_jax.models.base import parts_mask
+from quicknets_jax.training import losses
+from quicknets_jax.training.trainer import Objective, bucket_size, make_epoch_fn, make_optimizer, pad_rows
 
 flags.DEFINE_list("batch_sizes", ["128", "1024"], "Batch sizes to time.")
 flags.DEFINE_integer("samples", 54000, "Samples per timed epoch.")
@@ -33,8 +34,9 @@ def _epoch_rate(objective, params, state, inputs, labels, batch_size, n):
   carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
 
   def run():
-    out = epoch_fn(*carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n),
-                   jax.random.PRNGKey(0))
+    out = epoch_fn(
+      *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
+    )
     carry[0] = out[:3]
     return out
 
@@ -55,27 +57,38 @@ def main(argv):
   features = images
   for j, block in enumerate(model.blocks):
     params = variables[j]["params"]
-    objective = Objective(losses.block_loss(block), _block_mask(params, ("subnet", "exit_head")))
+    objective = Objective(losses.block_loss(block), parts_mask(params, ("subnet", "exit_head")))
     cost = model.block_costs[j]
     for bs in map(int, FLAGS.batch_sizes):
       rate = _epoch_rate(objective, params, {}, features, labels, bs, n)
       flops = rate * 3 * (cost.subnet + cost.exit_head)
-      rows.append(dict(step=f"block {j}", batch_size=bs, samples_per_second=rate, flops_per_second=flops,
-                       utilisation=flops / peak))
+      rows.append(
+        dict(
+          step=f"block {j}", batch_size=bs, samples_per_second=rate, flops_per_second=flops, utilisation=flops / peak
+        )
+      )
     features = jax.jit(lambda v, x, b=block: b.apply(v, x, method=b.features))(variables[j], features)
   params = [v["params"] for v in variables]
-  mask = [_block_mask(p, ("subnet",) + (("exit_head",) if k == 2 else ())) for k, p in enumerate(params)]
+  mask = [parts_mask(p, ("subnet",) + (("exit_head",) if k == 2 else ())) for k, p in enumerate(params)]
   objective = Objective(losses.end_to_end_loss(model), mask)
   for bs in map(int, FLAGS.batch_sizes):
     rate = _epoch_rate(objective, params, [{}, {}, {}], images, labels, bs, n)
     flops = rate * 3 * model.end_to_end_cost()
-    rows.append(dict(step="end-to-end", batch_size=bs, samples_per_second=rate, flops_per_second=flops,
-                     utilisation=flops / peak))
-  lines = [f"Training step speed, MLP 784-150-150-150 (whole epoch of {n} samples in one jit); "
-           f"f32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s.", "",
-           "| Step | Batch | Samples/s | GFLOP/s | Utilisation of matmul peak |", "|---|---|---|---|---|"]
-  lines += [f"| {r['step']} | {r['batch_size']} | {r['samples_per_second']:,.0f} | "
-            f"{r['flops_per_second'] / 1e9:.1f} | {100 * r['utilisation']:.0f} % |" for r in rows]
+    rows.append(
+      dict(step="end-to-end", batch_size=bs, samples_per_second=rate, flops_per_second=flops, utilisation=flops / peak)
+    )
+  lines = [
+    f"Training step speed, MLP 784-150-150-150 (whole epoch of {n} samples in one jit); "
+    f"f32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s.",
+    "",
+    "| Step | Batch | Samples/s | GFLOP/s | Utilisation of matmul peak |",
+    "|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {r['step']} | {r['batch_size']} | {r['samples_per_second']:,.0f} | "
+    f"{r['flops_per_second'] / 1e9:.1f} | {100 * r['utilisation']:.0f} % |"
+    for r in rows
+  ]
   common.write("train_speed", dict(matmul_peak_flops=peak, rows=rows), "\n".join(lines), FLAGS.out_dir)
 
 

@@ -10,87 +10,84 @@ seconds, training FLOPs (design.md §2), their ratios, and seconds per training 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 
+import jax
+import numpy as np
 from absl import app, flags
 
 from benchmarks import common
+from experiments.flags import flagfile_settings
+from quicknets_jax import data
+from quicknets_jax.algorithms.end_to_end import train_end_to_end
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.quicknet import train_quicknet
+from quicknets_jax.core import exits
+from quicknets_jax.runs.config import ExperimentConfig
 
 flags.DEFINE_integer("seed", 0, "Seed of both runs.")
 flags.DEFINE_string("method", None, "Internal: run one method in this process and print its JSON.")
 flags.DEFINE_string("out_dir", common.DEFAULT_OUT, "Where train_wallclock.json/.md go.")
 flags.DEFINE_bool("cache_features", True, "QuickNet: cache frozen-prefix features (False: recompute).")
-flags.DEFINE_string("compilation_cache_dir", None,
-                    "Internal: JAX's persistent compilation cache for the child process.")
-flags.DEFINE_string("plus_flagfile", None, "A QuickNet+ flagfile (e.g. experiments/configs/"
-                    "fashion_mnist_plus.flags): also time QuickNet with its levers.")
+flags.DEFINE_string(
+  "compilation_cache_dir", None, "Internal: JAX's persistent compilation cache for the child process."
+)
+flags.DEFINE_string(
+  "plus_flagfile",
+  None,
+  "A QuickNet+ flagfile (e.g. experiments/configs/fashion_mnist_plus.flags): also time QuickNet with its levers.",
+)
 FLAGS = flags.FLAGS
-
-
-def config_overrides(flagfile) -> dict:
-  """ExperimentConfig fields set by a flagfile's `--name=value` / `--[no]name` lines (others ignored)."""
-  import dataclasses
-  from quicknets_jax.experiment import ExperimentConfig
-  fields = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
-  defaults = ExperimentConfig()
-  overrides = {}
-  if not flagfile:
-    return overrides
-  with open(flagfile) as f:
-    for line in f:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      name, _, value = line[2:].partition("=")
-      if not value and name.startswith("no") and name[2:] in fields:
-        overrides[name[2:]] = False
-      elif name in fields and name not in ("seeds", "exit_threshold", "dataset"):
-        default = getattr(defaults, name)
-        kind = type(default) if default is not None else (int if name == "later_width" else float)
-        overrides[name] = value.lower() in ("1", "true") if kind is bool else kind(value)
-  return overrides
 
 
 def _run_method(method: str) -> dict:
   if FLAGS.compilation_cache_dir:
-    import jax
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  from quicknets_jax.experiment import ExperimentConfig
-  from quicknets_jax import data, models
-  from quicknets_jax.quicknet import predict_exits, train_end_to_end, train_quicknet
-  from quicknets_jax import exits
-  import numpy as np
-  overrides = config_overrides(FLAGS.plus_flagfile) if method == "quicknet_plus" else {}
-  config = ExperimentConfig(**{"seeds": (FLAGS.seed,), "cache_features": FLAGS.cache_features, **overrides})
+  overrides = {}
+  if method == "quicknet_plus":
+    overrides = {
+      k: v
+      for k, v in flagfile_settings(ExperimentConfig, FLAGS.plus_flagfile).items()
+      if k not in ("seeds", "exit_threshold", "dataset")
+    }
+  config = ExperimentConfig().replace(seeds=(FLAGS.seed,), cache_features=FLAGS.cache_features, **overrides)
   ds = data.load_dataset("fashion_mnist")
-  model = models.build_model(config.model, ds.train_images.shape[1:], ds.num_classes, **config.model_kwargs())
+  model = config.model.build(ds.train_images.shape[1:], ds.num_classes)
   quiet = lambda m: None
   start = time.perf_counter()
   if method in ("quicknet", "quicknet_plus"):
-    run = train_quicknet(model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels,
-                         config.quicknet_config(), FLAGS.seed, log=quiet)
+    run = train_quicknet(
+      model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config.quicknet, FLAGS.seed, log=quiet
+    )
     seconds = time.perf_counter() - start
     probs, commit = predict_exits(model, run.variables, ds.val_images)
     sweep = exits.sweep_thresholds(probs, commit, ds.val_labels, model.cascade_costs())
     threshold = exits.choose_threshold(sweep)
     probs, commit = predict_exits(model, run.variables, ds.test_images)
     accuracy = float(exits.evaluate_rule(probs, commit, ds.test_labels, threshold, model.cascade_costs())[0])
-    return dict(method=method, seconds=seconds, training_flops=run.training_flops, test_accuracy=accuracy,
-                epochs=[r.epochs for r in run.records], block_seconds=[r.seconds for r in run.records],
-                levers=overrides)
-  run = train_end_to_end(model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels,
-                         config.fit_config(), FLAGS.seed, log=quiet)
+    return dict(
+      method=method,
+      seconds=seconds,
+      training_flops=run.training_flops,
+      test_accuracy=accuracy,
+      epochs=[r.epochs for r in run.records],
+      block_seconds=[r.seconds for r in run.records],
+      levers=overrides,
+    )
+  run = train_end_to_end(
+    model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config.fit, FLAGS.seed, log=quiet
+  )
   seconds = time.perf_counter() - start
   probs, _ = predict_exits(model, run.variables, ds.test_images)
   accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == ds.test_labels))
-  return dict(method=method, seconds=seconds, training_flops=run.training_flops, test_accuracy=accuracy,
-              epochs=[run.epochs])
+  return dict(
+    method=method, seconds=seconds, training_flops=run.training_flops, test_accuracy=accuracy, epochs=[run.epochs]
+  )
 
 
 def main(argv):
@@ -98,9 +95,16 @@ def main(argv):
   if FLAGS.method:
     print("RESULT " + json.dumps(_run_method(FLAGS.method)))
     return
+
   def run(method, cache_dir=None):
-    args = [sys.executable, "-m", "benchmarks.train_wallclock", f"--method={method}", f"--seed={FLAGS.seed}",
-            f"--cache_features={FLAGS.cache_features}"]
+    args = [
+      sys.executable,
+      "-m",
+      "benchmarks.train_wallclock",
+      f"--method={method}",
+      f"--seed={FLAGS.seed}",
+      f"--cache_features={FLAGS.cache_features}",
+    ]
     if FLAGS.plus_flagfile:
       args.append(f"--plus_flagfile={FLAGS.plus_flagfile}")
     if cache_dir:
@@ -109,7 +113,7 @@ def main(argv):
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not line:
       raise SystemExit(f"{method} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[0][len("RESULT "):])
+    return json.loads(line[0][len("RESULT ") :])
 
   methods = ("end_to_end", "quicknet") + (("quicknet_plus",) if FLAGS.plus_flagfile else ())
   results = {m: run(m) for m in methods}
@@ -123,37 +127,58 @@ def main(argv):
   ratios = dict(train_seconds=e["seconds"] / q["seconds"], training_flops=e["training_flops"] / q["training_flops"])
   per_flop = (q["seconds"] / q["training_flops"]) / (e["seconds"] / e["training_flops"])
   warm_ratio = warm["end_to_end"]["seconds"] / warm["quicknet"]["seconds"]
-  warm_per_flop = ((warm["quicknet"]["seconds"] / q["training_flops"])
-                   / (warm["end_to_end"]["seconds"] / e["training_flops"]))
-  payload = dict(seed=FLAGS.seed, cache_features=FLAGS.cache_features, results=results, ratios=ratios,
-                 warm_cache=dict(results=warm, train_seconds_ratio=warm_ratio,
-                                 quicknet_seconds_per_flop_over_end_to_end=warm_per_flop),
-                 quicknet_seconds_per_flop_over_end_to_end=per_flop,
-                 target_met=ratios["train_seconds"] >= 0.8 * ratios["training_flops"])
+  warm_per_flop = (warm["quicknet"]["seconds"] / q["training_flops"]) / (
+    warm["end_to_end"]["seconds"] / e["training_flops"]
+  )
+  payload = dict(
+    seed=FLAGS.seed,
+    cache_features=FLAGS.cache_features,
+    results=results,
+    ratios=ratios,
+    warm_cache=dict(
+      results=warm, train_seconds_ratio=warm_ratio, quicknet_seconds_per_flop_over_end_to_end=warm_per_flop
+    ),
+    quicknet_seconds_per_flop_over_end_to_end=per_flop,
+    target_met=ratios["train_seconds"] >= 0.8 * ratios["training_flops"],
+  )
   plus_lines = []
   if "quicknet_plus" in results:
     p = results["quicknet_plus"]
-    payload["plus_ratios"] = dict(train_seconds=e["seconds"] / p["seconds"],
-                                  training_flops=e["training_flops"] / p["training_flops"])
-    plus_lines = ["", f"QuickNet+ ({FLAGS.plus_flagfile}: {p['levers']}): {p['seconds']:.1f} s, "
-                      f"{p['training_flops']:.3g} FLOPs, epochs {p['epochs']}, test accuracy "
-                      f"{100 * p['test_accuracy']:.2f} %; end-to-end / QuickNet+: wall-clock "
-                      f"{payload['plus_ratios']['train_seconds']:.2f}, training FLOPs "
-                      f"{payload['plus_ratios']['training_flops']:.2f}."]
-  md = "\n".join([
+    payload["plus_ratios"] = dict(
+      train_seconds=e["seconds"] / p["seconds"], training_flops=e["training_flops"] / p["training_flops"]
+    )
+    plus_lines = [
+      "",
+      f"QuickNet+ ({FLAGS.plus_flagfile}: {p['levers']}): {p['seconds']:.1f} s, "
+      f"{p['training_flops']:.3g} FLOPs, epochs {p['epochs']}, test accuracy "
+      f"{100 * p['test_accuracy']:.2f} %; end-to-end / QuickNet+: wall-clock "
+      f"{payload['plus_ratios']['train_seconds']:.2f}, training FLOPs "
+      f"{payload['plus_ratios']['training_flops']:.2f}.",
+    ]
+  md = "\n".join(
+    [
       f"QuickNet vs end-to-end training on the real Fashion-MNIST (seed {FLAGS.seed}, default flags, each in "
-      "a fresh process, compilation included).", "",
-      "| Method | Seconds | Training FLOPs | Epochs | Test accuracy (%) |", "|---|---|---|---|---|",
-      *[f"| {name} | {r['seconds']:.1f} | {r['training_flops']:.3g} | {r['epochs']} | {100 * r['test_accuracy']:.2f} |"
-        for name, r in (("QuickNet", q), ("End-to-end", e))],
-      *[f"| {name}, warm compilation cache | {r['seconds']:.1f} | {r['training_flops']:.3g} | {r['epochs']} | "
-        f"{100 * r['test_accuracy']:.2f} |" for name, r in (("QuickNet", warm["quicknet"]),
-                                                             ("End-to-end", warm["end_to_end"]))], "",
+      "a fresh process, compilation included).",
+      "",
+      "| Method | Seconds | Training FLOPs | Epochs | Test accuracy (%) |",
+      "|---|---|---|---|---|",
+      *[
+        f"| {name} | {r['seconds']:.1f} | {r['training_flops']:.3g} | {r['epochs']} | {100 * r['test_accuracy']:.2f} |"
+        for name, r in (("QuickNet", q), ("End-to-end", e))
+      ],
+      *[
+        f"| {name}, warm compilation cache | {r['seconds']:.1f} | {r['training_flops']:.3g} | {r['epochs']} | "
+        f"{100 * r['test_accuracy']:.2f} |"
+        for name, r in (("QuickNet", warm["quicknet"]), ("End-to-end", warm["end_to_end"]))
+      ],
+      "",
       f"Ratios end-to-end / QuickNet: wall-clock {ratios['train_seconds']:.2f}, training FLOPs "
       f"{ratios['training_flops']:.2f}. QuickNet's seconds per training FLOP are {per_flop:.2f}× the "
       f"end-to-end network's (target ≤ 1.25: {'met' if payload['target_met'] else 'not met'}). With a warm "
       f"compilation cache: wall-clock ratio {warm_ratio:.2f}, seconds per FLOP {warm_per_flop:.2f}×.",
-      *plus_lines])
+      *plus_lines,
+    ]
+  )
   common.write("train_wallclock", payload, md, FLAGS.out_dir)
 
 

@@ -1,1 +1,1 @@
-"""Runnable entry points: flags in, `quicknets_jax.experiment.train_and_evaluate` out."""
+"""Runnable entry points: flags in (generated from the configs by `flags.py`), `quicknets_jax.runs` out."""

@@ -8,8 +8,10 @@ DIR/results.md (the table of `experiments/<dataset>.py` plus a Figures section) 
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
+
+from experiments.flags import fail
+from quicknets_jax.runs.report import write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a run of python -m experiments.<dataset>.", required=True)
@@ -20,12 +22,10 @@ flags.DEFINE_string("results_md", None, "Where results.md goes (default: WORKDIR
 def main(argv) -> None:
   """Loads the run, renders every figure it allows, writes results.md with them; errors in one line."""
   del argv
-  from quicknets_jax import report
   try:
-    out = report.write_report(FLAGS.workdir, FLAGS.figures_dir, FLAGS.results_md)
+    out = write_report(FLAGS.workdir, FLAGS.figures_dir, FLAGS.results_md)
   except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(1)
+    fail(str(e))
   for name, reason in out["skipped"].items():
     print(f"note: no {name} figure: {reason}", file=sys.stderr)
   if out["unfinished"]:

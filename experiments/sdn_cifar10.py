@@ -13,19 +13,20 @@ nothing (results.json says so).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 from absl import app, flags, logging
 
 from experiments import commitment_study
+from quicknets_jax.data.cifar import write_cifar_tar
 
 FLAGS = flags.FLAGS
 
 
 def write_smoke_tarball(path: str, num_train: int = 240, num_test: int = 80, seed: int = 0) -> None:
   """A stand-in CIFAR-10 tarball of random uint8 images and labels (pipeline checks only)."""
-  from quicknets_jax.data import write_cifar_tar
   rng = np.random.default_rng(seed)
   images = lambda n: rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
   labels = lambda n: rng.integers(0, 10, size=n).astype(np.int64)
@@ -38,14 +39,18 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   overrides = dict(methods=("joint",))
   if FLAGS.smoke_tarball:
-    if not os.path.exists(FLAGS.smoke_tarball):
+    if not os.path.exists(FLAGS.smoke_tarball) and not FLAGS.print_config:
       write_smoke_tarball(FLAGS.smoke_tarball)
-    overrides.update(data_source="cifar_tar", data_dir=FLAGS.smoke_tarball, smoke=True)
-  commitment_study.run_from_flags(commitment_study.study_config_from_flags(**overrides))
+    overrides.update(data_source="cifar_tar", data_dir=FLAGS.smoke_tarball)
+  config = commitment_study.study_config_from_flags(**overrides)
+  commitment_study.run_from_flags(dataclasses.replace(config, smoke=bool(FLAGS.smoke_tarball)))
 
 
 if __name__ == "__main__":
-  commitment_study.define_study_flags("cifar10", "resnet_sdn", "joint", sources=("auto", "tfds", "cifar_tar"))
-  flags.DEFINE_string("smoke_tarball", None, "Write (if absent) and use a tiny random stand-in tarball at this "
-                      "path: a pipeline check, not a result.")
+  commitment_study.define_study_flags("cifar10", "resnet_sdn", "joint")
+  flags.DEFINE_string(
+    "smoke_tarball",
+    None,
+    "Write (if absent) and use a tiny random stand-in tarball at this path: a pipeline check, not a result.",
+  )
   app.run(main)

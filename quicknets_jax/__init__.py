@@ -1,9 +1,17 @@
 """quicknets-jax: block-wise trained early-exit networks (QuickNets, Patel & Siegelmann 2022) in JAX/Flax.
 
+The package is in layers, each a folder that imports only from the ones below it:
+
+    runs/                 whole runs in a workdir: configs, comparison, study, ablation, metrics, report
+    algorithms/  reporting/   Algorithm 1, commitment heads, end-to-end, SDN, cascade  |  tables, figures
+    training/             the one trainer, schedule, losses, data parallelism, checkpoints
+    models/  data/        multi-exit Linen models  |  datasets, splits, sampling, augmentation
+    core/                 the exit rule, costs (every FLOP formula), curves, calibration, configs
+
 The library knows nothing of flags: `experiments/` turns flags into a config and calls it. A user can
-import the pieces directly: `quicknets_jax.models` (multi-exit models, one param tree per block),
-`quicknets_jax.train` (the one trainer), `quicknets_jax.quicknet` (Algorithm 1),
-`quicknets_jax.exits` (the vectorized early-exit evaluator) and `quicknets_jax.flops` (cost accounting).
+import the pieces directly: `quicknets_jax.models` (multi-exit models), `quicknets_jax.training.trainer`
+(the one trainer), `quicknets_jax.algorithms.quicknet` (Algorithm 1), `quicknets_jax.core.exits` (the
+vectorized early-exit evaluator) and `quicknets_jax.core.costs` (cost accounting).
 """
 
 __version__ = "0.1.0"

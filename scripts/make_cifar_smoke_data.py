@@ -46,8 +46,10 @@ def main(argv=None) -> None:
   path = os.path.join(args.out, TARBALL)
   write_cifar_tar(path, train_x, train_y, test_x, test_y)
   with open(os.path.join(args.out, "SYNTHETIC_README.txt"), "w") as f:
-    f.write("cifar-10-python.tar.gz here is SYNTHETIC (scripts/make_cifar_smoke_data.py): generated class "
-            "patterns in the CIFAR-10 file format, for pipeline checks only. It is not CIFAR-10.\n")
+    f.write(
+      "cifar-10-python.tar.gz here is SYNTHETIC (scripts/make_cifar_smoke_data.py): generated class "
+      "patterns in the CIFAR-10 file format, for pipeline checks only. It is not CIFAR-10.\n"
+    )
   print(f"wrote {path}: {args.num_train} train + {args.num_test} test SYNTHETIC images (pipeline checks only)")
 
 

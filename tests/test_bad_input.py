@@ -7,9 +7,7 @@ so the whole table comes from one place: `python -m tests.test_bad_input` prints
 (BUILD.md's "Refused bad input" table).
 """
 
-import dataclasses
 import errno
-import gzip
 import os
 import shutil
 import subprocess
@@ -21,15 +19,22 @@ import numpy as np
 import pytest
 
 from quicknets_jax import data, models
-from quicknets_jax.checkpoint import BlockCheckpointer, CheckpointError, FitCheckpointer
+from quicknets_jax.algorithms.events import Events
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.data import DataError, cifar, idx
-from quicknets_jax.experiment import ExperimentConfig, guard_workdir, train_and_evaluate
-from quicknets_jax.quicknet import QuickNetConfig, train_quicknet
-from quicknets_jax.train import FitConfig, NonFiniteLossError
+from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.runs.experiment import train_and_evaluate
+from quicknets_jax.runs.workdir import guard_workdir
+from quicknets_jax.training.checkpoint import BlockCheckpointer, CheckpointError, FitCheckpointer
+from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.trainer import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=2), commit_fit=FitConfig(
-    batch_size=64, max_epochs=2, balanced_sampling=False), train_threshold=0.5)
+TINY = QuickNetConfig(
+  fit=FitConfig(batch_size=64, max_epochs=2),
+  commit_fit=FitConfig(batch_size=64, max_epochs=2, balanced_sampling=False),
+  train_threshold=0.5,
+)
 
 CASES = []  # (id, what is wrong, expected exception, key phrase, fn(tmp_dir, blobs, interrupted))
 
@@ -38,11 +43,13 @@ def case(what, error, phrase):
   def register(fn):
     CASES.append((fn.__name__, what, error, phrase, fn))
     return fn
+
   return register
 
 
 def _blobs(n=400, seed=0):
   from tests.conftest import make_blobs
+
   return make_blobs(n, seed=seed)
 
 
@@ -59,15 +66,15 @@ def make_interrupted(directory, blobs):
   in_progress/block_1 holding epoch 1."""
   x, y, vx, vy = blobs
 
-  def stop(kind, state, record):
-    if kind == "block" and stop.blocks_seen == 1 and record["epoch"] == 1:
-      raise Interrupt
-    if kind == "commitment" and record["epoch"] == TINY.commit_fit.max_epochs:
-      stop.blocks_seen += 1
-  stop.blocks_seen = 0
+  class Stop(Events):
+    def epoch_done(self, event):
+      if event.phase == "block" and event.block == 1 and event.record["epoch"] == 1:
+        raise Interrupt
+
   try:
-    train_quicknet(_model(), x, y, vx, vy, TINY, seed=0, checkpointer=BlockCheckpointer(directory),
-                   log=lambda m: None, on_epoch=stop)
+    train_quicknet(
+      _model(), x, y, vx, vy, TINY, seed=0, checkpointer=BlockCheckpointer(directory), log=lambda m: None, events=Stop()
+    )
   except Interrupt:
     return directory
   raise AssertionError("the run was not interrupted")
@@ -79,10 +86,19 @@ def _copy(interrupted, tmp):
   return target
 
 
-def _resume(directory, blobs, on_epoch=None, images=None):
+def _resume(directory, blobs, images=None):
   x, y, vx, vy = blobs
-  return train_quicknet(_model(), x if images is None else images, y, vx, vy, TINY, seed=0,
-                        checkpointer=BlockCheckpointer(directory), log=lambda m: None, on_epoch=on_epoch)
+  return train_quicknet(
+    _model(),
+    x if images is None else images,
+    y,
+    vx,
+    vy,
+    TINY,
+    seed=0,
+    checkpointer=BlockCheckpointer(directory),
+    log=lambda m: None,
+  )
 
 
 def _files(directory):
@@ -92,14 +108,17 @@ def _files(directory):
 def _disk_full(monkeypatch_target):
   """Makes every text write orbax does (metadata, JSON) fail as on a full disk."""
   from etils import epath
+
   cls = type(epath.Path(tempfile.gettempdir()))
 
   def full(self, *args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
   monkeypatch_target.setattr(cls, "write_text", full)
 
 
 # --- data files ----------------------------------------------------------------------------------
+
 
 @case("IDX file with wrong magic bytes", DataError, "bad magic bytes")
 def idx_wrong_magic(tmp, blobs, interrupted, mp):
@@ -116,7 +135,7 @@ def idx_truncated_gzip(tmp, blobs, interrupted, mp):
   with open(path, "rb") as f:
     blob = f.read()
   with open(path, "wb") as f:
-    f.write(blob[:len(blob) // 2])
+    f.write(blob[: len(blob) // 2])
   idx.read_idx(path)
 
 
@@ -133,8 +152,12 @@ def idx_truncated_payload(tmp, blobs, interrupted, mp):
 
 def _idx_dir(tmp, n_train=12, n_test=5, train_labels=None):
   rng = np.random.default_rng(0)
-  arrays = [rng.integers(0, 256, (n_train, 4, 3), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
-            rng.integers(0, 256, (n_test, 4, 3), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)]
+  arrays = [
+    rng.integers(0, 256, (n_train, 4, 3), dtype=np.uint8),
+    rng.integers(0, 10, n_train, dtype=np.uint8),
+    rng.integers(0, 256, (n_test, 4, 3), dtype=np.uint8),
+    rng.integers(0, 10, n_test, dtype=np.uint8),
+  ]
   if train_labels is not None:
     arrays[1] = train_labels
   for base, a in zip(idx.IDX_FILES, arrays):
@@ -164,9 +187,13 @@ def idx_missing_file(tmp, blobs, interrupted, mp):
 def cifar_missing_batch(tmp, blobs, interrupted, mp):
   rng = np.random.default_rng(0)
   good, bad = os.path.join(tmp, "good.tar.gz"), os.path.join(tmp, "bad.tar.gz")
-  cifar.write_cifar_tar(good, rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
-                        rng.integers(0, 10, 20, dtype=np.uint8),
-                        rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 6, dtype=np.uint8))
+  cifar.write_cifar_tar(
+    good,
+    rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+    rng.integers(0, 10, 20, dtype=np.uint8),
+    rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+    rng.integers(0, 10, 6, dtype=np.uint8),
+  )
   with tarfile.open(good) as src, tarfile.open(bad, "w:gz") as dst:
     for m in src.getmembers():
       if not m.name.endswith("data_batch_3"):
@@ -175,6 +202,7 @@ def cifar_missing_batch(tmp, blobs, interrupted, mp):
 
 
 # --- configs -------------------------------------------------------------------------------------
+
 
 @case("validation fraction outside (0, 1)", DataError, "val_fraction")
 def val_fraction_out_of_range(tmp, blobs, interrupted, mp):
@@ -186,27 +214,32 @@ def val_fraction_out_of_range(tmp, blobs, interrupted, mp):
 def batch_larger_than_data(tmp, blobs, interrupted, mp):
   x, y = _blobs(40)
   ds = data.Dataset("fashion_mnist", x[:30], y[:30], x[30:], y[30:], x[30:], y[30:], 4, tuple("abcd"))
-  train_and_evaluate(ExperimentConfig(batch_size=128, seeds=(0,), width=8), os.path.join(tmp, "w"),
-                     log=lambda m: None, dataset=ds)
+  train_and_evaluate(
+    ExperimentConfig().replace(batch_size=128, seeds=(0,), width=8),
+    os.path.join(tmp, "w"),
+    log=lambda m: None,
+    dataset=ds,
+  )
 
 
 @case("non-finite learning rate", ValueError, "learning_rate")
 def learning_rate_nan(tmp, blobs, interrupted, mp):
-  ExperimentConfig(learning_rate=float("nan"))
+  ExperimentConfig().replace(learning_rate=float("nan"))
 
 
 @case("exit threshold outside [0, 1]", ValueError, "exit_threshold")
 def exit_threshold_out_of_range(tmp, blobs, interrupted, mp):
-  ExperimentConfig(exit_threshold=1.5)
+  ExperimentConfig().replace(exit_threshold=1.5)
 
 
 @case("workdir holding a run with another config", ValueError, "--overwrite")
 def workdir_other_config(tmp, blobs, interrupted, mp):
-  guard_workdir(ExperimentConfig(width=32), tmp)
-  guard_workdir(ExperimentConfig(width=64, learning_rate=3e-4), tmp)
+  guard_workdir(ExperimentConfig().replace(width=32), tmp)
+  guard_workdir(ExperimentConfig().replace(width=64, learning_rate=3e-4), tmp)
 
 
 # --- checkpoints and training --------------------------------------------------------------------
+
 
 @case("corrupt checkpoint of a frozen block", CheckpointError, "checkpoint of block 0")
 def corrupt_block_checkpoint(tmp, blobs, interrupted, mp):
@@ -268,6 +301,7 @@ def disk_full_block(tmp, blobs, interrupted, mp):
   def fill_disk_then_save(self, *args, **kwargs):
     _disk_full(mp)  # the disk fills up right when block 1 is to be frozen
     return real_save(self, *args, **kwargs)
+
   mp.setattr(BlockCheckpointer, "save", fill_disk_then_save)
   try:
     _resume(directory, blobs)
@@ -277,6 +311,7 @@ def disk_full_block(tmp, blobs, interrupted, mp):
 
 
 # --- the table -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
@@ -311,11 +346,11 @@ def test_nan_loss_leaves_a_resumable_run(tmp_path, interrupted):
 
 # Flag errors come from absl before anything is imported or read: its line, then a help hint.
 CLI_CASES = [
-    ("unknown flag in a flagfile", ["--flagfile={bad_flagfile}"], "Unknown command line flag 'widht'"),
-    ("missing flagfile", ["--flagfile={tmp}/none.flags"], "Unable to open flagfile"),
-    ("non-numeric flag", ["--width=abc"], "flag --width=abc: invalid literal for int()"),
-    ("out-of-range flag", ["--batch_size=0"], "flag --batch_size=0: 0 is not a positive integer"),
-    ("out-of-range float flag", ["--val_fraction=1.5"], "flag --val_fraction=1.5"),
+  ("unknown flag in a flagfile", ["--flagfile={bad_flagfile}"], "Unknown command line flag 'widht'"),
+  ("missing flagfile", ["--flagfile={tmp}/none.flags"], "Unable to open flagfile"),
+  ("non-numeric flag", ["--width=abc"], "flag --width=abc: invalid literal for int()"),
+  ("out-of-range flag", ["--batch_size=0"], "flag --batch_size=0: 0 is not a positive integer"),
+  ("out-of-range float flag", ["--val_fraction=1.5"], "flag --val_fraction=1.5"),
 ]
 
 
@@ -325,15 +360,28 @@ def run_cli_cases(tmp):
   with open(bad, "w") as f:
     f.write("--dataset=fashion_mnist\n--widht=32\n")
   env = {**os.environ, "PYTHONPATH": ROOT}
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.fashion_mnist", f"--workdir={tmp}/w{i}",
-                             *(a.format(bad_flagfile=bad, tmp=tmp) for a in args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i, (_, args, _) in enumerate(CLI_CASES)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "experiments.fashion_mnist",
+        f"--workdir={tmp}/w{i}",
+        *(a.format(bad_flagfile=bad, tmp=tmp) for a in args),
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i, (_, args, _) in enumerate(CLI_CASES)
+  ]
   return [(c, p.communicate(timeout=300)[1], p.returncode) for c, p in zip(CLI_CASES, procs)]
 
 
 def test_flag_errors_are_one_line_before_anything_runs(tmp_path):
-  for (what, args, phrase), stderr, code in run_cli_cases(str(tmp_path)):
+  for (what, _, phrase), stderr, code in run_cli_cases(str(tmp_path)):
     assert code != 0, what
     first = stderr.strip().splitlines()[0]
     assert phrase in first, (what, stderr)
@@ -347,7 +395,7 @@ if __name__ == "__main__":  # prints BUILD.md's table with the exact messages
     print("| # | bad input | refused with (exact text; paths are the test's temp dirs) | test |")
     print("|---|---|---|---|")
     row = 0
-    for name, what, error, phrase, fn in CASES:
+    for name, what, error, _, fn in CASES:
       tmp = tempfile.mkdtemp(dir=root)
       mp = pytest.MonkeyPatch()
       try:
@@ -358,10 +406,14 @@ if __name__ == "__main__":  # prints BUILD.md's table with the exact messages
       finally:
         mp.undo()
       row += 1
-      print(f"| {row} | {what} | `{message.replace(root, '<tmp>').replace('|', '/')}` | "
-            f"test_bad_input.py::test_refused_with_one_line[{name}] |")
+      print(
+        f"| {row} | {what} | `{message.replace(root, '<tmp>').replace('|', '/')}` | "
+        f"test_bad_input.py::test_refused_with_one_line[{name}] |"
+      )
     for (what, _, _), stderr, _ in run_cli_cases(root):
       row += 1
       line = stderr.strip().splitlines()[0].replace(root, "<tmp>")
-      print(f"| {row} | {what} | `{line}` (+ absl's `Pass --helpshort or --helpfull to see help on flags.`) | "
-            f"test_bad_input.py::test_flag_errors_are_one_line_before_anything_runs |")
+      print(
+        f"| {row} | {what} | `{line}` (+ absl's `Pass --helpshort or --helpfull to see help on flags.`) | "
+        f"test_bad_input.py::test_flag_errors_are_one_line_before_anything_runs |"
+      )

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from quicknets_jax import calibration
+from quicknets_jax.core import calibration
 
 
 def test_ece_by_hand():
@@ -62,8 +62,7 @@ def test_auroc_matches_pair_counting():
 
 
 def test_per_exit_table():
-  probs = np.array([[[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]],
-                    [[0.99, 0.01], [0.01, 0.99], [0.6, 0.4]]])
+  probs = np.array([[[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]], [[0.99, 0.01], [0.01, 0.99], [0.6, 0.4]]])
   labels = np.array([0, 1, 0])
   commit = np.array([[1.0, -1.0, -1.0], [1.0, 1.0, -1.0]])
   rows = calibration.per_exit_table(probs, commit, labels, thresholds=(0.5,))

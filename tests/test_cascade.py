@@ -4,9 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from quicknets_jax import cascade, exits, models
-from quicknets_jax.cascade import bucket, cascade_flops, cascade_predict, cascade_predict_batches
-from quicknets_jax.quicknet import predict_exits
+from quicknets_jax import models
+from quicknets_jax.algorithms import cascade
+from quicknets_jax.algorithms.cascade import bucket, cascade_flops, cascade_predict, cascade_predict_batches
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.core import exits
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +22,7 @@ def trained_like():
   return model, variables, x
 
 
-def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="most_confident",
-                                 use_commitment=True):
+def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="most_confident", use_commitment=True):
   probs, commit = predict_exits(model, variables, x)
   want = exits.select_exits(probs, commit, threshold, fallback=fallback, use_commitment=use_commitment)
   np.testing.assert_array_equal(got.exit_index, np.asarray(want.exit_index))
@@ -29,7 +30,7 @@ def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="
   np.testing.assert_array_equal(got.qualified, np.asarray(want.qualified))
   # a sample that left at exit e by the rule ran blocks 0..e; the vectorized cost model agrees
   cost = cascade_flops(got, model)
-  costs = model.cascade_costs()[:len(variables)]
+  costs = model.cascade_costs()[: len(variables)]
   np.testing.assert_allclose(cost, np.asarray(exits.sample_costs(want, costs)), rtol=1e-6)
 
 
@@ -39,17 +40,20 @@ def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="
 def test_cascade_equals_select_exits(trained_like, threshold, fallback, use_commitment):
   model, variables, x = trained_like
   # 700 = 256 + 256 + 188: the last batch is short
-  got = cascade_predict(model, variables, x, threshold, fallback=fallback, use_commitment=use_commitment,
-                        batch_size=256)
+  got = cascade_predict(
+    model, variables, x, threshold, fallback=fallback, use_commitment=use_commitment, batch_size=256
+  )
   _assert_same_as_select_exits(model, variables, x, got, threshold, fallback, use_commitment)
 
 
 @pytest.mark.parametrize("batch_size,buckets_per_octave,pool", [(300, 1, 1), (128, 8, 2), (1000, 4, 4)])
-def test_cascade_bucket_granularity_and_pipelining_do_not_change_answers(trained_like, batch_size,
-                                                                        buckets_per_octave, pool):
+def test_cascade_bucket_granularity_and_pipelining_do_not_change_answers(
+  trained_like, batch_size, buckets_per_octave, pool
+):
   model, variables, x = trained_like
-  got = cascade_predict(model, variables, x, 0.3, batch_size=batch_size, buckets_per_octave=buckets_per_octave,
-                        pool=pool)
+  got = cascade_predict(
+    model, variables, x, 0.3, batch_size=batch_size, buckets_per_octave=buckets_per_octave, pool=pool
+  )
   _assert_same_as_select_exits(model, variables, x, got, 0.3)
 
 
@@ -93,10 +97,14 @@ def test_guessed_windows_run_as_one_call(trained_like, monkeypatch):
     def wrapped(*args, **kwargs):
       calls[name] += 1
       return fn(*args, **kwargs)
+
     return wrapped
 
-  monkeypatch.setattr(cascade, "_compiled", lambda *_: tuple(
-      counting(name, fn) for name, fn in zip(("first", "later", "window"), compiled)))
+  monkeypatch.setattr(
+    cascade,
+    "_compiled",
+    lambda *_: tuple(counting(name, fn) for name, fn in zip(("first", "later", "window"), compiled)),
+  )
   cascade._REACHED.clear()
   batches = [x[:256], x[256:512], x[512:]]
   got = cascade_predict_batches(model, variables, batches, 0.3)  # a first call: block by block

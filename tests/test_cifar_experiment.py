@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from quicknets_jax.runs.config import ExperimentConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
@@ -23,8 +25,15 @@ def _run(workdir, data_dir, devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  cmd = [sys.executable, "-m", "experiments.cifar10", "--flagfile=experiments/configs/cifar10_smoke.flags",
-         f"--data_dir={data_dir}", f"--workdir={workdir}", *SMALLER]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.cifar10",
+    "--flagfile=experiments/configs/cifar10_smoke.flags",
+    f"--data_dir={data_dir}",
+    f"--workdir={workdir}",
+    *SMALLER,
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(workdir, "results.json")) as f:
@@ -54,20 +63,22 @@ def test_smoke_run_on_one_and_eight_devices(data_dir, tmp_path):
   for method in ("quicknet", "end_to_end"):
     assert eight[method]["test_accuracy"] == pytest.approx(one[method]["test_accuracy"], abs=1e-3), method
   assert eight["quicknet"]["per_seed"][0]["per_exit_test_accuracy"] == pytest.approx(
-      q["per_seed"][0]["per_exit_test_accuracy"], abs=1e-3)
+    q["per_seed"][0]["per_exit_test_accuracy"], abs=1e-3
+  )
 
 
 def test_paper_flags_parse_into_the_paper_config():
-  code = ("import sys; from absl import flags; from experiments import cifar10, common; "
-          "flags.FLAGS(['x', '--flagfile=experiments/configs/cifar10.flags', '--workdir=/tmp/unused']); "
-          "c = common.config_from_flags(); print(c.model, c.width, c.num_blocks, c.learning_rate, c.augment, "
-          "c.cache_features, c.classifier_width, c.model_kwargs()['cfg'])")
+  code = (
+    "import sys; from absl import flags; from experiments import cifar10, common; "
+    "flags.FLAGS(['x', '--flagfile=experiments/configs/cifar10.flags', '--workdir=/tmp/unused']); "
+    "c = common.config_from_flags().to_json(); print(c['model'], c['width'], c['num_blocks'], "
+    "c['learning_rate'], c['augment'], c['cache_features'], c['classifier_width'], c['vgg_cfg'])"
+  )
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ["vgg", "64", "8", "0.0003", "True", "False", "4096", "vgg11"]
 
 
 def test_augment_with_cached_features_is_refused_with_the_fix():
-  from quicknets_jax.experiment import ExperimentConfig
   with pytest.raises(ValueError, match="--nocache_features"):
-    ExperimentConfig(model="vgg", augment=True)
+    ExperimentConfig().replace(model="vgg", augment=True)

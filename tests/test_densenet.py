@@ -16,15 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quicknets_jax import data, losses, models
+from quicknets_jax import data, models
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
+from quicknets_jax.core.costs import xla_flops
 from quicknets_jax.data import DataError, tfds_source
-from quicknets_jax.experiment import ExperimentConfig, train_and_evaluate
-from quicknets_jax.flops import flops_check, xla_flops
 from quicknets_jax.models.base import Block, split_variables
 from quicknets_jax.models.densenet import parse_layers
-from quicknets_jax.models.vgg import feature_shapes
-from quicknets_jax.quicknet import QuickNetConfig, predict_exits, train_quicknet
-from quicknets_jax.train import FitConfig
+from quicknets_jax.models.xla_check import flops_check
+from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.runs.experiment import train_and_evaluate
+from quicknets_jax.training import losses
+from quicknets_jax.training.schedule import FitConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=4, block_layers=(1, 2, 1, 1))
@@ -79,8 +82,12 @@ def test_every_block_outputs_features_logits_and_a_commitment_logit():
     chex.assert_shape(logits, (3, 10))
     chex.assert_shape(commit, (3,))
   # a transition pool on a map narrower than 2 is skipped; odd maps pool with floor
-  assert [s[:2] for s in feature_shapes(models.build_model("densenet", (28, 28, 1), 10, **TINY))] == [
-      (3, 3), (1, 1), (1, 1), (1, 1)]
+  assert [s[:2] for s in models.build_model("densenet", (28, 28, 1), 10, **TINY).feature_shapes()] == [
+    (3, 3),
+    (1, 1),
+    (1, 1),
+    (1, 1),
+  ]
 
 
 def test_analytic_flops_of_every_part_of_densenet121_match_xla_within_two_percent(densenet121):
@@ -89,8 +96,11 @@ def test_analytic_flops_of_every_part_of_densenet121_match_xla_within_two_percen
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   for j, (block, cost) in enumerate(zip(model.blocks, model.block_costs)):
     h = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), variables[j], x)
-    for part, method, arg in (("subnet", Block.features, x), ("exit_head", Block.classify, h),
-                              ("commit_head", Block.commit, h)):
+    for part, method, arg in (
+      ("subnet", Block.features, x),
+      ("exit_head", Block.classify, h),
+      ("commit_head", Block.commit, h),
+    ):
       counted = xla_flops(lambda v, a, m=method, b=block: b.apply(v, a, method=m), variables[j], arg)
       assert getattr(cost, part) == pytest.approx(counted, rel=0.02), (j, part, cost, counted)
     x = h
@@ -116,20 +126,27 @@ def test_quicknet_trains_on_mock_imagenet_through_a_frozen_prefix(mock_imagenet)
   """A few steps of a 2-block DenseNet through the one trainer: block 1 trains on block 0 run in inference
   mode (recomputed every step), and batch-norm statistics of subnets and exits move while they train."""
   ds = mock_imagenet
-  model = models.build_model("densenet", ds.image_shape, ds.num_classes, width=4, block_layers=(1, 1),
-                             augment="crop_flip")
-  fit = FitConfig(batch_size=16, max_epochs=1, eval_batch_size=64, learning_rate=3e-4)
-  config = QuickNetConfig(fit=fit, commit_fit=dataclasses.replace(fit, balanced_sampling=False),
-                          cache_features=False)
-  run = train_quicknet(model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config, seed=0,
-                       log=lambda m: None)
+  model = models.build_model("densenet", ds.image_shape, ds.num_classes, width=4, block_layers=(1, 1))
+  fit = FitConfig(batch_size=16, max_epochs=1, eval_batch_size=64, learning_rate=3e-4, augment=True)
+  config = QuickNetConfig(fit=fit, commit_fit=dataclasses.replace(fit, balanced_sampling=False), cache_features=False)
+  run = train_quicknet(
+    model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config, seed=0, log=lambda m: None
+  )
   assert run.num_trained_blocks == 2 and [r.train_samples for r in run.records] == [36, 36]  # nothing learned
   assert [r.epochs for r in run.records] == [1, 1]
   init = model.init(jax.random.fold_in(jax.random.PRNGKey(0), 0))
-  for j, part, name in ((0, "subnet", "stem_bn"), (0, "subnet", "transition_bn"), (0, "exit_head", "bn"),
-                        (1, "subnet", "layer_0"), (1, "exit_head", "bn")):
-    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), run.variables[j]["batch_stats"][part][name],
-                         init[j]["batch_stats"][part][name])
+  for j, part, name in (
+    (0, "subnet", "stem_bn"),
+    (0, "subnet", "transition_bn"),
+    (0, "exit_head", "bn"),
+    (1, "subnet", "layer_0"),
+    (1, "exit_head", "bn"),
+  ):
+    moved = jax.tree.map(
+      lambda a, b: not np.allclose(a, b),
+      run.variables[j]["batch_stats"][part][name],
+      init[j]["batch_stats"][part][name],
+    )
     assert all(jax.tree.leaves(moved)), (j, part, name)
   probs, commits = predict_exits(model, run.variables, ds.test_images, batch_size=64)
   chex.assert_shape(probs, (2, 12, 1000))
@@ -145,17 +162,26 @@ def test_end_to_end_loss_keeps_every_blocks_statistics_tree():
   params, state = zip(*[split_variables(v) for v in variables])
   x, y = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.int32)
   per_sample, correct, new_state = jax.eval_shape(
-      lambda p, s, a, b: losses.end_to_end_loss(model)(list(p), list(s), a, b, None, True), params, state, x, y)
+    lambda p, s, a, b: losses.end_to_end_loss(model)(list(p), list(s), a, b, None, True), params, state, x, y
+  )
   chex.assert_shape([per_sample, correct], (4,))
   assert jax.tree.structure(list(new_state)) == jax.tree.structure(list(state))
 
 
 def test_experiment_config_builds_the_densenet():
-  config = ExperimentConfig(dataset="imagenet2012", model="densenet", width=8, num_blocks=2, block_layers="1,2",
-                            image_size=32, augment=True, cache_features=False)
-  model = models.build_model(config.model, (32, 32, 3), 1000, **config.model_kwargs())
-  assert model.name == "densenet" and model.num_blocks == 2
-  assert model.blocks[0].subnet.augment == "crop_flip" and model.blocks[1].subnet.augment is None
+  config = ExperimentConfig().replace(
+    dataset="imagenet2012",
+    model="densenet",
+    width=8,
+    num_blocks=2,
+    block_layers="1,2",
+    image_size=32,
+    augment=True,
+    cache_features=False,
+  )
+  model = config.model.build(config.data.image_shape(), 1000)
+  assert model.name == "densenet" and model.num_blocks == 2 and model.input_shape == (32, 32, 3)
+  assert config.fit.augmentation_name == "crop_flip"
   assert config.to_json()["image_size"] == 32
 
 
@@ -173,6 +199,7 @@ def test_bad_configurations_name_the_fix():
 
 # --- ImageNet through TFDS ------------------------------------------------------------------------
 
+
 def test_resize_keeps_the_centre_at_the_shorter_side():
   image = np.zeros((40, 80, 3), np.uint8)
   image[:, 20:60] = 255  # the centre square 40×40 is white, the sides black
@@ -185,8 +212,7 @@ def test_resize_keeps_the_centre_at_the_shorter_side():
 def test_imagenet_loads_resized_from_tfds_mock_data(mock_imagenet):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=12):  # images of random sizes, labels in 0..999
-    train_x, train_y, test_x, test_y = tfds_source.load_tfds_resized("imagenet2012", image_size=24,
-                                                                     max_train=10)
+    train_x, train_y, test_x, test_y = tfds_source.load_tfds_resized("imagenet2012", image_size=24, max_train=10)
   assert train_x.shape == (10, 24, 24, 3) and test_x.shape == (12, 24, 24, 3) and train_x.dtype == np.uint8
   assert train_y.dtype == np.int32 and 0 <= train_y.min() and train_y.max() < 1000
   ds = mock_imagenet
@@ -221,9 +247,22 @@ def test_imagenet_not_prepared_names_the_manual_download(tmp_path):
 def test_imagenet_experiment_runs_a_tiny_densenet_on_mock_data(tmp_path):
   """experiment.train_and_evaluate end to end on mock imagenet2012: 4 blocks, 4 exits, baseline, FLOPs."""
   tfds = pytest.importorskip("tensorflow_datasets")
-  config = ExperimentConfig(dataset="imagenet2012", data_source="tfds", image_size=32, max_train=40, max_test=16,
-                            model="densenet", block_layers="1,1,1,1", width=4, num_blocks=4, seeds=(0,),
-                            batch_size=16, eval_batch_size=64, learning_rate=3e-4, max_epochs=1)
+  config = ExperimentConfig().replace(
+    dataset="imagenet2012",
+    data_source="tfds",
+    image_size=32,
+    max_train=40,
+    max_test=16,
+    model="densenet",
+    block_layers="1,1,1,1",
+    width=4,
+    num_blocks=4,
+    seeds=(0,),
+    batch_size=16,
+    eval_batch_size=64,
+    learning_rate=3e-4,
+    max_epochs=1,
+  )
   with tfds.testing.mock_data(num_examples=40):
     results = train_and_evaluate(config, str(tmp_path), log=lambda m: None, metrics=False)
   q = results["quicknet"]
@@ -231,21 +270,23 @@ def test_imagenet_experiment_runs_a_tiny_densenet_on_mock_data(tmp_path):
   assert len(q["exit_fractions"]) == 4 and abs(sum(q["exit_fractions"]) - 1) < 1e-5
   assert q["train_samples_per_block"][0] == 36 and q["epochs_per_block"][0] == 1
   assert results["end_to_end"]["epochs"] == 1 and len(results["class_names"]) == 1000
-  model = models.build_model("densenet", (32, 32, 3), 1000, **config.model_kwargs())
+  model = config.model.build((32, 32, 3), 1000)
   assert results["end_to_end"]["inference_flops"] == pytest.approx(model.end_to_end_cost())
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["image_size"] == 32
 
 
 def test_imagenet_flags_parse_into_the_paper_config():
-  code = ("from absl import flags; from experiments import imagenet, common; "
-          "flags.FLAGS(['x', '--flagfile=experiments/configs/imagenet.flags', '--workdir=/tmp/unused']); "
-          "c = common.config_from_flags(); k = c.model_kwargs(); "
-          "print(c.dataset, c.model, c.image_size, c.width, c.num_blocks, c.learning_rate, k['block_layers'], "
-          "c.cache_features); "
-          "flags.FLAGS.unparse_flags(); "
-          "flags.FLAGS(['x', '--flagfile=experiments/configs/imagenet_smoke.flags', '--workdir=/tmp/unused']); "
-          "s = common.config_from_flags(); print(s.image_size, s.max_epochs, s.model_kwargs()['block_layers'])")
+  code = (
+    "from absl import flags; from experiments import imagenet, common; "
+    "flags.FLAGS(['x', '--flagfile=experiments/configs/imagenet.flags', '--workdir=/tmp/unused']); "
+    "c = common.config_from_flags().to_json(); "
+    "print(c['dataset'], c['model'], c['image_size'], c['width'], c['num_blocks'], c['learning_rate'], "
+    "c['block_layers'], c['cache_features']); "
+    "flags.FLAGS.unparse_flags(); "
+    "flags.FLAGS(['x', '--flagfile=experiments/configs/imagenet_smoke.flags', '--workdir=/tmp/unused']); "
+    "s = common.config_from_flags().to_json(); print(s['image_size'], s['max_epochs'], s['block_layers'])"
+  )
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.split("\n")

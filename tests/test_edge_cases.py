@@ -7,14 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quicknets_jax import data, exits, models
-from quicknets_jax.experiment import ExperimentConfig, evaluate_quicknet
-from quicknets_jax.quicknet import QuickNetConfig, predict_exits, train_block, train_quicknet
-from quicknets_jax.train import FitConfig
+from quicknets_jax import data, models
+from quicknets_jax.algorithms import quicknet
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, Split, WorkingSets, train_block, train_quicknet
+from quicknets_jax.core import exits
+from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.runs.experiment import evaluate_quicknet
+from quicknets_jax.training.schedule import FitConfig
 from tests.conftest import make_blobs
 
-CONFIG = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=2), commit_fit=FitConfig(
-    batch_size=64, max_epochs=2, balanced_sampling=False), train_threshold=0.5)
+CONFIG = QuickNetConfig(
+  fit=FitConfig(batch_size=64, max_epochs=2),
+  commit_fit=FitConfig(batch_size=64, max_epochs=2, balanced_sampling=False),
+  train_threshold=0.5,
+)
 
 
 def _model(num_blocks=3):
@@ -34,15 +41,24 @@ def _block0(split, train_idx, val_idx=None, config=CONFIG):
   model = _model()
   init = model.init(jax.random.PRNGKey(0))
   val_idx = np.arange(len(vy), dtype=np.int32) if val_idx is None else val_idx
-  variables, record, next_train, next_val = train_block(
-      model, 0, [], init[0], x, y, vx, vy, np.asarray(train_idx, np.int32), np.asarray(val_idx, np.int32),
-      config, jax.random.PRNGKey(1), log=lambda m: None)
+  variables, record, (next_train, next_val) = train_block(
+    model,
+    0,
+    [],
+    init[0],
+    Split(x, y, vx, vy),
+    WorkingSets(np.asarray(train_idx, np.int32), np.asarray(val_idx, np.int32)),
+    config,
+    jax.random.PRNGKey(1),
+    log=lambda m: None,
+  )
   return variables, record, next_train, next_val
 
 
 def _finite_history(record):
-  return all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
-             for r in record.history + record.commit_history)
+  return all(
+    np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in record.history + record.commit_history
+  )
 
 
 def test_everything_learned_before_the_last_block_skips_it_and_inference_works():
@@ -59,9 +75,9 @@ def test_everything_learned_before_the_last_block_skips_it_and_inference_works()
   assert any("every training sample was learned" in m and "skipped" in m for m in messages), messages
   # inference over the trained blocks only: the exit rule, the threshold choice and the report
   ds = data.Dataset("toy", x, y, vx, vy, tx, ty, 4, tuple("abcd"))
-  result = evaluate_quicknet(model, run.variables, ds, ExperimentConfig(num_blocks=3, width=16, seeds=(0,)))
+  result = evaluate_quicknet(model, run.variables, ds, ExperimentConfig().replace(num_blocks=3, width=16, seeds=(0,)))
   assert len(result["exit_fractions"]) == model.num_blocks
-  assert sum(result["exit_fractions"][run.num_trained_blocks:]) == 0.0
+  assert sum(result["exit_fractions"][run.num_trained_blocks :]) == 0.0
   assert abs(sum(result["exit_fractions"]) - 1.0) < 1e-6
   assert result["test_accuracy"] > 0.9
   probs, commit = predict_exits(model, run.variables, tx)
@@ -105,15 +121,16 @@ def test_a_single_class_left(split):
 
 def test_every_validation_sample_learned_falls_back_to_the_whole_split(split, monkeypatch):
   """An empty V_j would leave nothing to validate on: the next block validates on the whole split."""
-  import quicknets_jax.quicknet as quicknet
   x, y, vx, vy = split
   seen = []
   real = quicknet.train_block
 
-  def spy(model, j, frozen, init_vars, images, labels, val_images, val_labels, train_idx, val_idx, *a, **k):
-    seen.append(len(val_idx))
-    out = real(model, j, frozen, init_vars, images, labels, val_images, val_labels, train_idx, val_idx, *a, **k)
-    return (*out[:3], np.zeros((0,), np.int32)) if j == 0 else out  # block 0 "learned" all of V
+  def spy(model, j, frozen, init_vars, split_, working, *a, **k):
+    seen.append(len(working.val_idx))
+    variables, record, next_sets = real(model, j, frozen, init_vars, split_, working, *a, **k)
+    if j == 0:  # block 0 "learned" all of V
+      next_sets = next_sets._replace(val_idx=np.zeros((0,), np.int32))
+    return variables, record, next_sets
 
   monkeypatch.setattr(quicknet, "train_block", spy)
   run = quicknet.train_quicknet(_model(2), x, y, vx, vy, CONFIG, seed=0, log=lambda m: None)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quicknets_jax import exits
+from quicknets_jax.core import exits
 
 ONE_HOT = [1.0, 0.0, 0.0, 0.0]
 UNIFORM = [0.25, 0.25, 0.25, 0.25]
@@ -28,9 +28,7 @@ def _probs(rows):
 
 def test_first_qualifying_exit_wins():
   # 3 exits, 2 samples. Sample 0: exit 1 and 2 are confident, exit 1 answers. Sample 1: exit 0 is.
-  probs = _probs([[UNIFORM, [0.0, 1.0, 0.0, 0.0]],
-                  [[0.0, 0.0, 1.0, 0.0], UNIFORM],
-                  [[0.0, 0.0, 0.0, 1.0], UNIFORM]])
+  probs = _probs([[UNIFORM, [0.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0, 0.0], UNIFORM], [[0.0, 0.0, 0.0, 1.0], UNIFORM]])
   commit = jnp.ones((3, 2))
   d = exits.select_exits(probs, commit, 0.9)
   chex.assert_trees_all_equal(d.exit_index, jnp.array([1, 0], jnp.int32))
@@ -110,8 +108,9 @@ def test_costs_and_sweep():
 
 
 def test_choose_threshold_takes_cheapest_within_tolerance():
-  sweep = exits.SweepResult(np.array([0.1, 0.5, 0.9]), np.array([0.80, 0.86, 0.87]),
-                            np.array([1.0, 2.0, 3.0]), np.zeros((3, 2)))
+  sweep = exits.SweepResult(
+    np.array([0.1, 0.5, 0.9]), np.array([0.80, 0.86, 0.87]), np.array([1.0, 2.0, 3.0]), np.zeros((3, 2))
+  )
   assert exits.choose_threshold(sweep) == 0.9
   assert exits.choose_threshold(sweep, accuracy_tolerance=0.02) == 0.5
 

@@ -9,20 +9,41 @@ import sys
 import pytest
 
 from benchmarks.fault_injection import write_tiny_idx
-from quicknets_jax.experiment import ExperimentConfig, guard_workdir, train_and_evaluate
+from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.runs.experiment import train_and_evaluate
+from quicknets_jax.runs.workdir import guard_workdir
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=32, seeds=(0,), max_epochs=2, batch_size=64)
-QUICKNET_KEYS = {"test_accuracy", "test_accuracy_std", "per_seed", "params", "inference_flops", "training_flops",
-                 "train_seconds", "exit_fractions", "train_samples_per_block", "epochs_per_block", "curve"}
-E2E_KEYS = {"test_accuracy", "test_accuracy_std", "params", "inference_flops", "training_flops", "train_seconds",
-            "epochs"}
+QUICKNET_KEYS = {
+  "test_accuracy",
+  "test_accuracy_std",
+  "per_seed",
+  "params",
+  "inference_flops",
+  "training_flops",
+  "train_seconds",
+  "exit_fractions",
+  "train_samples_per_block",
+  "epochs_per_block",
+  "curve",
+}
+E2E_KEYS = {
+  "test_accuracy",
+  "test_accuracy_std",
+  "params",
+  "inference_flops",
+  "training_flops",
+  "train_seconds",
+  "epochs",
+}
 
 
 def _check_schema(results, num_blocks):
-  assert {"dataset", "model", "seeds", "exit_threshold", "train_threshold", "quicknet", "end_to_end",
-          "ratios"} <= set(results)
+  assert {"dataset", "model", "seeds", "exit_threshold", "train_threshold", "quicknet", "end_to_end", "ratios"} <= set(
+    results
+  )
   q, e = results["quicknet"], results["end_to_end"]
   assert QUICKNET_KEYS <= set(q) and E2E_KEYS <= set(e)
   assert QUICKNET_KEYS - {"per_seed", "test_accuracy_std"} <= set(q["per_seed"][0])
@@ -36,7 +57,7 @@ def _check_schema(results, num_blocks):
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_real_fashion_mnist_slice_every_exit_beats_chance(tmp_path):
-  config = ExperimentConfig(dataset="fashion_mnist", max_train=6000, max_test=2000, **TINY)
+  config = ExperimentConfig().replace(dataset="fashion_mnist", max_train=6000, max_test=2000, **TINY)
   results = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
   _check_schema(results, 3)
   per_exit = results["quicknet"]["per_seed"][0]["per_exit_test_accuracy"]
@@ -60,8 +81,14 @@ def _write_mnist_like(directory):
 
 
 def _run_cli(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
 
 
 def test_mnist_cli_on_an_idx_directory(tmp_path):
@@ -69,8 +96,9 @@ def test_mnist_cli_on_an_idx_directory(tmp_path):
   data_dir.mkdir()
   _write_mnist_like(data_dir)
   workdir = tmp_path / "run"
-  proc = _run_cli("experiments.mnist", f"--data_dir={data_dir}", f"--workdir={workdir}", "--seeds=0",
-                  "--max_epochs=2", "--width=16")
+  proc = _run_cli(
+    "experiments.mnist", f"--data_dir={data_dir}", f"--workdir={workdir}", "--seeds=0", "--max_epochs=2", "--width=16"
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   results = json.loads((workdir / "results.json").read_text())
   _check_schema(results, 3)
@@ -81,7 +109,8 @@ def test_mnist_cli_on_an_idx_directory(tmp_path):
 
 def test_mnist_through_tfds_mock_data(tmp_path):
   import tensorflow_datasets as tfds
-  config = ExperimentConfig(dataset="mnist", data_source="tfds", **TINY)
+
+  config = ExperimentConfig().replace(dataset="mnist", data_source="tfds", **TINY)
   with tfds.testing.mock_data(num_examples=300):
     results = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
   _check_schema(results, 3)
@@ -89,14 +118,16 @@ def test_mnist_through_tfds_mock_data(tmp_path):
 
 
 def test_workdir_guard_names_the_differing_flags(tmp_path):
-  guard_workdir(ExperimentConfig(width=32), str(tmp_path))
-  guard_workdir(ExperimentConfig(width=32, seeds=(0, 1, 2, 3)), str(tmp_path))  # more seeds: fine
+  guard_workdir(ExperimentConfig().replace(width=32), str(tmp_path))
+  guard_workdir(ExperimentConfig().replace(width=32, seeds=(0, 1, 2, 3)), str(tmp_path))  # more seeds: fine
   with pytest.raises(ValueError, match=r"width: 32 → 64.*--overwrite"):
-    guard_workdir(ExperimentConfig(width=64), str(tmp_path))
-  guard_workdir(ExperimentConfig(width=64), str(tmp_path), overwrite=True)
+    guard_workdir(ExperimentConfig().replace(width=64), str(tmp_path))
+  guard_workdir(ExperimentConfig().replace(width=64), str(tmp_path), overwrite=True)
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--exit_threshold=1.5"], "exit_threshold must be in [0, 1]"),
     (["--train_threshold=-0.2"], "train_threshold"),
     (["--num_blocks=0"], "num_blocks"),
@@ -104,7 +135,8 @@ def test_workdir_guard_names_the_differing_flags(tmp_path):
     (["--model=transformer"], "model"),
     (["--seeds=a,b"], "--seeds must be integers"),
     (["--data_source=idx", "--data_dir=/nonexistent"], "/nonexistent"),
-])
+  ],
+)
 def test_bad_input_fails_in_one_line_before_training(tmp_path, args, message):
   proc = _run_cli("experiments.fashion_mnist", f"--workdir={tmp_path}", *args)
   assert proc.returncode != 0

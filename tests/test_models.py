@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quicknets_jax import flops, models
+from quicknets_jax import models
+from quicknets_jax.core import costs
 from quicknets_jax.models.base import Block
 
 
@@ -44,8 +45,9 @@ def test_init_is_deterministic_per_seed(model_and_vars):
   model, variables = model_and_vars
   chex.assert_trees_all_equal(variables, model.init(jax.random.PRNGKey(0)))
   other = model.init(jax.random.PRNGKey(1))
-  assert not np.allclose(other[0]["params"]["subnet"]["dense_0"]["kernel"],
-                         variables[0]["params"]["subnet"]["dense_0"]["kernel"])
+  assert not np.allclose(
+    other[0]["params"]["subnet"]["dense_0"]["kernel"], variables[0]["params"]["subnet"]["dense_0"]["kernel"]
+  )
 
 
 def test_bad_model_arguments_are_refused():
@@ -62,9 +64,9 @@ def test_analytic_flops_match_xla(width, layers):
   x = jnp.ones((1, 28, 28, 1))
   for j, (block, v, cost) in enumerate(zip(model.blocks, variables, model.block_costs)):
     h = block.apply(v, x, method=Block.features)
-    xla_subnet = flops.xla_flops(lambda a: block.apply(v, a, method=Block.features), x)
-    xla_exit = flops.xla_flops(lambda a: block.apply(v, a, method=Block.classify), h)
-    xla_commit = flops.xla_flops(lambda a: block.apply(v, a, method=Block.commit), h)
+    xla_subnet = costs.xla_flops(lambda a: block.apply(v, a, method=Block.features), x)
+    xla_exit = costs.xla_flops(lambda a: block.apply(v, a, method=Block.classify), h)
+    xla_commit = costs.xla_flops(lambda a: block.apply(v, a, method=Block.commit), h)
     np.testing.assert_allclose(cost.subnet, xla_subnet, rtol=0.02, err_msg=f"block {j} subnet")
     np.testing.assert_allclose(cost.exit_head, xla_exit, rtol=0.02, err_msg=f"block {j} exit")
     np.testing.assert_allclose(cost.commit_head, xla_commit, rtol=0.02, err_msg=f"block {j} commit")
@@ -75,14 +77,20 @@ def test_analytic_flops_match_xla(width, layers):
       a = block.apply(variables[k], a, method=Block.features)
     return model.blocks[-1].apply(variables[-1], a, method=Block.classify)
 
-  np.testing.assert_allclose(model.end_to_end_cost(), flops.xla_flops(end_to_end, jnp.ones((1, 28, 28, 1))),
-                             rtol=0.02)
+  np.testing.assert_allclose(model.end_to_end_cost(), costs.xla_flops(end_to_end, jnp.ones((1, 28, 28, 1))), rtol=0.02)
   # the cascade to exit e runs blocks 0..e with every head on the way
-  np.testing.assert_allclose(np.asarray(model.cascade_costs()),
-                             np.cumsum([c.subnet + c.exit_head + c.commit_head for c in model.block_costs]))
+  np.testing.assert_allclose(
+    np.asarray(model.cascade_costs()), np.cumsum([c.subnet + c.exit_head + c.commit_head for c in model.block_costs])
+  )
 
 
 def test_layer_formulas():
-  assert flops.dense_flops(784, 150) == 2 * 784 * 150 + 150
-  assert flops.dense_flops(10, 1, bias=False) == 20
-  assert flops.conv_flops((3, 3), 3, 64, (32, 32), bias=False) == 2 * 9 * 3 * 64 * 32 * 32
+  assert costs.dense_flops(784, 150) == 2 * 784 * 150 + 150
+  assert costs.dense_flops(10, 1, bias=False) == 20
+  # VALID: every output position has all 9 taps on the image
+  assert costs.conv_flops((34, 34), 3, 3, 64, padding="VALID") == 2 * 9 * 3 * 64 * 32 * 32
+  # SAME (= explicit padding 1 for a 3×3 stride-1 conv): the border positions lose their padding taps
+  taps = 32 * 3 - 2
+  assert costs.conv_flops((32, 32), 3, 3, 64) == costs.conv_flops((32, 32), 3, 3, 64, padding=1) == 2 * taps**2 * 3 * 64
+  with pytest.raises(ValueError, match="padding"):
+    costs.conv_flops((32, 32), 3, 3, 64, padding="FULL")

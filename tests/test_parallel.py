@@ -14,16 +14,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_CHECK = textwrap.dedent("""
   import jax, jax.numpy as jnp, numpy as np, optax
   assert jax.device_count() == 8, jax.devices()
-  from quicknets_jax import losses, models, parallel, train
+  from quicknets_jax import models
   from quicknets_jax.models.base import split_variables
+  from quicknets_jax.training import losses, parallel
+  from quicknets_jax.training import trainer as train
 
   if MODEL == "vgg":
-    model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,16", classifier_width=16,
-                               augment="crop_flip")
+    model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,16", classifier_width=16)
+    augment = "crop_flip"
   else:
     model = models.build_model("mlp", (8, 8, 3), 4, width=16, num_blocks=2)
+    augment = None
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
-  objective = train.Objective(losses.block_loss(model.blocks[0]))
+  objective = train.Objective(losses.block_loss(model.blocks[0], augment))
   x = jax.random.normal(jax.random.PRNGKey(1), (64, 8, 8, 3))
   y = jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 4)
   bucket = train.bucket_size(BATCH)
@@ -51,8 +54,7 @@ STEP_CHECK = textwrap.dedent("""
 
 def _run(code: str) -> str:
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
   return proc.stdout
 

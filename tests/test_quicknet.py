@@ -1,5 +1,8 @@
 """Algorithm 1: learned-set removal, frozen earlier blocks, checkpoints and resume equality."""
 
+import dataclasses
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,13 +10,18 @@ import numpy as np
 import pytest
 
 from quicknets_jax import models
-from quicknets_jax.checkpoint import BlockCheckpointer, CheckpointError
-from quicknets_jax.quicknet import (QuickNetConfig, learned_mask, predict_exits, train_end_to_end,
-                                    train_quicknet)
-from quicknets_jax.train import FitConfig
+from quicknets_jax.algorithms.end_to_end import train_end_to_end
+from quicknets_jax.algorithms.events import Events
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, learned_mask, train_quicknet
+from quicknets_jax.training.checkpoint import BlockCheckpointer, CheckpointError
+from quicknets_jax.training.schedule import FitConfig
 
-SMALL = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=4), commit_fit=FitConfig(
-    batch_size=64, max_epochs=4, balanced_sampling=False), train_threshold=0.5)
+SMALL = QuickNetConfig(
+  fit=FitConfig(batch_size=64, max_epochs=4),
+  commit_fit=FitConfig(batch_size=64, max_epochs=4, balanced_sampling=False),
+  train_threshold=0.5,
+)
 
 
 def test_learned_mask_needs_all_three_conditions():
@@ -33,8 +41,9 @@ def seed0_run(blobs, tmp_path_factory):
   """One checkpointed seed-0 run shared by the tests that only read it (compiles are the slow part)."""
   x, y, vx, vy = blobs
   directory = tmp_path_factory.mktemp("seed0") / "ckpt"
-  run = train_quicknet(_model(), x, y, vx, vy, SMALL, seed=0, checkpointer=BlockCheckpointer(directory),
-                       log=lambda m: None)
+  run = train_quicknet(
+    _model(), x, y, vx, vy, SMALL, seed=0, checkpointer=BlockCheckpointer(directory), log=lambda m: None
+  )
   return run, directory
 
 
@@ -54,8 +63,9 @@ def test_removal_shrinks_the_working_set_and_freezes_earlier_blocks(blobs, seed0
   # class counts of T_1 are those of the samples block 0 did not learn
   np.testing.assert_array_equal(run.records[1].class_counts, np.bincount(y[~l0], minlength=4))
   # block 0's parameters are the same whether or not later blocks were trained
-  only_first = train_quicknet(models.mlp((6, 6, 1), 4, width=16, num_blocks=1), x, y, vx, vy, SMALL, seed=0,
-                              log=lambda m: None)
+  only_first = train_quicknet(
+    models.mlp((6, 6, 1), 4, width=16, num_blocks=1), x, y, vx, vy, SMALL, seed=0, log=lambda m: None
+  )
   chex.assert_trees_all_equal(only_first.variables[0], run.variables[0])
 
 
@@ -76,9 +86,9 @@ def test_recomputed_prefix_gives_the_same_blocks_and_counts_more_flops(blobs, se
   x, y, vx, vy = blobs
   model = _model()
   cached, _ = seed0_run
-  import dataclasses
-  recomputed = train_quicknet(model, x, y, vx, vy, dataclasses.replace(SMALL, cache_features=False), seed=0,
-                              log=lambda m: None)
+  recomputed = train_quicknet(
+    model, x, y, vx, vy, dataclasses.replace(SMALL, cache_features=False), seed=0, log=lambda m: None
+  )
   assert [r.train_samples for r in cached.records] == [r.train_samples for r in recomputed.records]
   chex.assert_trees_all_close(cached.variables, recomputed.variables, atol=1e-5)
   assert recomputed.records[1].flops["block_training"] > cached.records[1].flops["block_training"]
@@ -88,39 +98,54 @@ class Interrupt(Exception):
   pass
 
 
+class StopAt(Events):
+  """Raises Interrupt at the first epoch event for which `when(event)` is true."""
+
+  def __init__(self, when):
+    self.when = when
+
+  def epoch_done(self, event):
+    if self.when(event):
+      raise Interrupt
+
+
 def test_resume_after_a_stop_inside_a_block_equals_an_uninterrupted_run(blobs, tmp_path):
   x, y, vx, vy = blobs
   model = _model()
-  full = train_quicknet(model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(tmp_path / "full"),
-                        log=lambda m: None)
+  full = train_quicknet(
+    model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(tmp_path / "full"), log=lambda m: None
+  )
 
-  calls = []
-
-  def stop_in_block_1(kind, state, record):
-    calls.append(kind)
-    if calls.count("block") == len(full.records[0].history) + 1:  # first epoch of block 1 (block 0 ran 4, unless it stopped early)
-      raise Interrupt
-
+  stop_in_block_1 = StopAt(lambda event: event.phase == "block" and event.block == 1)
   ckpt_dir = tmp_path / "interrupted"
   with pytest.raises(Interrupt):
-    train_quicknet(model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(ckpt_dir),
-                   log=lambda m: None, on_epoch=stop_in_block_1)
+    train_quicknet(
+      model,
+      x,
+      y,
+      vx,
+      vy,
+      SMALL,
+      seed=3,
+      checkpointer=BlockCheckpointer(ckpt_dir),
+      log=lambda m: None,
+      events=stop_in_block_1,
+    )
   messages = []
-  resumed = train_quicknet(model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(ckpt_dir),
-                           log=messages.append)
+  resumed = train_quicknet(
+    model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(ckpt_dir), log=messages.append
+  )
   assert any("resumed after block 0" in m for m in messages)
   chex.assert_trees_all_equal(jax.device_get(full.variables), jax.device_get(resumed.variables))
   assert [r.train_samples for r in full.records] == [r.train_samples for r in resumed.records]
 
 
 def test_checkpoint_round_trip_and_corruption(seed0_run, tmp_path):
-  import shutil
   run, directory = seed0_run
   model = _model()
-  variables, records, (train_idx, val_idx) = BlockCheckpointer(directory).restore(
-      model.init(jax.random.PRNGKey(0)))
+  variables, records, (train_idx, val_idx) = BlockCheckpointer(directory).restore(model.init(jax.random.PRNGKey(0)))
   chex.assert_trees_all_equal(jax.device_get(run.variables), variables)
-  assert [r.learned for r in records] == [r.learned for r in run.records]
+  assert [r["learned"] for r in records] == [r.learned for r in run.records]
   assert len(train_idx) == run.records[2].train_samples - run.records[2].learned
   assert np.all(np.diff(train_idx) > 0)  # still sorted indices into the training arrays
   # corrupt block 1's files: the error names the block, nothing silently falls back to random weights
@@ -141,8 +166,9 @@ def test_end_to_end_trains_only_the_backbone_and_final_exit(blobs):
   for k in range(2):  # intermediate exits and all commitment heads are untouched
     chex.assert_trees_all_equal(run.variables[k]["params"]["exit_head"], init[k]["params"]["exit_head"])
   chex.assert_trees_all_equal(run.variables[2]["params"]["commit_head"], init[2]["params"]["commit_head"])
-  assert not np.allclose(run.variables[2]["params"]["exit_head"]["out"]["kernel"],
-                         init[2]["params"]["exit_head"]["out"]["kernel"])
+  assert not np.allclose(
+    run.variables[2]["params"]["exit_head"]["out"]["kernel"], init[2]["params"]["exit_head"]["out"]["kernel"]
+  )
   assert run.training_flops == run.epochs * (len(y) * 3 + len(vy)) * model.end_to_end_cost()
 
 

@@ -7,16 +7,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quicknets_jax import losses, models
-from quicknets_jax.flops import xla_flops
-from quicknets_jax.models.base import Block, split_variables
-from quicknets_jax.checkpoint import BlockCheckpointer
-from quicknets_jax.quicknet import (QuickNetConfig, _block_mask, _seeded_mask, _seeded_subset, feature_cache_bytes,
-                                    learned_mask, predict_exits, train_quicknet, uses_feature_cache)
-from quicknets_jax.train import FitConfig, FitData, Objective, fit
+from quicknets_jax import models
+from quicknets_jax.algorithms.finetune import finetune_quicknet
+from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.quicknet import (
+  QuickNetConfig,
+  feature_cache_bytes,
+  learned_mask,
+  train_quicknet,
+  uses_feature_cache,
+)
+from quicknets_jax.core.costs import xla_flops
+from quicknets_jax.data.sampling import seeded_mask, seeded_subset
+from quicknets_jax.models.base import Block, parts_mask, split_variables
+from quicknets_jax.runs import ablation
+from quicknets_jax.training import losses
+from quicknets_jax.training.checkpoint import BlockCheckpointer
+from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.trainer import FitData, Objective, fit
 
-SMALL = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=2), commit_fit=FitConfig(
-    batch_size=64, max_epochs=2, balanced_sampling=False), train_threshold=0.5)
+SMALL = QuickNetConfig(
+  fit=FitConfig(batch_size=64, max_epochs=2),
+  commit_fit=FitConfig(batch_size=64, max_epochs=2, balanced_sampling=False),
+  train_threshold=0.5,
+)
 
 
 def _model(**kwargs):
@@ -33,12 +47,15 @@ def faithful(blobs):
   return _train(blobs, SMALL)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(budget="epochs"), "budget must be one of"),
     (dict(budget_patience=0), "budget_patience"),
     (dict(commit_holdout=1.0), "commit_holdout must be in"),
     (dict(keep_learned=-0.1), "keep_learned must be in"),
-])
+  ],
+)
 def test_bad_lever_values_are_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):
     QuickNetConfig(**kwargs)
@@ -53,13 +70,13 @@ def test_bad_monitor_is_refused():
 
 def test_seeded_subsets_are_deterministic_and_sized():
   key = jax.random.PRNGKey(3)
-  a, b = _seeded_subset(100, 0.2, key), _seeded_subset(100, 0.2, key)
+  a, b = seeded_subset(100, 0.2, key), seeded_subset(100, 0.2, key)
   np.testing.assert_array_equal(a, b)
   assert len(a) == 20 and len(np.unique(a)) == 20 and np.all(np.diff(a) > 0)
-  assert len(_seeded_subset(100, 0.0, key)) == 0
+  assert len(seeded_subset(100, 0.0, key)) == 0
   mask = np.zeros(50, bool)
   mask[::2] = True
-  chosen = _seeded_mask(mask, 0.4, key)
+  chosen = seeded_mask(mask, 0.4, key)
   assert chosen.sum() == 10 and not np.any(chosen & ~mask)
 
 
@@ -71,11 +88,11 @@ def test_block_loss_with_learned_threshold_reports_confident_correct_samples():
   x = jax.random.normal(jax.random.PRNGKey(1), (32, 6, 6, 1))
   y = jnp.zeros(32, jnp.int32)
   plain = losses.block_loss(block)(params, state, x, y, None, False)
-  strict = losses.block_loss(block, 0.99)(params, state, x, y, None, False)
+  strict = losses.block_loss(block, learned_threshold=0.99)(params, state, x, y, None, False)
   np.testing.assert_allclose(plain[0], strict[0])  # the loss itself does not change
   # an untrained exit is never confident above 0.99: nothing counts as learned
   assert float(jnp.sum(strict[1])) == 0.0 and float(jnp.sum(plain[1])) > 0
-  loose = losses.block_loss(block, 0.0)(params, state, x, y, None, False)
+  loose = losses.block_loss(block, learned_threshold=0.0)(params, state, x, y, None, False)
   np.testing.assert_array_equal(loose[1], plain[1])
 
 
@@ -83,9 +100,15 @@ def test_monitoring_accuracy_keeps_the_most_accurate_epoch(blobs):
   x, y, vx, vy = blobs
   model = _model()
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
-  objective = Objective(losses.block_loss(model.blocks[0]), _block_mask(params, ("subnet", "exit_head")))
-  data = FitData(jnp.asarray(x), jnp.asarray(y), jnp.arange(len(y), dtype=jnp.int32), jnp.asarray(y),
-                 jnp.asarray(vx), jnp.asarray(vy))
+  objective = Objective(losses.block_loss(model.blocks[0]), parts_mask(params, ("subnet", "exit_head")))
+  data = FitData(
+    jnp.asarray(x),
+    jnp.asarray(y),
+    jnp.arange(len(y), dtype=jnp.int32),
+    jnp.asarray(y),
+    jnp.asarray(vx),
+    jnp.asarray(vy),
+  )
   config = FitConfig(batch_size=64, max_epochs=6, monitor="val_accuracy", early_stop_patience=2)
   result = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
   accuracies = [r["val_accuracy"] for r in result.history]
@@ -100,8 +123,13 @@ def test_monitoring_accuracy_keeps_the_most_accurate_epoch(blobs):
 
 
 def test_learned_set_budget_changes_only_the_stopping_rule(blobs, faithful):
-  config = dataclasses.replace(SMALL, fit=dataclasses.replace(SMALL.fit, max_epochs=5), budget="learned_set",
-                               budget_min_delta=0.999, budget_patience=1)
+  config = dataclasses.replace(
+    SMALL,
+    fit=dataclasses.replace(SMALL.fit, max_epochs=5),
+    budget="learned_set",
+    budget_min_delta=0.999,
+    budget_patience=1,
+  )
   run = _train(blobs, config)
   # with a growth no epoch can reach, every block stops after its second epoch of 5 (and keeps the better)
   assert [r.epochs for r in run.records] == [2] * len(run.records)
@@ -121,8 +149,10 @@ def test_commit_holdout_keeps_a_slice_out_of_block_training(blobs, faithful):
   assert r0.train_samples == len(y)  # the held-out slice is still part of T_0 ...
   assert r0.flops["block_training"] == r0.epochs * n_fit * 3 * (cost.subnet + cost.exit_head)  # ... not trained on
   assert r0.flops["commit_training"] == r0.commit_epochs * (len(y) - n_fit) * 3 * cost.commit_head
-  assert not np.allclose(run.variables[0]["params"]["subnet"]["dense_0"]["kernel"],
-                         faithful.variables[0]["params"]["subnet"]["dense_0"]["kernel"])
+  assert not np.allclose(
+    run.variables[0]["params"]["subnet"]["dense_0"]["kernel"],
+    faithful.variables[0]["params"]["subnet"]["dense_0"]["kernel"],
+  )
   # selection still covers all of T_0: the learned set is what the frozen block + head say
   probs, commit = predict_exits(model, run.variables[:1], x)
   assert int(np.sum(learned_mask(probs[0], commit[0], y, SMALL.train_threshold))) == r0.learned
@@ -141,8 +171,10 @@ def test_faithful_defaults_are_unchanged_by_the_levers_code(blobs, faithful):
   explicit = dataclasses.replace(SMALL, budget="val_loss", commit_holdout=0.0, keep_learned=0.0)
   run = _train(blobs, explicit)
   assert [r.learned for r in run.records] == [r.learned for r in faithful.records]
-  np.testing.assert_array_equal(run.variables[-1]["params"]["exit_head"]["out"]["kernel"],
-                                faithful.variables[-1]["params"]["exit_head"]["out"]["kernel"])
+  np.testing.assert_array_equal(
+    run.variables[-1]["params"]["exit_head"]["out"]["kernel"],
+    faithful.variables[-1]["params"]["exit_head"]["out"]["kernel"],
+  )
 
 
 def test_wider_later_blocks_shapes_and_flops():
@@ -164,8 +196,9 @@ def test_joint_finetune_trains_every_block_then_the_heads_and_counts_its_cost(bl
   x, y, vx, vy = blobs
   model = _model()
   config = dataclasses.replace(SMALL, finetune_epochs=1)
-  run = train_quicknet(model, x, y, vx, vy, config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"),
-                       log=lambda m: None)
+  run = train_quicknet(
+    model, x, y, vx, vy, config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"), log=lambda m: None
+  )
   assert run.finetune["epochs"] == 1 and len(run.finetune["commit_epochs"]) == 3
   # the block-wise part is the faithful run's, bit for bit; fine-tuning comes on top
   assert [r.learned for r in run.records] == [r.learned for r in faithful.records]
@@ -175,12 +208,48 @@ def test_joint_finetune_trains_every_block_then_the_heads_and_counts_its_cost(bl
   assert run.training_flops == pytest.approx(faithful.training_flops + sum(run.finetune["flops"].values()))
   for j in range(3):
     for part in ("subnet", "commit_head"):
-      assert not np.allclose(jax.tree.leaves(run.variables[j]["params"][part])[0],
-                             jax.tree.leaves(faithful.variables[j]["params"][part])[0])
+      assert not np.allclose(
+        jax.tree.leaves(run.variables[j]["params"][part])[0], jax.tree.leaves(faithful.variables[j]["params"][part])[0]
+      )
   # a rerun on the same checkpoints restores the blocks and the finished fine-tuning: same variables
-  again = train_quicknet(model, x, y, vx, vy, config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"),
-                         log=lambda m: None)
+  again = train_quicknet(
+    model, x, y, vx, vy, config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"), log=lambda m: None
+  )
   for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(run.variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_joint_loss_augments_the_images_it_trains_on(blobs):
+  """The bug this guards against: QuickNet+ fine-tuning trained without --augment (its joint loss never
+  read the augmentation), while the blocks it fine-tunes had trained with it."""
+  x, y, _, _ = blobs
+  model = _model()
+  params, state = (list(t) for t in zip(*(split_variables(v) for v in model.init(jax.random.PRNGKey(0)))))
+  xb, yb, rng = jnp.asarray(x[:64]), jnp.asarray(y[:64]), jax.random.PRNGKey(5)
+  plain = losses.joint_loss(model, [1.0, 1.0])(params, state, xb, yb, rng, True)[0]
+  augmented = losses.joint_loss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, rng, True)[0]
+  assert not np.allclose(plain, augmented)
+  # evaluation never augments
+  evaluated = losses.joint_loss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, None, False)[0]
+  np.testing.assert_allclose(evaluated, losses.joint_loss(model, [1.0, 1.0])(params, state, xb, yb, None, False)[0])
+
+
+def test_finetuning_follows_the_runs_augmentation(blobs, faithful):
+  x, y, vx, vy = blobs
+  model = _model()
+  plain = dataclasses.replace(SMALL, cache_features=False, finetune_epochs=1)
+  augmented = dataclasses.replace(plain, fit=dataclasses.replace(plain.fit, augment=True))
+  key = jax.random.PRNGKey(2)
+  tuned = [
+    finetune_quicknet(model, faithful.variables, x, y, vx, vy, c, key, log=lambda m: None)
+    for c in (plain, augmented, augmented)
+  ]
+  (plain_vars, plain_record), (aug_vars, aug_record), (again_vars, _) = tuned
+  assert plain_record["history"][0]["train_loss"] != aug_record["history"][0]["train_loss"]
+  assert not np.allclose(
+    plain_vars[0]["params"]["subnet"]["dense_0"]["kernel"], aug_vars[0]["params"]["subnet"]["dense_0"]["kernel"]
+  )
+  for a, b in zip(jax.tree.leaves(aug_vars), jax.tree.leaves(again_vars)):  # the augmentation is seeded
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -192,12 +261,17 @@ def test_feature_cache_budget_falls_back_to_recomputation(blobs):
   assert uses_feature_cache(model, 0, dataclasses.replace(SMALL, feature_cache_mb=0.0), len(y), len(vy))
   assert not uses_feature_cache(model, 1, dataclasses.replace(SMALL, feature_cache_mb=0.1), len(y), len(vy))
   assert uses_feature_cache(model, 1, dataclasses.replace(SMALL, feature_cache_mb=0.2), len(y), len(vy))
-  short = dataclasses.replace(SMALL, fit=dataclasses.replace(SMALL.fit, max_epochs=1),
-                              commit_fit=dataclasses.replace(SMALL.commit_fit, max_epochs=1))
-  over = train_quicknet(model, x, y, vx, vy, dataclasses.replace(short, feature_cache_mb=0.1), seed=0,
-                        log=lambda m: None)
-  off = train_quicknet(model, x, y, vx, vy, dataclasses.replace(short, cache_features=False), seed=0,
-                       log=lambda m: None)
+  short = dataclasses.replace(
+    SMALL,
+    fit=dataclasses.replace(SMALL.fit, max_epochs=1),
+    commit_fit=dataclasses.replace(SMALL.commit_fit, max_epochs=1),
+  )
+  over = train_quicknet(
+    model, x, y, vx, vy, dataclasses.replace(short, feature_cache_mb=0.1), seed=0, log=lambda m: None
+  )
+  off = train_quicknet(
+    model, x, y, vx, vy, dataclasses.replace(short, cache_features=False), seed=0, log=lambda m: None
+  )
   assert [r.flops for r in over.records] == [r.flops for r in off.records]  # the recompute path, counted so
   assert [r.learned for r in over.records] == [r.learned for r in off.records]
   with pytest.raises(ValueError, match="feature_cache_mb"):
@@ -210,7 +284,6 @@ def _seed_curves(commit_acc, conf_acc, costs=(0.8, 0.9, 1.0)):
 
 
 def test_ablation_choice_uses_validation_only_and_margins_read_the_curves():
-  from experiments import quicknet_plus as ablation
   results = lambda val, test: {"quicknet": {"val_accuracy_at_threshold": val, "test_accuracy": test}}
   faithful = results(0.89, 0.88)
   levers = {"budget": results(0.85, 0.99), "holdout": results(0.90, 0.10), "soft_removal": results(0.88, 0.99)}
@@ -221,4 +294,4 @@ def test_ablation_choice_uses_validation_only_and_margins_read_the_curves():
   below = [_seed_curves([0.8, 0.85, 0.9], [0.9, 0.9, 0.9])]
   assert ablation.commitment_margin(below, full_cost=1.0) == pytest.approx(-0.1)
   # mean accuracy over the curve's cost range: trapezoids of (0.8, 0.85, 0.9) over [0.8, 1.0]
-  assert ablation._shared_range_mean(below, full_cost=1.0) == pytest.approx(0.85)
+  assert ablation.curve_mean_accuracy(below, full_cost=1.0) == pytest.approx(0.85)

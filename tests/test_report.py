@@ -12,7 +12,8 @@ import pytest
 from matplotlib.container import BarContainer
 from test_metrics import CLASS_NAMES, tiny_run
 
-from quicknets_jax import figures, report
+from quicknets_jax.reporting import figures
+from quicknets_jax.runs import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,10 +29,21 @@ def _bars(ax):
 def test_cli_writes_every_figure_and_results_md(tmp_path):
   workdir = tiny_run()
   figures_dir = tmp_path / "figs"
-  proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--workdir={workdir}",
-                         f"--figures_dir={figures_dir}", f"--results_md={tmp_path / 'results.md'}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "PYTHONPATH": ROOT})
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.report",
+      f"--workdir={workdir}",
+      f"--figures_dir={figures_dir}",
+      f"--results_md={tmp_path / 'results.md'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   for name in figures.FIGURE_FILES.values():
     path = figures_dir / name
@@ -90,8 +102,12 @@ def test_report_on_a_run_from_before_the_metrics_log(tmp_path):
   run = _copy_run(tmp_path)
 
   def strip_quicknet(d):
-    for key in ("test_accuracy_after_block", "exit_threshold_after_block", "test_exit_counts_per_class",
-                "test_correct_counts_per_class"):
+    for key in (
+      "test_accuracy_after_block",
+      "exit_threshold_after_block",
+      "test_exit_counts_per_class",
+      "test_correct_counts_per_class",
+    ):
       d.pop(key)
 
   def strip_e2e(d):
@@ -107,8 +123,10 @@ def test_report_on_a_run_from_before_the_metrics_log(tmp_path):
   assert "re-run" in out["skipped"]["exits_per_class"]
   assert "No exits per class figure" in (run / "results.md").read_text()
   accuracy = figures.training_figure(report.load_workdir(str(run))).axes[3]
-  assert _legend(accuracy) == ["end-to-end, each epoch (validation split: run logged no test accuracy)",
-                               "QuickNet, after first and last block"]
+  assert _legend(accuracy) == [
+    "end-to-end, each epoch (validation split: run logged no test accuracy)",
+    "QuickNet, after first and last block",
+  ]
 
 
 def test_report_on_an_interrupted_run(tmp_path):

@@ -9,18 +9,24 @@ import tempfile
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
+from benchmarks import fault_injection
 from benchmarks.fault_injection import untimed as _untimed
 from quicknets_jax import models
-from quicknets_jax.checkpoint import BlockCheckpointer, FitCheckpointer
-from quicknets_jax.quicknet import QuickNetConfig, train_end_to_end, train_quicknet
-from quicknets_jax.train import FitConfig, FitState
+from quicknets_jax.algorithms.end_to_end import train_end_to_end
+from quicknets_jax.algorithms.events import Events
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
+from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
+from quicknets_jax.training.schedule import FitConfig, FitState
+from quicknets_jax.training.trainer import Objective, init_fit_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=3), commit_fit=FitConfig(
-    batch_size=64, max_epochs=3, balanced_sampling=False), train_threshold=0.5)
+SMALL = QuickNetConfig(
+  fit=FitConfig(batch_size=64, max_epochs=3),
+  commit_fit=FitConfig(batch_size=64, max_epochs=3, balanced_sampling=False),
+  train_threshold=0.5,
+)
 
 
 class Interrupt(Exception):
@@ -31,9 +37,19 @@ def _model():
   return models.mlp((6, 6, 1), 4, width=16, num_blocks=2)
 
 
-def _annotate(kind, state, record):
-  """A callback that adds to the epoch's record, as metric trackers do; the addition must survive."""
-  record["note"] = f"{kind} {record['epoch']}"
+class Annotate(Events):
+  """Adds to each epoch's record, as metric trackers do (the addition must survive a resume); with
+  `stop_when(event)`, raises Interrupt after annotating the epoch it is true for; `seen` collects
+  (phase, epoch) of every epoch it is told of."""
+
+  def __init__(self, stop_when=lambda event: False):
+    self.stop_when, self.seen = stop_when, []
+
+  def epoch_done(self, event):
+    event.record["note"] = f"{event.phase} {event.record['epoch']}"
+    self.seen.append((event.phase, event.record["epoch"]))
+    if self.stop_when(event):
+      raise Interrupt
 
 
 def _records(run):
@@ -44,8 +60,18 @@ def _records(run):
 def reference(blobs, tmp_path_factory):
   x, y, vx, vy = blobs
   directory = tmp_path_factory.mktemp("reference")
-  run = train_quicknet(_model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(directory),
-                       log=lambda m: None, on_epoch=_annotate)
+  run = train_quicknet(
+    _model(),
+    x,
+    y,
+    vx,
+    vy,
+    SMALL,
+    seed=5,
+    checkpointer=BlockCheckpointer(directory),
+    log=lambda m: None,
+    events=Annotate(),
+  )
   return run, directory
 
 
@@ -53,24 +79,27 @@ def reference(blobs, tmp_path_factory):
 def test_stop_after_any_epoch_resumes_bit_identically(blobs, reference, tmp_path, kind, block, epoch):
   x, y, vx, vy = blobs
   full, _ = reference
-  seen = {"block": -1, "commitment": -1}
-
-  def stop(k, state, record):
-    _annotate(k, state, record)
-    if k == "block" and record["epoch"] == 1:
-      seen["block"] += 1  # the block fit's first epoch: a new block started
-    if k == kind and seen["block"] == block and record["epoch"] == epoch:
-      raise Interrupt
-
+  stop = Annotate(lambda event: (event.phase, event.block, event.record["epoch"]) == (kind, block, epoch))
   with pytest.raises(Interrupt):
-    train_quicknet(_model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(tmp_path),
-                   log=lambda m: None, on_epoch=stop)
+    train_quicknet(
+      _model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(tmp_path), log=lambda m: None, events=stop
+    )
   # the epoch the callback saw reached the disk: the stop cost nothing
   assert FitCheckpointer(tmp_path / "in_progress" / f"{kind}_{block}").latest_epoch() == epoch
-  messages, epochs_run = [], []
-  resumed = train_quicknet(_model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(tmp_path),
-                           log=messages.append,
-                           on_epoch=lambda k, s, r: (_annotate(k, s, r), epochs_run.append((k, r["epoch"]))))
+  messages, listener = [], Annotate()
+  resumed = train_quicknet(
+    _model(),
+    x,
+    y,
+    vx,
+    vy,
+    SMALL,
+    seed=5,
+    checkpointer=BlockCheckpointer(tmp_path),
+    log=messages.append,
+    events=listener,
+  )
+  epochs_run = listener.seen
   name = f"block {block}" if kind == "block" else f"commitment head {block}"
   assert any(m.startswith(f"{name}: resumed after epoch {epoch}") for m in messages), messages
   # nothing saved runs again: for a commitment fit, the finished block fit came back from disk
@@ -84,59 +113,108 @@ def test_stop_after_any_epoch_resumes_bit_identically(blobs, reference, tmp_path
 def test_end_to_end_resumes_bit_identically(blobs, tmp_path):
   x, y, vx, vy = blobs
   model, config = _model(), FitConfig(batch_size=64, max_epochs=4)
-  full = train_end_to_end(model, x, y, vx, vy, config, seed=2, log=lambda m: None, on_epoch=_annotate,
-                          checkpointer=FitCheckpointer(tmp_path / "full", "end-to-end"))
-
-  def stop(kind, state, record):
-    _annotate(kind, state, record)
-    if record["epoch"] == 2:
-      raise Interrupt
-
+  full = train_end_to_end(
+    model,
+    x,
+    y,
+    vx,
+    vy,
+    config,
+    seed=2,
+    log=lambda m: None,
+    events=Annotate(),
+    checkpoint=FitCheckpointer(tmp_path / "full", "end-to-end"),
+  )
   with pytest.raises(Interrupt):
-    train_end_to_end(model, x, y, vx, vy, config, seed=2, log=lambda m: None, on_epoch=stop,
-                     checkpointer=FitCheckpointer(tmp_path / "cut", "end-to-end"))
+    train_end_to_end(
+      model,
+      x,
+      y,
+      vx,
+      vy,
+      config,
+      seed=2,
+      log=lambda m: None,
+      events=Annotate(lambda event: event.record["epoch"] == 2),
+      checkpoint=FitCheckpointer(tmp_path / "cut", "end-to-end"),
+    )
   messages = []
-  resumed = train_end_to_end(model, x, y, vx, vy, config, seed=2, log=messages.append, on_epoch=_annotate,
-                             checkpointer=FitCheckpointer(tmp_path / "cut", "end-to-end"))
+  resumed = train_end_to_end(
+    model,
+    x,
+    y,
+    vx,
+    vy,
+    config,
+    seed=2,
+    log=messages.append,
+    events=Annotate(),
+    checkpoint=FitCheckpointer(tmp_path / "cut", "end-to-end"),
+  )
   assert any("end-to-end: resumed after epoch 2" in m for m in messages)
   chex.assert_trees_all_equal(jax.device_get(full.variables), jax.device_get(resumed.variables))
   assert _untimed(full.history) == _untimed(resumed.history)
-  assert (full.epochs, full.best_epoch, full.training_flops) == (resumed.epochs, resumed.best_epoch,
-                                                                 resumed.training_flops)
+  assert (full.epochs, full.best_epoch, full.training_flops) == (
+    resumed.epochs,
+    resumed.best_epoch,
+    resumed.training_flops,
+  )
   assert resumed.seconds >= sum(r["seconds"] for r in resumed.history[:2])  # restored epochs still count
 
 
 def test_fit_state_round_trip_is_exact(tmp_path):
   params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.zeros(3)}
-  from quicknets_jax.train import Objective, init_fit_state
   objective = Objective(lambda *a: None, {"w": True, "b": False})
   state = init_fit_state(objective, params, {}, FitConfig(learning_rate=3e-4))
-  state = dataclasses.replace(state, best_val_loss=0.1 + 0.2, best_epoch=3, learning_rate=3e-4 * 0.5,
-                              epoch=4, epochs_since_best=1, plateau_bad_epochs=1, stopped=False,
-                              history=[{"epoch": 4, "val_loss": 1 / 3}])
+  state = dataclasses.replace(
+    state,
+    best_val_loss=0.1 + 0.2,
+    best_epoch=3,
+    learning_rate=3e-4 * 0.5,
+    epoch=4,
+    epochs_since_best=1,
+    plateau_bad_epochs=1,
+    stopped=False,
+    history=[{"epoch": 4, "val_loss": 1 / 3}],
+  )
   ckpt = FitCheckpointer(tmp_path, "toy")
   ckpt.save(state)
   back = ckpt.restore(init_fit_state(objective, params, {}, FitConfig()))
   chex.assert_trees_all_equal(jax.device_get(state.params), back.params)
   chex.assert_trees_all_equal(jax.device_get(state.opt_state), back.opt_state)
   assert jax.tree.structure(back.opt_state) == jax.tree.structure(state.opt_state)
-  for field in ("best_val_loss", "best_epoch", "learning_rate", "epoch", "epochs_since_best",
-                "plateau_bad_epochs", "stopped", "history"):
+  for field in (
+    "best_val_loss",
+    "best_epoch",
+    "learning_rate",
+    "epoch",
+    "epochs_since_best",
+    "plateau_bad_epochs",
+    "stopped",
+    "history",
+  ):
     assert getattr(back, field) == getattr(state, field), field
   assert isinstance(back, FitState)
 
 
 def test_fault_injection_small(tmp_path):
   """Two SIGKILLs (one at a random moment, one while a checkpoint is being written), then a resume."""
-  from benchmarks import fault_injection
   data_dir = tmp_path / "data"
   fault_injection.write_tiny_idx(str(data_dir))
-  flags = [f"--data_dir={data_dir}", "--dataset=mnist", "--width=8", "--num_blocks=2", "--seeds=0",
-           "--max_epochs=2", "--eval_batch_size=256"]
+  flags = [
+    f"--data_dir={data_dir}",
+    "--dataset=mnist",
+    "--width=8",
+    "--num_blocks=2",
+    "--seeds=0",
+    "--max_epochs=2",
+    "--eval_batch_size=256",
+  ]
   lines = []
   # compiles dominate these tiny runs; a cache kept across test sessions pays them once per machine
   cache = os.path.join(tempfile.gettempdir(), "quicknets_jax_fault_injection_xla_cache")
-  summary = fault_injection.run_trials(flags, trials=1, kills_per_trial=2, root=str(tmp_path / "runs"),
-                                       seed=0, log=lines.append, compilation_cache=cache)
+  summary = fault_injection.run_trials(
+    flags, trials=1, kills_per_trial=2, root=str(tmp_path / "runs"), seed=0, log=lines.append, compilation_cache=cache
+  )
   assert summary["identical"] == 1 and summary["kills"] == 2, lines
   assert lines[-1] == "1/1 identical"

@@ -1,16 +1,32 @@
 """SDN joint training through the one trainer (weights schedule, epoch hook), commitment heads on a
 frozen multi-exit network, and the ResNet-56 SDN: exits' placement, shapes and FLOPs against XLA."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quicknets_jax import flops, losses, models, sdn
+from quicknets_jax import models
+from quicknets_jax.algorithms import sdn
+from quicknets_jax.algorithms.commitment import train_commitment_heads
+from quicknets_jax.algorithms.config import SDNConfig
+from quicknets_jax.core import costs as flops
 from quicknets_jax.models.base import Block
-from quicknets_jax.models.resnet_sdn import SDN_RESNET56_EXITS, BasicBlock, default_exits, resnet_sdn
-from quicknets_jax.train import FitConfig, FitData, Objective, fit
+from quicknets_jax.models.resnet_sdn import (
+  SDN_RESNET56_EXITS,
+  BasicBlock,
+  _basic_block_flops,
+  default_exits,
+  resnet_sdn,
+)
+from quicknets_jax.runs.config import StudyConfig
+from quicknets_jax.runs.study import run_study
+from quicknets_jax.training import losses
+from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.trainer import FitData, Objective, fit
 
 SDN_MAX = np.array([0.15, 0.3, 0.45, 0.6, 0.75, 0.9])
 
@@ -39,8 +55,8 @@ def test_loss_weights_follow_sdn_schedule():
 def test_config_checks_weights_per_internal_exit():
   model = models.mlp((4,), 3, width=5, num_blocks=3)
   with pytest.raises(ValueError, match="one weight per internal exit"):
-    sdn.SDNConfig(max_weights=(0.5,)).weights_for(model)
-  assert sdn.SDNConfig(fit=FitConfig(max_epochs=7)).ramp() == 7
+    SDNConfig(max_weights=(0.5,)).weights_for(model.num_blocks - 1)
+  assert SDNConfig().ramp(FitConfig(max_epochs=7)) == 7 and SDNConfig(ramp_epochs=3).ramp(FitConfig()) == 3
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +91,14 @@ def _toy_data(n=64, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(n, 3)).astype(np.float32)
   y = (x[:, 0] > 0).astype(np.int32)
-  return FitData(jnp.asarray(x), jnp.asarray(y), jnp.arange(n, dtype=jnp.int32), jnp.asarray(y),
-                 jnp.asarray(x[:16]), jnp.asarray(y[:16]))
+  return FitData(
+    jnp.asarray(x),
+    jnp.asarray(y),
+    jnp.arange(n, dtype=jnp.int32),
+    jnp.asarray(y),
+    jnp.asarray(x[:16]),
+    jnp.asarray(y[:16]),
+  )
 
 
 def _linear_loss(params, state, x, y, rng, train, hparams=None):
@@ -107,8 +129,15 @@ def test_epoch_hook_changes_nothing_else():
   data, config = _toy_data(), FitConfig(max_epochs=3, batch_size=16)
   params = {"w": jnp.zeros((3, 2))}
   plain = fit(Objective(_linear_loss), params, {}, data, config, jax.random.PRNGKey(3), num_classes=2)
-  hooked = fit(Objective(_linear_loss, epoch_hparams=lambda e: {"scale": np.float32(1.0)}), params, {}, data,
-               config, jax.random.PRNGKey(3), num_classes=2)
+  hooked = fit(
+    Objective(_linear_loss, epoch_hparams=lambda e: {"scale": np.float32(1.0)}),
+    params,
+    {},
+    data,
+    config,
+    jax.random.PRNGKey(3),
+    num_classes=2,
+  )
   chex.assert_trees_all_equal(plain.params, hooked.params)
   assert [r["train_loss"] for r in plain.history] == [r["train_loss"] for r in hooked.history]
 
@@ -120,8 +149,17 @@ def test_epoch_hook_changes_nothing_else():
 def joint_run(blobs, small):
   model, _ = small
   x, y, vx, vy = blobs
-  config = sdn.SDNConfig(fit=FitConfig(max_epochs=2, batch_size=128), ramp_epochs=2)
-  run = sdn.train_joint(model, x, y, vx, vy, config, seed=0, log=lambda m: None)
+  run = sdn.train_joint(
+    model,
+    x,
+    y,
+    vx,
+    vy,
+    FitConfig(max_epochs=2, batch_size=128),
+    seed=0,
+    config=SDNConfig(ramp_epochs=2),
+    log=lambda m: None,
+  )
   return model, run
 
 
@@ -129,21 +167,28 @@ def test_joint_training_trains_exits_not_commitment_heads(joint_run):
   model, run = joint_run
   init = model.init(jax.random.fold_in(jax.random.PRNGKey(0), 0))  # train_joint's initialisation
   assert run.epochs == 2 and len(run.variables) == 3
-  np.testing.assert_allclose([r["loss_weights"] for r in run.history], [[0.235, 0.46], [0.45, 0.9]],
-                             rtol=1e-6)
+  np.testing.assert_allclose([r["loss_weights"] for r in run.history], [[0.235, 0.46], [0.45, 0.9]], rtol=1e-6)
   for v, v0 in zip(run.variables, init):
     chex.assert_trees_all_equal(v["params"]["commit_head"], v0["params"]["commit_head"])
     assert not np.allclose(v["params"]["exit_head"]["out"]["kernel"], v0["params"]["exit_head"]["out"]["kernel"])
-  forward = sdn.joint_forward_cost(model)
+  forward = flops.joint_forward_cost(model.block_costs)
   assert run.flops["training"] == pytest.approx(2 * 1200 * 3 * forward)
 
 
 def test_commitment_heads_on_frozen_network(joint_run, blobs):
   model, run = joint_run
   x, y, vx, vy = blobs
-  heads = sdn.train_commitment_heads(model, run.variables, x, y, vx, vy,
-                                     FitConfig(max_epochs=1, batch_size=128, balanced_sampling=False),
-                                     jax.random.PRNGKey(5), log=lambda m: None)
+  heads = train_commitment_heads(
+    model,
+    run.variables,
+    x,
+    y,
+    vx,
+    vy,
+    FitConfig(max_epochs=1, batch_size=128, balanced_sampling=False),
+    jax.random.PRNGKey(5),
+    log=lambda m: None,
+  )
   assert len(heads.records) == 3 and heads.training_flops > 0
   for new, old, record in zip(heads.variables, run.variables, heads.records):
     chex.assert_trees_all_equal(new["params"]["subnet"], old["params"]["subnet"])
@@ -171,7 +216,9 @@ def test_resnet56_exits_sit_where_sdn_puts_them(resnet56):
   assert np.cumsum(basic_per_block).tolist() == [4, 8, 12, 16, 20, 24, 27]
   assert "stem_conv" in shapes[0]["params"]["subnet"] and "stem_conv" not in shapes[1]["params"]["subnet"]
   # six mixed-pooling internal classifiers (α), and SDN's average-pool + linear final exit
-  assert all("alpha" in s["params"]["exit_head"] for s in shapes[:6]) and "alpha" not in shapes[6]["params"]["exit_head"]
+  assert (
+    all("alpha" in s["params"]["exit_head"] for s in shapes[:6]) and "alpha" not in shapes[6]["params"]["exit_head"]
+  )
 
 
 def test_resnet56_layers_and_shapes(resnet56):
@@ -193,12 +240,13 @@ def test_resnet56_layers_and_shapes(resnet56):
 
 @pytest.mark.parametrize("size,cin,cout,stride", [(32, 16, 16, 1), (32, 16, 32, 2), (8, 64, 64, 1)])
 def test_basic_block_flops_match_xla_exactly(size, cin, cout, stride):
-  from quicknets_jax.models.resnet_sdn import _basic_block_flops
   block = BasicBlock(cout, stride)
   x = jax.ShapeDtypeStruct((1, size, size, cin), jnp.float32)
   variables = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
-  assert flops.xla_flops(lambda v, a: block.apply(v, a), variables, x) == _basic_block_flops((size, size), cin, cout,
-                                                                                            stride)[0]
+  assert (
+    flops.xla_flops(lambda v, a: block.apply(v, a), variables, x)
+    == _basic_block_flops((size, size), cin, cout, stride)[0]
+  )
 
 
 def test_resnet56_block_flops_match_xla(resnet56):
@@ -233,13 +281,24 @@ def test_sdn_study_runs_on_a_stand_in_cifar_tarball(tmp_path):
   """experiments.sdn_cifar10's pipeline with no network: tarball in the real cifar-10-python format →
   load_dataset → joint training → commitment heads → study, on a tiny ResNet SDN (one block per stage)."""
   from experiments.sdn_cifar10 import write_smoke_tarball
-  from quicknets_jax.study import StudyConfig, run_study
+
   tarball = str(tmp_path / "cifar-10-python.tar.gz")
   write_smoke_tarball(tarball, num_train=120, num_test=40)
-  config = StudyConfig(dataset="cifar10", data_source="cifar_tar", data_dir=tarball, model="resnet_sdn",
-                       model_kwargs=(("blocks_per_stage", 1), ("channels", (4, 8, 8))), methods=("joint",),
-                       seeds=(0,), max_epochs=1, batch_size=32, eval_batch_size=64, calibration_thresholds=(0.5,),
-                       smoke=True)
+  config = StudyConfig().replace(
+    dataset="cifar10",
+    data_source="cifar_tar",
+    data_dir=tarball,
+    model="resnet_sdn",
+    blocks_per_stage=1,
+    stage_channels=(4, 8, 8),
+    methods=("joint",),
+    seeds=(0,),
+    max_epochs=1,
+    batch_size=32,
+    eval_batch_size=64,
+    calibration_thresholds=(0.5,),
+  )
+  config = dataclasses.replace(config, smoke=True)
   results = run_study(config, str(tmp_path / "run"), log=lambda m: None)
   assert results["smoke"] and "warning" in results and results["model"] == "resnet_sdn"
   assert results["num_train"] + results["num_val"] == 120 and results["num_test"] == 40

@@ -3,41 +3,45 @@
 import numpy as np
 import pytest
 
-from quicknets_jax import study
-from quicknets_jax.models.base import BlockCost
+from quicknets_jax.core import costs as cost_model
+from quicknets_jax.core import curves
+from quicknets_jax.core.costs import BlockCost
+from quicknets_jax.reporting import tables
+from quicknets_jax.runs import study
+from quicknets_jax.runs.config import StudyConfig
 
 
 def test_accuracy_at_budget_interpolates_between_neighbours():
   costs, acc = [3.0, 1.0, 2.0], [0.9, 0.5, 0.8]  # unsorted on purpose
-  assert study.accuracy_at_budget(costs, acc, 1.5) == pytest.approx(0.65)
-  assert study.accuracy_at_budget(costs, acc, 2.5) == pytest.approx(0.85)
-  assert study.accuracy_at_budget(costs, acc, 1.0) == pytest.approx(0.5)
-  assert study.accuracy_at_budget(costs, acc, 3.0) == pytest.approx(0.9)
+  assert curves.accuracy_at_budget(costs, acc, 1.5) == pytest.approx(0.65)
+  assert curves.accuracy_at_budget(costs, acc, 2.5) == pytest.approx(0.85)
+  assert curves.accuracy_at_budget(costs, acc, 1.0) == pytest.approx(0.5)
+  assert curves.accuracy_at_budget(costs, acc, 3.0) == pytest.approx(0.9)
 
 
 def test_accuracy_at_budget_outside_the_curve_is_none():
-  assert study.accuracy_at_budget([1.0, 2.0], [0.5, 0.6], 0.5) is None
-  assert study.accuracy_at_budget([1.0, 2.0], [0.5, 0.6], 2.5) is None
+  assert curves.accuracy_at_budget([1.0, 2.0], [0.5, 0.6], 0.5) is None
+  assert curves.accuracy_at_budget([1.0, 2.0], [0.5, 0.6], 2.5) is None
 
 
 def test_points_at_the_same_cost_are_averaged():
-  assert study.accuracy_at_budget([1.0, 1.0, 3.0], [0.4, 0.6, 0.9], 2.0) == pytest.approx(0.7)
+  assert curves.accuracy_at_budget([1.0, 1.0, 3.0], [0.4, 0.6, 0.9], 2.0) == pytest.approx(0.7)
 
 
 def test_area_under_curve_by_hand():
   # trapezoids: (1→2) (0.5+0.7)/2 = 0.6, (2→4) 2·(0.7+0.9)/2 = 1.6
   costs, acc = [1.0, 2.0, 4.0], [0.5, 0.7, 0.9]
-  assert study.area_under_curve(costs, acc) == pytest.approx(2.2)
+  assert curves.area_under_curve(costs, acc) == pytest.approx(2.2)
   # clipped to [1.5, 3]: (1.5→2) 0.5·(0.6+0.7)/2 + (2→3) (0.7+0.8)/2
-  assert study.area_under_curve(costs, acc, 1.5, 3.0) == pytest.approx(0.325 + 0.75)
-  assert study.area_under_curve([2.0], [0.7]) == 0.0
+  assert curves.area_under_curve(costs, acc, 1.5, 3.0) == pytest.approx(0.325 + 0.75)
+  assert curves.area_under_curve([2.0], [0.7]) == 0.0
   with pytest.raises(ValueError, match="curve"):
-    study.area_under_curve([], [])
+    curves.area_under_curve([], [])
 
 
 def test_compare_curves_budgets_and_shared_range():
-  curves = {"a": ([20.0, 100.0], [0.5, 0.9]), "b": ([40.0, 80.0], [0.6, 0.8])}
-  out = study.compare_curves(curves, full_cost=100.0, budgets=(0.25, 0.5, 0.75))
+  two = {"a": ([20.0, 100.0], [0.5, 0.9]), "b": ([40.0, 80.0], [0.6, 0.8])}
+  out = curves.compare_curves(two, full_cost=100.0, budgets=(0.25, 0.5, 0.75))
   assert out["matched_budget_accuracy"]["a"] == pytest.approx([0.525, 0.65, 0.775])
   assert out["matched_budget_accuracy"]["b"][0] is None
   assert out["matched_budget_accuracy"]["b"][1:] == pytest.approx([0.65, 0.775])
@@ -47,20 +51,22 @@ def test_compare_curves_budgets_and_shared_range():
   assert out["mean_accuracy_shared_range"]["a"] == pytest.approx(0.7)  # linear: mean = midpoint value
   assert out["mean_accuracy_shared_range"]["b"] == pytest.approx(0.7)
   with pytest.raises(ValueError, match="full_cost"):
-    study.compare_curves(curves, full_cost=0.0)
+    curves.compare_curves(two, full_cost=0.0)
 
 
 def test_cascade_costs_leave_commitment_heads_out_of_confidence_only_rules():
   costs = [BlockCost(10.0, 1.0, 2.0), BlockCost(20.0, 1.0, 2.0)]
-  assert study.cascade_costs(costs, False).tolist() == [11.0, 32.0]
-  assert study.cascade_costs(costs, True).tolist() == [13.0, 36.0]
+  assert cost_model.cascade_costs(costs, False).tolist() == [11.0, 32.0]
+  assert cost_model.cascade_costs(costs, True).tolist() == [13.0, 36.0]
 
 
 def _hand_made():
   # exit 0: sure and right on samples 0, 1; sure and WRONG on sample 2 (its commitment says no);
   # exit 1 is right everywhere but less sure.
-  probs = np.array([[[0.99, 0.01], [0.01, 0.99], [0.99, 0.01], [0.5, 0.5]],
-                    [[0.8, 0.2], [0.2, 0.8], [0.2, 0.8], [0.3, 0.7]]], np.float32)
+  probs = np.array(
+    [[[0.99, 0.01], [0.01, 0.99], [0.99, 0.01], [0.5, 0.5]], [[0.8, 0.2], [0.2, 0.8], [0.2, 0.8], [0.3, 0.7]]],
+    np.float32,
+  )
   commit = np.array([[1.0, 1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]], np.float32)
   labels = np.array([0, 1, 1, 1])
   costs = [BlockCost(10.0, 0.0, 1.0), BlockCost(10.0, 0.0, 1.0)]
@@ -87,26 +93,28 @@ def test_analyse_hand_made_network():
 
 
 def test_study_thresholds_span_both_ends():
-  t = study.study_thresholds()
+  t = curves.study_thresholds()
   assert t[0] == 0.0 and t[-1] == 1.0 and np.all(np.diff(t) > 0)
 
 
 def test_aggregate_and_markdown():
   probs, commit, labels, costs = _hand_made()
-  runs = [study.analyse(probs, commit, labels, costs, 20.0, thresholds=[0.0, 0.5, 1.0]),
-          study.analyse(probs[:, ::-1], commit[:, ::-1], labels[::-1], costs, 20.0, thresholds=[0.0, 0.5, 1.0])]
+  runs = [
+    study.analyse(probs, commit, labels, costs, 20.0, thresholds=[0.0, 0.5, 1.0]),
+    study.analyse(probs[:, ::-1], commit[:, ::-1], labels[::-1], costs, 20.0, thresholds=[0.0, 0.5, 1.0]),
+  ]
   agg = study.aggregate_analyses(runs)
   assert agg["auc"]["confidence"]["n"] == 2 and agg["auc"]["confidence"]["std"] == pytest.approx(0.0, abs=1e-9)
   assert len(agg["curves"]["commitment"]) == 3
   diff = agg["differences"]["commitment_minus_confidence"]["auc"]
   assert diff["mean"] == pytest.approx(runs[0]["auc"]["commitment"] - runs[0]["auc"]["confidence"])
   results = dict(dataset="toy", model="toy", seeds=[0, 1], joint=agg)
-  text = study.results_markdown(results)
+  text = tables.study_markdown(results)
   assert "commitment_minus_confidence" in text and "| 1 |" in text
 
 
 def test_study_config_refuses_bad_values():
   with pytest.raises(ValueError, match="methods"):
-    study.StudyConfig(methods=("sdn",))
+    StudyConfig(methods=("sdn",))
   with pytest.raises(ValueError, match="budgets"):
-    study.StudyConfig(budgets=(0.0,))
+    StudyConfig(budgets=(0.0,))

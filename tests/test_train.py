@@ -4,9 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quicknets_jax import losses, models
+from quicknets_jax import models
 from quicknets_jax.models.base import split_variables
-from quicknets_jax.train import FitConfig, FitData, Objective, fit
+from quicknets_jax.training import losses
+from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.trainer import FitData, Objective, fit, uses_convolution
 
 
 def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
@@ -14,8 +16,14 @@ def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
   model = models.mlp((6, 6, 1), 4, width=16, num_blocks=1)
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   before = jax.tree.map(np.asarray, params)
-  data = FitData(jnp.asarray(x), jnp.asarray(y), jnp.arange(len(y), dtype=jnp.int32), jnp.asarray(y),
-                 jnp.asarray(vx), jnp.asarray(vy))
+  data = FitData(
+    jnp.asarray(x),
+    jnp.asarray(y),
+    jnp.arange(len(y), dtype=jnp.int32),
+    jnp.asarray(y),
+    jnp.asarray(vx),
+    jnp.asarray(vy),
+  )
   objective = Objective(losses.block_loss(model.blocks[0]))
   # a learning rate this high makes later epochs worse than the first: best_params is an old epoch's
   config = FitConfig(batch_size=64, max_epochs=4, early_stop_patience=10, learning_rate=0.5)
@@ -36,15 +44,19 @@ def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
 def test_host_loop_epochs_equal_device_loop_epochs():
   """Convolutional models on CPU run each step from Python (XLA:CPU convolves slowly inside loops):
   the same steps, random streams and validation as the one-jit epoch."""
-  from quicknets_jax.train import uses_convolution
-  model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,16", classifier_width=16,
-                             augment="crop_flip")
+  model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,16", classifier_width=16)
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (100, 8, 8, 3)))
   y = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (100,), 0, 4), np.int32)
-  data = FitData(jnp.asarray(x), jnp.asarray(y), jnp.arange(90, dtype=jnp.int32), jnp.asarray(y[:90]),
-                 jnp.asarray(x[90:]), jnp.asarray(y[90:]))
-  objective = Objective(losses.block_loss(model.blocks[0]))
+  data = FitData(
+    jnp.asarray(x),
+    jnp.asarray(y),
+    jnp.arange(90, dtype=jnp.int32),
+    jnp.asarray(y[:90]),
+    jnp.asarray(x[90:]),
+    jnp.asarray(y[90:]),
+  )
+  objective = Objective(losses.block_loss(model.blocks[0], "crop_flip"))
   assert uses_convolution(objective.loss_fn, params, state, data.inputs, data.targets)
   mlp = models.mlp((8, 8, 3), 4, width=8, num_blocks=1)
   mlp_params, _ = split_variables(mlp.init(jax.random.PRNGKey(0))[0])

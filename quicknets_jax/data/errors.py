@@ -6,4 +6,4 @@ line and names the fix.
 
 
 class DataError(ValueError):
-    """A dataset file, directory, array or argument is missing, malformed or inconsistent."""
+  """A dataset file, directory, array or argument is missing, malformed or inconsistent."""

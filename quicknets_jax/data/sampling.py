@@ -1,8 +1,9 @@
 """Per-epoch sample orders for a working set T_j, optionally class-rebalanced (design §1, paper §3.2).
 
-Everything here is pure JAX and jittable with `num_classes` and `balanced` static, so a whole epoch's
-order can be drawn inside the jitted training loop. Positions index the working set (0..n-1); the
-caller maps them through its own index array into the full training arrays.
+The epoch draws are pure JAX and jittable with `num_classes` and `balanced` static, so a whole
+epoch's order can be drawn inside the jitted training loop. Positions index the working set (0..n-1);
+the caller maps them through its own index array into the full training arrays. `seeded_subset` and
+`seeded_mask` are the host-side seeded selections of QuickNet+ (a commitment holdout, soft removal).
 """
 
 from __future__ import annotations
@@ -11,56 +12,73 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def class_counts(labels: jax.Array, num_classes: int) -> jax.Array:
-    """Number of samples of each class in `labels`: int32 [num_classes]."""
-    return jnp.bincount(jnp.asarray(labels, jnp.int32).reshape(-1),
-                        length=num_classes).astype(jnp.int32)
+  """Number of samples of each class in `labels`: int32 [num_classes]."""
+  return jnp.bincount(jnp.asarray(labels, jnp.int32).reshape(-1), length=num_classes).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "balanced"))
 def draw_epoch(key: jax.Array, labels: jax.Array, num_classes: int, balanced: bool) -> jax.Array:
-    """One epoch's order of positions into a working set whose labels are `labels` ([n]).
+  """One epoch's order of positions into a working set whose labels are `labels` ([n]).
 
-    balanced=False: a random permutation of 0..n-1 (each sample once).
-    balanced=True: n draws with replacement, each sample weighted 1 / count(its class), so every
-    class present in `labels` is drawn equally often in expectation, whatever the imbalance.
-    Returns int32 [n].
-    """
-    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
-    n = labels.shape[0]
-    if n == 0:
-        return jnp.zeros((0,), jnp.int32)
-    if not balanced:
-        return jax.random.permutation(key, n).astype(jnp.int32)
-    counts = class_counts(labels, num_classes)
-    # Every label in `labels` has count >= 1, so the division is safe; the maximum guards stray
-    # out-of-range labels, which bincount drops.
-    weights = 1.0 / jnp.maximum(counts[jnp.clip(labels, 0, num_classes - 1)], 1).astype(jnp.float32)
-    # choice with p is an inverse-CDF search, O(n log n) memory-light; categorical with shape (n,)
-    # would materialise an n x n Gumbel matrix.
-    return jax.random.choice(key, n, shape=(n,), replace=True, p=weights / weights.sum()).astype(
-        jnp.int32)
+  balanced=False: a random permutation of 0..n-1 (each sample once).
+  balanced=True: n draws with replacement, each sample weighted 1 / count(its class), so every
+  class present in `labels` is drawn equally often in expectation, whatever the imbalance.
+  Returns int32 [n].
+  """
+  labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+  n = labels.shape[0]
+  if n == 0:
+    return jnp.zeros((0,), jnp.int32)
+  if not balanced:
+    return jax.random.permutation(key, n).astype(jnp.int32)
+  counts = class_counts(labels, num_classes)
+  # Every label in `labels` has count >= 1, so the division is safe; the maximum guards stray
+  # out-of-range labels, which bincount drops.
+  weights = 1.0 / jnp.maximum(counts[jnp.clip(labels, 0, num_classes - 1)], 1).astype(jnp.float32)
+  # choice with p is an inverse-CDF search, O(n log n) memory-light; categorical with shape (n,)
+  # would materialise an n x n Gumbel matrix.
+  return jax.random.choice(key, n, shape=(n,), replace=True, p=weights / weights.sum()).astype(jnp.int32)
 
 
-def draw_epoch_padded(key: jax.Array, labels: jax.Array, num_valid: jax.Array, num_classes: int,
-                      balanced: bool) -> jax.Array:
-    """`draw_epoch` over a working set padded to a fixed length: only the first `num_valid` rows exist.
+def draw_epoch_padded(
+  key: jax.Array, labels: jax.Array, num_valid: jax.Array, num_classes: int, balanced: bool
+) -> jax.Array:
+  """`draw_epoch` over a working set padded to a fixed length: only the first `num_valid` rows exist.
 
-    The length of `labels` is a bucket (so one compiled epoch serves every working-set size up to
-    it) and `num_valid` is traced. Returns int32 [len(labels)] positions whose first `num_valid`
-    entries are the epoch's order (all < num_valid); the rest are padding.
-    """
-    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
-    size = labels.shape[0]
-    valid = jnp.arange(size) < num_valid
-    if not balanced:
-        # a uniform random order of the valid rows, padding sorted behind them
-        keys = jnp.where(valid, jax.random.uniform(key, (size,)), 2.0)
-        return jnp.argsort(keys).astype(jnp.int32)
-    clipped = jnp.clip(labels, 0, num_classes - 1)
-    counts = jnp.zeros((num_classes,), jnp.float32).at[clipped].add(valid.astype(jnp.float32))
-    weights = jnp.where(valid, 1.0 / jnp.maximum(counts[clipped], 1.0), 0.0)
-    return jax.random.choice(key, size, shape=(size,), replace=True, p=weights / weights.sum()).astype(
-        jnp.int32)
+  The length of `labels` is a bucket (so one compiled epoch serves every working-set size up to
+  it) and `num_valid` is traced. Returns int32 [len(labels)] positions whose first `num_valid`
+  entries are the epoch's order (all < num_valid); the rest are padding.
+  """
+  labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+  size = labels.shape[0]
+  valid = jnp.arange(size) < num_valid
+  if not balanced:
+    # a uniform random order of the valid rows, padding sorted behind them
+    keys = jnp.where(valid, jax.random.uniform(key, (size,)), 2.0)
+    return jnp.argsort(keys).astype(jnp.int32)
+  clipped = jnp.clip(labels, 0, num_classes - 1)
+  counts = jnp.zeros((num_classes,), jnp.float32).at[clipped].add(valid.astype(jnp.float32))
+  weights = jnp.where(valid, 1.0 / jnp.maximum(counts[clipped], 1.0), 0.0)
+  return jax.random.choice(key, size, shape=(size,), replace=True, p=weights / weights.sum()).astype(jnp.int32)
+
+
+def seeded_subset(n: int, fraction: float, key: jax.Array) -> np.ndarray:
+  """Sorted positions of a seeded random `fraction` of range(n) (none when the fraction is 0); at
+  least one position is always left out, so a working set never loses its last sample to it."""
+  count = int(round(fraction * n))
+  if count == 0 or n < 2:
+    return np.zeros(0, np.int32)
+  count = min(count, n - 1)
+  return np.sort(np.asarray(jax.random.permutation(key, n))[:count]).astype(np.int32)
+
+
+def seeded_mask(mask: np.ndarray, fraction: float, key: jax.Array) -> np.ndarray:
+  """A seeded random `fraction` of the True entries of `mask`, as a mask of the same shape."""
+  chosen = np.zeros_like(mask)
+  where = np.flatnonzero(mask)
+  chosen[where[seeded_subset(len(where), fraction, key)]] = True
+  return chosen

@@ -1,17 +1,23 @@
-"""Multi-exit architectures, each a list of blocks (subnet + exit head + commitment head)."""
+"""Multi-exit architectures, each a list of blocks (subnet + exit head + commitment head).
 
-from quicknets_jax.models.base import (Block, BlockCost, CommitmentHead, MultiExitModel, merge_variables,
-                                       prefix_features, split_variables)
+Layer 1 (beside `data/`): imports only `core/`. `base` holds the shapes every model shares, `layers`
+the pooling pieces of the conv nets, `registry` the `ModelConfig` that names and sizes one, and
+`xla_check` the cross-check of each model's analytic FLOPs against XLA's count.
+"""
+
+from quicknets_jax.models.base import (
+  Block,
+  BlockCost,
+  CommitmentHead,
+  MultiExitModel,
+  merge_blocks,
+  merge_variables,
+  parts_mask,
+  split_blocks,
+  split_variables,
+)
 from quicknets_jax.models.densenet import densenet
 from quicknets_jax.models.mlp import mlp
+from quicknets_jax.models.registry import MODELS, ModelConfig, build_model
 from quicknets_jax.models.resnet_sdn import resnet_sdn
 from quicknets_jax.models.vgg import vgg
-
-MODELS = {"mlp": mlp, "vgg": vgg, "resnet_sdn": resnet_sdn, "densenet": densenet}
-
-
-def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExitModel:
-  """Builds a registered model by name; unknown names raise with the list of known ones."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
-  return MODELS[name](tuple(input_shape), num_classes, **kwargs)

@@ -12,11 +12,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from quicknets_jax.core import costs
+from quicknets_jax.core.costs import BlockCost
 
 PyTree = Any
 
@@ -55,7 +60,7 @@ def lecun_normal(key, shape, dtype=jnp.float32):
   shape = tuple(shape)
   fan_in = math.prod(shape[:-1])  # in_axis=-2 times the receptive field, as flax's _compute_fans
   variance = jnp.array(1.0 / fan_in, dtype=dtype)
-  stddev = jnp.sqrt(variance) / jnp.array(.87962566103423978, dtype)
+  stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)
   return flat_draw(lambda k, s, d: jax.random.truncated_normal(k, -2, 2, s, d), key, shape, dtype, stddev)
 
 
@@ -114,20 +119,25 @@ def split_variables(variables: dict) -> tuple[dict, dict]:
 
 
 def merge_variables(params: dict, state: dict) -> dict:
+  """The Linen variable dict of (params, model_state): the inverse of `split_variables`."""
   return {"params": params, **state}
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockCost:
-  """Analytic forward FLOPs of one block's parts, per sample."""
+def split_blocks(variables: Sequence[dict]) -> tuple[list, list]:
+  """Per-block (params, model_state) lists of a model's variables: what the trainer optimises."""
+  pairs = [split_variables(v) for v in variables]
+  return [p for p, _ in pairs], [s for _, s in pairs]
 
-  subnet: float
-  exit_head: float
-  commit_head: float
 
-  @property
-  def total(self) -> float:
-    return self.subnet + self.exit_head + self.commit_head
+def merge_blocks(params: Sequence[dict], states: Sequence[dict]) -> list:
+  """A model's variables from per-block params and model states: the inverse of `split_blocks`."""
+  return [merge_variables(p, s) for p, s in zip(params, states)]
+
+
+def parts_mask(params: dict, parts: Sequence[str]) -> dict:
+  """A bool tree shaped like one block's `params`: True on the leaves of the named parts
+  (`SUBNET`, `EXIT`, `COMMIT`) — the trainable mask that freezes the rest."""
+  return {name: jax.tree.map(lambda _: name in parts, sub) for name, sub in params.items()}
 
 
 def _init_block(block: Block, key, dummy):
@@ -148,7 +158,7 @@ class MultiExitModel:
     blocks: one `Block` per exit, in order.
     input_shape: shape of one input sample (without the batch axis).
     num_classes: classes of every exit.
-    block_costs: analytic forward FLOPs per sample of each block's parts (see `flops.py`).
+    block_costs: analytic forward FLOPs per sample of each block's parts (`core.costs`).
   """
 
   name: str
@@ -173,27 +183,23 @@ class MultiExitModel:
       x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), block_vars, dummy)
     return variables
 
-  # Cumulative costs used by the evaluator: exit e costs blocks 0..e with all their heads.
-  def cascade_costs(self) -> jnp.ndarray:
+  def feature_shapes(self) -> list[tuple[int, ...]]:
+    """The shape of one sample's features out of each block (shapes only: nothing runs)."""
+    variables = jax.eval_shape(self.init, jax.random.PRNGKey(0))
+    x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+    shapes = []
+    for block, v in zip(self.blocks, variables):
+      x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), v, x)
+      shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+  def cascade_costs(self) -> np.ndarray:
     """[E] forward FLOPs per sample to reach and decide at exit e (subnets, exits, commit heads 0..e)."""
-    return jnp.cumsum(jnp.asarray([c.total for c in self.block_costs], jnp.float64
-                                  if jax.config.jax_enable_x64 else jnp.float32))
+    return costs.cascade_costs(self.block_costs)
 
   def end_to_end_cost(self) -> float:
     """Forward FLOPs per sample of the plain network: every subnet and the final exit only."""
-    return float(sum(c.subnet for c in self.block_costs) + self.block_costs[-1].exit_head)
-
-
-def forward_block(block: Block, variables: dict, x, train: bool = False):
-  """(features, exit logits, commitment logit) of one block in inference mode."""
-  return block.apply(variables, x, train=train)
-
-
-def prefix_features(model: MultiExitModel, variables: Sequence[dict], x, upto: int):
-  """Features entering block `upto`: x passed through blocks 0..upto−1 (inference mode)."""
-  for j in range(upto):
-    x = model.blocks[j].apply(variables[j], x, method=Block.features)
-  return x
+    return costs.end_to_end_cost(self.block_costs)
 
 
 def run_block(block: Block, params: dict, state: dict, x, train: bool, method=None):

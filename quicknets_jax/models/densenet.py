@@ -26,7 +26,7 @@ heads hold 1.9 M and cost ≤ 2.1 MFLOPs. With the 0.9 M of exits 0..2 the Quick
 parameters (the paper's Table 2 says 12.06 M without saying how its heads are built).
 
 FLOPs are analytic per layer (one multiply-add = 2; conv taps on zero padding are not counted, as
-XLA does not count them — see `pooling.py`) and checked against XLA's `cost_analysis()` in the tests.
+XLA does not count them — see `core/costs.py`) and checked against XLA's `cost_analysis()` in the tests.
 The paper's Table 2 reports 2882.62 "M" for end-to-end DenseNet-121 at 224², i.e. multiply-adds:
 our convention gives about twice that.
 """
@@ -34,21 +34,22 @@ our convention gives about twice that.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from quicknets_jax import flops
-from quicknets_jax.models import pooling
-from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, flat_draw, spec_items
+from quicknets_jax.core import costs
+from quicknets_jax.core.costs import BlockCost
+from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel, flat_draw, spec_items
 
 # Layers per dense block of the DenseNets of Huang et al. (2017), all with growth rate 32.
 CONFIGS = {
-    "densenet121": (6, 12, 24, 16),
-    "densenet169": (6, 12, 32, 32),
-    "densenet201": (6, 12, 48, 32),
+  "densenet121": (6, 12, 24, 16),
+  "densenet169": (6, 12, 32, 32),
+  "densenet201": (6, 12, 48, 32),
 }
 
 
@@ -80,8 +81,7 @@ class DenseLayer(nn.Module):
     h = nn.relu(_batch_norm(train, "bn1")(x))
     h = nn.Conv(self.bottleneck, (1, 1), use_bias=False, kernel_init=_conv_init, name="conv1")(h)
     h = nn.relu(_batch_norm(train, "bn2")(h))
-    h = nn.Conv(self.growth, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_conv_init,
-                name="conv2")(h)
+    h = nn.Conv(self.growth, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_conv_init, name="conv2")(h)
     return jnp.concatenate([x, h], axis=-1)
 
 
@@ -90,7 +90,6 @@ class DenseNetSubnet(nn.Module):
 
   `stem_channels` > 0 puts the ImageNet stem in front (block 0); `transition_channels` > 0 puts a
   transition behind (blocks 0..2), pooled unless `transition_pool` is False (maps narrower than 2).
-  `augment` names the model's training-time augmentation (block 0 only; `losses.augment_inputs`).
   """
 
   num_layers: int
@@ -99,21 +98,26 @@ class DenseNetSubnet(nn.Module):
   stem_channels: int = 0
   transition_channels: int = 0
   transition_pool: bool = True
-  augment: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem_channels:
-      x = nn.Conv(self.stem_channels, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                  kernel_init=_conv_init, name="stem_conv")(x)
+      x = nn.Conv(
+        self.stem_channels,
+        (7, 7),
+        (2, 2),
+        padding=((3, 3), (3, 3)),
+        use_bias=False,
+        kernel_init=_conv_init,
+        name="stem_conv",
+      )(x)
       x = nn.relu(_batch_norm(train, "stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i in range(self.num_layers):
       x = DenseLayer(self.growth, self.bottleneck, name=f"layer_{i}")(x, train=train)
     if self.transition_channels:
       x = nn.relu(_batch_norm(train, "transition_bn")(x))
-      x = nn.Conv(self.transition_channels, (1, 1), use_bias=False, kernel_init=_conv_init,
-                  name="transition_conv")(x)
+      x = nn.Conv(self.transition_channels, (1, 1), use_bias=False, kernel_init=_conv_init, name="transition_conv")(x)
       if self.transition_pool:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     return x
@@ -137,82 +141,76 @@ class PooledCommitmentHead(CommitmentHead):
     return super().__call__(jnp.mean(features, axis=(1, 2)))
 
 
-def _taps(size: int, kernel: int, stride: int, pad: int) -> int:
-  """Σ over output positions of the kernel taps inside the image, along one axis (explicit padding)."""
-  out = (size + 2 * pad - kernel) // stride + 1
-  return sum(sum(1 for k in range(kernel) if 0 <= o * stride + k - pad < size) for o in range(out))
-
-
-def _out(size: int, kernel: int, stride: int, pad: int) -> int:
-  return (size + 2 * pad - kernel) // stride + 1
-
-
-def _conv_flops(hw: tuple[int, int], kernel: int, stride: int, pad: int, c_in: int, c_out: int) -> float:
-  """Conv FLOPs per sample over the taps that touch the image (no bias)."""
-  return 2.0 * _taps(hw[0], kernel, stride, pad) * _taps(hw[1], kernel, stride, pad) * c_in * c_out
-
-
 def _bn_relu_flops(hw: tuple[int, int], channels: int) -> float:
   elems = hw[0] * hw[1] * channels
-  return pooling.batch_norm_flops(elems, channels) + elems
+  return costs.batch_norm_flops(elems, channels) + elems
 
 
 def stem_flops(hw: tuple[int, int], c_in: int, channels: int) -> tuple[float, tuple[int, int]]:
   """FLOPs of the stem (conv 7×7/2 + BN + ReLU + max pool 3×3/2) and its output H×W."""
-  conv_hw = (_out(hw[0], 7, 2, 3), _out(hw[1], 7, 2, 3))
-  total = _conv_flops(hw, 7, 2, 3, c_in, channels) + _bn_relu_flops(conv_hw, channels)
-  pool_hw = (_out(conv_hw[0], 3, 2, 1), _out(conv_hw[1], 3, 2, 1))
-  return total + pooling.max_pool_flops(pool_hw[0] * pool_hw[1] * channels, 3), pool_hw
+  conv_hw = costs.conv_out(hw, 7, 2, padding=3)
+  total = costs.conv_flops(hw, 7, c_in, channels, 2, padding=3) + _bn_relu_flops(conv_hw, channels)
+  pool_hw = costs.conv_out(conv_hw, 3, 2, padding=1)
+  return total + costs.max_pool_flops(pool_hw[0] * pool_hw[1] * channels, 3), pool_hw
 
 
 def dense_layer_flops(hw: tuple[int, int], c_in: int, growth: int, bottleneck: int) -> float:
   """FLOPs of one dense layer on an H×W×c_in map (the concatenation is a copy: 0 FLOPs)."""
-  total = _bn_relu_flops(hw, c_in) + _conv_flops(hw, 1, 1, 0, c_in, bottleneck)
-  return total + _bn_relu_flops(hw, bottleneck) + _conv_flops(hw, 3, 1, 1, bottleneck, growth)
+  total = _bn_relu_flops(hw, c_in) + costs.conv_flops(hw, 1, c_in, bottleneck, padding=0)
+  return total + _bn_relu_flops(hw, bottleneck) + costs.conv_flops(hw, 3, bottleneck, growth, padding=1)
 
 
 def transition_flops(hw: tuple[int, int], c_in: int, c_out: int, pool: bool) -> tuple[float, tuple[int, int]]:
   """FLOPs of a transition (BN-ReLU-conv1×1, 2×2 average pool) and its output H×W."""
-  total = _bn_relu_flops(hw, c_in) + _conv_flops(hw, 1, 1, 0, c_in, c_out)
+  total = _bn_relu_flops(hw, c_in) + costs.conv_flops(hw, 1, c_in, c_out, padding=0)
   if pool:
     hw = (hw[0] // 2, hw[1] // 2)
-    total += pooling.avg_pool_flops(hw[0] * hw[1] * c_out, 2)
+    total += costs.avg_pool_flops(hw[0] * hw[1] * c_out, 2)
   return total, hw
-
-
-def global_mean_flops(hw: tuple[int, int], channels: int) -> float:
-  """(HW−1)·C adds + C divides; on a 1×1 map the mean is a reshape (XLA counts nothing)."""
-  return float(hw[0] * hw[1] * channels) if hw[0] * hw[1] > 1 else 0.0
 
 
 def pool_classifier_flops(hw: tuple[int, int], channels: int, num_classes: int) -> float:
   """BN + ReLU, the global mean and the linear layer."""
-  return _bn_relu_flops(hw, channels) + global_mean_flops(hw, channels) + flops.dense_flops(channels, num_classes)
+  return (
+    _bn_relu_flops(hw, channels) + costs.global_mean_flops(*hw, channels) + costs.dense_flops(channels, num_classes)
+  )
 
 
 def pooled_commit_flops(hw: tuple[int, int], channels: int, num_classes: int) -> float:
   """The global mean, then Dense(C) + ReLU and Dense(1)."""
-  return (global_mean_flops(hw, channels) + flops.dense_flops(channels, num_classes, activation=True)
-          + flops.dense_flops(num_classes, 1))
+  return (
+    costs.global_mean_flops(*hw, channels)
+    + costs.dense_flops(channels, num_classes, activation=True)
+    + costs.dense_flops(num_classes, 1)
+  )
 
 
 def parse_layers(block_layers: Union[str, Sequence[int]]) -> tuple[int, ...]:
-  """"densenet121" (or another `CONFIGS` name), "6,12,24,16" or a sequence → a tuple of layer counts."""
+  """ "densenet121" (or another `CONFIGS` name), "6,12,24,16" or a sequence → a tuple of layer counts."""
   items = spec_items(block_layers, CONFIGS)
   try:
     layers = tuple(int(s) for s in items)
   except (TypeError, ValueError):
-    raise ValueError(f"bad DenseNet block_layers {block_layers!r}: use {sorted(CONFIGS)} or layer counts "
-                     "such as '6,12,24,16'") from None
+    raise ValueError(
+      f"bad DenseNet block_layers {block_layers!r}: use {sorted(CONFIGS)} or layer counts such as '6,12,24,16'"
+    ) from None
   if not layers or any(n < 1 for n in layers):
-    raise ValueError(f"DenseNet block_layers {block_layers!r} needs ≥ 1 dense block of ≥ 1 layer each, "
-                     "e.g. '6,12,24,16' (DenseNet-121)")
+    raise ValueError(
+      f"DenseNet block_layers {block_layers!r} needs ≥ 1 dense block of ≥ 1 layer each, "
+      "e.g. '6,12,24,16' (DenseNet-121)"
+    )
   return layers
 
 
-def densenet(input_shape: tuple[int, ...], num_classes: int, width: int = 32, num_blocks: Optional[int] = None,
-             layers_per_block: int = 1, block_layers: Union[str, Sequence[int]] = "densenet121",
-             compression: float = 0.5, augment: Optional[str] = None) -> MultiExitModel:
+def densenet(
+  input_shape: tuple[int, ...],
+  num_classes: int,
+  width: int = 32,
+  num_blocks: Optional[int] = None,
+  layers_per_block: int = 1,
+  block_layers: Union[str, Sequence[int]] = "densenet121",
+  compression: float = 0.5,
+) -> MultiExitModel:
   """DenseNet QuickNet: one block (and exit) per dense block; DenseNet-121 by default.
 
   Args:
@@ -224,22 +222,24 @@ def densenet(input_shape: tuple[int, ...], num_classes: int, width: int = 32, nu
     block_layers: layers per dense block: "densenet121" (6,12,24,16), another `CONFIGS` name, or a
       list such as (1, 1, 1, 1) for a small test variant.
     compression: a transition's output channels = floor(compression · input channels).
-    augment: training-time augmentation name (`data.augment.AUGMENTATIONS`), or None.
   """
   layers = parse_layers(block_layers)
   if num_blocks is not None and num_blocks != len(layers):
-    raise ValueError(f"this DenseNet has {len(layers)} dense blocks = {len(layers)} blocks, got num_blocks="
-                     f"{num_blocks}: pass --num_blocks={len(layers)}")
+    raise ValueError(
+      f"this DenseNet has {len(layers)} dense blocks = {len(layers)} blocks, got num_blocks="
+      f"{num_blocks}: pass --num_blocks={len(layers)}"
+    )
   if layers_per_block != 1:
-    raise ValueError(f"DenseNet blocks are set by --block_layers, got layers_per_block={layers_per_block}: "
-                     "pass --layers_per_block=1")
+    raise ValueError(
+      f"DenseNet blocks are set by --block_layers, got layers_per_block={layers_per_block}: pass --layers_per_block=1"
+    )
   if width < 1 or not 0 < compression <= 1:
     raise ValueError(f"width (growth rate) must be ≥ 1 and compression in (0, 1], got {width}, {compression}")
   if len(input_shape) != 3 or min(input_shape[:2]) < 4:
     raise ValueError(f"DenseNet needs (H, W, C) images at least 4×4, got input shape {tuple(input_shape)}")
   growth, bottleneck = width, 4 * width
   hw, channels = tuple(int(s) for s in input_shape[:2]), int(input_shape[2])
-  blocks, costs = [], []
+  blocks, block_costs = [], []
   for j, num_layers in enumerate(layers):
     subnet_cost = 0.0
     stem = 2 * growth if j == 0 else 0
@@ -256,10 +256,24 @@ def densenet(input_shape: tuple[int, ...], num_classes: int, width: int = 32, nu
       cost, hw = transition_flops(hw, channels, transition, pool)
       subnet_cost += cost
       channels = transition
-    blocks.append(Block(subnet=DenseNetSubnet(num_layers, growth, bottleneck, stem, transition, pool,
-                                              augment if j == 0 else None),
-                        exit_head=PoolClassifier(num_classes), commit_head=PooledCommitmentHead(num_classes)))
-    costs.append(BlockCost(subnet=subnet_cost, exit_head=pool_classifier_flops(hw, channels, num_classes),
-                           commit_head=pooled_commit_flops(hw, channels, num_classes)))
-  return MultiExitModel(name="densenet", blocks=tuple(blocks), input_shape=tuple(int(s) for s in input_shape),
-                        num_classes=num_classes, block_costs=tuple(costs))
+    blocks.append(
+      Block(
+        subnet=DenseNetSubnet(num_layers, growth, bottleneck, stem, transition, pool),
+        exit_head=PoolClassifier(num_classes),
+        commit_head=PooledCommitmentHead(num_classes),
+      )
+    )
+    block_costs.append(
+      BlockCost(
+        subnet=subnet_cost,
+        exit_head=pool_classifier_flops(hw, channels, num_classes),
+        commit_head=pooled_commit_flops(hw, channels, num_classes),
+      )
+    )
+  return MultiExitModel(
+    name="densenet",
+    blocks=tuple(blocks),
+    input_shape=tuple(int(s) for s in input_shape),
+    num_classes=num_classes,
+    block_costs=tuple(block_costs),
+  )

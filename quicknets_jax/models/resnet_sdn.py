@@ -10,20 +10,21 @@ pooling and one linear layer. So the model has 7 blocks, block j ending at an ex
 
 As in SDN's `BasicBlockWOutput.forward`, an internal classifier reads the residual sum *before* the
 block's closing ReLU; here that sum is the block's features (what its exit and commitment head see) and
-the next block starts with the ReLU. FLOPs are analytic per layer (`pooling.conv_flops` and friends:
+the next block starts with the ReLU. FLOPs are analytic per layer (`core.costs.conv_flops` and friends:
 padding taps excluded, as XLA counts them) and checked against XLA in the tests.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from quicknets_jax import flops
-from quicknets_jax.models import pooling
-from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel
+from quicknets_jax.core import costs
+from quicknets_jax.core.costs import BlockCost
+from quicknets_jax.models import layers
+from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel
 
 # 1-based basic blocks after which SDN's ResNet-56 has an internal classifier.
 SDN_RESNET56_EXITS = (4, 8, 12, 16, 20, 24)
@@ -37,6 +38,8 @@ def default_exits(total_blocks: int) -> tuple[int, ...]:
   For ResNet-56 (27 basic blocks) this is SDN's `add_ic`: 4, 8, 12, 16, 20, 24.
   """
   return tuple(sorted({min(max(round(f * total_blocks), 1), total_blocks - 1) for f in SDN_EXIT_FRACTIONS}))
+
+
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torch kaiming_normal_(fan_out)
 
 
@@ -54,8 +57,15 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = lambda k, s, name: nn.Conv(self.channels, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
-                                      use_bias=False, kernel_init=_conv_init, name=name)
+    conv = lambda k, s, name: nn.Conv(
+      self.channels,
+      (k, k),
+      (s, s),
+      padding="SAME" if k > 1 else "VALID",
+      use_bias=False,
+      kernel_init=_conv_init,
+      name=name,
+    )
     h = conv(3, self.stride, "conv1")(x)
     h = nn.relu(_batch_norm(train, "bn1")(h))
     h = _batch_norm(train, "bn2")(conv(3, 1, "conv2")(h))
@@ -80,8 +90,9 @@ class ResNetSubnet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem_channels:
-      x = nn.Conv(self.stem_channels, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
-                  name="stem_conv")(x)
+      x = nn.Conv(self.stem_channels, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init, name="stem_conv")(
+        x
+      )
       x = _batch_norm(train, "stem_bn")(x)
     x = nn.relu(x)
     for i, (channels, stride) in enumerate(self.blocks):
@@ -103,20 +114,24 @@ class AvgPoolClassifier(nn.Module):
 
 
 def _basic_block_flops(size: tuple[int, int], in_channels: int, channels: int, stride: int) -> tuple[float, tuple]:
-  out = pooling.conv_out(size, 3, stride)
+  out = costs.conv_out(size, 3, stride)
   elems = out[0] * out[1] * channels
-  total = pooling.conv_flops(size, 3, in_channels, channels, stride) + pooling.batch_norm_flops(elems, channels)
+  total = costs.conv_flops(size, 3, in_channels, channels, stride) + costs.batch_norm_flops(elems, channels)
   total += elems  # ReLU
-  total += pooling.conv_flops(out, 3, channels, channels) + pooling.batch_norm_flops(elems, channels)
+  total += costs.conv_flops(out, 3, channels, channels) + costs.batch_norm_flops(elems, channels)
   if stride != 1 or in_channels != channels:
-    total += pooling.conv_flops(size, 1, in_channels, channels, stride, padding="VALID")
-    total += pooling.batch_norm_flops(elems, channels)
+    total += costs.conv_flops(size, 1, in_channels, channels, stride, padding="VALID")
+    total += costs.batch_norm_flops(elems, channels)
   return total + elems, out  # + the residual add
 
 
-def resnet_sdn(input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int = 9,
-               channels: Sequence[int] = (16, 32, 64), exit_after: Sequence[int] | None = None
-               ) -> MultiExitModel:
+def resnet_sdn(
+  input_shape: tuple[int, ...],
+  num_classes: int,
+  blocks_per_stage: int = 9,
+  channels: Sequence[int] = (16, 32, 64),
+  exit_after: Sequence[int] | None = None,
+) -> MultiExitModel:
   """SDN's ResNet (ResNet-56 by default: 3 × 9 basic blocks) as a multi-exit model, one block per exit.
 
   Args:
@@ -135,8 +150,10 @@ def resnet_sdn(input_shape: tuple[int, ...], num_classes: int, blocks_per_stage:
     raise ValueError(f"a multi-exit ResNet needs ≥ 2 basic blocks, got {total}: raise blocks_per_stage")
   exit_after = default_exits(total) if exit_after is None else tuple(int(e) for e in exit_after)
   if list(exit_after) != sorted(set(exit_after)) or any(not 1 <= e < total for e in exit_after):
-    raise ValueError(f"exit_after must be increasing basic-block numbers in 1..{total - 1}, got {exit_after}: "
-                     f"SDN's ResNet-56 uses {SDN_RESNET56_EXITS}")
+    raise ValueError(
+      f"exit_after must be increasing basic-block numbers in 1..{total - 1}, got {exit_after}: "
+      f"SDN's ResNet-56 uses {SDN_RESNET56_EXITS}"
+    )
   plan = []  # (channels, stride) per basic block
   for stage, c in enumerate(channels):
     for i in range(blocks_per_stage):
@@ -144,14 +161,14 @@ def resnet_sdn(input_shape: tuple[int, ...], num_classes: int, blocks_per_stage:
   bounds = (0,) + exit_after + (total,)
   size = tuple(input_shape[:2])
   in_channels = input_shape[2]
-  blocks, costs = [], []
+  blocks, block_costs = [], []
   for j in range(len(bounds) - 1):
-    part = tuple(plan[bounds[j]:bounds[j + 1]])
+    part = tuple(plan[bounds[j] : bounds[j + 1]])
     last = j == len(bounds) - 2
     subnet_cost = 0.0
     if j == 0:
       elems = size[0] * size[1] * channels[0]
-      subnet_cost += pooling.conv_flops(size, 3, in_channels, channels[0]) + pooling.batch_norm_flops(elems, channels[0])
+      subnet_cost += costs.conv_flops(size, 3, in_channels, channels[0]) + costs.batch_norm_flops(elems, channels[0])
       in_channels = channels[0]
     subnet_cost += size[0] * size[1] * in_channels  # the ReLU that opens the subnet
     for i, (c, stride) in enumerate(part):
@@ -164,13 +181,23 @@ def resnet_sdn(input_shape: tuple[int, ...], num_classes: int, blocks_per_stage:
     if last:
       subnet_cost += elems  # closing ReLU
       exit_head = AvgPoolClassifier(num_classes)
-      exit_cost = elems + flops.dense_flops(in_channels, num_classes)  # (HW−1)·C adds + C divides, linear
+      exit_cost = costs.global_mean_flops(*size, in_channels) + costs.dense_flops(in_channels, num_classes)
     else:
-      exit_head = pooling.MixedPoolClassifier(num_classes)
-      exit_cost = pooling.mixed_pool_classifier_flops(size[0], size[1], in_channels, num_classes)
-    commit_cost = flops.dense_flops(elems, num_classes, activation=True) + flops.dense_flops(num_classes, 1)
-    blocks.append(Block(subnet=ResNetSubnet(part, stem_channels=channels[0] if j == 0 else 0, relu_out=last),
-                        exit_head=exit_head, commit_head=CommitmentHead(num_classes)))
-    costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))
-  return MultiExitModel(name="resnet_sdn", blocks=tuple(blocks), input_shape=tuple(input_shape),
-                        num_classes=num_classes, block_costs=tuple(costs))
+      exit_head = layers.MixedPoolClassifier(num_classes)
+      exit_cost = layers.mixed_pool_classifier_flops(size[0], size[1], in_channels, num_classes)
+    commit_cost = costs.dense_flops(elems, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
+    blocks.append(
+      Block(
+        subnet=ResNetSubnet(part, stem_channels=channels[0] if j == 0 else 0, relu_out=last),
+        exit_head=exit_head,
+        commit_head=CommitmentHead(num_classes),
+      )
+    )
+    block_costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))
+  return MultiExitModel(
+    name="resnet_sdn",
+    blocks=tuple(blocks),
+    input_shape=tuple(input_shape),
+    num_classes=num_classes,
+    block_costs=tuple(block_costs),
+  )

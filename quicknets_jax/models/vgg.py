@@ -7,7 +7,7 @@ BatchNorm (PyTorch defaults: momentum 0.1, ε 1e-5) and ReLU. Block j is conv j 
 `ConvBlockWOutput` does). On 32×32 inputs the blocks output 16², 8², 8², 4², 4², 2², 2², 1² maps.
 Pools on maps smaller than 2 are skipped, so 28×28 inputs work too (28 → 14 → 7 → 3 → 1).
 
-Exits 0..6 are SDN's mixed max-average pooling classifiers (`pooling.MixedPoolClassifier`); the last
+Exits 0..6 are SDN's mixed max-average pooling classifiers (`layers.MixedPoolClassifier`); the last
 exit *is* VGG's classifier: `classifier_layers` × (Dense(classifier_width) + ReLU) then Dense(C). The
 paper's 28.14 M parameters for end-to-end VGG-11 on CIFAR-10 match 9.2 M conv weights plus a
 512-4096-4096-10 classifier, so 4096 is the default. No dropout: Linen dropout needs an rng stream
@@ -17,32 +17,27 @@ Dense(C) → ReLU → Dense(1) on the block's (flattened) features.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import flax.linen as nn
-import numpy as np
 
-from quicknets_jax import flops
-from quicknets_jax.models import pooling
-from quicknets_jax.models.base import Block, BlockCost, CommitmentHead, MultiExitModel, lecun_normal, spec_items
+from quicknets_jax.core import costs
+from quicknets_jax.core.costs import BlockCost
+from quicknets_jax.models import layers
+from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel, lecun_normal, spec_items
 
 # VGG configuration A (VGG-11): conv output channels, "M" = 2×2 max pool.
 CONFIGS = {
-    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
 }
 
 
 class ConvBNReLU(nn.Module):
-  """3×3 SAME conv (no bias) → BatchNorm → ReLU → optional 2×2 max pool: one VGG block's subnet.
-
-  `augment` names the training-time input augmentation of the whole model (see
-  `quicknets_jax.data.augment`); it is set on the first block only, and `losses.py` applies it to the
-  raw images with the step's rng before they reach the network.
-  """
+  """3×3 SAME conv (no bias) → BatchNorm → ReLU → optional 2×2 max pool: one VGG block's subnet."""
 
   features: int
   pool: bool = False
-  augment: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -50,7 +45,7 @@ class ConvBNReLU(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
     x = nn.relu(x)
     if self.pool:
-      x = pooling.max_pool(x, 2)
+      x = layers.max_pool(x, 2)
     return x
 
 
@@ -74,9 +69,9 @@ def mlp_classifier_flops(in_features: int, num_classes: int, width: int, layers:
   """Analytic FLOPs per sample of `MLPClassifier`."""
   total, n = 0.0, in_features
   for _ in range(layers):
-    total += flops.dense_flops(n, width, activation=True)
+    total += costs.dense_flops(n, width, activation=True)
     n = width
-  return total + flops.dense_flops(n, num_classes)
+  return total + costs.dense_flops(n, num_classes)
 
 
 def parse_config(cfg: Union[str, Sequence]) -> tuple:
@@ -90,16 +85,24 @@ def parse_config(cfg: Union[str, Sequence]) -> tuple:
       try:
         out.append(int(c))
       except ValueError:
-        raise ValueError(f"bad VGG configuration entry {c!r}: use {sorted(CONFIGS)} or a list such as "
-                         "'64,M,128,M,256'") from None
+        raise ValueError(
+          f"bad VGG configuration entry {c!r}: use {sorted(CONFIGS)} or a list such as '64,M,128,M,256'"
+        ) from None
   if not any(isinstance(c, int) for c in out) or out[0] == "M":
     raise ValueError(f"VGG configuration {cfg!r} must start with a conv width, e.g. '64,M,128,M'")
   return tuple(out)
 
 
-def vgg(input_shape: tuple[int, ...], num_classes: int, width: int = 64, num_blocks: Optional[int] = None,
-        layers_per_block: int = 1, cfg: Union[str, Sequence] = "vgg11", classifier_width: int = 4096,
-        classifier_layers: int = 2, augment: Optional[str] = None) -> MultiExitModel:
+def vgg(
+  input_shape: tuple[int, ...],
+  num_classes: int,
+  width: int = 64,
+  num_blocks: Optional[int] = None,
+  layers_per_block: int = 1,
+  cfg: Union[str, Sequence] = "vgg11",
+  classifier_width: int = 4096,
+  classifier_layers: int = 2,
+) -> MultiExitModel:
   """VGG QuickNet: one block (conv + BN + ReLU [+ pool]) and one exit per conv layer.
 
   Args:
@@ -109,32 +112,36 @@ def vgg(input_shape: tuple[int, ...], num_classes: int, width: int = 64, num_blo
     layers_per_block: must be 1 (one conv per block); accepted so every model takes the same flags.
     cfg: "vgg11" or an explicit list of conv widths and "M" pools (widths are scaled by width / 64).
     classifier_width, classifier_layers: hidden layers of the final exit (VGG's classifier).
-    augment: training-time augmentation name (`data.augment.AUGMENTATIONS`), or None.
   """
   config = parse_config(cfg)
   convs = [c for c in config if c != "M"]
   if num_blocks is not None and num_blocks != len(convs):
-    raise ValueError(f"this VGG has {len(convs)} conv layers = {len(convs)} blocks, got num_blocks="
-                     f"{num_blocks}: pass --num_blocks={len(convs)}")
+    raise ValueError(
+      f"this VGG has {len(convs)} conv layers = {len(convs)} blocks, got num_blocks="
+      f"{num_blocks}: pass --num_blocks={len(convs)}"
+    )
   if layers_per_block != 1:
-    raise ValueError(f"VGG blocks hold one conv each, got layers_per_block={layers_per_block}: pass "
-                     "--layers_per_block=1")
+    raise ValueError(
+      f"VGG blocks hold one conv each, got layers_per_block={layers_per_block}: pass --layers_per_block=1"
+    )
   if width < 1 or classifier_width < 1 or classifier_layers < 0:
-    raise ValueError(f"width and classifier_width must be ≥ 1 and classifier_layers ≥ 0, got {width}, "
-                     f"{classifier_width}, {classifier_layers}")
+    raise ValueError(
+      f"width and classifier_width must be ≥ 1 and classifier_layers ≥ 0, got {width}, "
+      f"{classifier_width}, {classifier_layers}"
+    )
   if len(input_shape) != 3:
     raise ValueError(f"VGG needs (H, W, C) images, got input shape {tuple(input_shape)}")
   h, w, c = input_shape
-  blocks, costs = [], []
+  blocks, block_costs = [], []
   for j, conv_width in enumerate(convs):
     channels = max(1, conv_width * width // 64)
     index = [i for i, x in enumerate(config) if x != "M"][j]
     pool = index + 1 < len(config) and config[index + 1] == "M" and min(h, w) >= 2
-    subnet_cost = pooling.conv_flops((h, w), 3, c, channels)
-    subnet_cost += pooling.batch_norm_flops(h * w * channels, channels) + h * w * channels  # BN, ReLU
+    subnet_cost = costs.conv_flops((h, w), 3, c, channels)
+    subnet_cost += costs.batch_norm_flops(h * w * channels, channels) + h * w * channels  # BN, ReLU
     if pool:
       h, w = h // 2, w // 2
-      subnet_cost += pooling.max_pool_flops(h * w * channels, 2)
+      subnet_cost += costs.max_pool_flops(h * w * channels, 2)
     c = channels
     features = h * w * c
     last = j == len(convs) - 1
@@ -142,24 +149,17 @@ def vgg(input_shape: tuple[int, ...], num_classes: int, width: int = 64, num_blo
       exit_head = MLPClassifier(num_classes, classifier_width, classifier_layers)
       exit_cost = mlp_classifier_flops(features, num_classes, classifier_width, classifier_layers)
     else:
-      exit_head = pooling.MixedPoolClassifier(num_classes)
-      exit_cost = pooling.mixed_pool_classifier_flops(h, w, c, num_classes)
-    commit_cost = flops.dense_flops(features, num_classes, activation=True) + flops.dense_flops(num_classes, 1)
-    blocks.append(Block(subnet=ConvBNReLU(channels, pool, augment if j == 0 else None), exit_head=exit_head,
-                        commit_head=CommitmentHead(num_classes)))
-    costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))
-  return MultiExitModel(name="vgg", blocks=tuple(blocks), input_shape=tuple(int(s) for s in input_shape),
-                        num_classes=num_classes, block_costs=tuple(costs))
-
-
-def feature_shapes(model: MultiExitModel) -> list[tuple[int, ...]]:
-  """(H, W, C) of each block's output, from the model's own shapes (for tests and reports)."""
-  import jax
-  import jax.numpy as jnp
-  shapes, x = [], jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
-  for block, v in zip(model.blocks, variables):
-    x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), v, x)
-    shapes.append(tuple(x.shape[1:]))
-  return shapes
-
+      exit_head = layers.MixedPoolClassifier(num_classes)
+      exit_cost = layers.mixed_pool_classifier_flops(h, w, c, num_classes)
+    commit_cost = costs.dense_flops(features, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
+    blocks.append(
+      Block(subnet=ConvBNReLU(channels, pool), exit_head=exit_head, commit_head=CommitmentHead(num_classes))
+    )
+    block_costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))
+  return MultiExitModel(
+    name="vgg",
+    blocks=tuple(blocks),
+    input_shape=tuple(int(s) for s in input_shape),
+    num_classes=num_classes,
+    block_costs=tuple(block_costs),
+  )

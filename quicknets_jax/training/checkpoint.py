@@ -1,5 +1,8 @@
 """Orbax checkpoints: one per frozen block, and one per epoch of every fit still in progress.
 
+They only checkpoint: `trainer.fit(..., checkpoint=FitCheckpointer(...))` resumes and saves a fit,
+the QuickNet algorithm saves its frozen blocks; nothing here knows what a block's record holds.
+
 `BlockCheckpointer`: step j of its manager is frozen block j, holding its variables and the next
 block's working sets. `FitCheckpointer`: step e is the whole `FitState` of one fit (a block, a
 commitment head or the end-to-end baseline) after e epochs — params, Adam moments, best-validation
@@ -13,7 +16,6 @@ run killed mid-save resumes from the previous step. Unreadable checkpoints and f
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -24,14 +26,23 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from quicknets_jax.train import FitState, fit, init_fit_state
+from quicknets_jax.training.schedule import FitState
 
 # orbax logs every save at INFO through absl; progress lines are ours to print.
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 # Scalar fields of a FitState stored as JSON beside its arrays (history is a list of dicts).
-_FIT_SCALARS = ("best_val_loss", "progress_score", "best_epoch", "learning_rate", "epoch", "epochs_since_best",
-                "plateau_bad_epochs", "stopped", "history")
+_FIT_SCALARS = (
+  "best_val_loss",
+  "progress_score",
+  "best_epoch",
+  "learning_rate",
+  "epoch",
+  "epochs_since_best",
+  "plateau_bad_epochs",
+  "stopped",
+  "history",
+)
 _FIT_TREES = ("params", "opt_state", "model_state", "best_params", "best_model_state")
 
 
@@ -54,13 +65,16 @@ class CheckpointError(RuntimeError, ValueError):
 
 def _save_failed(what: str, directory: str, previous, e: BaseException) -> CheckpointError:
   """One-line error for a failed save; names what is still on disk and how to go on."""
-  kept = (f"the checkpoint of {previous} is intact" if previous is not None
-          else "no earlier checkpoint is affected")
+  kept = f"the checkpoint of {previous} is intact" if previous is not None else "no earlier checkpoint is affected"
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-    return CheckpointError(f"no space left on device while saving {what} to {directory}; {kept}: free disk "
-                           "space (or move --workdir) and rerun the same command to resume")
-  return CheckpointError(f"could not save {what} to {directory} ({_first_line(e)}); {kept}: fix the "
-                         "cause and rerun the same command to resume")
+    return CheckpointError(
+      f"no space left on device while saving {what} to {directory}; {kept}: free disk "
+      "space (or move --workdir) and rerun the same command to resume"
+    )
+  return CheckpointError(
+    f"could not save {what} to {directory} ({_first_line(e)}); {kept}: fix the "
+    "cause and rerun the same command to resume"
+  )
 
 
 class BlockCheckpointer:
@@ -69,58 +83,79 @@ class BlockCheckpointer:
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+    )
 
-  def save(self, block: int, variables: dict, record, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
-    """Saves frozen block `block` with the working sets T_{j+1}, V_{j+1}; waits until it is on disk."""
-    record_dict = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+  def save(self, block: int, variables: dict, record: dict, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+    """Saves frozen block `block` with its record (a JSON-ready dict) and the working sets T_{j+1},
+    V_{j+1}; waits until it is on disk."""
     try:
-      saved = self._manager.save(block, args=ocp.args.Composite(
+      saved = self._manager.save(
+        block,
+        args=ocp.args.Composite(
           variables=ocp.args.StandardSave(jax.device_get(variables)),
-          remaining=ocp.args.StandardSave({"train_idx": _nonempty(train_idx), "val_idx": _nonempty(val_idx),
-                                           # orbax refuses zero-size arrays: store the lengths beside them
-                                           "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32)}),
-          record=ocp.args.JsonSave(record_dict)))
+          remaining=ocp.args.StandardSave(
+            {
+              "train_idx": _nonempty(train_idx),
+              "val_idx": _nonempty(val_idx),
+              # orbax refuses zero-size arrays: store the lengths beside them
+              "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32),
+            }
+          ),
+          record=ocp.args.JsonSave(dict(record)),
+        ),
+      )
       self._manager.wait_until_finished()
     except Exception as e:  # the in-progress checkpoints of this block stay, so a rerun redoes only this
-      raise _save_failed(f"frozen block {block}", self.directory,
-                         f"block {block - 1}" if block > 0 else None, e) from e
+      raise _save_failed(f"frozen block {block}", self.directory, f"block {block - 1}" if block > 0 else None, e) from e
     if not saved:
-      raise CheckpointError(f"block {block} was not saved: {self.directory} already holds a checkpoint "
-                            f"for it or a later block; pass a fresh workdir or --overwrite")
+      raise CheckpointError(
+        f"block {block} was not saved: {self.directory} already holds a checkpoint "
+        f"for it or a later block; pass a fresh workdir or --overwrite"
+      )
 
   def restore(self, init_variables):
-    """(variables of the frozen blocks, their records, (T_next, V_next)) — all empty when none saved."""
-    from quicknets_jax.quicknet import BlockRecord  # a cycle otherwise
+    """(variables of the frozen blocks, their records as dicts, (T_next, V_next)) — all empty when none
+    is saved. `init_variables` (the model's fresh variables) give the shapes to restore into."""
     steps = sorted(self._manager.all_steps())
     if steps != list(range(len(steps))):
-      raise CheckpointError(f"checkpoints in {self.directory} are not consecutive blocks ({steps}); "
-                            "delete the directory to start over")
+      raise CheckpointError(
+        f"checkpoints in {self.directory} are not consecutive blocks ({steps}); delete the directory to start over"
+      )
     variables, records, remaining = [], [], None
     for j in steps:
       try:
         target = jax.tree.map(np.asarray, jax.device_get(init_variables[j]))
-        restored = self._manager.restore(j, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(target), remaining=ocp.args.StandardRestore(),
-            record=ocp.args.JsonRestore()))
-        record = BlockRecord(**restored["record"])
+        restored = self._manager.restore(
+          j,
+          args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(target),
+            remaining=ocp.args.StandardRestore(),
+            record=ocp.args.JsonRestore(),
+          ),
+        )
+        record = dict(restored["record"])
         sizes = np.asarray(restored["remaining"]["sizes"])
-        next_sets = (np.asarray(restored["remaining"]["train_idx"], np.int32)[:sizes[0]].reshape(-1),
-                     np.asarray(restored["remaining"]["val_idx"], np.int32)[:sizes[1]].reshape(-1))
+        next_sets = (
+          np.asarray(restored["remaining"]["train_idx"], np.int32)[: sizes[0]].reshape(-1),
+          np.asarray(restored["remaining"]["val_idx"], np.int32)[: sizes[1]].reshape(-1),
+        )
       except Exception as e:  # orbax raises many types; all mean the same to the user
-        raise CheckpointError(f"checkpoint of block {j} in {self.directory} is unreadable ({_first_line(e)}); "
-                              f"delete {self.directory}/{j} to retrain from block {j}") from e
+        raise CheckpointError(
+          f"checkpoint of block {j} in {self.directory} is unreadable ({_first_line(e)}); "
+          f"delete {self.directory}/{j} to retrain from block {j}"
+        ) from e
       variables.append(jax.tree.map(np.asarray, restored["variables"]))
       records.append(record)
       remaining = next_sets
     return variables, records, remaining
 
-  def fit_checkpointer(self, kind: str, block: int) -> "FitCheckpointer":
+  def fit_checkpointer(self, kind: str, block: int) -> FitCheckpointer:
     """The per-epoch checkpoints of one fit of block `block` (`kind`: "block" or "commitment")."""
     name = f"block {block}" if kind == "block" else f"commitment head {block}"
     return FitCheckpointer(os.path.join(self.directory, "in_progress", f"{kind}_{block}"), name)
 
-  def after_blocks_checkpointer(self, name: str) -> "FitCheckpointer":
+  def after_blocks_checkpointer(self, name: str) -> FitCheckpointer:
     """Per-epoch checkpoints of a fit that runs after every block is frozen (QuickNet+ fine-tuning),
     kept apart from the blocks' `in_progress/` so clearing those never touches it."""
     return FitCheckpointer(os.path.join(self.directory, "after_blocks", name), name)
@@ -151,7 +186,8 @@ class FitCheckpointer:
     self.directory = os.path.abspath(directory)
     self.name = name
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    )
     self.resumed_seconds = 0.0  # wall time of the epochs restore() brought back (for honest timings)
 
   def latest_epoch(self) -> Optional[int]:
@@ -164,15 +200,19 @@ class FitCheckpointer:
     scalars = {k: getattr(state, k) for k in _FIT_SCALARS}
     previous = self._manager.latest_step()
     try:
-      saved = self._manager.save(state.epoch, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(trees), scalars=ocp.args.JsonSave(scalars)))
+      saved = self._manager.save(
+        state.epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(trees), scalars=ocp.args.JsonSave(scalars))
+      )
       self._manager.wait_until_finished()
     except Exception as e:
-      raise _save_failed(f"{self.name} after epoch {state.epoch}", self.directory,
-                         None if previous is None else f"epoch {previous}", e) from e
+      raise _save_failed(
+        f"{self.name} after epoch {state.epoch}", self.directory, None if previous is None else f"epoch {previous}", e
+      ) from e
     if not saved:
-      raise CheckpointError(f"{self.name}: epoch {state.epoch} was not saved: {self.directory} already holds "
-                            f"epoch {previous}; delete {self.directory} to retrain {self.name}")
+      raise CheckpointError(
+        f"{self.name}: epoch {state.epoch} was not saved: {self.directory} already holds "
+        f"epoch {previous}; delete {self.directory} to retrain {self.name}"
+      )
 
   def restore(self, template: FitState) -> Optional[FitState]:
     """The newest saved FitState, shaped like `template` (a fresh FitState of the same fit), or None."""
@@ -181,53 +221,24 @@ class FitCheckpointer:
       return None
     try:
       target = {k: jax.tree.map(np.asarray, jax.device_get(getattr(template, k))) for k in _FIT_TREES}
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), scalars=ocp.args.JsonRestore()))
+      restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), scalars=ocp.args.JsonRestore())
+      )
       scalars = dict(restored["scalars"])
       if set(scalars) != set(_FIT_SCALARS) or scalars["epoch"] != step:
         raise ValueError(f"fields {sorted(scalars)} at epoch {scalars.get('epoch')}")
     except Exception as e:  # orbax raises many types; all mean the same to the user
       earlier = [s for s in self._manager.all_steps() if s < step]
-      fix = (f"delete {self.directory}/{step} to resume from epoch {max(earlier)}" if earlier
-             else f"delete {self.directory} to retrain {self.name} from its first epoch")
-      raise CheckpointError(f"{self.name}: checkpoint of epoch {step} in {self.directory} is unreadable "
-                            f"({_first_line(e)}); {fix}") from e
+      fix = (
+        f"delete {self.directory}/{step} to resume from epoch {max(earlier)}"
+        if earlier
+        else f"delete {self.directory} to retrain {self.name} from its first epoch"
+      )
+      raise CheckpointError(
+        f"{self.name}: checkpoint of epoch {step} in {self.directory} is unreadable ({_first_line(e)}); {fix}"
+      ) from e
     self.resumed_seconds = float(sum(r.get("seconds", 0.0) for r in scalars["history"]))
     return FitState(**restored["state"], **scalars)
 
   def close(self):
     self._manager.close()
-
-
-def fit_resumably(objective, params, model_state, data, config, key, *, num_classes: int, name: str,
-                  checkpoint: Optional[FitCheckpointer], on_epoch=None, log=None, positions_bucket=None):
-  """`train.fit`, resumed from `checkpoint`'s newest FitState and saved to it after every epoch.
-
-  The save comes after `on_epoch` (and also when it raises): callbacks may add to the epoch's record
-  (e.g. a test accuracy), and the history on disk must hold what an uninterrupted run's holds. A fit
-  that had finished (early-stopped or at max_epochs) comes back at once, and its caller goes on.
-  With `checkpoint=None` this is plain `fit`.
-  """
-  if checkpoint is None:
-    return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
-               on_epoch=on_epoch, positions_bucket=positions_bucket)
-  resume = checkpoint.restore(init_fit_state(objective, params, model_state, config))
-  if resume is not None and log is not None:
-    log(f"{name}: resumed after epoch {resume.epoch}" + (" (finished)" if resume.stopped
-                                                         or resume.epoch >= config.max_epochs else ""))
-
-  def report_then_save(state, record):
-    try:
-      if on_epoch is not None:
-        on_epoch(state, record)
-    finally:
-      checkpoint.save(state)
-
-  try:
-    return fit(objective, params, model_state, data, config, key, num_classes=num_classes, name=name,
-               on_epoch=report_then_save, resume=resume, positions_bucket=positions_bucket)
-  except FloatingPointError as e:  # same type, one line, plus where the last good state is
-    kept = checkpoint.latest_epoch()
-    where = (f"the checkpoint of epoch {kept} in {checkpoint.directory} is kept" if kept is not None
-             else "nothing was checkpointed")
-    raise type(e)(f"{e}; {where}") from e

@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 _CURRENT: contextvars.ContextVar[Optional[Mesh]] = contextvars.ContextVar("quicknets_mesh", default=None)
@@ -40,8 +41,7 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   devices = jax.devices()
   n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
-    raise ValueError(f"asked for {n} devices but {len(devices)} are visible: pass --num_devices ≤ "
-                     f"{len(devices)}")
+    raise ValueError(f"asked for {n} devices but {len(devices)} are visible: pass --num_devices ≤ {len(devices)}")
   return Mesh(np.asarray(devices[:n]), (AXIS,))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Optional, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Optional, TextIO
 
 
 def format_seconds(seconds: float) -> str:
@@ -28,11 +29,13 @@ class EpochProgress:
   def __call__(self, kind: str, state, record: dict) -> None:
     rate = record["samples"] / max(record["seconds"], 1e-9)
     remaining = 0 if record["stopped"] else (self.max_epochs - record["epoch"]) * record["seconds"]
-    self.log(f"{self.prefix} {kind} epoch {record['epoch']:3d} | {record['samples']:6d} samples | "
-             f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-             f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} | "
-             f"lr {record['learning_rate']:.2g} | {rate / 1e3:.1f}k samples/s | "
-             + ("stopped early" if record["stopped"] else f"eta ≤ {format_seconds(remaining)}"))
+    self.log(
+      f"{self.prefix} {kind} epoch {record['epoch']:3d} | {record['samples']:6d} samples | "
+      f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+      f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} | "
+      f"lr {record['learning_rate']:.2g} | {rate / 1e3:.1f}k samples/s | "
+      + ("stopped early" if record["stopped"] else f"eta ≤ {format_seconds(remaining)}")
+    )
 
 
 class Progress:
@@ -48,8 +51,15 @@ class Progress:
           progress.update()
   """
 
-  def __init__(self, total: Optional[int], description: str = "", unit: str = "it", stream: TextIO = None,
-               enabled: Optional[bool] = None, min_interval: float = 0.2):
+  def __init__(
+    self,
+    total: Optional[int],
+    description: str = "",
+    unit: str = "it",
+    stream: TextIO = None,
+    enabled: Optional[bool] = None,
+    min_interval: float = 0.2,
+  ):
     self.total, self.description, self.unit = total, description, unit
     self.stream = sys.stderr if stream is None else stream
     if enabled is None:
@@ -97,8 +107,14 @@ class Progress:
     self.close()
 
 
-def track(iterable: Iterable, description: str = "", total: Optional[int] = None, unit: str = "it",
-          stream: TextIO = None, enabled: Optional[bool] = None) -> Iterator:
+def track(
+  iterable: Iterable,
+  description: str = "",
+  total: Optional[int] = None,
+  unit: str = "it",
+  stream: TextIO = None,
+  enabled: Optional[bool] = None,
+) -> Iterator:
   """Yields from `iterable` while showing a `Progress` line (on a terminal only)."""
   if total is None and hasattr(iterable, "__len__"):
     total = len(iterable)

@@ -14,11 +14,11 @@ Everything takes numpy or jax arrays and returns plain Python floats, ready for 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from quicknets_jax import exits
+from quicknets_jax.core import exits
 
 
 def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
@@ -47,7 +47,6 @@ def binary_ece(scores, outcomes, num_bins: int = 15) -> float:
   if n == 0:
     return 0.0
   bins = np.clip(np.ceil(scores * num_bins).astype(int) - 1, 0, num_bins - 1)
-  count = np.bincount(bins, minlength=num_bins)
   score_sum = np.bincount(bins, scores, minlength=num_bins)
   outcome_sum = np.bincount(bins, outcomes, minlength=num_bins)
   return float(np.sum(np.abs(outcome_sum - score_sum)) / n)
@@ -67,8 +66,11 @@ def overconfident_wrong(confidence, correct, threshold: float, commit_logits=Non
   n = confidence.shape[0]
   n_pass = int(passes.sum())
   n_wrong = int((passes & ~correct).sum())
-  return dict(coverage=n_pass / n if n else 0.0, wrong_rate=(n_wrong / n_pass) if n_pass else None,
-              wrong_fraction=n_wrong / n if n else 0.0)
+  return dict(
+    coverage=n_pass / n if n else 0.0,
+    wrong_rate=(n_wrong / n_pass) if n_pass else None,
+    wrong_fraction=n_wrong / n if n else 0.0,
+  )
 
 
 def auroc(scores, positives) -> float | None:
@@ -92,8 +94,9 @@ def auroc(scores, positives) -> float | None:
   return float(u / (n_pos * n_neg))
 
 
-def per_exit_table(probs, commit_logits, labels, thresholds: Sequence[float] = (0.5, 0.9),
-                   num_bins: int = 15) -> list[dict]:
+def per_exit_table(
+  probs, commit_logits, labels, thresholds: Sequence[float] = (0.5, 0.9), num_bins: int = 15
+) -> list[dict]:
   """One row per exit: accuracy, ECE, mean top probability and confidence, and at every threshold the
   over-confident-wrong rate and coverage without / with the commitment filter.
 
@@ -106,14 +109,22 @@ def per_exit_table(probs, commit_logits, labels, thresholds: Sequence[float] = (
   rows = []
   for e in range(probs.shape[0]):
     correct = probs[e].argmax(-1) == labels
-    row = dict(exit=e, accuracy=float(correct.mean()),
-               ece=expected_calibration_error(probs[e], labels, num_bins),
-               mean_top_probability=float(probs[e].max(-1).mean()), mean_confidence=float(conf[e].mean()),
-               auroc_confidence=auroc(conf[e], correct), at_threshold=[])
+    row = dict(
+      exit=e,
+      accuracy=float(correct.mean()),
+      ece=expected_calibration_error(probs[e], labels, num_bins),
+      mean_top_probability=float(probs[e].max(-1).mean()),
+      mean_confidence=float(conf[e].mean()),
+      auroc_confidence=auroc(conf[e], correct),
+      at_threshold=[],
+    )
     if commit_logits is not None:
       logits = np.asarray(commit_logits[e], np.float64)
-      row.update(commit_positive_rate=float((logits > 0).mean()), auroc_commitment=auroc(logits, correct),
-                 commit_precision=_precision(logits > 0, correct))
+      row.update(
+        commit_positive_rate=float((logits > 0).mean()),
+        auroc_commitment=auroc(logits, correct),
+        commit_precision=_precision(logits > 0, correct),
+      )
     for t in thresholds:
       entry = dict(threshold=float(t), confidence_only=overconfident_wrong(conf[e], correct, t))
       if commit_logits is not None:

@@ -29,13 +29,14 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quicknets_jax import exits
+from quicknets_jax.core import costs, exits
 from quicknets_jax.models.base import COMMIT, EXIT, Block, CommitmentHead, MultiExitModel
 from quicknets_jax.models.mlp import LinearExit
 
@@ -82,8 +83,11 @@ def bucket(n: int, per_octave: int = 8) -> int:
 def _block_outputs(block, variables, x):
   """(features, exit logits, commitment logit) of a block; the MLP's two Dense heads, which read the
   same features, share one matmul (a kernel launch and a pass over the features fewer)."""
-  if not (isinstance(block.exit_head, LinearExit) and isinstance(block.commit_head, CommitmentHead)
-          and set(variables) == {"params"}):
+  if not (
+    isinstance(block.exit_head, LinearExit)
+    and isinstance(block.commit_head, CommitmentHead)
+    and set(variables) == {"params"}
+  ):
     return block.apply(variables, x)
   features = block.apply(variables, x, method=Block.features)
   params = variables["params"]
@@ -95,7 +99,7 @@ def _block_outputs(block, variables, x):
   return features, logits, (hidden_act @ commit_out["kernel"] + commit_out["bias"])[:, 0]
 
 
-def _exit_outputs(block, variables, x, rule: "_Rule"):
+def _exit_outputs(block, variables, x, rule: _Rule):
   """Block on x: features, each row's prediction and confidence, and whether the rule lets it leave."""
   features, logits, commit = _block_outputs(block, variables, x)
   probs = jax.nn.softmax(logits)
@@ -135,8 +139,7 @@ def _compiled(model: MultiExitModel, num_exits: int):
     features, prediction, confidence, qualifies = _exit_outputs(model.blocks[0], variables, x, rule)
     answer = jnp.where(qualifies, prediction + flag, prediction if num_exits == 1 else 0)
     rows = offset + jnp.arange(x.shape[0], dtype=jnp.int32)
-    return (_Part(features, rows, confidence, prediction, ~qualifies), answer,
-            jnp.sum(~qualifies, dtype=jnp.int32))
+    return (_Part(features, rows, confidence, prediction, ~qualifies), answer, jnp.sum(~qualifies, dtype=jnp.int32))
 
   def later(j, start, size, variables, parts: tuple[_Part, ...], answers: tuple, rule: _Rule):
     """Block j on the continuing rows start..start+size−1 of the window's parts, taken in order (rows
@@ -145,7 +148,7 @@ def _compiled(model: MultiExitModel, num_exits: int):
     Returns (its part, the window's answer codes, how many of its rows continue, whether more rows
     continued than start + size — a guessed size that was too small)."""
     order, count = _compact(jnp.concatenate([p.continues for p in parts]))
-    take = order[start:start + size]
+    take = order[start : start + size]
     pick = lambda name: jnp.take(jnp.concatenate([getattr(p, name) for p in parts]), take, axis=0, mode="clip")
     rows, best_confidence, best_code = pick("rows"), pick("best_confidence"), pick("best_code")
     valid = start + jnp.arange(size) < count
@@ -162,8 +165,12 @@ def _compiled(model: MultiExitModel, num_exits: int):
       value, write = code + flag, valid & qualifies
     answer = answer.at[jnp.where(write, rows, answer.shape[0])].set(value, mode="drop")
     continues = valid & ~qualifies
-    return (_Part(features, rows, best_confidence, best_code, continues), answer,
-            jnp.sum(continues, dtype=jnp.int32), count > start + size)
+    return (
+      _Part(features, rows, best_confidence, best_code, continues),
+      answer,
+      jnp.sum(continues, dtype=jnp.int32),
+      count > start + size,
+    )
 
   def window(variables, xs: tuple, rule: _Rule, plan: tuple):
     """A whole window in one call: block 0 on each input batch, then block j on the calls
@@ -199,9 +206,18 @@ def _guess(fraction: float, width: int) -> int:
   return int(np.ceil(mean + 4.0 * np.sqrt(max(mean * (1.0 - fraction), 1.0)) + 2))
 
 
-def cascade_predict(model: MultiExitModel, variables: Sequence[dict], images, threshold: float,
-                    fallback: str = "most_confident", use_commitment: bool = True, batch_size: int = 4096,
-                    buckets_per_octave: int = 8, pool: int = 4, reuse_guesses: bool = True) -> CascadeResult:
+def cascade_predict(
+  model: MultiExitModel,
+  variables: Sequence[dict],
+  images,
+  threshold: float,
+  fallback: str = "most_confident",
+  use_commitment: bool = True,
+  batch_size: int = 4096,
+  buckets_per_octave: int = 8,
+  pool: int = 4,
+  reuse_guesses: bool = True,
+) -> CascadeResult:
   """Early-exit inference that stops computing for a sample once it has left.
 
   Args:
@@ -216,15 +232,23 @@ def cascade_predict(model: MultiExitModel, variables: Sequence[dict], images, th
     A `CascadeResult` of host arrays.
   """
   images = jnp.asarray(images)
-  batches = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size))
-  return cascade_predict_batches(model, variables, batches, threshold, fallback, use_commitment,
-                                 buckets_per_octave, pool, reuse_guesses)
+  batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
+  return cascade_predict_batches(
+    model, variables, batches, threshold, fallback, use_commitment, buckets_per_octave, pool, reuse_guesses
+  )
 
 
-def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], batches: Iterable, threshold: float,
-                            fallback: str = "most_confident", use_commitment: bool = True,
-                            buckets_per_octave: int = 8, pool: int = 4, reuse_guesses: bool = True
-                            ) -> CascadeResult:
+def cascade_predict_batches(
+  model: MultiExitModel,
+  variables: Sequence[dict],
+  batches: Iterable,
+  threshold: float,
+  fallback: str = "most_confident",
+  use_commitment: bool = True,
+  buckets_per_octave: int = 8,
+  pool: int = 4,
+  reuse_guesses: bool = True,
+) -> CascadeResult:
   """`cascade_predict` on batches the caller has already cut (e.g. a data loader's), in order.
 
   Block 0 runs on each input batch as it comes. Later blocks take the continuing rows of a window of
@@ -290,8 +314,9 @@ def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], ba
       answer, overflow = window_step(tuple(variables), tuple(window), rule, plan=plan(widths))
       return (answer,), [overflow]
     total, cap = sum(widths), max(widths)
-    outputs = [first(variables[0], x, np.int32(offset), rule)
-               for x, offset in zip(window, np.cumsum([0] + widths[:-1]))]
+    outputs = [
+      first(variables[0], x, np.int32(offset), rule) for x, offset in zip(window, np.cumsum([0] + widths[:-1]))
+    ]
     parts, answers, counts = (list(column) for column in zip(*outputs))
     answers, seen = tuple(answers), []
     for j in range(1, num_exits):
@@ -326,8 +351,7 @@ def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], ba
         settle(*queued.popleft())
   for item in queued:
     settle(*item)
-  code = (np.concatenate([np.asarray(a) for answers in windows for a in answers]) if windows
-          else np.zeros(0, np.int32))
+  code = np.concatenate([np.asarray(a) for answers in windows for a in answers]) if windows else np.zeros(0, np.int32)
   flag = _qualified_flag(num_exits, model.num_classes)
   qualified = code >= flag
   code = code - flag * qualified
@@ -343,5 +367,5 @@ def cascade_predict_batches(model: MultiExitModel, variables: Sequence[dict], ba
 
 def cascade_flops(result: CascadeResult, model: MultiExitModel) -> np.ndarray:
   """FLOPs per sample actually spent by the cascade: every block and head each sample ran through."""
-  cumulative = np.concatenate([[0.0], np.cumsum([c.total for c in model.block_costs])])
+  cumulative = np.concatenate([[0.0], costs.cascade_costs(model.block_costs)])
   return cumulative[result.blocks_run]

@@ -10,7 +10,8 @@ the last exit with `fallback="last"` (the SDN/BranchyNet rule).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,13 @@ def check_threshold(threshold: float, name: str = "threshold") -> float:
   return threshold
 
 
-def select_exits(probs: jnp.ndarray, commit_logits: jnp.ndarray | None, threshold,
-                 fallback: str = "most_confident", use_commitment: bool = True) -> ExitDecision:
+def select_exits(
+  probs: jnp.ndarray,
+  commit_logits: jnp.ndarray | None,
+  threshold,
+  fallback: str = "most_confident",
+  use_commitment: bool = True,
+) -> ExitDecision:
   """Chooses an exit for every sample at once.
 
   Args:
@@ -99,8 +105,9 @@ class SweepResult(NamedTuple):
 # Jitted: called eagerly (by the experiment, once per trained prefix of the cascade) its dozen small ops
 # would each compile for every exit count, ~1 s per call on 2 CPU cores; inside `_sweep` it is inlined.
 @functools.partial(jax.jit, static_argnames=("fallback", "use_commitment"))
-def evaluate_rule(probs, commit_logits, labels, threshold, cascade_costs, fallback="most_confident",
-                  use_commitment=True):
+def evaluate_rule(
+  probs, commit_logits, labels, threshold, cascade_costs, fallback="most_confident", use_commitment=True
+):
   """(accuracy, mean inference FLOPs, exit fractions [E]) of the rule at one threshold; jitted."""
   decision = select_exits(probs, commit_logits, threshold, fallback, use_commitment)
   accuracy = jnp.mean(decision.prediction == labels)
@@ -109,28 +116,38 @@ def evaluate_rule(probs, commit_logits, labels, threshold, cascade_costs, fallba
   return accuracy, cost, fractions
 
 
-def sweep_thresholds(probs, commit_logits, labels, cascade_costs, thresholds: Sequence[float] | None = None,
-                     fallback: str = "most_confident", use_commitment: bool = True) -> SweepResult:
+def sweep_thresholds(
+  probs,
+  commit_logits,
+  labels,
+  cascade_costs,
+  thresholds: Sequence[float] | None = None,
+  fallback: str = "most_confident",
+  use_commitment: bool = True,
+) -> SweepResult:
   """Evaluates the exit rule at every threshold in one vmapped pass."""
   if thresholds is None:
     thresholds = default_thresholds()
   thresholds = jnp.asarray(thresholds, jnp.float32)
-  accuracy, cost, fractions = _sweep(probs, commit_logits, jnp.asarray(labels), thresholds,
-                                     jnp.asarray(cascade_costs), fallback, use_commitment)
+  accuracy, cost, fractions = _sweep(
+    probs, commit_logits, jnp.asarray(labels), thresholds, jnp.asarray(cascade_costs), fallback, use_commitment
+  )
   return SweepResult(np.asarray(thresholds), np.asarray(accuracy), np.asarray(cost), np.asarray(fractions))
 
 
 @functools.partial(jax.jit, static_argnames=("fallback", "use_commitment"))
 def _sweep(probs, commit_logits, labels, thresholds, cascade_costs, fallback, use_commitment):
   # arrays are arguments, not closed-over constants: XLA would otherwise constant-fold the whole sweep
-  return jax.vmap(lambda t: evaluate_rule(probs, commit_logits, labels, t, cascade_costs, fallback,
-                                          use_commitment))(thresholds)
+  return jax.vmap(lambda t: evaluate_rule(probs, commit_logits, labels, t, cascade_costs, fallback, use_commitment))(
+    thresholds
+  )
 
 
 def default_thresholds() -> np.ndarray:
   """0, 0.05, …, 0.95 then a finer grid up to 0.999 where the confidence of trained nets piles up."""
-  return np.unique(np.round(np.concatenate([np.arange(0.0, 0.95, 0.05),
-                                            np.arange(0.95, 1.0, 0.01), [0.995, 0.999]]), 4))
+  return np.unique(
+    np.round(np.concatenate([np.arange(0.0, 0.95, 0.05), np.arange(0.95, 1.0, 0.01), [0.995, 0.999]]), 4)
+  )
 
 
 def choose_threshold(sweep: SweepResult, accuracy_tolerance: float = 0.0) -> float:

@@ -1,14 +1,15 @@
-"""The one trainer: QuickNet blocks, commitment heads and end-to-end baselines all train here.
+"""The one trainer: QuickNet blocks, commitment heads, end-to-end baselines and SDN joint training.
 
 They differ only in the `Objective` — a per-sample loss over a param tree plus a mask of which leaves
 train — never in the loop. An epoch runs inside one jit: the batch order is drawn on device from the
 working set's index array (shuffled, or class-balanced as design.md §1 asks), the last partial batch
-is padded and masked, and `lax.scan` runs the steps. Around it, on the host, sit Appendix A's
-schedule (Adam, reduce-on-plateau ×0.5 with patience 1, early stopping after 3 epochs without a new
-validation minimum, at most 100 epochs, best-validation params kept) and a NaN guard.
+is padded and masked, and `lax.fori_loop` runs the steps. Around it, on the host, sit Appendix A's
+schedule (`schedule.py`: Adam, reduce-on-plateau ×0.5 with patience 1, early stopping after 3 epochs
+without a new validation minimum, at most 100 epochs, best-validation params kept) and a NaN guard.
 
 Every random choice comes from `fold_in(key, epoch)` and then the step number, so a fit resumed from
-its `FitState` ends exactly where an uninterrupted one would.
+its `FitState` ends exactly where an uninterrupted one would; `fit(..., checkpoint=...)` does the
+resuming and saves the state after every epoch.
 """
 
 from __future__ import annotations
@@ -16,62 +17,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from quicknets_jax import parallel
 from quicknets_jax.data.sampling import draw_epoch_padded
+from quicknets_jax.training import parallel
+from quicknets_jax.training.checkpoint import FitCheckpointer
+from quicknets_jax.training.schedule import FitConfig, FitState, end_epoch, monitored_score
 
 PyTree = Any
-MONITORS = ("val_loss", "val_accuracy")
 # loss_fn(params, model_state, inputs, targets, rng, train) -> (per-sample loss [B],
 #                                                              per-sample correct [B], new model_state)
 LossFn = Callable[..., tuple[jnp.ndarray, jnp.ndarray, PyTree]]
-
-
-@dataclasses.dataclass(frozen=True)
-class FitConfig:
-  """Appendix A's schedule. Defaults: the paper's MLP setting."""
-
-  learning_rate: float = 1e-3
-  batch_size: int = 128
-  max_epochs: int = 100
-  plateau_factor: float = 0.5
-  plateau_patience: int = 1
-  early_stop_patience: int = 3
-  balanced_sampling: bool = True
-  eval_batch_size: int = 2048
-  # What "a better epoch" means for best params, reduce-on-plateau and early stopping: the validation
-  # loss going down (Appendix A), or the validation "accuracy" the loss reports going up (QuickNet+'s
-  # learned-set budget makes that the fraction of validation samples the block would remove). An epoch
-  # keeps its parameters if it beats the best; it counts as progress (resetting the plateau and
-  # early-stopping patience) only when it beats the last progress by more than `min_delta`.
-  monitor: str = "val_loss"
-  min_delta: float = 0.0
-  # Run an epoch's steps from a Python loop instead of inside one jit (see `make_epoch_fn`); None:
-  # only for models that convolve, on CPU, where XLA runs convolutions in loops far slower.
-  host_loop: Optional[bool] = None
-
-  def __post_init__(self):
-    if self.monitor not in MONITORS:
-      raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-    if not (self.min_delta >= 0 and math.isfinite(self.min_delta)):
-      raise ValueError(f"min_delta must be a finite number ≥ 0, got {self.min_delta}")
-    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-      raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
-    if self.batch_size < 1 or self.eval_batch_size < 1:
-      raise ValueError(f"batch sizes must be ≥ 1, got {self.batch_size}, {self.eval_batch_size}")
-    if self.max_epochs < 1:
-      raise ValueError(f"max_epochs must be ≥ 1, got {self.max_epochs}")
-    if not 0 < self.plateau_factor <= 1:
-      raise ValueError(f"plateau_factor must be in (0, 1], got {self.plateau_factor}")
-    if self.plateau_patience < 0 or self.early_stop_patience < 1:
-      raise ValueError("plateau_patience must be ≥ 0 and early_stop_patience ≥ 1, got "
-                       f"{self.plateau_patience}, {self.early_stop_patience}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,28 +80,6 @@ class NonFiniteLossError(FloatingPointError, ValueError):
   """A fit met a NaN/inf loss; also a ValueError, so entry points print it as their one-line error."""
 
 
-@dataclasses.dataclass
-class FitState:
-  """Everything a fit needs to go on after an interruption (all host-side or device arrays)."""
-
-  params: PyTree
-  opt_state: PyTree
-  model_state: PyTree
-  best_params: PyTree
-  best_model_state: PyTree
-  best_val_loss: float = float("inf")  # the best monitored score: val loss, or −val accuracy
-  # The score of the last epoch that counted as progress (beat this by more than min_delta); the
-  # patience counters below count epochs since then. With min_delta = 0 it is best_val_loss.
-  progress_score: float = float("inf")
-  best_epoch: int = 0
-  learning_rate: float = 0.0
-  epoch: int = 0  # epochs completed
-  epochs_since_best: int = 0
-  plateau_bad_epochs: int = 0
-  stopped: bool = False
-  history: list = dataclasses.field(default_factory=list)
-
-
 def make_optimizer(trainable: PyTree, params: PyTree) -> optax.GradientTransformation:
   """Adam on the trainable leaves, nothing on the rest (big_vision's frozen-by-mask).
 
@@ -170,8 +110,15 @@ def pad_rows(array, rows: int, value=0):
   return jnp.asarray(array)
 
 
-def make_epoch_fn(objective: Objective, tx: optax.GradientTransformation, batch_size: int,
-                  num_classes: int, balanced: bool, mesh=None, host_loop: bool = False):
+def make_epoch_fn(
+  objective: Objective,
+  tx: optax.GradientTransformation,
+  batch_size: int,
+  num_classes: int,
+  balanced: bool,
+  mesh=None,
+  host_loop: bool = False,
+):
   """One epoch of training steps: (params, opt_state, state, lr, inputs, targets, positions [bucket],
   sample_classes [bucket], num_samples, key[, hparams][, loss_args]) -> (params, opt_state, state,
   mean loss, accuracy). The working set is padded to a bucket and its true size is traced, so the
@@ -190,8 +137,9 @@ def make_epoch_fn(objective: Objective, tx: optax.GradientTransformation, batch_
     order = draw_epoch_padded(draw_key, sample_classes, num_samples, num_classes, balanced)
     return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key  # room for the last batch
 
-  def step(step_index, carry, order, step_key, learning_rate, inputs, targets, positions, num_samples,
-           hparams, loss_args):
+  def step(
+    step_index, carry, order, step_key, learning_rate, inputs, targets, positions, num_samples, hparams, loss_args
+  ):
     kwargs = {}
     if with_hparams:
       kwargs["hparams"] = hparams
@@ -209,25 +157,46 @@ def make_epoch_fn(objective: Objective, tx: optax.GradientTransformation, batch_
 
     def mean_loss(p):
       losses, correct, new_state = objective.loss_fn(p, model_state, x, y, rng, True, **kwargs)
-      return jnp.sum(losses * batch_mask) / jnp.maximum(jnp.sum(batch_mask), 1.0), (losses, correct,
-                                                                                     new_state)
+      return jnp.sum(losses * batch_mask) / jnp.maximum(jnp.sum(batch_mask), 1.0), (losses, correct, new_state)
 
     (_, (losses, correct, new_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, jax.tree.map(lambda u: -learning_rate * u, updates))
-    return (params, opt_state, new_state, loss_sum + jnp.sum(losses * batch_mask),
-            correct_sum + jnp.sum(correct * batch_mask))
+    return (
+      params,
+      opt_state,
+      new_state,
+      loss_sum + jnp.sum(losses * batch_mask),
+      correct_sum + jnp.sum(correct * batch_mask),
+    )
 
   if not host_loop:
-    def epoch_fn(params, opt_state, model_state, learning_rate, inputs, targets, positions, sample_classes,
-                 num_samples, key, hparams=None, loss_args=None):
+
+    def epoch_fn(
+      params,
+      opt_state,
+      model_state,
+      learning_rate,
+      inputs,
+      targets,
+      positions,
+      sample_classes,
+      num_samples,
+      key,
+      hparams=None,
+      loss_args=None,
+    ):
       order, step_key = draw(key, sample_classes, num_samples)
       num_steps = (num_samples + batch_size - 1) // batch_size
       zero = jnp.zeros((), jnp.float32)
       params, opt_state, model_state, loss_sum, correct_sum = jax.lax.fori_loop(
-          0, num_steps, lambda i, carry: step(i, carry, order, step_key, learning_rate, inputs, targets,
-                                              positions, num_samples, hparams, loss_args),
-          (params, opt_state, model_state, zero, zero))
+        0,
+        num_steps,
+        lambda i, carry: step(
+          i, carry, order, step_key, learning_rate, inputs, targets, positions, num_samples, hparams, loss_args
+        ),
+        (params, opt_state, model_state, zero, zero),
+      )
       return params, opt_state, model_state, loss_sum / num_samples, correct_sum / num_samples
 
     # params, optimizer state and model state are donated: XLA writes the new ones into their buffers.
@@ -236,14 +205,27 @@ def make_epoch_fn(objective: Objective, tx: optax.GradientTransformation, batch_
   jit_draw = jax.jit(draw)
   jit_step = jax.jit(step, donate_argnums=(1,))  # the carry: params, optimizer and model state, sums
 
-  def host_epoch_fn(params, opt_state, model_state, learning_rate, inputs, targets, positions, sample_classes,
-                    num_samples, key, hparams=None, loss_args=None):
+  def host_epoch_fn(
+    params,
+    opt_state,
+    model_state,
+    learning_rate,
+    inputs,
+    targets,
+    positions,
+    sample_classes,
+    num_samples,
+    key,
+    hparams=None,
+    loss_args=None,
+  ):
     order, step_key = jit_draw(key, sample_classes, num_samples)
     zero = jnp.zeros((), jnp.float32)
     carry = (params, opt_state, model_state, zero, jnp.zeros((), jnp.float32))
     for i in range(-(-int(num_samples) // batch_size)):
-      carry = jit_step(jnp.int32(i), carry, order, step_key, learning_rate, inputs, targets, positions,
-                       num_samples, hparams, loss_args)
+      carry = jit_step(
+        jnp.int32(i), carry, order, step_key, learning_rate, inputs, targets, positions, num_samples, hparams, loss_args
+      )
     params, opt_state, model_state, loss_sum, correct_sum = carry
     return params, opt_state, model_state, loss_sum / num_samples, correct_sum / num_samples
 
@@ -255,8 +237,7 @@ def _private_copy(tree):
   return jax.tree.map(lambda x: jax.device_put(x, may_alias=False), tree)
 
 
-def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None,
-                 host_loop: bool = False):
+def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None, host_loop: bool = False):
   """(params, state, inputs [rows], targets, n[, loss_args]) -> (mean loss, accuracy) over the first n
   rows, in fixed-size masked chunks, so padded inputs of any n up to `rows` share one compile. The
   chunks are a `lax.scan` inside one jit, or (`host_loop`, see `make_epoch_fn`) a Python loop."""
@@ -276,11 +257,12 @@ def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False,
     return rows, (xp.arange(padded) < num_rows).reshape(chunks, eval_batch_size)
 
   if not host_loop:
+
     def eval_fn(params, model_state, inputs, targets, num_rows, loss_args=None):
       rows, mask = chunks_of(inputs.shape[0], num_rows, jnp)
       _, (loss_sums, correct_sums) = jax.lax.scan(
-          lambda carry, xs: (carry, chunk_sums(params, model_state, inputs, targets, *xs, loss_args)), None,
-          (rows, mask))
+        lambda carry, xs: (carry, chunk_sums(params, model_state, inputs, targets, *xs, loss_args)), None, (rows, mask)
+      )
       return jnp.sum(loss_sums) / num_rows, jnp.sum(correct_sums) / num_rows
 
     return jax.jit(eval_fn)
@@ -306,20 +288,40 @@ def uses_convolution(loss_fn: LossFn, params, model_state, x, y, **kwargs) -> bo
 _COMPILED: dict = {}
 
 
-def _compiled_fns(objective: Objective, tx, params, batch_size: int, num_classes: int, balanced: bool,
-                  eval_batch_size: int, mesh=None, host_loop: bool = False):
+def _compiled_fns(
+  objective: Objective,
+  tx,
+  params,
+  batch_size: int,
+  num_classes: int,
+  balanced: bool,
+  eval_batch_size: int,
+  mesh=None,
+  host_loop: bool = False,
+):
   mask = objective.trainable
   mask_key = None if mask is None else (jax.tree.structure(mask), tuple(jax.tree.leaves(mask)))
-  key = (objective.loss_fn, mask_key, objective.epoch_hparams is not None, objective.loss_args is not None,
-         batch_size, num_classes, balanced, eval_batch_size, mesh, host_loop)
+  key = (
+    objective.loss_fn,
+    mask_key,
+    objective.epoch_hparams is not None,
+    objective.loss_args is not None,
+    batch_size,
+    num_classes,
+    balanced,
+    eval_batch_size,
+    mesh,
+    host_loop,
+  )
   try:
     hash(key)
   except TypeError:  # an unhashable loss (a lambda over arrays): compile for this fit only
     key = None
   if key is None or key not in _COMPILED:
-    fns = (make_epoch_fn(objective, tx, batch_size, num_classes, balanced, mesh=mesh, host_loop=host_loop),
-           make_eval_fn(objective.loss_fn, eval_batch_size, objective.loss_args is not None, mesh=mesh,
-                        host_loop=host_loop))
+    fns = (
+      make_epoch_fn(objective, tx, batch_size, num_classes, balanced, mesh=mesh, host_loop=host_loop),
+      make_eval_fn(objective.loss_fn, eval_batch_size, objective.loss_args is not None, mesh=mesh, host_loop=host_loop),
+    )
     if key is None:
       return fns
     if len(_COMPILED) > 256:
@@ -331,15 +333,38 @@ def _compiled_fns(objective: Objective, tx, params, batch_size: int, num_classes
 def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, config: FitConfig) -> FitState:
   """A fresh FitState: Adam moments at zero, the configured learning rate."""
   tx = make_optimizer(objective.trainable, params)
-  return FitState(params=params, opt_state=tx.init(params), model_state=model_state, best_params=params,
-                  best_model_state=model_state, learning_rate=config.learning_rate)
+  return FitState(
+    params=params,
+    opt_state=tx.init(params),
+    model_state=model_state,
+    best_params=params,
+    best_model_state=model_state,
+    learning_rate=config.learning_rate,
+  )
 
 
-def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData, config: FitConfig,
-        key: jax.Array, *, num_classes: int, name: str = "fit",
-        on_epoch: Optional[Callable[[FitState, dict], None]] = None,
-        resume: Optional[FitState] = None, mesh=None, positions_bucket: Optional[int] = None) -> FitState:
+def fit(
+  objective: Objective,
+  params: PyTree,
+  model_state: PyTree,
+  data: FitData,
+  config: FitConfig,
+  key: jax.Array,
+  *,
+  num_classes: int,
+  name: str = "fit",
+  on_epoch: Optional[Callable[[FitState, dict], None]] = None,
+  checkpoint: Optional[FitCheckpointer] = None,
+  log: Optional[Callable[[str], None]] = None,
+  mesh=None,
+  positions_bucket: Optional[int] = None,
+) -> FitState:
   """Trains `params` on `data` under Appendix A's schedule; returns the final FitState.
+
+  `checkpoint`: a `checkpoint.FitCheckpointer` (or None). The fit resumes from its newest FitState
+  (a fit that had finished comes back at once) and saves the state after every epoch — after
+  `on_epoch`, also when that raises, because callbacks may add to the epoch's record (e.g. a test
+  accuracy) and the history on disk must hold what an uninterrupted run's holds.
 
   `mesh`: a `parallel.make_mesh()` mesh to run data parallel on (batches split over its devices,
   params replicated); None takes the mesh of an enclosing `parallel.data_parallel(...)` block, if any.
@@ -349,8 +374,8 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
   every block after the first, and every commitment head, to the full split's bucket.
 
   `state.best_params` / `best_model_state` hold the best-validation parameters. `on_epoch(state,
-  record)` is called after every epoch (progress, checkpoints). `resume` continues an interrupted fit.
-  Raises FloatingPointError naming `name` and the epoch on a non-finite loss.
+  record)` is called after every epoch (progress, metrics). Raises `NonFiniteLossError` naming `name`,
+  the epoch and the checkpoint that is kept, on a non-finite loss.
   """
   num_samples = int(data.positions.shape[0])
   if num_samples == 0:
@@ -358,7 +383,14 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
   if (data.val_inputs.shape[0] if data.num_val is None else data.num_val) == 0:
     raise ValueError(f"{name}: the validation set is empty; raise --val_fraction")
   tx = make_optimizer(objective.trainable, params)
-  state = resume if resume is not None else init_fit_state(objective, params, model_state, config)
+  state = init_fit_state(objective, params, model_state, config)
+  if checkpoint is not None:
+    resumed = checkpoint.restore(state)
+    if resumed is not None:
+      state = resumed
+      if log is not None:
+        finished = state.stopped or state.epoch >= config.max_epochs
+        log(f"{name}: resumed after epoch {state.epoch}" + (" (finished)" if finished else ""))
   batch_size = min(config.batch_size, num_samples)
   eval_batch_size = config.eval_batch_size
   mesh = mesh if mesh is not None else parallel.current_mesh()
@@ -366,18 +398,24 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
     batch_size = parallel.round_up_batch(batch_size, mesh)
     eval_batch_size = parallel.round_up_batch(eval_batch_size, mesh)
     state.params, state.opt_state, state.model_state, data = parallel.replicate(
-        (state.params, state.opt_state, state.model_state, data), mesh)
+      (state.params, state.opt_state, state.model_state, data), mesh
+    )
   # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
   # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
-  state.params, state.opt_state, state.model_state = _private_copy(
-      (state.params, state.opt_state, state.model_state))
+  state.params, state.opt_state, state.model_state = _private_copy((state.params, state.opt_state, state.model_state))
   host_loop = config.host_loop
   if host_loop is None:
     host_loop = jax.default_backend() == "cpu" and uses_convolution(
-        objective.loss_fn, state.params, state.model_state, data.inputs, data.targets,
-        **({} if objective.loss_args is None else {"loss_args": objective.loss_args}))
-  epoch_fn, eval_fn = _compiled_fns(objective, tx, params, batch_size, num_classes, config.balanced_sampling,
-                                     eval_batch_size, mesh, host_loop)
+      objective.loss_fn,
+      state.params,
+      state.model_state,
+      data.inputs,
+      data.targets,
+      **({} if objective.loss_args is None else {"loss_args": objective.loss_args}),
+    )
+  epoch_fn, eval_fn = _compiled_fns(
+    objective, tx, params, batch_size, num_classes, config.balanced_sampling, eval_batch_size, mesh, host_loop
+  )
   # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
   bucket = max(positions_bucket or 0, bucket_size(num_samples))
   positions = pad_rows(np.asarray(data.positions, np.int32), bucket)
@@ -391,41 +429,63 @@ def fit(objective: Objective, params: PyTree, model_state: PyTree, data: FitData
   while not state.stopped and state.epoch < config.max_epochs:
     start = time.perf_counter()
     epoch_key = jax.random.fold_in(key, state.epoch)
-    hparams = ({} if objective.epoch_hparams is None
-               else {"hparams": jax.tree.map(jnp.asarray, objective.epoch_hparams(state.epoch + 1))})
+    hparams = (
+      {}
+      if objective.epoch_hparams is None
+      else {"hparams": jax.tree.map(jnp.asarray, objective.epoch_hparams(state.epoch + 1))}
+    )
     params, opt_state, new_model_state, train_loss, train_acc = epoch_fn(
-        state.params, state.opt_state, state.model_state, jnp.float32(state.learning_rate), data.inputs,
-        data.targets, positions, sample_classes, jnp.int32(num_samples), epoch_key, **hparams, **loss_args)
-    val_loss, val_acc = eval_fn(params, new_model_state, val_inputs, val_targets, jnp.int32(num_val),
-                                **loss_args)
+      state.params,
+      state.opt_state,
+      state.model_state,
+      jnp.float32(state.learning_rate),
+      data.inputs,
+      data.targets,
+      positions,
+      sample_classes,
+      jnp.int32(num_samples),
+      epoch_key,
+      **hparams,
+      **loss_args,
+    )
+    val_loss, val_acc = eval_fn(params, new_model_state, val_inputs, val_targets, jnp.int32(num_val), **loss_args)
     train_loss, train_acc, val_loss, val_acc = (float(v) for v in (train_loss, train_acc, val_loss, val_acc))
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
       raise NonFiniteLossError(
-          f"{name}: non-finite loss at epoch {state.epoch + 1} (train {train_loss}, val {val_loss}); "
-          f"the last good parameters are kept — lower --learning_rate (now {state.learning_rate:g})")
+        f"{name}: non-finite loss at epoch {state.epoch + 1} (train {train_loss}, val {val_loss}); "
+        f"the last good parameters are kept — lower --learning_rate (now {state.learning_rate:g})" + _kept(checkpoint)
+      )
     state.params, state.opt_state, state.model_state = params, opt_state, new_model_state
     state.epoch += 1
-    record = dict(epoch=state.epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                  val_accuracy=val_acc, learning_rate=state.learning_rate, samples=num_samples,
-                  seconds=time.perf_counter() - start)
-    score = val_loss if config.monitor == "val_loss" else -val_acc  # lower is better
-    if score < state.best_val_loss:  # best params: the best epoch, however small its gain
-      state.best_val_loss, state.best_epoch = score, state.epoch
+    record = dict(
+      epoch=state.epoch,
+      train_loss=train_loss,
+      train_accuracy=train_acc,
+      val_loss=val_loss,
+      val_accuracy=val_acc,
+      learning_rate=state.learning_rate,
+      samples=num_samples,
+      seconds=time.perf_counter() - start,
+    )
+    if end_epoch(state, config, monitored_score(config, val_loss, val_acc)):
       # copies: the next epoch donates (and so overwrites) `params` and `new_model_state`
       state.best_params, state.best_model_state = _private_copy((params, new_model_state))
-    if score < state.progress_score - config.min_delta:  # progress: a gain larger than min_delta
-      state.progress_score = score
-      state.epochs_since_best = state.plateau_bad_epochs = 0
-    else:
-      state.epochs_since_best += 1
-      state.plateau_bad_epochs += 1
-      if state.plateau_bad_epochs > config.plateau_patience:  # torch ReduceLROnPlateau semantics
-        state.learning_rate *= config.plateau_factor
-        state.plateau_bad_epochs = 0
-    if state.epochs_since_best >= config.early_stop_patience:
-      state.stopped = True
     record["stopped"] = state.stopped
     state.history.append(record)
-    if on_epoch is not None:
-      on_epoch(state, record)
+    try:
+      if on_epoch is not None:
+        on_epoch(state, record)
+    finally:
+      if checkpoint is not None:
+        checkpoint.save(state)
   return state
+
+
+def _kept(checkpoint: Optional[FitCheckpointer]) -> str:
+  """Where the last good state of a failed fit is, for its error message ("" without checkpoints)."""
+  if checkpoint is None:
+    return ""
+  kept = checkpoint.latest_epoch()
+  if kept is None:
+    return "; nothing was checkpointed"
+  return f"; the checkpoint of epoch {kept} in {checkpoint.directory} is kept"

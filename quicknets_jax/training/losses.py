@@ -1,27 +1,31 @@
-"""Per-sample losses the trainer optimises, built for a block, a commitment head or a whole network."""
+"""Per-sample losses the trainer optimises, built for a block, a commitment head or a whole network.
+
+Each takes the run's training-time augmentation by name (`augment`, `data.augment.AUGMENTATIONS`, or
+None) and applies it to the raw images with the step's rng before they enter the network — only in
+training, and only where raw images enter (block 0, a recomputed frozen prefix, a whole network).
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from quicknets_jax import exits
+from quicknets_jax.core import exits
 from quicknets_jax.data.augment import augment as augment_images
 from quicknets_jax.models.base import Block, MultiExitModel, run_block
 
 
-def augment_inputs(block: Block, x, rng, train):
-  """Applies the training-time augmentation a model's first block names (`subnet.augment`, e.g. VGG's
-  crop + flip) with the step's rng; identity for evaluation, for blocks without one, and for models
-  (like the MLP) that never set it."""
-  name = getattr(block.subnet, "augment", None)
-  if not train or rng is None or name is None:
+def augment_inputs(augment: Optional[str], x, rng, train):
+  """The augmentation called `augment` (e.g. "crop_flip") applied to raw images `x` with the step's rng;
+  identity for evaluation (train False or no rng) and when `augment` is None."""
+  if not train or rng is None or augment is None:
     return x
-  return augment_images(name, x, rng)
+  return augment_images(augment, x, rng)
 
 
 def cross_entropy(logits, labels):
@@ -31,16 +35,17 @@ def cross_entropy(logits, labels):
 
 
 @functools.cache  # one loss object per block config, so jitted epochs are reused
-def block_loss(block: Block, learned_threshold: Optional[float] = None):
+def block_loss(block: Block, augment: Optional[str] = None, learned_threshold: Optional[float] = None):
   """CE of one block's exit on the features entering it (its frozen prefix already applied or cached).
 
-  With `learned_threshold` τ, the per-sample "correct" it reports is "correct with confidence > τ":
-  the fit's accuracy is then the fraction of samples the block would remove (before its commitment
-  head exists), which QuickNet+'s learned-set budget monitors on validation.
+  `augment` only for a block that reads raw images (block 0). With `learned_threshold` τ, the
+  per-sample "correct" it reports is "correct with confidence > τ": the fit's accuracy is then the
+  fraction of samples the block would remove (before its commitment head exists), which QuickNet+'s
+  learned-set budget monitors on validation.
   """
 
   def loss_fn(params, state, x, y, rng, train):
-    x = augment_inputs(block, x, rng, train)
+    x = augment_inputs(augment, x, rng, train)
     (_, logits), new_state = run_block(block, params, state, x, train, method=Block.features_and_logits)
     losses, correct = cross_entropy(logits, y)
     if learned_threshold is not None:
@@ -50,14 +55,20 @@ def block_loss(block: Block, learned_threshold: Optional[float] = None):
   return loss_fn
 
 
-def block_loss_through_prefix(model: MultiExitModel, j: int, frozen_params: Sequence[dict],
-                              frozen_state: Sequence[dict], learned_threshold: Optional[float] = None):
-  """CE of block j on raw inputs, recomputing the frozen blocks 0..j−1 every step (no feature cache)."""
-  inner = block_loss(model.blocks[j], learned_threshold)
+def block_loss_through_prefix(
+  model: MultiExitModel,
+  j: int,
+  frozen_params: Sequence[dict],
+  frozen_state: Sequence[dict],
+  augment: Optional[str] = None,
+  learned_threshold: Optional[float] = None,
+):
+  """CE of block j on raw inputs, recomputing the frozen blocks 0..j−1 every step (no feature cache);
+  the raw images are augmented before they enter the prefix."""
+  inner = block_loss(model.blocks[j], None, learned_threshold)
 
   def loss_fn(params, state, x, y, rng, train):
-    if j > 0:  # block 0's own loss augments; here the raw images enter the frozen prefix first
-      x = augment_inputs(model.blocks[0], x, rng, train)
+    x = augment_inputs(augment, x, rng, train)
     for k in range(j):
       x, _ = run_block(model.blocks[k], frozen_params[k], frozen_state[k], x, False, method=Block.features)
     return inner(params, state, jax.lax.stop_gradient(x), y, rng, train)
@@ -87,35 +98,37 @@ def commitment_loss(block: Block):
 
 
 @functools.cache
-def end_to_end_loss(model: MultiExitModel):
+def end_to_end_loss(model: MultiExitModel, augment: Optional[str] = None):
   """CE of the final exit through every block, all trained together (the end-to-end baseline)."""
 
   def loss_fn(params, state, x, y, rng, train):
-    x = augment_inputs(model.blocks[0], x, rng, train)
+    x = augment_inputs(augment, x, rng, train)
     new_state = list(state)
     for k, block in enumerate(model.blocks[:-1]):
       x, new_state[k] = run_block(block, params[k], state[k], x, train, method=Block.features)
-    (_, logits), new_state[-1] = run_block(model.blocks[-1], params[-1], state[-1], x, train,
-                                           method=Block.features_and_logits)
+    (_, logits), new_state[-1] = run_block(
+      model.blocks[-1], params[-1], state[-1], x, train, method=Block.features_and_logits
+    )
     return (*cross_entropy(logits, y), new_state)
 
   return loss_fn
 
 
-def joint_loss(model: MultiExitModel, max_weights):
+def joint_loss(model: MultiExitModel, max_weights, augment: Optional[str] = None):
   """SDN's weighted joint loss (Kaya et al. 2019): Σ_i τ_i·CE_i over the internal exits + CE of the final exit.
 
-  Every block runs (and trains) together. τ arrives per epoch as the keyword `hparams` ([E−1] weights,
-  see `sdn.loss_weights`); without it — validation — the maximum weights `max_weights` apply, so
-  validation losses of different epochs compare. `correct` is the final exit's.
+  Every block runs (and trains) together, on the augmented images. τ arrives per epoch as the keyword
+  `hparams` ([E−1] weights, see `sdn.loss_weights`); without it — validation — the maximum weights
+  `max_weights` apply, so validation losses of different epochs compare. `correct` is the final exit's.
   """
   max_weights = jnp.asarray(max_weights, jnp.float32)
   if max_weights.shape != (model.num_blocks - 1,):
-    raise ValueError(f"max_weights needs one weight per internal exit ({model.num_blocks - 1}), got "
-                     f"shape {max_weights.shape}")
+    raise ValueError(
+      f"max_weights needs one weight per internal exit ({model.num_blocks - 1}), got shape {max_weights.shape}"
+    )
 
   def loss_fn(params, state, x, y, rng, train, hparams=None):
-    del rng
+    x = augment_inputs(augment, x, rng, train)
     weights = max_weights if hparams is None else hparams
     new_state = list(state)
     total = 0.0

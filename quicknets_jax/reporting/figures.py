@@ -15,27 +15,41 @@ Numbers are means over the seeds that finished; error bars are the standard devi
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
+import matplotlib
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
+from quicknets_jax.core import costs
+from quicknets_jax.core.stats import mean_std_rows
+from quicknets_jax.data.datasets import PRETTY_NAMES
+
 FIGURE_FILES = {
-    "training": "fig2_training.png",
-    "class_distribution": "fig3_class_distribution.png",
-    "inference_cost": "fig4_inference_cost.png",
-    "exits_per_class": "exits_per_class.png",
+  "training": "fig2_training.png",
+  "class_distribution": "fig3_class_distribution.png",
+  "inference_cost": "fig4_inference_cost.png",
+  "exits_per_class": "exits_per_class.png",
 }
 E2E_COLOR = "tab:orange"
-STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
-         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
+STYLE = {
+  "font.size": 10,
+  "axes.titlesize": 11,
+  "axes.labelsize": 10,
+  "legend.fontsize": 9,
+  "axes.spines.top": False,
+  "axes.spines.right": False,
+  "axes.grid": True,
+  "grid.alpha": 0.3,
+}
 DPI = 150  # a 8-inch-wide figure is 1200 px: sharp when README scales it down to ~850 px
 
 
 def block_colors(num: int) -> list:
   """One blue per block/exit, light to dark, so exit j and block j share a colour in every figure."""
-  from matplotlib import colormaps
   cmap = colormaps["Blues"]
   return [cmap(0.4 + 0.5 * j / max(num - 1, 1)) for j in range(num)]
 
@@ -56,20 +70,13 @@ def _num_blocks(seeds: Sequence[dict]) -> int:
   return min(len(s["train_samples_per_block"]) for s in seeds)
 
 
-def _mean_std(rows) -> tuple[np.ndarray, np.ndarray]:
-  rows = np.asarray(rows, float)
-  std = rows.std(axis=0, ddof=1) if rows.shape[0] > 1 else np.zeros(rows.shape[1:])
-  return rows.mean(axis=0), std
-
-
 def _block_flops(seed: dict) -> np.ndarray:
   """Training FLOPs of each block of one seed (every part: training, cache, commitment, ...)."""
-  return np.asarray([sum(v for k, v in part.items() if k != "block") for part in seed["training_flops_parts"]])
+  return np.asarray([costs.total(part) for part in seed["training_flops_parts"]])
 
 
 def _title(results: dict) -> str:
-  from quicknets_jax.report import DATASET_NAMES
-  name = DATASET_NAMES.get(results.get("dataset"), results.get("dataset", "?"))
+  name = PRETTY_NAMES.get(results.get("dataset"), results.get("dataset", "?"))
   n = len(_seeds(results, "quicknet"))
   return f"{name}, {results.get('model', '?')}, {n} seed{'s' * (n != 1)}"
 
@@ -80,9 +87,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _with_style(fn):
   def wrapped(*args, **kwargs):
-    import matplotlib
     with matplotlib.rc_context(STYLE):
       return fn(*args, **kwargs)
+
   wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
   return wrapped
 
@@ -104,11 +111,12 @@ def accuracy_during_training(results: dict) -> dict:
     cumulative = np.cumsum(_block_flops(seed))
     if "test_accuracy_after_block" in seed:
       accuracy = np.asarray(seed["test_accuracy_after_block"], float)
-      out["quicknet"].append((cumulative[:len(accuracy)], accuracy))
+      out["quicknet"].append((cumulative[: len(accuracy)], accuracy))
     else:
       out["quicknet_kind"] = "test (first and last block only)"
-      out["quicknet"].append((cumulative[[0, -1]], np.asarray([seed["per_exit_test_accuracy"][0],
-                                                                 seed["test_accuracy"]])))
+      out["quicknet"].append(
+        (cumulative[[0, -1]], np.asarray([seed["per_exit_test_accuracy"][0], seed["test_accuracy"]]))
+      )
   for seed in _seeds(results, "end_to_end"):
     history = seed.get("history", [])
     if not history:
@@ -136,15 +144,24 @@ def training_figure(results: dict) -> Figure:
   x = np.arange(len(labels))
 
   # Epochs: each block's fit and its commitment head's, beside the end-to-end fit.
-  epochs, epochs_std = _mean_std([s["epochs_per_block"][:m] for s in q_seeds])
-  commit, commit_std = _mean_std([s["commit_epochs_per_block"][:m] for s in q_seeds])
+  epochs, epochs_std = mean_std_rows([s["epochs_per_block"][:m] for s in q_seeds])
+  commit, commit_std = mean_std_rows([s["commit_epochs_per_block"][:m] for s in q_seeds])
   width = 0.4
-  ax_epochs.bar(x[:m] - width / 2, epochs, width, yerr=epochs_std, color=colors, capsize=3,
-                label="QuickNet block")
-  ax_epochs.bar(x[:m] + width / 2, commit, width, yerr=commit_std, color=colors, hatch="//", alpha=0.55,
-                edgecolor="white", capsize=3, label="the block's commitment head")
+  ax_epochs.bar(x[:m] - width / 2, epochs, width, yerr=epochs_std, color=colors, capsize=3, label="QuickNet block")
+  ax_epochs.bar(
+    x[:m] + width / 2,
+    commit,
+    width,
+    yerr=commit_std,
+    color=colors,
+    hatch="//",
+    alpha=0.55,
+    edgecolor="white",
+    capsize=3,
+    label="the block's commitment head",
+  )
   if e_seeds:
-    e_epochs, e_std = _mean_std([[s["epochs"]] for s in e_seeds])
+    e_epochs, e_std = mean_std_rows([[s["epochs"]] for s in e_seeds])
     ax_epochs.bar(x[m:], e_epochs, 0.6, yerr=e_std, color=E2E_COLOR, capsize=3, label="end-to-end")
   ax_epochs.set_xticks(x, labels)
   ax_epochs.set_ylim(0, 1.3 * ax_epochs.get_ylim()[1])  # headroom: the legend sits above the bars
@@ -153,7 +170,7 @@ def training_figure(results: dict) -> Figure:
   ax_epochs.legend(loc="upper right")
 
   # Samples per epoch: the working set T_j shrinks as blocks learn samples.
-  samples, samples_std = _mean_std([s["train_samples_per_block"][:m] for s in q_seeds])
+  samples, samples_std = mean_std_rows([s["train_samples_per_block"][:m] for s in q_seeds])
   ax_samples.bar(x[:m], samples, 0.6, yerr=samples_std, color=colors, capsize=3, label="QuickNet block")
   tops = list(samples + samples_std)
   if e_seeds:
@@ -161,8 +178,9 @@ def training_figure(results: dict) -> Figure:
     ax_samples.bar(x[m:], [n_train], 0.6, color=E2E_COLOR, label="end-to-end")
     tops.append(n_train)
   for xi, v, top in zip(x, list(samples) + ([n_train] if e_seeds else []), tops):
-    ax_samples.annotate(f"{v:,.0f}", (xi, top), ha="center", va="bottom", xytext=(0, 3),
-                        textcoords="offset points", fontsize=9)
+    ax_samples.annotate(
+      f"{v:,.0f}", (xi, top), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points", fontsize=9
+    )
   ax_samples.set_ylim(0, 1.12 * max(tops))
   ax_samples.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
   ax_samples.set_xticks(x, labels)
@@ -177,13 +195,18 @@ def training_figure(results: dict) -> Figure:
   for j in range(m):
     ax_cost.bar(0, per_block[j] / scale, 0.6, bottom=bottom, color=colors[j], label=f"block {j}")
     bottom += per_block[j] / scale
-  ax_cost.annotate(f"{bottom:.3g}", (0, bottom), ha="center", va="bottom", xytext=(0, 2),
-                   textcoords="offset points")
+  ax_cost.annotate(f"{bottom:.3g}", (0, bottom), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
   ticks = ["QuickNet"]
   if e_seeds:
     ax_cost.bar(1, e_total / scale, 0.6, color=E2E_COLOR, label="end-to-end")
-    ax_cost.annotate(f"{e_total / scale:.3g}", (1, e_total / scale), ha="center", va="bottom", xytext=(0, 2),
-                     textcoords="offset points")
+    ax_cost.annotate(
+      f"{e_total / scale:.3g}",
+      (1, e_total / scale),
+      ha="center",
+      va="bottom",
+      xytext=(0, 2),
+      textcoords="offset points",
+    )
     ticks.append("end-to-end")
   ax_cost.set_xticks(range(len(ticks)), ticks)
   ax_cost.set_xlim(-0.8, len(ticks) - 0.2 + (1.2 if m > 2 else 0.6))  # room for the legend
@@ -198,15 +221,28 @@ def training_figure(results: dict) -> Figure:
   for i, (xs, ys) in enumerate(points["end_to_end"]):
     label = None
     if i == 0:
-      label = ("end-to-end, after each epoch" if points["end_to_end_kind"] == "test"
-               else "end-to-end, each epoch (validation split: run logged no test accuracy)")
-    ax_acc.plot(xs / scale, 100 * ys, color=E2E_COLOR, alpha=0.8, lw=1.3, marker=".", ms=4, label=label,
-                ls="-" if points["end_to_end_kind"] == "test" else "--")
+      label = (
+        "end-to-end, after each epoch"
+        if points["end_to_end_kind"] == "test"
+        else "end-to-end, each epoch (validation split: run logged no test accuracy)"
+      )
+    ax_acc.plot(
+      xs / scale,
+      100 * ys,
+      color=E2E_COLOR,
+      alpha=0.8,
+      lw=1.3,
+      marker=".",
+      ms=4,
+      label=label,
+      ls="-" if points["end_to_end_kind"] == "test" else "--",
+    )
   for i, (xs, ys) in enumerate(points["quicknet"]):
     label = None
     if i == 0:
-      label = ("QuickNet, after each block" if points["quicknet_kind"] == "test"
-               else "QuickNet, after first and last block")
+      label = (
+        "QuickNet, after each block" if points["quicknet_kind"] == "test" else "QuickNet, after first and last block"
+      )
     ax_acc.plot(xs / scale, 100 * ys, "-", color=colors[-1], lw=1.5, marker="o", ms=5, label=label)
   ax_acc.set_xlim(left=0)
   low, high = ax_acc.get_ylim()
@@ -226,16 +262,22 @@ def class_distribution_figure(results: dict, class_names: Sequence[str]) -> Figu
   m = _num_blocks(q_seeds)
   counts = np.asarray([s["class_counts_per_block"][:m] for s in q_seeds], float).mean(axis=0)  # [m, C]
   num_classes = counts.shape[1]
-  names = list(class_names) if class_names and len(class_names) == num_classes else [
-      str(c) for c in range(num_classes)]
-  from matplotlib import colormaps
+  names = list(class_names) if class_names and len(class_names) == num_classes else [str(c) for c in range(num_classes)]
   cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
   fig = _new_figure(8, 4.8)
   ax = fig.subplots()
   bottom = np.zeros(m)
   for c in range(num_classes):
-    ax.bar(np.arange(m), counts[:, c], 0.65, bottom=bottom, color=cmap(c % cmap.N), label=names[c],
-           edgecolor="white", linewidth=0.4)
+    ax.bar(
+      np.arange(m),
+      counts[:, c],
+      0.65,
+      bottom=bottom,
+      color=cmap(c % cmap.N),
+      label=names[c],
+      edgecolor="white",
+      linewidth=0.4,
+    )
     bottom += counts[:, c]
   for j, total in enumerate(bottom):
     ax.annotate(f"{total:,.0f}", (j, total), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
@@ -259,8 +301,10 @@ def inference_cost_figure(results: dict) -> Figure:
   commitment heads, the operating point chosen on validation, and the end-to-end network."""
   q = results["quicknet"]
   e = results.get("end_to_end")
-  curves = [("confidence + commitment", q.get("curve", []), "o", "-"),
-            ("confidence only", q.get("curve_confidence_only", []), "s", "--")]
+  curves = [
+    ("confidence + commitment", q.get("curve", []), "o", "-"),
+    ("confidence only", q.get("curve_confidence_only", []), "s", "--"),
+  ]
   values = [p["inference_flops"] for _, c, _, _ in curves for p in c] + [q["inference_flops"]]
   if e:
     values.append(e["inference_flops"])
@@ -274,16 +318,38 @@ def inference_cost_figure(results: dict) -> Figure:
     xs = np.asarray([p["inference_flops"] for p in curve]) / scale
     ys = 100 * np.asarray([p["test_accuracy"] for p in curve])
     ax.plot(xs, ys, ls=ls, marker=marker, ms=4, color=color, label=f"QuickNet, {label}")
-  ax.plot([q["inference_flops"] / scale], [100 * q["test_accuracy"]], "*", ms=14, color="tab:green",
-          markeredgecolor="black", label=_operating_label(results))
+  ax.plot(
+    [q["inference_flops"] / scale],
+    [100 * q["test_accuracy"]],
+    "*",
+    ms=14,
+    color="tab:green",
+    markeredgecolor="black",
+    label=_operating_label(results),
+  )
   if e:
-    ax.plot([e["inference_flops"] / scale], [100 * e["test_accuracy"]], "D", ms=8, color=E2E_COLOR,
-            markeredgecolor="black", label="end-to-end")
+    ax.plot(
+      [e["inference_flops"] / scale],
+      [100 * e["test_accuracy"]],
+      "D",
+      ms=8,
+      color=E2E_COLOR,
+      markeredgecolor="black",
+      label="end-to-end",
+    )
   thresholds = [p["threshold"] for p in q.get("curve", [])]
   if thresholds:
-    ax.text(0.99, 0.98, f"one point per exit threshold t = {min(thresholds):g} … {max(thresholds):g}\n"
-            "(a higher t sends more samples deeper)", transform=ax.transAxes, ha="right", va="top",
-            fontsize=8, color="dimgray")
+    ax.text(
+      0.99,
+      0.98,
+      f"one point per exit threshold t = {min(thresholds):g} … {max(thresholds):g}\n"
+      "(a higher t sends more samples deeper)",
+      transform=ax.transAxes,
+      ha="right",
+      va="top",
+      fontsize=8,
+      color="dimgray",
+    )
   ax.set_xlabel(f"mean inference cost per test sample ({unit})")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(f"Inference cost vs accuracy over exit thresholds ({_title(results)})")
@@ -306,13 +372,17 @@ def exits_per_class_figure(results: dict, class_names: Sequence[str]) -> Optiona
   counts = exit_counts_per_class(results)
   if counts is None:
     return None
-  correct = np.sum([np.asarray(s["test_correct_counts_per_class"], float) for s in _seeds(results, "quicknet")
-                    if "test_correct_counts_per_class" in s], axis=0)
+  correct = np.sum(
+    [
+      np.asarray(s["test_correct_counts_per_class"], float)
+      for s in _seeds(results, "quicknet")
+      if "test_correct_counts_per_class" in s
+    ],
+    axis=0,
+  )
   num_classes, num_exits = counts.shape
-  used = int(max(np.flatnonzero(counts.sum(axis=0)).max(initial=0) + 1,
-                 _num_blocks(_seeds(results, "quicknet"))))
-  names = list(class_names) if class_names and len(class_names) == num_classes else [
-      str(c) for c in range(num_classes)]
+  used = int(max(np.flatnonzero(counts.sum(axis=0)).max(initial=0) + 1, _num_blocks(_seeds(results, "quicknet"))))
+  names = list(class_names) if class_names and len(class_names) == num_classes else [str(c) for c in range(num_classes)]
   totals = np.maximum(counts.sum(axis=1), 1)
   fractions = counts / totals[:, None]
   colors = block_colors(used)
@@ -321,12 +391,20 @@ def exits_per_class_figure(results: dict, class_names: Sequence[str]) -> Optiona
   y = np.arange(num_classes)[::-1]  # first class on top
   left = np.zeros(num_classes)
   for j in range(used):
-    ax.barh(y, 100 * fractions[:, j], 0.7, left=left, color=colors[j], label=f"exit {j}", edgecolor="white",
-            linewidth=0.4)
+    ax.barh(
+      y, 100 * fractions[:, j], 0.7, left=left, color=colors[j], label=f"exit {j}", edgecolor="white", linewidth=0.4
+    )
     for yi, lf, f in zip(y, left, fractions[:, j]):
       if f >= 0.08:  # too narrow a segment has no room for its number
-        ax.text(lf + 50 * f, yi, f"{100 * f:.0f}", ha="center", va="center", fontsize=8,
-                color="white" if j >= used / 2 else "black")
+        ax.text(
+          lf + 50 * f,
+          yi,
+          f"{100 * f:.0f}",
+          ha="center",
+          va="center",
+          fontsize=8,
+          color="white" if j >= used / 2 else "black",
+        )
     left += 100 * fractions[:, j]
   accuracy = correct.sum(axis=1) / totals
   for yi, a in zip(y, accuracy):
@@ -338,8 +416,9 @@ def exits_per_class_figure(results: dict, class_names: Sequence[str]) -> Optiona
   ax.set_xticks([0, 20, 40, 60, 80, 100])
   ax.grid(axis="y", visible=False)
   ax.set_xlabel("test samples of the class leaving at each exit (%)")
-  ax.set_title(f"Which exit each class takes (t = {results.get('exit_threshold', float('nan')):.2f}; "
-               f"{_title(results)})")
+  ax.set_title(
+    f"Which exit each class takes (t = {results.get('exit_threshold', float('nan')):.2f}; {_title(results)})"
+  )
   fig.legend(loc="outside lower center", ncol=used, frameon=False)
   return fig
 
@@ -351,17 +430,18 @@ def render_all(results: dict, out_dir: str, class_names: Sequence[str] = ()) -> 
   """
   os.makedirs(out_dir, exist_ok=True)
   builders = {
-      "training": lambda: training_figure(results),
-      "class_distribution": lambda: class_distribution_figure(results, class_names),
-      "inference_cost": lambda: inference_cost_figure(results),
-      "exits_per_class": lambda: exits_per_class_figure(results, class_names),
+    "training": lambda: training_figure(results),
+    "class_distribution": lambda: class_distribution_figure(results, class_names),
+    "inference_cost": lambda: inference_cost_figure(results),
+    "exits_per_class": lambda: exits_per_class_figure(results, class_names),
   }
   written, skipped = {}, {}
   for name, build in builders.items():
     fig = build()
     if fig is None:
-      skipped[name] = ("this run did not record which exit each test sample takes: re-run the experiment "
-                       "with this version to get it")
+      skipped[name] = (
+        "this run did not record which exit each test sample takes: re-run the experiment with this version to get it"
+      )
       continue
     path = os.path.join(out_dir, FIGURE_FILES[name])
     fig.savefig(path, dpi=DPI)

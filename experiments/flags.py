@@ -1,0 +1,142 @@
+"""absl flags generated from the library's config dataclasses: one flag per setting, declared nowhere else.
+
+`define_config_flags(ExperimentConfig)` defines a flag for every leaf of the config tree (its name,
+help, range and choices come from the field's `core.config.option`), and `config_from_flags` reads
+them back into the config; a bad value exits with one line naming the flag. Entry points add only
+what is not a hyperparameter (`--workdir`, `--overwrite`, where to run).
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from typing import Any, Optional
+
+from absl import flags
+
+from quicknets_jax.core import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+  """(T, True) for Optional[T], (tp, False) otherwise."""
+  if typing.get_origin(tp) is typing.Union:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) == 1:
+      return args[0], True
+  return tp, False
+
+
+def _element_type(tp) -> Optional[type]:
+  """The element type of tuple[T, ...] (None when `tp` is not such a tuple)."""
+  if typing.get_origin(tp) is tuple:
+    args = typing.get_args(tp)
+    return args[0] if args else str
+  return None
+
+
+def _show(value) -> Optional[str]:
+  return None if value is None else str(value)
+
+
+def define_config_flags(cls: type, defaults: Optional[dict] = None, choices: Optional[dict] = None) -> None:
+  """Defines one absl flag per setting of the config class `cls`.
+
+  `defaults`: {flag name: default} for this entry point (e.g. the dataset of experiments.mnist);
+  `choices`: {flag name: allowed values} narrowing a setting's choices for this entry point.
+  """
+  defaults, choices = defaults or {}, choices or {}
+  for leaf in config_lib.leaves(cls):
+    info, name = leaf.info, leaf.name
+    default = defaults.get(name, leaf.field.default)
+    tp, _ = _unwrap_optional(leaf.type)
+    element = _element_type(tp)
+    bounds = dict(lower_bound=info.lower, upper_bound=info.upper)
+    if info.none_word is not None:  # "auto" or a value
+      flags.DEFINE_string(
+        name, info.none_word if default is None else str(default), info.help + f" ('{info.none_word}' or a value)"
+      )
+    elif element is not None:
+      flags.DEFINE_list(name, None if default is None else [str(v) for v in default], info.help)
+    elif tp is bool:
+      flags.DEFINE_bool(name, default, info.help)
+    elif tp is int:
+      flags.DEFINE_integer(name, default, info.help, **bounds)
+    elif tp is float:
+      flags.DEFINE_float(name, default, info.help, **bounds)
+    elif tp is str and (info.choices or name in choices):
+      flags.DEFINE_enum(name, default, list(choices.get(name, info.choices)), info.help)
+    elif tp is str:
+      flags.DEFINE_string(name, _show(default), info.help)
+    else:
+      raise TypeError(f"{cls.__name__}.{name}: no flag for settings of type {leaf.type}")
+
+
+def _parse(leaf: config_lib.Leaf, raw):
+  """The value of one flag in the config's form; ValueError names the flag and what it takes."""
+  tp, _ = _unwrap_optional(leaf.type)
+  element = _element_type(tp)
+  if leaf.info.none_word is not None:
+    if raw == leaf.info.none_word:
+      return None
+    try:
+      return tp(raw)
+    except ValueError:
+      valid = ""
+      if leaf.info.lower is not None and leaf.info.upper is not None:
+        valid = f" in [{leaf.info.lower:g}, {leaf.info.upper:g}]"
+      raise ValueError(f"--{leaf.name} must be '{leaf.info.none_word}' or a number{valid}, got {raw!r}") from None
+  if element is not None and raw is not None:
+    try:
+      return tuple(element(v) for v in raw)
+    except ValueError:
+      kind = {int: "integers", float: "numbers"}.get(element, "values")
+      raise ValueError(f"--{leaf.name} must be {kind} separated by commas, got {','.join(raw)!r}") from None
+  return raw
+
+
+def config_from_flags(cls: type, **overrides):
+  """The `cls` config the flags describe (plus `overrides`, by flat name); bad values exit with one
+  line on stderr."""
+  try:
+    flat = {leaf.name: _parse(leaf, getattr(FLAGS, leaf.name)) for leaf in config_lib.leaves(cls)}
+    flat.update(overrides)
+    return config_lib.from_flat(cls, flat)
+  except (ValueError, TypeError) as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+def flagfile_settings(cls: type, path: str) -> dict:
+  """{flat name: value} of the `cls` settings a flagfile sets (`--name=value`, `--name`, `--noname`
+  lines; comments and flags of other configs are skipped), parsed as the flags would parse them."""
+  by_name = {leaf.name: leaf for leaf in config_lib.leaves(cls)}
+  settings = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line.startswith("--"):
+        continue
+      name, has_value, raw = line[2:].partition("=")
+      if not has_value and name.startswith("no") and name[2:] in by_name:
+        name, raw = name[2:], "false"
+      elif not has_value:
+        raw = "true"
+      leaf = by_name.get(name)
+      if leaf is None:
+        continue
+      tp, _ = _unwrap_optional(leaf.type)
+      if leaf.info.none_word is None and _element_type(tp) is not None:
+        raw = raw.split(",")
+      elif tp is bool:
+        raw = raw.lower() in ("1", "true")
+      elif tp in (int, float) and leaf.info.none_word is None:
+        raw = tp(raw)
+      settings[name] = _parse(leaf, raw)
+  return settings
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` on stderr and exits 1 (the entry points' one-line errors)."""
+  print(f"error: {message}", file=sys.stderr)
+  raise SystemExit(1)

@@ -1,0 +1,168 @@
+"""Commitment heads δ_j: trained on a frozen block's features to predict "the exit was right".
+
+`train_commitment_head` serves every network: a QuickNet block right after its own fit (Algorithm 1),
+and each exit of a jointly trained network (`train_commitment_heads`, paper §4.4). Most targets are 1,
+so the binary cross-entropy weighs each class n / (2·n_class): both classes weigh the same in the
+loss, and a positive logit means "more likely right than wrong, at balanced odds".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quicknets_jax.algorithms import forward
+from quicknets_jax.core import costs
+from quicknets_jax.models.base import COMMIT, Block, MultiExitModel
+from quicknets_jax.training import losses
+from quicknets_jax.training.checkpoint import FitCheckpointer
+from quicknets_jax.training.schedule import FitConfig, FitState
+from quicknets_jax.training.trainer import FitData, Objective, bucket_size, fit, pad_rows
+
+Log = Callable[[str], None]
+
+
+def class_weights(correct) -> tuple[float, float]:
+  """(positive, negative) weights n / (2·n_class) of the commitment BCE for 0/1 targets `correct`."""
+  n = int(correct.shape[0])
+  n_pos = int(np.sum(correct))
+  return n / (2.0 * max(n_pos, 1)), n / (2.0 * max(n - n_pos, 1))
+
+
+def train_commitment_head(
+  block: Block,
+  variables: dict,
+  features,
+  correct,
+  val_features,
+  val_correct,
+  config: FitConfig,
+  key: jax.Array,
+  name: str = "commitment head",
+  pad_rows_to: Optional[int] = None,
+  pad_val_rows_to: Optional[int] = None,
+  on_epoch=None,
+  checkpoint: Optional[FitCheckpointer] = None,
+  log: Optional[Log] = None,
+) -> FitState:
+  """Trains δ of a frozen block: weighted BCE of its commitment logit against "the exit was right".
+
+  Args:
+    block: the block whose `commit_head` trains (its subnet and exit stay as they are).
+    variables: the block's variables; only `params["commit_head"]` changes.
+    features, correct: the block's features on its training set and 0/1 correctness of its exit.
+    val_features, val_correct: the same on the validation set.
+    config: the schedule (`config.commitment_schedule` of the blocks').
+    pad_rows_to, pad_val_rows_to: the lengths the training / validation rows are padded to, so heads
+      of every block and seed share one compiled epoch (default: their buckets).
+    on_epoch: `fit`'s per-epoch callback; checkpoint: resume from it, save to it every epoch.
+  Returns:
+    The FitState; `best_params` is the block's params tree with the trained commitment head.
+  """
+  n = int(correct.shape[0])
+  correct = np.asarray(correct)
+  positive_weight, negative_weight = class_weights(correct)
+  # Only the head's own params enter the fit (the block's subnet and exit stay outside it): heads of
+  # blocks with different subnets then share one compiled epoch.
+  params = {COMMIT: variables["params"][COMMIT]}
+  objective = Objective(
+    losses.commitment_loss(block), None, loss_args=(jnp.float32(positive_weight), jnp.float32(negative_weight))
+  )
+  rows = pad_rows_to or bucket_size(n)
+  val_rows = pad_val_rows_to or bucket_size(len(val_correct))
+  data = FitData(
+    pad_rows(features, rows),
+    pad_rows(correct, rows),
+    jnp.arange(n, dtype=jnp.int32),
+    correct,
+    pad_rows(val_features, val_rows),
+    pad_rows(val_correct, val_rows),
+    num_val=len(val_correct),
+  )
+  result = fit(
+    objective,
+    params,
+    {},
+    data,
+    config,
+    key,
+    num_classes=2,
+    name=name,
+    checkpoint=checkpoint,
+    on_epoch=on_epoch,
+    log=log,
+    positions_bucket=rows,
+  )
+  result.params = {**variables["params"], **result.params}
+  result.best_params = {**variables["params"], **result.best_params}
+  return result
+
+
+@dataclasses.dataclass
+class CommitmentRun:
+  """A frozen network with trained commitment heads and, per exit, what their training did."""
+
+  variables: list
+  records: list
+  training_flops: float
+  seconds: float
+
+
+def train_commitment_heads(
+  model: MultiExitModel,
+  variables: Sequence[dict],
+  images,
+  labels,
+  val_images,
+  val_labels,
+  config: FitConfig,
+  key: jax.Array,
+  log: Log = print,
+) -> CommitmentRun:
+  """Adds a trained commitment head to every exit of a trained, frozen multi-exit network.
+
+  Exit j's head learns whether exit j's argmax is right, from block j's features over the whole
+  training split (validated on the validation split); nothing else changes. Features are computed
+  block by block and kept in memory for one block at a time (N × feature size floats).
+
+  Returns:
+    A CommitmentRun; its FLOPs are `costs.commitment_head_flops` per exit.
+  """
+  start = time.perf_counter()
+  labels = jnp.asarray(labels)
+  val_labels = jnp.asarray(val_labels)
+  x, val_x = jnp.asarray(images), jnp.asarray(val_images)
+  n, n_val = int(labels.shape[0]), int(val_labels.shape[0])
+  new_variables, records, total_flops = [], [], 0.0
+  for j, (block, cost) in enumerate(zip(model.blocks, model.block_costs)):
+    block_vars = variables[j]
+    x, probs, _ = forward.block_outputs(block, block_vars, x, config.eval_batch_size)
+    val_x, val_probs, _ = forward.block_outputs(block, block_vars, val_x, config.eval_batch_size)
+    correct = (jnp.argmax(probs, -1) == labels).astype(jnp.int32)
+    val_correct = (jnp.argmax(val_probs, -1) == val_labels).astype(jnp.int32)
+    result = train_commitment_head(
+      block, block_vars, x, correct, val_x, val_correct, config, jax.random.fold_in(key, j), name=f"commitment head {j}"
+    )
+    new_variables.append({**block_vars, "params": result.best_params})
+    flops = costs.total(costs.commitment_head_flops(cost, epochs=result.epoch, n_train=n, n_val=n_val))
+    total_flops += flops
+    positive_rate = float(jnp.mean(correct))
+    records.append(
+      dict(
+        exit=j,
+        epochs=result.epoch,
+        best_epoch=result.best_epoch,
+        positive_rate=positive_rate,
+        best_val_loss=float(result.best_val_loss),
+        flops=flops,
+        history=result.history,
+      )
+    )
+    log(f"commitment head {j}: {result.epoch} epochs, exit right on {positive_rate:.1%} of the training split")
+  return CommitmentRun(new_variables, records, total_flops, time.perf_counter() - start)

@@ -1,0 +1,145 @@
+"""The algorithms' settings, each declared once: `QuickNetConfig` (Algorithm 1 and the QuickNet+ levers)
+and `SDNConfig` (the loss-weight schedule of a jointly trained multi-exit network)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from quicknets_jax.core import exits
+from quicknets_jax.core.config import internal, nested, option
+from quicknets_jax.training.schedule import FitConfig
+
+BUDGETS = ("val_loss", "learned_set")
+
+
+def commitment_schedule(fit_config: FitConfig) -> FitConfig:
+  """The schedule of commitment heads (Appendix A: the blocks'), without class-balanced sampling: the
+  loss is class-weighted instead."""
+  return dataclasses.replace(fit_config, balanced_sampling=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickNetConfig:
+  """How a QuickNet trains: the blocks' schedule, τ, the feature cache and the QuickNet+ levers (each
+  off by default: the faithful QuickNet)."""
+
+  fit: FitConfig = nested(FitConfig, "The schedule of every block (Appendix A).")
+  commit_fit: Optional[FitConfig] = internal(
+    None, "The commitment heads' schedule (None: the blocks', without class-balanced sampling: `commitment_schedule`)."
+  )
+  train_threshold: float = option(0.9, "τ: confidence a sample needs to count as learned.", lower=0.0, upper=1.0)
+  cache_features: bool = option(True, "Compute frozen blocks' features once per block.")
+  feature_cache_mb: Optional[float] = option(
+    None,
+    "Memory budget of a block's feature cache (MiB); above it "
+    "the frozen prefix is recomputed every step instead (default: no "
+    "limit).",
+    lower=0.0,
+  )
+  budget: str = option(
+    "val_loss",
+    "QuickNet+: what ends a block's training: its validation loss (the paper), "
+    "or its validation learned set (correct, confidence > τ) no longer growing.",
+    choices=BUDGETS,
+  )
+  budget_min_delta: float = option(
+    0.01,
+    "learned_set budget: the growth of the validation learned fraction that counts as progress.",
+    lower=0.0,
+    upper=1.0,
+  )
+  budget_patience: int = option(2, "learned_set budget: epochs without progress before the block stops.", lower=1)
+  commit_holdout: float = option(
+    0.0,
+    "QuickNet+: fraction of T_j held out of block j's training; its "
+    "commitment head learns from that slice's correctness.",
+    lower=0.0,
+    upper=1.0,
+  )
+  keep_learned: float = option(
+    0.0, "QuickNet+ soft removal: fraction of each learned set kept in the next working set.", lower=0.0, upper=1.0
+  )
+  finetune_epochs: int = option(
+    0,
+    "QuickNet+: epochs of joint fine-tuning of every block after block-wise "
+    "training (then the commitment heads retrain).",
+    lower=0,
+  )
+  finetune_lr: float = option(3e-4, "QuickNet+: Adam learning rate of the joint fine-tuning.", lower=0.0)
+
+  def __post_init__(self):
+    exits.check_threshold(self.train_threshold, "train_threshold")
+    if self.feature_cache_mb is not None and not self.feature_cache_mb >= 0:
+      raise ValueError(f"feature_cache_mb must be ≥ 0 (or None: no limit), got {self.feature_cache_mb}")
+    if self.budget not in BUDGETS:
+      raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+    if not 0 <= self.budget_min_delta < 1 or self.budget_patience < 1:
+      raise ValueError(
+        f"budget_min_delta must be in [0, 1) and budget_patience ≥ 1, got "
+        f"{self.budget_min_delta}, {self.budget_patience}"
+      )
+    for name in ("commit_holdout", "keep_learned"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+    if self.finetune_epochs < 0 or not self.finetune_lr > 0:
+      raise ValueError(
+        f"finetune_epochs must be ≥ 0 and finetune_lr > 0, got {self.finetune_epochs}, {self.finetune_lr}"
+      )
+    if self.fit.augment and self.cache_features:
+      raise ValueError(
+        "augment needs --nocache_features: cached features are computed once, without "
+        "augmentation, so blocks after the first would never see it"
+      )
+
+  def block_fit(self) -> FitConfig:
+    """The schedule of a block's own fit (the learned-set budget changes what it monitors)."""
+    if self.budget == "val_loss":
+      return self.fit
+    return dataclasses.replace(
+      self.fit, monitor="val_accuracy", min_delta=self.budget_min_delta, early_stop_patience=self.budget_patience
+    )
+
+  def commitment_fit(self) -> FitConfig:
+    """The schedule of the commitment heads."""
+    return self.commit_fit if self.commit_fit is not None else commitment_schedule(self.fit)
+
+
+@dataclasses.dataclass(frozen=True)
+class SDNConfig:
+  """SDN's loss-weight schedule (Kaya et al. 2019): internal exit i's weight grows linearly per epoch to
+  its maximum, τ_i(epoch) = min(τ_i^max, 0.01 + epoch·τ_i^max/ramp_epochs)."""
+
+  max_weights: Optional[tuple[float, ...]] = option(
+    None, "SDN's maximum loss weight per internal exit (default 0.9·(i+1)/K)."
+  )
+  ramp_epochs: Optional[int] = option(
+    None, "Epochs over which SDN's loss weights grow to their maximum (default: max_epochs, as SDN).", lower=1
+  )
+
+  def __post_init__(self):
+    if self.ramp_epochs is not None and self.ramp_epochs < 1:
+      raise ValueError(f"ramp_epochs must be ≥ 1 (got {self.ramp_epochs}); leave it unset to ramp over max_epochs")
+    if self.max_weights is not None and any(not w >= 0 for w in self.max_weights):
+      raise ValueError(f"max_weights must be non-negative, got {self.max_weights}")
+
+  def weights_for(self, num_internal: int, model_name: str = "the model") -> tuple[float, ...]:
+    """τ^max of each of `num_internal` internal exits."""
+    weights = default_max_weights(num_internal) if self.max_weights is None else tuple(self.max_weights)
+    if len(weights) != num_internal:
+      raise ValueError(
+        f"max_weights has {len(weights)} entries but {model_name} has {num_internal} "
+        "internal exits: pass one weight per internal exit"
+      )
+    return weights
+
+  def ramp(self, fit_config: FitConfig) -> int:
+    """The ramp's length in epochs (default: the fit's epoch cap)."""
+    return fit_config.max_epochs if self.ramp_epochs is None else self.ramp_epochs
+
+
+def default_max_weights(num_internal: int) -> tuple[float, ...]:
+  """SDN's maximum weights spread evenly: 0.9·(i+1)/K for K internal exits (K = 6: 0.15, 0.3, …, 0.9)."""
+  if num_internal < 0:
+    raise ValueError(f"num_internal must be ≥ 0, got {num_internal}")
+  return tuple(0.9 * (i + 1) / num_internal for i in range(num_internal))

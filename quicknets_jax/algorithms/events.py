@@ -1,0 +1,78 @@
+"""What a training run tells its observers: "an epoch is done" and "a block is frozen".
+
+The algorithms (`train_quicknet`, `train_end_to_end`, `train_joint`, fine-tuning) call an `Events`
+object at these two moments and carry on; progress lines, the metrics log and TensorBoard (`runs/`)
+listen. An epoch event carries the run's training FLOPs spent so far, counted by the same cost model
+(`core.costs`) as the run's final totals, so the per-epoch log ends where the results end. A resumed
+run replays `block_frozen` for every block its checkpoints bring back (`restored=True`), so a
+listener that counts blocks or seconds stays in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochDone:
+  """One finished epoch of a fit.
+
+  Attributes:
+    phase: which fit — "block", "commitment" (a QuickNet block and its head), "end_to_end", "joint"
+      (SDN), "finetune" and "recommit" (QuickNet+ fine-tuning and the heads retrained after it).
+    block: the QuickNet block being trained (the number of frozen blocks for "finetune"); None for
+      whole-network fits.
+    state: the fit's `FitState` after the epoch.
+    record: the trainer's record of the epoch (its history entry: a listener may add keys to it,
+      e.g. a test accuracy, before it is checkpointed).
+    training_flops: the run's training FLOPs spent so far (None where the run does not count them
+      per epoch).
+  """
+
+  phase: str
+  block: Optional[int]
+  state: Any
+  record: dict
+  training_flops: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockFrozen:
+  """QuickNet block `record.block` is trained, its learned set removed.
+
+  Attributes:
+    record: the block's `quicknet.BlockRecord`.
+    train_left, val_left: |T_{j+1}| and |V_{j+1}|, the working sets of the next block.
+    restored: True when a checkpoint brought the block back (it was trained before a restart).
+  """
+
+  record: Any
+  train_left: int
+  val_left: int
+  restored: bool = False
+
+
+class Events:
+  """The observer of a training run; override the moments you need (both do nothing here)."""
+
+  def epoch_done(self, event: EpochDone) -> None:
+    """Called after every epoch of every fit of the run."""
+
+  def block_frozen(self, event: BlockFrozen) -> None:
+    """Called when a QuickNet block is frozen (or restored from its checkpoint)."""
+
+
+class AllOf(Events):
+  """Several observers as one, each told every event in the order given."""
+
+  def __init__(self, *listeners: Optional[Events]):
+    self.listeners = [listener for listener in listeners if listener is not None]
+
+  def epoch_done(self, event: EpochDone) -> None:
+    for listener in self.listeners:
+      listener.epoch_done(event)
+
+  def block_frozen(self, event: BlockFrozen) -> None:
+    for listener in self.listeners:
+      listener.block_frozen(event)

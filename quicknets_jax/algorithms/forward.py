@@ -1,0 +1,111 @@
+"""Forward passes of trained or frozen blocks over whole arrays, in fixed-size jitted chunks.
+
+Every algorithm reads its networks through these: the features entering block j (a QuickNet's frozen
+prefix, or its feature cache), a block's outputs (features, exit probabilities, commitment logits),
+the commitment logits alone, and every exit at once (`predict_exits`, what evaluation sweeps). Chunks
+have one shape (the last is padded), so results do not depend on how many rows there are and each
+function compiles once per model and depth.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quicknets_jax.models.base import Block, MultiExitModel
+
+
+def batched(fn, arrays: Sequence, batch_size: int):
+  """Applies a jitted `fn` to fixed-size chunks of `arrays` (the last one padded) and concatenates the
+  outputs (numpy); None for zero rows."""
+  # Slicing, padding and concatenating happen in numpy on the host: eager jnp ops on arrays of a new
+  # length would each compile a small XLA program, and those add up to seconds per block.
+  arrays = [np.asarray(a) for a in arrays]
+  n = arrays[0].shape[0]
+  outs = []
+  for start in range(0, n, batch_size):
+    chunk = [a[start : start + batch_size] for a in arrays]
+    size = chunk[0].shape[0]
+    if size < batch_size:
+      chunk = [np.concatenate([c, np.zeros((batch_size - size, *c.shape[1:]), c.dtype)]) for c in chunk]
+    out = fn(*chunk)
+    outs.append(jax.tree.map(lambda o, s=size: np.asarray(o)[:s], out))
+  if not outs:
+    return None
+  return jax.tree.map(lambda *o: np.concatenate(o), *outs)
+
+
+@functools.cache  # jitted once per (model, depth) for the whole process
+def feature_fn(model: MultiExitModel, upto: int):
+  """Jitted (variables[:upto], x) -> features entering block `upto` (frozen blocks, inference mode)."""
+
+  @jax.jit
+  def fn(variables, x):
+    for k in range(upto):
+      x = model.blocks[k].apply(variables[k], x, method=Block.features)
+    return x
+
+  return fn
+
+
+@functools.cache
+def feature_elements(model: MultiExitModel, upto: int) -> int:
+  """How many numbers one sample's features entering block `upto` hold (shapes only, nothing runs)."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+  return int(np.prod(jax.eval_shape(feature_fn(model, upto), list(variables[:upto]), x).shape[1:]))
+
+
+def prefix_features(model: MultiExitModel, variables: Sequence[dict], images, rows, upto: int, batch_size: int):
+  """Features entering block `upto` for `images[rows]`, computed in fixed-size chunks (numpy)."""
+  rows = np.asarray(rows)
+  gathered = np.asarray(images)[rows]
+  if upto == 0:
+    return gathered
+  fn = feature_fn(model, upto)
+  if gathered.shape[0] == 0:
+    shape = jax.eval_shape(fn, list(variables[:upto]), gathered[:1]).shape[1:]
+    return np.zeros((0, *shape), np.float32)
+  return batched(lambda x: fn(list(variables[:upto]), x), [gathered], batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_block(block: Block, variables, x):
+  features, logits, commit = block.apply(variables, x)
+  return features, jax.nn.softmax(logits), commit
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_commit(block: Block, variables, features):
+  return block.apply(variables, features, method=Block.commit)
+
+
+def block_outputs(block: Block, variables: dict, features, batch_size: int):
+  """(features out, exit probs, commitment logits) of one block on its input features (numpy)."""
+  return batched(lambda x: _apply_block(block, variables, x), [features], batch_size)
+
+
+def commit_logits(block: Block, variables: dict, features, batch_size: int):
+  """The commitment logits of one block on its output features (numpy)."""
+  return batched(lambda h: _apply_commit(block, variables, h), [features], batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _all_exits(model: MultiExitModel, variables, x):
+  probs, commits = [], []
+  for k, v in enumerate(variables):
+    x, logits, commit = model.blocks[k].apply(v, x)
+    probs.append(jax.nn.softmax(logits))
+    commits.append(commit)
+  return jnp.stack(probs, axis=1), jnp.stack(commits, axis=1)  # batch first, for `batched`
+
+
+def predict_exits(model: MultiExitModel, variables: Sequence[dict], images, batch_size: int = 2048):
+  """All exits on `images`: (probs [E, N, C], commitment logits [E, N]) for the trained blocks."""
+  variables = list(variables)
+  probs, commits = batched(lambda x: _all_exits(model, variables, x), [jnp.asarray(images)], batch_size)
+  return jnp.moveaxis(probs, 0, 1), jnp.moveaxis(commits, 0, 1)

@@ -1,0 +1,170 @@
+"""Hyperparameters declared once: frozen dataclass fields that carry their own documentation.
+
+Every setting of the library is a field of a frozen dataclass (`FitConfig`, `QuickNetConfig`,
+`DataConfig`, …), declared with `option(default, help, ...)`: its doc, its valid range or choices, and
+whether changing it between a run and its resumption changes any result. Configs nest (`nested(...)`):
+`runs.ExperimentConfig` holds a `DataConfig`, a `ModelConfig`, a `QuickNetConfig` (which holds the
+`FitConfig`), … Each leaf's name is unique within the tree it belongs to, so a tree reads and writes
+as one flat dict of leaf names (`flat_dict`, `replace`, `from_flat`): that is what config.json stores
+and what `experiments/flags.py` turns into absl flags. Nothing here imports absl: the library knows
+nothing of flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Optional
+
+_META = "quicknets"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+  """What a leaf field says about itself (the `metadata` of `option`)."""
+
+  help: str
+  choices: Optional[tuple] = None
+  lower: Optional[float] = None
+  upper: Optional[float] = None
+  # False: an internal setting of the library, not offered as a flag (it has no leaf name of its own
+  # in the flat dict either)
+  flag: bool = True
+  # True: may change between a run and its resumption without changing any result (seeds, batch size
+  # of evaluation passes)
+  resumable: bool = False
+  # For Optional fields given as flags: the word that stands for None ("auto": choose it on validation)
+  none_word: Optional[str] = None
+  # The flag's name when it is not the field's (e.g. ModelConfig.name is --model)
+  flag_name: Optional[str] = None
+
+
+def option(default, help: str, **info) -> Any:
+  """A config field with a default and its documentation (see `OptionInfo` for the keywords)."""
+  if isinstance(default, (list, dict, set)):
+    raise TypeError("use a tuple (or None) as the default of a config field: frozen configs hold no lists")
+  return dataclasses.field(default=default, metadata={_META: OptionInfo(help=help, **info)})
+
+
+def nested(cls: type, help: str = "") -> Any:
+  """A field holding a whole sub-config (its leaves join the parent's flat names)."""
+  return dataclasses.field(default_factory=cls, metadata={_META: "nested", "help": help})
+
+
+def internal(default, help: str) -> Any:
+  """A setting the library sets itself (or a caller sets in code); not a flag, not a flat name."""
+  return option(default, help, flag=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """One flat setting of a config tree: its flat name, where it sits, its field and its type."""
+
+  name: str
+  path: tuple  # field names from the root, e.g. ("quicknet", "fit", "learning_rate")
+  field: dataclasses.Field
+  info: OptionInfo
+  type: Any
+
+
+def _is_nested(field: dataclasses.Field) -> bool:
+  return field.metadata.get(_META) == "nested"
+
+
+def leaves(cls: type, prefix: tuple = ()) -> list[Leaf]:
+  """The flat settings (flag-able leaves) of a config class, depth first in declaration order."""
+  hints = typing.get_type_hints(cls)
+  out = []
+  for field in dataclasses.fields(cls):
+    if _is_nested(field):
+      out += leaves(hints[field.name], prefix + (field.name,))
+      continue
+    info = field.metadata.get(_META)
+    if not isinstance(info, OptionInfo) or not info.flag:
+      continue
+    out.append(Leaf(info.flag_name or field.name, prefix + (field.name,), field, info, hints[field.name]))
+  names = [leaf.name for leaf in out]
+  duplicated = sorted({n for n in names if names.count(n) > 1})
+  if duplicated and not prefix:
+    raise TypeError(f"{cls.__name__}: the flat names {duplicated} are declared more than once in its tree")
+  return out
+
+
+def _get(config, path: tuple):
+  for name in path:
+    config = getattr(config, name)
+  return config
+
+
+def _jsonable(value):
+  if isinstance(value, tuple):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def flat_dict(config) -> dict:
+  """{flat name: value} of every leaf of `config` (tuples as lists: what config.json holds)."""
+  return {leaf.name: _jsonable(_get(config, leaf.path)) for leaf in leaves(type(config))}
+
+
+def _coerce(value):
+  """A JSON value in a config's Python form (lists → tuples: frozen configs hold no lists)."""
+  return tuple(value) if isinstance(value, list) else value
+
+
+def replace(config, **flat):
+  """`config` with the named leaves changed, wherever they sit in its tree; unknown names are refused."""
+  by_name = {leaf.name: leaf for leaf in leaves(type(config))}
+  unknown = sorted(set(flat) - set(by_name))
+  if unknown:
+    raise TypeError(
+      f"{type(config).__name__} has no setting {', '.join(unknown)}; its settings are {', '.join(sorted(by_name))}"
+    )
+  updates: dict = {}
+  for name, value in flat.items():
+    updates[by_name[name].path] = _coerce(value)
+  return _apply(config, updates, ())
+
+
+def _apply(config, updates: dict, prefix: tuple):
+  changes = {}
+  for field in dataclasses.fields(config):
+    path = prefix + (field.name,)
+    if path in updates:
+      changes[field.name] = updates[path]
+    elif _is_nested(field) and any(p[: len(path)] == path for p in updates):
+      changes[field.name] = _apply(getattr(config, field.name), updates, path)
+  return dataclasses.replace(config, **changes) if changes else config
+
+
+def from_flat(cls: type, flat: dict, ignore_unknown: bool = False):
+  """A `cls` built from a flat dict of leaf names (missing leaves keep their defaults)."""
+  known = {leaf.name for leaf in leaves(cls)}
+  if ignore_unknown:
+    flat = {k: v for k, v in flat.items() if k in known}
+  return replace(cls(), **flat)
+
+
+def resumable_names(cls: type) -> tuple:
+  """Flat names of the leaves that may change between a run and its resumption."""
+  return tuple(leaf.name for leaf in leaves(cls) if leaf.info.resumable)
+
+
+def check_choice(value, choices, name: str) -> None:
+  """Refuses a value outside `choices` with a message naming them."""
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_range(value, name: str, lower=None, upper=None, lower_open: bool = False) -> None:
+  """Refuses a number outside [lower, upper] (or (lower, upper] with `lower_open`) naming the range."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+  if ok and lower is not None:
+    ok = value > lower if lower_open else value >= lower
+  if ok and upper is not None:
+    ok = value <= upper
+  if not ok:
+    low = "" if lower is None else (f"> {lower}" if lower_open else f"≥ {lower}")
+    high = "" if upper is None else f"≤ {upper}"
+    raise ValueError(f"{name} must be a number {' and '.join(x for x in (low, high) if x)}, got {value!r}")

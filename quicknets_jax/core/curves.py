@@ -1,0 +1,141 @@
+"""Cost–accuracy curves of an exit rule: their points, areas, reads at matched budgets, and comparisons.
+
+A curve is the exit rule swept over thresholds (`exits.sweep_thresholds`): one (inference cost,
+accuracy) point per threshold. Curves of different rules span different cost ranges, so besides each
+curve's own area this module reads them where they overlap: the mean accuracy over the shared range,
+accuracies at budgets given as fractions of the full network's cost (linear interpolation; None where
+a rule never spends that little or that much), and the gap between two curves over the budgets both reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+from quicknets_jax.core import exits
+
+BUDGETS = (0.25, 0.5, 0.75)
+
+
+def study_thresholds() -> np.ndarray:
+  """The evaluator's default grid plus thresholds close to 1 and 1 itself (nobody qualifies), so every
+  curve reaches its most expensive end."""
+  near_one = 1.0 - np.logspace(-3, -6, 4)
+  return np.unique(np.concatenate([exits.default_thresholds(), near_one, [1.0]]))
+
+
+def sweep_points(
+  sweep: exits.SweepResult, accuracy_key: str = "test_accuracy", full_cost: Optional[float] = None
+) -> list:
+  """The points of a sweep as JSON-ready dicts: threshold, accuracy (under `accuracy_key`), inference
+  FLOPs, the cost as a fraction of `full_cost` (when given) and the exit fractions."""
+  points = []
+  for t, a, c, fr in zip(sweep.thresholds, sweep.accuracy, sweep.inference_flops, sweep.exit_fractions):
+    point = {"threshold": float(t), accuracy_key: float(a), "inference_flops": float(c)}
+    if full_cost is not None:
+      point["cost_fraction"] = float(c / full_cost)
+    point["exit_fractions"] = [float(f) for f in fr]
+    points.append(point)
+  return points
+
+
+def clean_curve(costs, accuracy) -> tuple[np.ndarray, np.ndarray]:
+  """Points sorted by cost; points at the same cost are averaged, so the curve is a function of cost."""
+  costs = np.asarray(costs, np.float64)
+  accuracy = np.asarray(accuracy, np.float64)
+  if costs.shape != accuracy.shape or costs.ndim != 1 or costs.size == 0:
+    raise ValueError(f"a curve needs matching non-empty 1-D costs and accuracies, got {costs.shape}, {accuracy.shape}")
+  unique, inverse = np.unique(costs, return_inverse=True)
+  mean_acc = np.bincount(inverse, accuracy) / np.bincount(inverse)
+  return unique, mean_acc
+
+
+def accuracy_at_budget(costs, accuracy, budget: float) -> Optional[float]:
+  """Accuracy of a cost–accuracy curve at cost `budget`, interpolated linearly between the two points
+  around it; None when the budget lies outside the curve's cost range (the rule cannot spend it)."""
+  x, y = clean_curve(costs, accuracy)
+  tolerance = 1e-9 * max(1.0, abs(x[-1]))
+  if budget < x[0] - tolerance or budget > x[-1] + tolerance:
+    return None
+  return float(np.interp(budget, x, y))
+
+
+def area_under_curve(costs, accuracy, low: Optional[float] = None, high: Optional[float] = None) -> float:
+  """Trapezoid area under accuracy(cost) between `low` and `high` (default: the curve's own range).
+
+  The end points are interpolated; outside the curve's range the area is not extended. A single
+  point (or an empty range) has area 0.
+  """
+  x, y = clean_curve(costs, accuracy)
+  low = x[0] if low is None else max(low, x[0])
+  high = x[-1] if high is None else min(high, x[-1])
+  if high <= low:
+    return 0.0
+  inside = (x > low) & (x < high)
+  xs = np.concatenate([[low], x[inside], [high]])
+  ys = np.interp(xs, x, y)
+  return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2.0))
+
+
+def mean_accuracy(costs, accuracy) -> float:
+  """The curve's mean accuracy over its own cost range (its area divided by the range's width); the
+  mean of its points when it has no width."""
+  costs = np.asarray(costs, np.float64)
+  low, high = float(costs.min()), float(costs.max())
+  if high > low:
+    return area_under_curve(costs, accuracy, low, high) / max(high - low, 1e-12)
+  return float(np.asarray(accuracy, np.float64).mean())
+
+
+def gap_between(curve_a, curve_b, points: int = 21) -> np.ndarray:
+  """accuracy_a − accuracy_b at `points` budgets spread over the cost range both (costs, accuracy)
+  curves cover (each read by linear interpolation)."""
+  low = max(np.min(c) for c, _ in (curve_a, curve_b))
+  high = min(np.max(c) for c, _ in (curve_a, curve_b))
+  budgets = np.linspace(low, high, points)
+  reads = []
+  for costs, accuracy in (curve_a, curve_b):
+    costs, accuracy = np.asarray(costs), np.asarray(accuracy)
+    order = np.argsort(costs)
+    reads.append(np.interp(budgets, costs[order], accuracy[order]))
+  return reads[0] - reads[1]
+
+
+def compare_curves(curves: dict, full_cost: float, budgets: Sequence[float] = BUDGETS) -> dict:
+  """AUCs, shared-range mean accuracy and matched-budget accuracies of several cost–accuracy curves.
+
+  Args:
+    curves: name -> (costs [T], accuracy [T]) in FLOPs per sample.
+    full_cost: the full network's cost; budgets and areas are in fractions of it.
+    budgets: fractions of `full_cost` at which to read each curve.
+  """
+  if full_cost <= 0:
+    raise ValueError(f"full_cost must be positive, got {full_cost}")
+  frac = {k: (np.asarray(c, np.float64) / full_cost, np.asarray(a, np.float64)) for k, (c, a) in curves.items()}
+  low = max(float(np.min(c)) for c, _ in frac.values())
+  high = min(float(np.max(c)) for c, _ in frac.values())
+  shared = high > low
+  out = dict(
+    full_cost=float(full_cost),
+    budgets=[float(b) for b in budgets],
+    auc={},
+    cost_range={},
+    shared_range=[low, high] if shared else None,
+    mean_accuracy_shared_range={},
+    matched_budget_accuracy={},
+    shared_range_budgets=None,
+    shared_range_budget_accuracy={},
+  )
+  if shared:
+    out["shared_range_budgets"] = [low + b * (high - low) for b in budgets]
+  for name, (c, a) in frac.items():
+    out["auc"][name] = area_under_curve(c, a)
+    out["cost_range"][name] = [float(np.min(c)), float(np.max(c))]
+    out["mean_accuracy_shared_range"][name] = area_under_curve(c, a, low, high) / (high - low) if shared else None
+    out["matched_budget_accuracy"][name] = [accuracy_at_budget(c, a, b) for b in budgets]
+    out["shared_range_budget_accuracy"][name] = (
+      [accuracy_at_budget(c, a, b) for b in out["shared_range_budgets"]] if shared else None
+    )
+  return out

@@ -1,0 +1,53 @@
+"""Summaries over seeds: means, sample standard deviations, and the same leaf by leaf over trees.
+
+Every mean ± std in the results comes from here: std is the sample standard deviation (ddof=1), 0 for
+a single value, so one seed reads "± 0.00" rather than NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+
+def mean(values) -> float:
+  """The mean of `values` as a Python float."""
+  return float(np.mean(values))
+
+
+def std(values) -> float:
+  """The sample standard deviation (ddof=1) of `values`; 0 for fewer than two."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def mean_std_rows(rows) -> tuple[np.ndarray, np.ndarray]:
+  """Column means and sample stds of a [seeds, ...] array (stds 0 for one seed)."""
+  rows = np.asarray(rows, float)
+  return rows.mean(axis=0), (rows.std(axis=0, ddof=1) if rows.shape[0] > 1 else np.zeros(rows.shape[1:]))
+
+
+def mean_std(values) -> Optional[dict]:
+  """{"mean", "std", "n"} of the non-None values; None if there are none."""
+  vals = [float(v) for v in values if v is not None]
+  if not vals:
+    return None
+  return dict(mean=mean(vals), std=std(vals), n=len(vals))
+
+
+def is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def aggregate_tree(trees: Sequence):
+  """Mean ± std (`mean_std`) leaf by leaf over structurally equal trees (dicts / lists of numbers, None
+  allowed); a leaf that is not a number keeps the first tree's value."""
+  first = trees[0]
+  if isinstance(first, dict):
+    return {k: aggregate_tree([t[k] for t in trees]) for k in first}
+  if isinstance(first, list) and all(isinstance(t, list) and len(t) == len(first) for t in trees):
+    return [aggregate_tree(list(v)) for v in zip(*trees)]
+  if all(t is None or is_number(t) for t in trees):
+    return mean_std(trees)
+  return first

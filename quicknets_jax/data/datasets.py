@@ -1,0 +1,399 @@
+"""Datasets in memory: loading (IDX files, TFDS, CIFAR-10 tarball), checks, splits, normalisation.
+
+`load_dataset(name)` is the entry point: it finds the data (`data_source` auto | idx | tfds |
+cifar_tar), checks it, carves the validation split deterministically from the end of the training
+data (design §1), and standardises images per channel with the training part's statistics.
+ImageNet (`imagenet2012`) comes only from a prepared TFDS copy, resized to `image_size`² and held in
+memory: pass max_train for a subset (see `tfds_source.load_tfds_resized` for what is read and why).
+Class-rebalanced epoch sampling lives in `quicknets_jax.data.sampling`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from typing import Optional
+
+import numpy as np
+
+from quicknets_jax.core.config import option
+from quicknets_jax.data.cifar import LABEL_NAMES as _CIFAR10_NAMES
+from quicknets_jax.data.cifar import load_cifar_tar
+from quicknets_jax.data.errors import DataError
+from quicknets_jax.data.idx import find_idx_files, load_idx_dir
+from quicknets_jax.data.tfds_source import RESIZED_SPLITS, default_tfds_dir, load_tfds, load_tfds_resized
+
+KNOWN = ("mnist", "fashion_mnist", "cifar10", "imagenet2012")
+SOURCES = ("auto", "idx", "tfds", "cifar_tar")
+# Local copies `auto` looks at before TFDS (Debian/Ubuntu: apt-get install dataset-fashion-mnist).
+DEFAULT_LOCAL_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+# TFDS data directory `auto` tries when no local copy is found; None means TFDS's default.
+TFDS_DATA_DIR: str | None = None
+# Side of the square images datasets of many image sizes are resized to, unless image_size says otherwise.
+DEFAULT_IMAGE_SIZE = {"imagenet2012": 224}
+
+
+def _imagenet_class_names() -> tuple[str, ...]:
+  """The 1000 WordNet ids of ILSVRC2012 in TFDS's label order, read from the installed
+  tensorflow-datasets package without importing it; generic names when it is not installed."""
+  try:
+    spec = importlib.util.find_spec("tensorflow_datasets")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+      path = os.path.join(root, "datasets", "imagenet2012", "labels.txt")
+      if os.path.exists(path):
+        with open(path) as f:
+          names = tuple(line.strip() for line in f if line.strip())
+        if len(names) == 1000:
+          return names
+  except (ImportError, ValueError, OSError):
+    pass
+  return tuple(f"class_{i}" for i in range(1000))
+
+
+CLASS_NAMES = {
+  "fashion_mnist": (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+  ),
+  "mnist": tuple(str(d) for d in range(10)),
+  "cifar10": _CIFAR10_NAMES,
+  "imagenet2012": _imagenet_class_names(),
+}
+PRETTY_NAMES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "imagenet2012": "ImageNet"}
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: == on numpy fields would be ambiguous.
+class Dataset:
+  """A loaded, split and normalised dataset held in memory as numpy arrays.
+
+  Images are float32 [N, H, W, C], standardised per channel with the training part's `mean` and
+  `std` (in [0, 1] pixel units); labels are int32 [N].
+  """
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...]
+  mean: np.ndarray | None = None
+  std: np.ndarray | None = None
+  source: str = ""
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    """Shape of one image, (H, W, C)."""
+    return tuple(self.train_images.shape[1:])
+
+  def summary(self) -> str:
+    """One line: name, source, split sizes, image shape and class count."""
+    src = f" from {self.source}" if self.source else ""
+    return (
+      f"{self.name}{src}: train {len(self.train_labels)}, val {len(self.val_labels)}, "
+      f"test {len(self.test_labels)}, images {'x'.join(map(str, self.image_shape))}, "
+      f"{self.num_classes} classes"
+    )
+
+
+def _check_name(name: str) -> str:
+  canon = str(name).lower().replace("-", "_")
+  if canon not in KNOWN:
+    raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(KNOWN)}")
+  return canon
+
+
+def _local_source(name: str, data_dir) -> tuple[Arrays, str]:
+  """Loads `name` from a local directory: IDX files, or the tarball for cifar10."""
+  if name == "cifar10":
+    return load_cifar_tar(data_dir), f"cifar_tar:{data_dir}"
+  return load_idx_dir(data_dir), f"idx:{data_dir}"
+
+
+def _load(
+  name: str,
+  data_source: str,
+  data_dir,
+  image_size: int | None = None,
+  max_train: int | None = None,
+  max_test: int | None = None,
+) -> tuple[Arrays, str]:
+  """load_arrays plus a short description of where the data came from.
+
+  image_size, max_train, max_test matter to datasets read resized (imagenet2012) only: there they
+  decide how much is read at all.
+  """
+  name = _check_name(name)
+  if data_source not in SOURCES:
+    raise DataError(f"unknown data_source {data_source!r}: choose one of {', '.join(SOURCES)}")
+  pretty = PRETTY_NAMES[name]
+  if name in RESIZED_SPLITS:
+    if data_source not in ("auto", "tfds"):
+      raise DataError(
+        f"{name} is read from a prepared TFDS copy only, not data_source={data_source}: "
+        f"pass --data_source=tfds (and --data_dir=DIR, the TFDS data dir, if it is not "
+        f"in {default_tfds_dir()})"
+      )
+    size = DEFAULT_IMAGE_SIZE[name] if image_size is None else image_size
+    tfds_dir = data_dir if data_dir is not None else (TFDS_DATA_DIR if data_source == "auto" else None)
+    arrays = load_tfds_resized(name, tfds_dir, size, max_train, max_test, num_classes=len(CLASS_NAMES[name]))
+    return arrays, f"tfds:{default_tfds_dir(tfds_dir)} ({size}x{size})"
+  if image_size is not None:
+    raise DataError(
+      f"image_size applies to {', '.join(RESIZED_SPLITS)} only ({pretty} images have one size): drop --image_size"
+    )
+  if data_source == "tfds":
+    return load_tfds(name, data_dir), f"tfds:{default_tfds_dir(data_dir)}"
+  if data_source == "cifar_tar":
+    if name != "cifar10":
+      raise DataError(f"data_source=cifar_tar only serves cifar10, not {name}: use --data_source=idx or tfds")
+    if data_dir is None:
+      raise DataError(
+        "data_source=cifar_tar needs --data_dir=DIR holding cifar-10-python.tar.gz (or the path of the tarball itself)"
+      )
+    return _local_source(name, data_dir)
+  if data_source == "idx":
+    if name == "cifar10":
+      raise DataError("cifar10 has no IDX form: use --data_source=cifar_tar --data_dir=DIR or --data_source=tfds")
+    directory = data_dir if data_dir is not None else DEFAULT_LOCAL_DIRS.get(name)
+    if directory is None:
+      raise DataError(f"data_source=idx for {name} needs --data_dir=DIR with the four IDX files")
+    return _local_source(name, directory)
+
+  # auto: an explicit directory wins and its errors are the user's to see, not to fall past.
+  if data_dir is not None:
+    return _local_source(name, data_dir)
+  local = DEFAULT_LOCAL_DIRS.get(name)
+  local_missing = ""
+  if local is not None:
+    if name != "cifar10" and os.path.isdir(local):
+      missing = find_idx_files(local)[1]
+      if not missing:
+        return _local_source(name, local)
+      local_missing = f" (missing {', '.join(missing)})"
+    elif name == "cifar10" and os.path.exists(local):
+      return _local_source(name, local)
+  try:
+    return load_tfds(name, TFDS_DATA_DIR), f"tfds:{default_tfds_dir(TFDS_DATA_DIR)}"
+  except DataError:
+    pass
+  tfds_dir = default_tfds_dir(TFDS_DATA_DIR)
+  tfds_way = (
+    "or --data_source=tfds on a networked machine (needs `pip install tensorflow-cpu` "
+    f"to prepare; nothing prepared in {tfds_dir})"
+  )
+  if name == "fashion_mnist" and local is not None:
+    raise DataError(
+      f"no {pretty} found at {local}{local_missing}: `apt-get install dataset-fashion-mnist`, or "
+      f"pass --data_dir=DIR with the four IDX files, {tfds_way}"
+    )
+  if name == "cifar10":
+    raise DataError(f"no {pretty} found: pass --data_dir=DIR holding cifar-10-python.tar.gz, {tfds_way}")
+  where = f" at {local}{local_missing}" if local is not None else ""
+  raise DataError(f"no {pretty} found{where}: pass --data_dir=DIR with the four IDX files, {tfds_way}")
+
+
+def load_arrays(name: str, data_source: str = "auto", data_dir=None, image_size: int | None = None) -> Arrays:
+  """Loads raw (train_images, train_labels, test_images, test_labels) as uint8 numpy arrays.
+
+  data_source: "idx" (an MNIST-style directory; default: DEFAULT_LOCAL_DIRS), "cifar_tar" (the
+  CIFAR-10 python tarball in `data_dir`), "tfds" (a prepared TFDS dataset; `data_dir` is the
+  TFDS data dir), or "auto": `data_dir` if given (IDX, or the tarball for cifar10), else the
+  DEFAULT_LOCAL_DIRS copy if its files are there, else a prepared TFDS copy in TFDS_DATA_DIR.
+  imagenet2012 comes from TFDS only (`data_dir` is then the TFDS data dir), resized to
+  `image_size` (default 224). Grayscale images are [N, H, W], colour [N, H, W, 3].
+  """
+  return _load(name, data_source, data_dir, image_size)[0]
+
+
+def validate_arrays(train_images, train_labels, test_images, test_labels, num_classes: int) -> None:
+  """Raises DataError unless image and label counts match and every label is in [0, num_classes)."""
+  for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+      raise DataError(
+        f"{split} labels have shape {labels.shape}, expected 1-D: check the "
+        f"label files are not swapped with the image files"
+      )
+    if np.asarray(images).ndim not in (3, 4):
+      raise DataError(
+        f"{split} images have shape {np.shape(images)}, expected [N, H, W] or [N, H, W, C]: check the image files"
+      )
+    if len(images) != len(labels):
+      raise DataError(
+        f"{split} has {len(images)} images but {len(labels)} labels: use image and label files from the same dataset"
+      )
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+      values = np.unique(labels[bad])
+      raise DataError(
+        f"{split} labels have {int(bad.sum())} value(s) outside [0, "
+        f"{num_classes}), e.g. {int(values[0])} (distinct bad values: "
+        f"{values[:5].tolist()}): the files do not belong to a "
+        f"{num_classes}-class dataset; use the right --data_dir / dataset name"
+      )
+
+
+def split_validation(images, labels, val_fraction: float = 0.1):
+  """Splits training data into (train_images, train_labels, val_images, val_labels).
+
+  Deterministic: the LAST round(N * val_fraction) samples are the validation split (60,000 ->
+  54,000 + 6,000). The results are views, not copies.
+  """
+  n = len(images)
+  if len(labels) != n:
+    raise DataError(f"{n} images but {len(labels)} labels: pass matching arrays")
+  if not 0.0 < float(val_fraction) < 1.0:
+    raise DataError(f"val_fraction={val_fraction} must be strictly between 0 and 1, e.g. 0.1")
+  n_val = int(round(n * float(val_fraction)))
+  if n_val < 1 or n - n_val < 1:
+    raise DataError(
+      f"val_fraction={val_fraction} of {n} training samples leaves {n - n_val} "
+      f"train and {n_val} validation samples; each needs at least 1: change "
+      f"val_fraction or use more data"
+    )
+  cut = n - n_val
+  return images[:cut], labels[:cut], images[cut:], labels[cut:]
+
+
+def _with_channel(images: np.ndarray) -> np.ndarray:
+  return images[..., None] if images.ndim == 3 else images
+
+
+def normalise(train, *others, chunk: int = 4096):
+  """Scales uint8 images to [0, 1] float32, then standardises each channel with `train`'s stats.
+
+  Inputs are [N, H, W, C] (or [N, H, W], which gets a channel axis). Returns
+  ((train_n, *others_n), (mean, std)) with mean and std float32 [C] in [0, 1] pixel units.
+  """
+  train = _with_channel(np.asarray(train))
+  others = [_with_channel(np.asarray(o)) for o in others]
+  if len(train) == 0:
+    raise DataError("cannot normalise an empty training set: use more training samples")
+  for o in others:
+    if o.shape[1:] != train.shape[1:]:
+      raise DataError(f"image shapes differ ({train.shape[1:]} vs {o.shape[1:]}): pass splits of the same dataset")
+  c = train.shape[-1]
+  # Chunked float64 sums: one float64 copy of CIFAR's training set would take ~1 GB.
+  total = np.zeros(c, np.float64)
+  total_sq = np.zeros(c, np.float64)
+  for start in range(0, len(train), chunk):
+    x = train[start : start + chunk].reshape(-1, c).astype(np.float64) / 255.0
+    total += x.sum(0)
+    total_sq += (x * x).sum(0)
+  count = train.size // c
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+  # A constant channel (std 0) would divide by zero; leaving it unscaled keeps it at 0.
+  std = np.where(std < 1e-6, 1.0, std)
+  mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+
+  def apply(x):
+    out = x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+      out *= np.float32(1.0 / 255.0)
+    out -= mean32
+    out /= std32
+    return out
+
+  return tuple(apply(x) for x in [train, *others]), (mean32, std32)
+
+
+def load_dataset(
+  name: str,
+  data_source: str = "auto",
+  data_dir=None,
+  val_fraction: float = 0.1,
+  max_train: int | None = None,
+  max_test: int | None = None,
+  image_size: int | None = None,
+) -> Dataset:
+  """Loads, checks, splits and normalises a dataset (see load_arrays for the sources).
+
+  max_train / max_test keep only the first N samples of the training split (before the
+  validation split is carved off its end) / the test split; for smoke runs and tests, and for
+  imagenet2012, where only that many records are read at all. image_size: the side imagenet2012
+  is resized to (default 224); other datasets refuse it.
+  """
+  name = _check_name(name)
+  for flag, value in (("max_train", max_train), ("max_test", max_test)):
+    if value is not None and (int(value) != value or value < 1):
+      raise DataError(f"{flag}={value} must be a positive integer or None")
+  (train_x, train_y, test_x, test_y), source = _load(name, data_source, data_dir, image_size, max_train, max_test)
+  num_classes = len(CLASS_NAMES[name])
+  validate_arrays(train_x, train_y, test_x, test_y, num_classes)
+  if max_train is not None:
+    train_x, train_y = train_x[:max_train], train_y[:max_train]
+  if max_test is not None:
+    test_x, test_y = test_x[:max_test], test_y[:max_test]
+  tr_x, tr_y, va_x, va_y = split_validation(train_x, train_y, val_fraction)
+  (tr_x, va_x, te_x), (mean, std) = normalise(tr_x, va_x, test_x)
+  return Dataset(
+    name=name,
+    train_images=tr_x,
+    train_labels=np.asarray(tr_y, np.int32),
+    val_images=va_x,
+    val_labels=np.asarray(va_y, np.int32),
+    test_images=te_x,
+    test_labels=np.asarray(test_y, np.int32),
+    num_classes=num_classes,
+    class_names=CLASS_NAMES[name],
+    mean=mean,
+    std=std,
+    source=source,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which dataset, from where, and how much of it."""
+
+  dataset: str = option("fashion_mnist", "Dataset.", choices=KNOWN)
+  data_source: str = option(
+    "auto",
+    "auto: a local IDX copy if found (--data_dir, or Debian's dataset-fashion-mnist), else TFDS.",
+    choices=SOURCES,
+  )
+  data_dir: Optional[str] = option(
+    None,
+    "Directory with the four IDX files (train/t10k images/labels); "
+    "cifar10: the tarball's directory; with --data_source=tfds: the TFDS data dir.",
+  )
+  val_fraction: float = option(0.1, "Last fraction of the training split kept for validation.", lower=0.0, upper=1.0)
+  max_train: Optional[int] = option(None, "Use only the first N training samples (smoke runs).", lower=1)
+  max_test: Optional[int] = option(None, "Use only the first N test samples (smoke runs).", lower=1)
+  image_size: Optional[int] = option(
+    None, "imagenet2012: side the images are resized (shorter side) and centre-cropped to (default 224).", lower=4
+  )
+
+  def load(self) -> Dataset:
+    """The dataset this config names, loaded, split and normalised (`load_dataset`)."""
+    return load_dataset(
+      self.dataset,
+      self.data_source,
+      self.data_dir,
+      self.val_fraction,
+      max_train=self.max_train,
+      max_test=self.max_test,
+      image_size=self.image_size,
+    )
+
+  def image_shape(self) -> tuple:
+    """(H, W, C) of this dataset's images, without reading them."""
+    if self.dataset in DEFAULT_IMAGE_SIZE:  # resized as read (imagenet2012)
+      size = self.image_size or DEFAULT_IMAGE_SIZE[self.dataset]
+      return (size, size, 3)
+    return (32, 32, 3) if self.dataset == "cifar10" else (28, 28, 1)

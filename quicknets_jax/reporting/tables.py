@@ -1,0 +1,243 @@
+"""Markdown tables from results dicts: the paper's Table 1 layout with the per-block breakdown of the
+training cost (`results_markdown`), the commitment study (`study_markdown`), the QuickNet+ ablation
+(`ablation_markdown`), and the Figures section of results.md (`figures_markdown`).
+
+Layer 3 (beside `algorithms/`): pure formatting of plain dicts; imports only `core/` and `data/`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from quicknets_jax.core import costs
+from quicknets_jax.data.datasets import PRETTY_NAMES
+
+
+def _pct(x):
+  return f"{100 * x:.2f}"
+
+
+def results_markdown(results: dict) -> str:
+  """Table 1 of the paper (accuracy, params, inference cost, training cost) plus wall-clock, ratios and
+  each block's share of the training cost."""
+  name = PRETTY_NAMES.get(results["dataset"], results["dataset"])
+  q, e = results["quicknet"], results.get("end_to_end")
+  n = len(results["seeds"])
+  lines = [
+    f"# {name}: QuickNet vs end-to-end ({results['model']}, {n} seed{'s' * (n > 1)})",
+    "",
+    "| Data | Method | Accuracy (%) | Parameters (M) | Inference cost (MFLOPs) | Training cost (FLOPs) "
+    "| Wall-clock (s) |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  rows = [("QuickNet", q)] + ([("End-to-End", e)] if e else [])
+  for method, r in rows:
+    lines.append(
+      f"| {name} | {method} | {_pct(r['test_accuracy'])} ± {_pct(r['test_accuracy_std'])} | "
+      f"{r['params'] / 1e6:.3f} | {r['inference_flops'] / 1e6:.4f} | {r['training_flops']:.3g} | "
+      f"{r['train_seconds']:.1f} |"
+    )
+  lines.append("")
+  if "ratios" in results:
+    ratios = results["ratios"]
+    lines += [
+      "Ratios end-to-end / QuickNet: "
+      f"training FLOPs {ratios['training_flops']:.2f}, inference FLOPs {ratios['inference_flops']:.2f}, "
+      f"wall-clock {ratios['train_seconds']:.2f}.",
+      "",
+    ]
+  lines += [
+    f"Exit threshold {results['exit_threshold']:.3f} (chosen on the "
+    f"{results.get('exit_threshold_chosen_on', 'validation')} split, mean over seeds), training "
+    f"threshold τ = {results['train_threshold']}, fallback `{results.get('fallback', 'most_confident')}`. "
+    f"Exit fractions on the test split: {', '.join(f'{f:.3f}' for f in q['exit_fractions'])}.",
+    "",
+  ]
+  seeds = q["per_seed"]
+  lines += [
+    "## QuickNet per block (mean over seeds)",
+    "",
+    "| Block | Train samples | Epochs | Commit epochs | Learned | Test acc. of exit (%) | "
+    "Training FLOPs | of which block training | cache | commitment | validation + selection |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  num_blocks = min(len(s["training_flops_parts"]) for s in seeds)
+  for j in range(num_blocks):
+    parts = [s["training_flops_parts"][j] for s in seeds]
+    mean = lambda key: sum(p[key] for p in parts) / len(parts)
+    total = sum(mean(k) for k in costs.QUICKNET_BLOCK_PARTS)
+    lines.append(
+      f"| {j} | {sum(s['train_samples_per_block'][j] for s in seeds) / len(seeds):.0f} | "
+      f"{sum(s['epochs_per_block'][j] for s in seeds) / len(seeds):.1f} | "
+      f"{sum(s['commit_epochs_per_block'][j] for s in seeds) / len(seeds):.1f} | "
+      f"{sum(s['learned_per_block'][j] for s in seeds) / len(seeds):.0f} | "
+      f"{_pct(sum(s['per_exit_test_accuracy'][j] for s in seeds) / len(seeds))} | {total:.3g} | "
+      f"{mean('block_training'):.3g} | {mean('cache'):.3g} | "
+      f"{mean('commit_training') + mean('commit_validation'):.3g} | "
+      f"{mean('block_validation') + mean('selection'):.3g} |"
+    )
+  after = [s["test_accuracy_after_block"] for s in seeds if "test_accuracy_after_block" in s]
+  if after and len({len(a) for a in after}) == 1:
+    means = [sum(a[j] for a in after) / len(after) for j in range(len(after[0]))]
+    lines += [
+      "",
+      "Test accuracy of the QuickNet cut after each block (each with its own threshold chosen on "
+      f"validation; mean over seeds, %): {', '.join(_pct(m) for m in means)}.",
+    ]
+  if e:
+    lines += ["", f"End-to-end: {e['epochs']:.1f} epochs on average, training FLOPs {e['training_flops']:.3g}."]
+  lines += ["", f"Machine: {results.get('machine', '?')}.", ""]
+  return "\n".join(lines)
+
+
+FIGURE_CAPTIONS = {
+  "training": "Fig. 2 — epochs per block (and per commitment head) vs end-to-end; training samples per "
+  "epoch; total training cost by block; test accuracy against the training cost spent so far "
+  "(QuickNet after each block, end-to-end after each epoch).",
+  "class_distribution": "Fig. 3 — the classes in each block's training set: what the earlier blocks "
+  "learned is gone from the later blocks' sets.",
+  "inference_cost": "Fig. 4 — test accuracy against mean inference cost as the exit threshold varies, "
+  "exits chosen by confidence only vs by confidence and the commitment heads.",
+  "exits_per_class": "Which exit each class's test samples take at the operating threshold, and the "
+  "class's test accuracy.",
+}
+
+
+def figures_markdown(figures: dict, relative_to: str, unfinished=(), skipped=None) -> str:
+  """The Figures section of results.md: one image per figure, paths relative to `relative_to`."""
+  lines = ["## Figures", ""]
+  if unfinished:
+    lines += [f"Partial run — not finished yet: {', '.join(unfinished)}.", ""]
+  for name, path in figures.items():
+    rel = os.path.relpath(path, relative_to).replace(os.sep, "/")
+    lines += [f"![{name}]({rel})", "", FIGURE_CAPTIONS.get(name, ""), ""]
+  for name, reason in (skipped or {}).items():
+    lines += [f"No {name.replace('_', ' ')} figure: {reason}.", ""]
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- commitment study
+
+
+def _fmt(stat, scale: float = 100.0, digits: int = 2) -> str:
+  if stat is None:
+    return "—"
+  return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def _fmt_signed(stat, scale: float = 100.0, digits: int = 2) -> str:
+  if stat is None:
+    return "—"
+  return f"{stat['mean'] * scale:+.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+METHOD_TITLES = {
+  "joint": "jointly trained multi-exit network (SDN loss) + commitment heads on its frozen exits",
+  "quicknet": "QuickNet (Algorithm 1)",
+}
+
+
+def study_markdown(results: dict) -> str:
+  """Tables of the study: per network, the three curves' AUC and matched-budget accuracies, the paired
+  differences, and the per-exit calibration table (all mean ± std over seeds, accuracies in %)."""
+  lines = [f"# Commitment study: {results['dataset']}, {results['model']}, seeds {results['seeds']}", ""]
+  if results.get("warning"):
+    lines += [f"**{results['warning']}**", ""]
+  for method in ("joint", "quicknet"):
+    if method not in results:
+      continue
+    r = results[method]
+    budgets = r["budgets"]
+    lines += [
+      f"## {METHOD_TITLES[method]}",
+      "",
+      "Per-exit test accuracy (%): " + ", ".join(_fmt(s) for s in r["per_exit_accuracy"]),
+      "",
+      "| rule | AUC (acc × cost fraction) | mean acc over shared range | "
+      + " | ".join(f"acc @ {b:.0%} cost" for b in budgets)
+      + " | "
+      + " | ".join(f"acc @ {b:.0%} of shared range" for b in budgets)
+      + " |",
+      "|---" * (3 + 2 * len(budgets)) + "|",
+    ]
+    for rule in r["auc"]:
+      lines.append(
+        f"| {rule} | {_fmt(r['auc'][rule], 100, 2)} | {_fmt(r['mean_accuracy_shared_range'][rule])} | "
+        + " | ".join(_fmt(s) for s in r["matched_budget_accuracy"][rule])
+        + " | "
+        + " | ".join(_fmt(s) for s in (r["shared_range_budget_accuracy"][rule] or [None] * len(budgets)))
+        + " |"
+      )
+    for name, d in r["differences"].items():
+      lines.append(
+        f"| **{name}** (paired) | {_fmt_signed(d['auc'])} | {_fmt_signed(d['mean_accuracy_shared_range'])} | "
+        + " | ".join(_fmt_signed(s) for s in d["matched_budget_accuracy"])
+        + " | "
+        + " | ".join(_fmt_signed(s) for s in d["shared_range_budget_accuracy"])
+        + " |"
+      )
+    ranges = ", ".join(f"{k} {_fmt(v[0], 100, 1)}–{_fmt(v[1], 100, 1)} %" for k, v in r["cost_range"].items())
+    lines += [
+      "",
+      f"Cost range of each curve (% of the full network): {ranges}. “—”: the rule never spends that budget.",
+      "",
+      "Calibration per exit (%; over-confident-wrong = wrong among samples with "
+      "confidence > t; coverage = fraction of samples passing):",
+      "",
+    ]
+    thresholds = [
+      e["threshold"]["mean"] if isinstance(e["threshold"], dict) else e["threshold"]
+      for e in r["calibration"][0]["at_threshold"]
+    ]
+    header = (
+      "| exit | accuracy | ECE | AUROC conf | AUROC commit | commit>0 | "
+      + " | ".join(
+        f"t={t:g}: wrong / coverage, conf only | t={t:g}: wrong / coverage, + commitment" for t in thresholds
+      )
+      + " |"
+    )
+    lines += [header, "|---" * (6 + 2 * len(thresholds)) + "|"]
+    for row in r["calibration"]:
+      cells = [str(e) for e in [int(row["exit"]["mean"])]] + [
+        _fmt(row["accuracy"]),
+        _fmt(row["ece"]),
+        _fmt(row["auroc_confidence"], 1, 3),
+        _fmt(row.get("auroc_commitment"), 1, 3),
+        _fmt(row.get("commit_positive_rate")),
+      ]
+      for entry in row["at_threshold"]:
+        for key in ("confidence_only", "with_commitment"):
+          e = entry.get(key)
+          cells.append("—" if e is None else f"{_fmt(e['wrong_rate'])} / {_fmt(e['coverage'])}")
+      lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- QuickNet+ ablation
+
+
+def ablation_markdown(rows: list, e2e: dict, combination: list, seeds: list) -> str:
+  lines = [
+    f"Real Fashion-MNIST, seeds {','.join(map(str, seeds))} (mean ± std of test accuracy; other columns are "
+    "means). Ratios are end-to-end / variant (higher = cheaper). Curve = mean test accuracy of the "
+    "cost–accuracy curve over its own cost range; commitment margin = smallest gap (over budgets) "
+    "between the commitment rule's and confidence-only's curve (> 0: above at every budget).",
+    "",
+    "| Variant | Test acc. (%) | Val acc. (%) | Training FLOPs | ratio | Train s | ratio | Inference "
+    "MFLOPs | ratio | Curve acc. (%) | Commitment margin (pp) | Epochs per block |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    f"| end-to-end | {100 * e2e['test_accuracy']:.2f} ± {100 * e2e['test_accuracy_std']:.2f} | – | "
+    f"{e2e['training_flops']:.3g} | 1.00 | {e2e['train_seconds']:.1f} | 1.00 | "
+    f"{e2e['inference_flops'] / 1e6:.3f} | 1.00 | – | – | {e2e['epochs']:.1f} |",
+  ]
+  for r in rows:
+    name = r["variant"] + (f" ({' + '.join(combination)})" if r["variant"] == "combination" else "")
+    lines.append(
+      f"| {name} | {100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
+      f"{100 * r['val_accuracy']:.2f} | {r['training_flops']:.3g} | {r['training_flops_ratio']:.2f} | "
+      f"{r['train_seconds']:.1f} | {r['train_seconds_ratio']:.2f} | {r['inference_flops'] / 1e6:.3f} | "
+      f"{r['inference_flops_ratio']:.2f} | {100 * r['curve_mean_accuracy']:.2f} | "
+      f"{100 * r['commitment_margin']:+.2f} | {', '.join(f'{e:.1f}' for e in r['epochs_per_block'])} |"
+    )
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,307 @@
+"""QuickNet vs end-to-end on one dataset: `train_and_evaluate(config, workdir)` writes results.json/.md.
+
+For every seed: train the QuickNet (checkpoint per frozen block), choose the operating exit threshold
+on the validation split, report test accuracy, inference and training FLOPs and the cost–accuracy
+curve; train the end-to-end baseline through the same trainer; then aggregate mean ± std over seeds
+(results.json, design.md §3) and render the paper's Table 1 layout (results.md). Finished seeds are
+kept in WORKDIR/seed_<s>/ and not redone, so a stopped run picks up where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import jax
+import numpy as np
+
+from quicknets_jax.algorithms import forward
+from quicknets_jax.algorithms.end_to_end import test_accuracy_fn, train_end_to_end
+from quicknets_jax.algorithms.events import AllOf
+from quicknets_jax.algorithms.quicknet import train_quicknet
+from quicknets_jax.core import curves, exits, stats
+from quicknets_jax.core.progress import format_seconds
+from quicknets_jax.data.datasets import Dataset
+from quicknets_jax.models.base import EXIT, SUBNET
+from quicknets_jax.reporting.tables import results_markdown
+from quicknets_jax.runs import metrics as metrics_lib
+from quicknets_jax.runs.aggregate import aggregate, ratios
+from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description
+from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
+
+Log = Callable[[str], None]
+
+
+def check_batch_size(batch_size: int, num_train: int) -> None:
+  """Refuses a --batch_size larger than the whole training split: it is a typo or the wrong data, and
+  clamping it would silently train another schedule. (Working sets T_j that shrink below the batch
+  size inside a run are expected; the trainer takes them as one batch.)"""
+  if batch_size > num_train:
+    raise ValueError(
+      f"--batch_size={batch_size} is larger than the {num_train} training samples: pass "
+      f"--batch_size={num_train} or less, or use more data (--max_train)"
+    )
+
+
+def param_count(tree) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def evaluate_quicknet(model, variables, dataset: Dataset, config: ExperimentConfig) -> dict:
+  """Chooses the exit threshold on validation, then measures the test split at it (and the curves)."""
+  num = len(variables)
+  rule = config.exit_rule
+  cascade = model.cascade_costs()[:num]
+  val_probs, val_commit = forward.predict_exits(model, variables, dataset.val_images, config.fit.eval_batch_size)
+  test_probs, test_commit = forward.predict_exits(model, variables, dataset.test_images, config.fit.eval_batch_size)
+  val_sweep = exits.sweep_thresholds(val_probs, val_commit, dataset.val_labels, cascade, fallback=rule.fallback)
+  if rule.exit_threshold is None:
+    threshold = exits.choose_threshold(val_sweep, rule.threshold_tolerance)
+  else:
+    threshold = rule.exit_threshold
+  accuracy, cost, fractions = exits.evaluate_rule(
+    test_probs, test_commit, dataset.test_labels, threshold, cascade, rule.fallback
+  )
+  test_sweep = exits.sweep_thresholds(test_probs, test_commit, dataset.test_labels, cascade, fallback=rule.fallback)
+  confidence_only = exits.sweep_thresholds(
+    test_probs, test_commit, dataset.test_labels, cascade, fallback=rule.fallback, use_commitment=False
+  )
+  per_exit_accuracy = np.mean(np.argmax(np.asarray(test_probs), -1) == dataset.test_labels[None], axis=1)
+  fractions = [float(f) for f in fractions] + [0.0] * (model.num_blocks - num)
+  return dict(
+    exit_threshold=threshold,
+    test_accuracy=float(accuracy),
+    inference_flops=float(cost),
+    exit_fractions=fractions,
+    per_exit_test_accuracy=[float(a) for a in per_exit_accuracy],
+    val_accuracy_at_threshold=float(val_sweep.accuracy[np.argmin(np.abs(val_sweep.thresholds - threshold))]),
+    curve=curves.sweep_points(test_sweep),
+    curve_confidence_only=curves.sweep_points(confidence_only),
+    **_figure_data(model, dataset, config, threshold, val_probs, val_commit, test_probs, test_commit),
+  )
+
+
+def _figure_data(
+  model, dataset, config: ExperimentConfig, threshold: float, val_probs, val_commit, test_probs, test_commit
+) -> dict:
+  """What the report's figures need beyond the table, from the exit outputs already computed:
+  the test accuracy of the QuickNet cut after each block (its threshold chosen on validation the same
+  way) and, at the operating threshold, which exit each class's test samples take."""
+  num = int(test_probs.shape[0])
+  rule = config.exit_rule
+  cascade = model.cascade_costs()[:num]
+  after_block, thresholds = [], []
+  for j in range(num):
+    t = threshold
+    if j < num - 1 and rule.exit_threshold is None:
+      sweep = exits.sweep_thresholds(
+        val_probs[: j + 1], val_commit[: j + 1], dataset.val_labels, cascade[: j + 1], fallback=rule.fallback
+      )
+      t = exits.choose_threshold(sweep, rule.threshold_tolerance)
+    accuracy, _, _ = exits.evaluate_rule(
+      test_probs[: j + 1], test_commit[: j + 1], dataset.test_labels, t, cascade[: j + 1], rule.fallback
+    )
+    after_block.append(float(accuracy))
+    thresholds.append(float(t))
+  decision = exits.select_exits(test_probs, test_commit, threshold, rule.fallback)
+  exit_index, labels = np.asarray(decision.exit_index), np.asarray(dataset.test_labels)
+  correct = np.asarray(decision.prediction) == labels
+  counts = np.zeros((dataset.num_classes, model.num_blocks), np.int64)
+  right = np.zeros_like(counts)
+  np.add.at(counts, (labels, exit_index), 1)
+  np.add.at(right, (labels, exit_index), correct.astype(np.int64))
+  return dict(
+    test_accuracy_after_block=after_block,
+    exit_threshold_after_block=thresholds,
+    test_exit_counts_per_class=counts.tolist(),
+    test_correct_counts_per_class=right.tolist(),
+  )
+
+
+def run_quicknet_seed(
+  model,
+  dataset,
+  config: ExperimentConfig,
+  seed: int,
+  seed_dir: str,
+  log: Log,
+  metrics: Optional[metrics_lib.MetricsWriter] = None,
+) -> dict:
+  """Trains (or resumes) one seed's QuickNet and evaluates it; returns its per-seed results.
+
+  With `metrics`, every block and commitment epoch becomes a line of WORKDIR/metrics.jsonl.
+  """
+  checkpointer = BlockCheckpointer(os.path.join(seed_dir, "quicknet_checkpoints"))
+  tag = f"[seed {seed} quicknet]"
+  tracker = metrics_lib.QuickNetMetrics(metrics, seed) if metrics is not None else None
+  events = AllOf(metrics_lib.ProgressLines(tag, config.fit.max_epochs, log), tracker)
+  run = train_quicknet(
+    model,
+    dataset.train_images,
+    dataset.train_labels,
+    dataset.val_images,
+    dataset.val_labels,
+    config.quicknet,
+    seed,
+    checkpointer=checkpointer,
+    log=lambda m: log(f"{tag} {m}"),
+    events=events,
+  )
+  checkpointer.close()
+  result = evaluate_quicknet(model, run.variables, dataset, config)
+  records = run.records
+  result.update(
+    seed=seed,
+    params=param_count([v["params"] for v in run.variables]),
+    training_flops=run.training_flops,
+    train_seconds=run.train_seconds,
+    trained_blocks=run.num_trained_blocks,
+    train_samples_per_block=[r.train_samples for r in records],
+    learned_per_block=[r.learned for r in records],
+    epochs_per_block=[r.epochs for r in records],
+    commit_epochs_per_block=[r.commit_epochs for r in records],
+    commit_positive_rate_per_block=[r.positive_rate for r in records],
+    class_counts_per_block=[r.class_counts for r in records],
+    training_flops_parts=[dict(block=r.block, **r.flops) for r in records],
+    # QuickNet+ fine-tuning (after every block): its FLOPs by part, epochs and seconds
+    finetune=None if run.finetune is None else {k: v for k, v in run.finetune.items() if k != "history"},
+    history=[dict(block=r.block, epochs=r.history, commitment_epochs=r.commit_history) for r in records],
+  )
+  if tracker is not None:
+    tracker.after_blocks(result)
+  return result
+
+
+def run_end_to_end_seed(
+  model,
+  dataset,
+  config: ExperimentConfig,
+  seed: int,
+  log: Log,
+  seed_dir: Optional[str] = None,
+  metrics: Optional[metrics_lib.MetricsWriter] = None,
+) -> dict:
+  """Trains (or resumes, from SEED_DIR/end_to_end_checkpoints) one seed's end-to-end baseline.
+
+  With `metrics`, every epoch becomes a line of WORKDIR/metrics.jsonl and its history entry gets the
+  test accuracy after that epoch (for the accuracy-vs-training-cost figure; kept off `train_seconds`).
+  """
+  tracker = None
+  if metrics is not None:
+    tracker = metrics_lib.EndToEndMetrics(
+      metrics, seed, test_accuracy_fn(model, dataset.test_images, dataset.test_labels, config.fit.eval_batch_size)
+    )
+  # the tracker first: it adds the test accuracy to the epoch's record before anything reads it
+  events = AllOf(tracker, metrics_lib.ProgressLines(f"[seed {seed} end-to-end]", config.fit.max_epochs, log))
+  checkpointer = (
+    FitCheckpointer(os.path.join(seed_dir, "end_to_end_checkpoints"), "end-to-end") if seed_dir is not None else None
+  )
+  run = train_end_to_end(
+    model,
+    dataset.train_images,
+    dataset.train_labels,
+    dataset.val_images,
+    dataset.val_labels,
+    config.fit,
+    seed,
+    log=lambda m: log(f"[seed {seed}] {m}"),
+    events=events,
+    checkpoint=checkpointer,
+  )
+  if checkpointer is not None:
+    checkpointer.close()
+  if tracker is not None:
+    run.seconds -= tracker.seconds
+  probs, _ = forward.predict_exits(model, run.variables, dataset.test_images, config.fit.eval_batch_size)
+  accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == dataset.test_labels))
+  last = model.num_blocks - 1
+  params = [v["params"][SUBNET] for v in run.variables] + [run.variables[last]["params"][EXIT]]
+  return dict(
+    seed=seed,
+    test_accuracy=accuracy,
+    params=param_count(params),
+    inference_flops=model.end_to_end_cost(),
+    training_flops=run.training_flops,
+    training_flops_parts=run.flops,
+    train_seconds=run.seconds,
+    epochs=run.epochs,
+    best_epoch=run.best_epoch,
+    history=run.history,
+  )
+
+
+def train_and_evaluate(
+  config: ExperimentConfig,
+  workdir: str,
+  log: Log = print,
+  overwrite: bool = False,
+  dataset: Optional[Dataset] = None,
+  metrics: bool = True,
+) -> dict:
+  """Runs the comparison for every seed and writes WORKDIR/results.json and results.md; returns the dict.
+
+  Finished seeds (WORKDIR/seed_<s>/quicknet.json, end_to_end.json) are read back, not redone.
+  `metrics`: log every epoch to WORKDIR/metrics.jsonl and TensorBoard events under WORKDIR/tensorboard/.
+  """
+  guard_workdir(config, workdir, overwrite)
+  if dataset is None:
+    dataset = config.data.load()
+  log(f"data: {dataset.summary()}")
+  check_batch_size(config.fit.batch_size, len(dataset.train_labels))
+  model = config.model.build(dataset.train_images.shape[1:], dataset.num_classes)
+  quicknet_seeds, e2e_seeds = [], []
+  start = time.perf_counter()
+  writer = metrics_lib.MetricsWriter(workdir) if metrics else None
+  for i, seed in enumerate(config.seeds):
+    seed_dir = os.path.join(workdir, f"seed_{seed}")
+    os.makedirs(seed_dir, exist_ok=True)
+    elapsed = time.perf_counter() - start
+    eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
+    log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
+    quicknet_seeds.append(
+      load_or_run(
+        os.path.join(seed_dir, "quicknet.json"),
+        lambda: run_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer),
+      )
+    )
+    if config.end_to_end:
+      e2e_seeds.append(
+        load_or_run(
+          os.path.join(seed_dir, "end_to_end.json"),
+          lambda: run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer),
+        )
+      )
+  if writer is not None:
+    writer.close()
+  rule = config.exit_rule
+  results = dict(
+    dataset=config.data.dataset,
+    model=config.model.name,
+    seeds=list(config.seeds),
+    exit_threshold=stats.mean([s["exit_threshold"] for s in quicknet_seeds]),
+    exit_threshold_chosen_on="validation" if rule.exit_threshold is None else "flag",
+    train_threshold=config.quicknet.train_threshold,
+    fallback=rule.fallback,
+    num_train=int(len(dataset.train_labels)),
+    num_val=int(len(dataset.val_labels)),
+    num_test=int(len(dataset.test_labels)),
+    config=config.to_json(),
+    class_names=list(dataset.class_names),
+    machine=machine_description(),
+    flops_convention="1 multiply-add = 2 FLOPs; training = 3 x forward per trained sample + "
+    "cache, selection and validation forwards (design.md section 2)",
+    quicknet=aggregate(quicknet_seeds),
+  )
+  if e2e_seeds:
+    results["end_to_end"] = aggregate(e2e_seeds)
+    results["ratios"] = ratios(results["quicknet"], results["end_to_end"])
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(results_markdown(results))
+  log(f"wrote {os.path.join(workdir, 'results.json')} and results.md")
+  return results

@@ -1,0 +1,235 @@
+"""What a run reports while it trains: progress lines, JSON lines a script can read, TensorBoard events
+a person can browse.
+
+`MetricsWriter(workdir)` appends one JSON object per epoch to `WORKDIR/metrics.jsonl` and writes the
+same numbers as TensorBoard scalars under `WORKDIR/tensorboard/<run>/` through tensorboardX, which
+needs no TensorFlow (`tensorboard --logdir WORKDIR/tensorboard` shows them; TensorBoard itself is not
+a dependency). Every line carries the keys of `REQUIRED_KEYS`: which block, which epoch, how many
+training samples are left in the working set, train loss and accuracy, the learning rate, the
+cumulative training FLOPs so far (design.md §2's convention) and the wall time so far.
+
+The cumulative FLOPs are those the algorithms report with each epoch (`algorithms.events`), counted by
+the same cost model as the results, so the last line of a finished block or baseline equals its total
+in the results (up to the block's final selection pass, which runs after its last epoch).
+`QuickNetMetrics`, `EndToEndMetrics` and `ProgressLines` are the listeners.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Optional
+
+from quicknets_jax.algorithms.events import BlockFrozen, EpochDone, Events
+from quicknets_jax.core import costs
+from quicknets_jax.core.progress import EpochProgress
+
+# Keys every line of metrics.jsonl has (issue 7); `val_*`, `test_accuracy`, `phase`, ... come on top.
+REQUIRED_KEYS = (
+  "run",
+  "seed",
+  "model",
+  "phase",
+  "block",
+  "epoch",
+  "samples_left",
+  "loss",
+  "accuracy",
+  "learning_rate",
+  "training_flops",
+  "wall_seconds",
+)
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricsWriter:
+  """Appends metric lines to WORKDIR/metrics.jsonl and mirrors them as TensorBoard scalars.
+
+  A resumed run appends: lines of a block that was interrupted and retrained appear twice, the later
+  ones are the block that counts (they carry a later `time`).
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    os.makedirs(workdir, exist_ok=True)
+    self.workdir = workdir
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._file = open(self.path, "a")
+    self._tensorboard = tensorboard
+    self._writers = {}
+    if tensorboard:
+      try:
+        import tensorboardX  # noqa: F401  (fail here, before training, not at the first epoch)
+      except ImportError as e:
+        raise ImportError(
+          "tensorboardX is missing: pip install tensorboardX (or -r requirements.txt), or pass tensorboard=False"
+        ) from e
+
+  def _writer(self, run: str):
+    if run not in self._writers:
+      from tensorboardX import SummaryWriter
+
+      self._writers[run] = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR, run), flush_secs=10)
+    return self._writers[run]
+
+  def write(self, line: dict, step: Optional[int] = None) -> None:
+    """Writes one metrics line (a flat dict with at least `run`); numbers also go to TensorBoard.
+
+    `step` is the TensorBoard step (default: the line's `epoch`). Tags are `<phase>/<key>`, so the
+    QuickNet's block epochs and the end-to-end epochs overlay under the same tag.
+    """
+    line = dict(line, time=time.time())
+    self._file.write(json.dumps(line) + "\n")
+    self._file.flush()  # a reader (or a killed run) sees every finished epoch
+    if not self._tensorboard:
+      return
+    writer = self._writer(line["run"])
+    step = int(line.get("epoch", 0) if step is None else step)
+    phase = line.get("phase", "train")
+    for key, value in line.items():
+      if key in ("run", "seed", "model", "phase", "epoch", "time") or isinstance(value, bool):
+        continue
+      if isinstance(value, (int, float)):
+        writer.add_scalar(f"{phase}/{key}", value, step, walltime=line["time"])
+
+  def flush(self) -> None:
+    self._file.flush()
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self) -> None:
+    """Flushes and closes the log file and every event file."""
+    for writer in self._writers.values():
+      writer.close()
+    self._writers = {}
+    self._file.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def read_metrics(workdir: str) -> list:
+  """Every line of WORKDIR/metrics.jsonl as a dict ([] when there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  lines = []
+  with open(path) as f:
+    for text in f:
+      if text.strip():
+        lines.append(json.loads(text))
+  return lines
+
+
+def _epoch_fields(record: dict) -> dict:
+  return dict(
+    epoch=record["epoch"],
+    samples_left=record["samples"],
+    loss=record["train_loss"],
+    accuracy=record["train_accuracy"],
+    val_loss=record["val_loss"],
+    val_accuracy=record["val_accuracy"],
+    learning_rate=record["learning_rate"],
+    epoch_seconds=record["seconds"],
+  )
+
+
+class ProgressLines(Events):
+  """One progress line per epoch (`core.progress.EpochProgress`) for every fit of a run."""
+
+  def __init__(self, prefix: str, max_epochs: int, log: Callable[[str], None]):
+    self.progress = EpochProgress(prefix, max_epochs, log)
+
+  def epoch_done(self, event: EpochDone) -> None:
+    self.progress(event.phase, event.state, event.record)
+
+
+class QuickNetMetrics(Events):
+  """One metrics line per epoch of one seed's QuickNet, with the training FLOPs and seconds so far."""
+
+  def __init__(self, writer: MetricsWriter, seed: int):
+    self.writer, self.seed = writer, seed
+    self.run = f"seed_{seed}/quicknet"
+    self.done_seconds = 0.0  # the seconds of the frozen blocks (their records')
+    self.start = time.perf_counter()
+    self.step = 0
+
+  def block_frozen(self, event: BlockFrozen) -> None:
+    self.done_seconds += float(event.record.seconds)
+    self.start = time.perf_counter()
+
+  def epoch_done(self, event: EpochDone) -> None:
+    self.step += 1
+    line = dict(
+      run=self.run,
+      seed=self.seed,
+      model="quicknet",
+      phase=event.phase,
+      block=event.block,
+      **_epoch_fields(event.record),
+      training_flops=event.training_flops,
+      wall_seconds=self.done_seconds + (time.perf_counter() - self.start),
+    )
+    self.writer.write(line, step=self.step)
+
+  def after_blocks(self, result: dict) -> None:
+    """One line per trained block with the test accuracy of the QuickNet cut after it (from the
+    evaluation of the finished seed), at the cumulative training FLOPs up to that block."""
+    parts = result.get("training_flops_parts", [])
+    accuracies = result.get("test_accuracy_after_block", [])
+    total = 0.0
+    for j, (part, accuracy) in enumerate(zip(parts, accuracies)):
+      total += costs.total(part)
+      self.writer.write(
+        dict(
+          run=self.run,
+          seed=self.seed,
+          model="quicknet",
+          phase="after_block",
+          block=j,
+          epoch=j + 1,
+          samples_left=result["train_samples_per_block"][j],
+          test_accuracy=accuracy,
+          training_flops=total,
+        ),
+        step=j + 1,
+      )
+
+
+class EndToEndMetrics(Events):
+  """One metrics line per epoch of one seed's end-to-end network; with `test_eval`, the test accuracy
+  after every epoch too (added to the epoch's record, i.e. its history entry; kept off the reported
+  training time through `seconds`)."""
+
+  def __init__(self, writer: Optional[MetricsWriter], seed: int, test_eval=None):
+    self.writer, self.seed = writer, seed
+    self.run = f"seed_{seed}/end_to_end"
+    self.test_eval = test_eval
+    self.start = time.perf_counter()
+    self.seconds = 0.0  # time spent here, which the caller takes off the run's training seconds
+
+  def epoch_done(self, event: EpochDone) -> None:
+    start = time.perf_counter()
+    record = event.record
+    if self.test_eval is not None:
+      record["test_accuracy"] = float(self.test_eval(event.state.params, event.state.model_state))
+    line = dict(
+      run=self.run,
+      seed=self.seed,
+      model="end_to_end",
+      phase=event.phase,
+      block=None,
+      **_epoch_fields(record),
+      training_flops=event.training_flops,
+      wall_seconds=time.perf_counter() - self.start - self.seconds,
+    )
+    if "test_accuracy" in record:
+      line["test_accuracy"] = record["test_accuracy"]
+    if self.writer is not None:
+      self.writer.write(line)
+    self.seconds += time.perf_counter() - start

@@ -1,0 +1,74 @@
+"""A run's working directory: its config guard, atomic JSON files, per-seed results that are not redone,
+and the line that says which machine the numbers came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from collections.abc import Callable
+
+import jax
+
+from quicknets_jax.core import config as config_lib
+
+
+def machine_description() -> str:
+  """A one-line description of where the numbers came from."""
+  devices = jax.devices()
+  kind = devices[0].device_kind if devices else "?"
+  return (
+    f"{platform.machine()}, {os.cpu_count()} CPU cores, {len(devices)} x {devices[0].platform} "
+    f"({kind}), jax {jax.__version__}, python {platform.python_version()}"
+  )
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json(path: str, obj, indent=None) -> None:
+  """Writes `obj` as JSON to `path` atomically: a killed run never leaves half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=indent)
+  os.replace(tmp, path)
+
+
+def load_or_run(path: str, fn: Callable[[], dict]) -> dict:
+  """The JSON at `path` if a finished earlier run wrote it, else `fn()`, written there first."""
+  if os.path.exists(path):
+    return read_json(path)
+  result = fn()
+  write_json(path, result)
+  return result
+
+
+def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
+  """Stores `config` (a run config with `to_json()`) in WORKDIR/config.json; refuses to resume under a
+  different one, naming the settings that differ. Settings marked resumable (seeds, the evaluation
+  batch size) may change; a setting an older config.json lacks counts as its default."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if overwrite and os.path.exists(workdir):
+    for name in os.listdir(workdir):
+      target = os.path.join(workdir, name)
+      shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+  if os.path.exists(path):
+    stored = read_json(path)
+    current = config.to_json()
+    defaults = type(config)().to_json()
+    resumable = config_lib.resumable_names(type(config))
+    differing = sorted(
+      k for k in set(stored) | set(current) if k not in resumable and stored.get(k, defaults.get(k)) != current.get(k)
+    )
+    if differing:
+      details = ", ".join(f"{k}: {stored.get(k)!r} → {current.get(k)!r}" for k in differing)
+      raise ValueError(
+        f"{workdir} holds a run with another config ({details}); pass --overwrite to start "
+        "over or choose another --workdir"
+      )
+  with open(path, "w") as f:
+    json.dump(config.to_json(), f, indent=2)

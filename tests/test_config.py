@@ -1,0 +1,133 @@
+"""Every hyperparameter declared once: configs nest, read and write as one flat dict of unique names, the
+absl flags are generated from them, and every flagfile in experiments/configs parses into the config
+its lines say (each through its own entry point, in its own process)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import flags as flags_lib
+from quicknets_jax.algorithms.config import QuickNetConfig
+from quicknets_jax.core import config as config_lib
+from quicknets_jax.runs.config import ExperimentConfig, StudyConfig
+from quicknets_jax.training.schedule import FitConfig
+from scripts import compare_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY_POINTS = {
+  "fashion_mnist": "fashion_mnist",
+  "mnist": "mnist",
+  "cifar10": "cifar10",
+  "imagenet": "imagenet",
+  "commitment_study": "commitment_study",
+  "sdn_cifar10": "sdn_cifar10",
+}
+
+
+@pytest.mark.parametrize("cls", [ExperimentConfig, StudyConfig])
+def test_flat_names_are_unique_and_round_trip(cls):
+  names = [leaf.name for leaf in config_lib.leaves(cls)]
+  assert len(names) == len(set(names))
+  default = cls()
+  flat = config_lib.flat_dict(default)
+  assert list(flat) == names
+  json.dumps(flat)  # JSON-ready
+  assert config_lib.from_flat(cls, flat) == default
+
+
+def test_replace_finds_a_setting_wherever_it_sits():
+  config = ExperimentConfig().replace(learning_rate=3e-4, width=64, exit_threshold=0.5, seeds=[1, 2])
+  assert config.quicknet.fit.learning_rate == 3e-4 and config.model.width == 64
+  assert config.exit_rule.exit_threshold == 0.5 and config.seeds == (1, 2)  # lists become tuples
+  assert config.to_json()["learning_rate"] == 3e-4
+  assert ExperimentConfig().quicknet.fit == FitConfig()  # the original is untouched (frozen)
+  with pytest.raises(TypeError, match="no setting widht"):
+    ExperimentConfig().replace(widht=3)
+  with pytest.raises(ValueError, match="learning_rate"):  # each dataclass validates its own fields
+    ExperimentConfig().replace(learning_rate=-1.0)
+
+
+def test_internal_settings_are_not_flags():
+  names = {leaf.name for leaf in config_lib.leaves(QuickNetConfig)}
+  assert "commit_fit" not in names and "host_loop" not in names and "learning_rate" in names
+
+
+def test_every_leaf_has_help_and_defaults_in_range():
+  for cls in (ExperimentConfig, StudyConfig):
+    for leaf in config_lib.leaves(cls):
+      assert leaf.info.help, leaf.name
+      value = leaf.field.default
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        assert leaf.info.lower is None or value >= leaf.info.lower, leaf.name
+        assert leaf.info.upper is None or value <= leaf.info.upper, leaf.name
+      if leaf.info.choices is not None:
+        assert value in leaf.info.choices, leaf.name
+
+
+def _entry_point(flagfile: str) -> str:
+  stem = os.path.basename(flagfile)[: -len(".flags")]
+  for prefix in sorted(ENTRY_POINTS, key=len, reverse=True):
+    if stem.startswith(prefix):
+      return ENTRY_POINTS[prefix]
+  raise AssertionError(f"no entry point for {flagfile}")
+
+
+def test_every_flagfile_parses_into_its_config(tmp_path):
+  flagfiles = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "*.flags")))
+  assert len(flagfiles) >= 12
+  procs = [
+    (
+      path,
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          f"experiments.{_entry_point(path)}",
+          f"--flagfile={path}",
+          f"--workdir={tmp_path}/unused",
+          "--print_config",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
+    for path in flagfiles
+  ]
+  for path, proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (path, err[-2000:])
+    printed = json.loads(out)
+    cls = StudyConfig if _entry_point(path) in ("commitment_study", "sdn_cifar10") else ExperimentConfig
+    expected = flags_lib.flagfile_settings(cls, path)
+    assert expected, path
+    for name, value in expected.items():
+      value = list(value) if isinstance(value, tuple) else value
+      assert printed[name] == value, (path, name, printed[name], value)
+
+
+def test_flag_values_are_parsed_by_the_settings_type():
+  leaves = {leaf.name: leaf for leaf in config_lib.leaves(ExperimentConfig)}
+  assert flags_lib._parse(leaves["exit_threshold"], "auto") is None
+  assert flags_lib._parse(leaves["exit_threshold"], "0.25") == 0.25
+  assert flags_lib._parse(leaves["seeds"], ["0", "3"]) == (0, 3)
+  with pytest.raises(ValueError, match="--seeds must be integers separated by commas"):
+    flags_lib._parse(leaves["seeds"], ["a"])
+  with pytest.raises(ValueError, match="'auto' or a number in \\[0, 1\\]"):
+    flags_lib._parse(leaves["exit_threshold"], "high")
+
+
+def test_results_comparison_ignores_timing_and_names_differences():
+  before = {"train_seconds": 1.0, "config": {"a": 1}, "q": {"x": [1.0, 2.0], "machine": "m"}}
+  same = {"train_seconds": 9.0, "config": {"a": 1, "new": 0}, "q": {"x": [1.0, 2.0], "machine": "other"}}
+  differences, added = compare_results.compare(before, same)
+  assert differences == [] and added == ["/config/new: 0 (new)"]
+  differences, _ = compare_results.compare(before, {**same, "q": {"x": [1.0, 2.0000001]}})
+  assert differences == ["/q/x[1]: 2.0 before, 2.0000001 after"]
+  differences, _ = compare_results.compare(before, {"config": {}, "q": {"x": [1.0]}})
+  assert "/config/a: missing after" in differences and "/q/x: 2 entries before, 1 after" in differences
