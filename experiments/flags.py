@@ -8,6 +8,7 @@ what is not a hyperparameter (`--workdir`, `--overwrite`, where to run).
 
 from __future__ import annotations
 
+import os
 import sys
 import typing
 from typing import Any, Optional
@@ -17,6 +18,7 @@ from absl import flags
 from quicknets_jax.core import config as config_lib
 
 FLAGS = flags.FLAGS
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:
@@ -118,6 +120,9 @@ def flagfile_settings(cls: type, path: str) -> dict:
       if not line.startswith("--"):
         continue
       name, has_value, raw = line[2:].partition("=")
+      if name == "flagfile":  # nested, as absl reads them: relative to the working directory
+        settings.update(flagfile_settings(cls, raw if os.path.exists(raw) else os.path.join(_ROOT, raw)))
+        continue
       if not has_value and name.startswith("no") and name[2:] in by_name:
         name, raw = name[2:], "false"
       elif not has_value:

@@ -25,6 +25,9 @@ ENTRY_POINTS = {
   "imagenet": "imagenet",
   "commitment_study": "commitment_study",
   "sdn_cifar10": "sdn_cifar10",
+  # fragments other flagfiles include: any comparison entry point reads them
+  "table1_network": "fashion_mnist",
+  "authors_schedule": "fashion_mnist",
 }
 
 

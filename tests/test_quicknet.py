@@ -14,6 +14,7 @@ from quicknets_jax.algorithms.end_to_end import train_end_to_end
 from quicknets_jax.algorithms.events import Events
 from quicknets_jax.algorithms.forward import predict_exits
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, learned_mask, train_quicknet
+from quicknets_jax.runs.deploy import DeployCurve
 from quicknets_jax.training.checkpoint import BlockCheckpointer, CheckpointError
 from quicknets_jax.training.schedule import FitConfig
 
@@ -185,3 +186,24 @@ def test_every_sample_learned_skips_later_blocks(blobs):
   assert any("skipped" in m for m in messages)
   probs, commit = predict_exits(model, run.variables, vx)
   assert probs.shape[0] == run.num_trained_blocks
+
+
+def test_deploy_curve_measures_the_cascade_after_every_block_epoch(blobs):
+  """After block 0's only epoch, the deployable cascade is block 0 alone: with threshold 0 every sample
+  leaves there, so its accuracy is exit 0's."""
+  x, y, vx, vy = blobs
+  tx, ty = x[:300], y[:300]
+  model = _model()
+  one_epoch = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=1), train_threshold=0.5)
+  curve = DeployCurve(model, vx, vy, tx, ty, exit_threshold=0.0)
+  run = train_quicknet(model, x, y, vx, vy, one_epoch, seed=0, log=lambda m: None, events=curve)
+  points = [e for r in run.records for e in r.history]
+  assert len(points) == 3 and all(0.0 <= e["cascade_test_accuracy"] <= 1.0 for e in points)
+  flops = [e["training_flops_so_far"] for e in points]
+  assert flops == sorted(flops) and flops[-1] < run.training_flops  # later parts come after the last epoch
+  probs, _ = predict_exits(model, run.variables[:1], tx)
+  assert points[0]["cascade_test_accuracy"] == pytest.approx(float(np.mean(np.argmax(probs[0], -1) == ty)))
+  # chosen on validation instead
+  chosen = DeployCurve(model, vx, vy, tx, ty)
+  run = train_quicknet(model, x, y, vx, vy, one_epoch, seed=0, log=lambda m: None, events=chosen)
+  assert all(0.0 <= e["cascade_threshold"] <= 1.0 for r in run.records for e in r.history)

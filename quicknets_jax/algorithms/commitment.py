@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.algorithms import forward
+from quicknets_jax.algorithms.config import COMMIT_BALANCES
 from quicknets_jax.core import costs
 from quicknets_jax.models.base import COMMIT, Block, MultiExitModel
 from quicknets_jax.training import losses
@@ -50,8 +51,9 @@ def train_commitment_head(
   on_epoch=None,
   checkpoint: Optional[FitCheckpointer] = None,
   log: Optional[Log] = None,
+  balance: str = "weighted",
 ) -> FitState:
-  """Trains δ of a frozen block: weighted BCE of its commitment logit against "the exit was right".
+  """Trains δ of a frozen block: BCE of its commitment logit against "the exit was right", balanced.
 
   Args:
     block: the block whose `commit_head` trains (its subnet and exit stay as they are).
@@ -62,12 +64,22 @@ def train_commitment_head(
     pad_rows_to, pad_val_rows_to: the lengths the training / validation rows are padded to, so heads
       of every block and seed share one compiled epoch (default: their buckets).
     on_epoch: `fit`'s per-epoch callback; checkpoint: resume from it, save to it every epoch.
+    balance: "weighted" (each class weighs n / (2·n_class) in the loss; rows drawn as `config` says)
+      or "sampled" (the authors' code: unweighted loss, each epoch draws right and wrong predictions
+      with equal total probability, with replacement).
   Returns:
     The FitState; `best_params` is the block's params tree with the trained commitment head.
   """
+  if balance not in COMMIT_BALANCES:
+    raise ValueError(f"commit_balance must be one of {', '.join(COMMIT_BALANCES)}, got {balance!r}")
   n = int(correct.shape[0])
   correct = np.asarray(correct)
-  positive_weight, negative_weight = class_weights(correct)
+  positive_weight, negative_weight = class_weights(correct) if balance == "weighted" else (1.0, 1.0)
+  if balance == "sampled":
+    config = dataclasses.replace(config, balanced_sampling=True)  # the two classes drawn equally often
+  # a head on the exit's logits learns from those logits (computed once), not from the features
+  features = forward.commit_inputs(block, variables, features, config.eval_batch_size)
+  val_features = forward.commit_inputs(block, variables, val_features, config.eval_batch_size)
   # Only the head's own params enter the fit (the block's subnet and exit stay outside it): heads of
   # blocks with different subnets then share one compiled epoch.
   params = {COMMIT: variables["params"][COMMIT]}

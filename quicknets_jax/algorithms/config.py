@@ -4,13 +4,17 @@ and `SDNConfig` (the loss-weight schedule of a jointly trained multi-exit networ
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
+from quicknets_jax.core import config as config_lib
 from quicknets_jax.core import exits
 from quicknets_jax.core.config import internal, nested, option
 from quicknets_jax.training.schedule import FitConfig
 
 BUDGETS = ("val_loss", "learned_set")
+EPOCH_DRAWS = ("working_set", "full")
+COMMIT_BALANCES = ("weighted", "sampled")
 
 
 def commitment_schedule(fit_config: FitConfig) -> FitConfig:
@@ -67,6 +71,28 @@ class QuickNetConfig:
     lower=0,
   )
   finetune_lr: float = option(3e-4, "QuickNet+: Adam learning rate of the joint fine-tuning.", lower=0.0)
+  # The authors' code, where it differs from Appendix A as we read it (each off by default):
+  epoch_draws: str = option(
+    "working_set",
+    "How many samples an epoch of a later block draws: working_set "
+    "(|T_j|) or full (|T_0| class-balanced draws with replacement from T_j, as the "
+    "authors' code: later blocks do not see smaller epochs).",
+    choices=EPOCH_DRAWS,
+  )
+  commit_balance: str = option(
+    "weighted",
+    "How a commitment head's training balances right and wrong "
+    "predictions: weighted (each class weighs n / (2·n_class) in the loss) or sampled "
+    "(the authors': drawn with equal total probability).",
+    choices=COMMIT_BALANCES,
+  )
+  learned_commit_prob: float = option(
+    0.5,
+    "A learned sample's commitment probability sigmoid(d) must exceed this "
+    "(0.5: d > 0, design.md §1; the authors' code: 0.8).",
+    lower=0.0,
+    upper=1.0,
+  )
 
   def __post_init__(self):
     exits.check_threshold(self.train_threshold, "train_threshold")
@@ -86,11 +112,20 @@ class QuickNetConfig:
       raise ValueError(
         f"finetune_epochs must be ≥ 0 and finetune_lr > 0, got {self.finetune_epochs}, {self.finetune_lr}"
       )
+    if self.epoch_draws not in EPOCH_DRAWS:
+      raise ValueError(f"epoch_draws must be one of {', '.join(EPOCH_DRAWS)}, got {self.epoch_draws!r}")
+    if self.epoch_draws == "full" and not self.fit.balanced_sampling:
+      raise ValueError("epoch_draws=full draws with replacement, class-balanced: drop --nobalanced_sampling")
+    if self.commit_balance not in COMMIT_BALANCES:
+      raise ValueError(f"commit_balance must be one of {', '.join(COMMIT_BALANCES)}, got {self.commit_balance!r}")
+    if not 0 < self.learned_commit_prob < 1:
+      raise ValueError(f"learned_commit_prob must be in (0, 1), got {self.learned_commit_prob}")
     if self.fit.augment and self.cache_features:
       raise ValueError(
         "augment needs --nocache_features: cached features are computed once, without "
         "augmentation, so blocks after the first would never see it"
       )
+    config_lib.validate(self)
 
   def block_fit(self) -> FitConfig:
     """The schedule of a block's own fit (the learned-set budget changes what it monitors)."""
@@ -99,6 +134,10 @@ class QuickNetConfig:
     return dataclasses.replace(
       self.fit, monitor="val_accuracy", min_delta=self.budget_min_delta, early_stop_patience=self.budget_patience
     )
+
+  def learned_commit_logit(self) -> float:
+    """The commitment logit a learned sample's must exceed: log(p / (1 − p)) of `learned_commit_prob`."""
+    return math.log(self.learned_commit_prob / (1.0 - self.learned_commit_prob))
 
   def commitment_fit(self) -> FitConfig:
     """The schedule of the commitment heads."""
@@ -122,6 +161,7 @@ class SDNConfig:
       raise ValueError(f"ramp_epochs must be ≥ 1 (got {self.ramp_epochs}); leave it unset to ramp over max_epochs")
     if self.max_weights is not None and any(not w >= 0 for w in self.max_weights):
       raise ValueError(f"max_weights must be non-negative, got {self.max_weights}")
+    config_lib.validate(self)
 
   def weights_for(self, num_internal: int, model_name: str = "the model") -> tuple[float, ...]:
     """τ^max of each of `num_internal` internal exits."""

@@ -43,11 +43,13 @@ class BlockFrozen:
 
   Attributes:
     record: the block's `quicknet.BlockRecord`.
+    variables: its final variables (subnet, exit and commitment head).
     train_left, val_left: |T_{j+1}| and |V_{j+1}|, the working sets of the next block.
     restored: True when a checkpoint brought the block back (it was trained before a restart).
   """
 
   record: Any
+  variables: dict
   train_left: int
   val_left: int
   restored: bool = False

@@ -84,6 +84,19 @@ def _apply_commit(block: Block, variables, features):
   return block.apply(variables, features, method=Block.commit)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_commit_inputs(block: Block, variables, features):
+  return block.apply(variables, features, method=Block.commit_inputs)
+
+
+def commit_inputs(block: Block, variables: dict, features, batch_size: int):
+  """What the block's commitment head reads for `features`: the features themselves (returned as they
+  are) or, for a head on the exit's logits, those logits (numpy)."""
+  if not block._reads_logits:
+    return features
+  return batched(lambda h: _apply_commit_inputs(block, variables, h), [features], batch_size)
+
+
 def block_outputs(block: Block, variables: dict, features, batch_size: int):
   """(features out, exit probs, commitment logits) of one block on its input features (numpy)."""
   return batched(lambda x: _apply_block(block, variables, x), [features], batch_size)

@@ -140,6 +140,7 @@ class BlockInputs:
     fit_pos, commit_pos: positions into T_j that the block's fit / its commitment head learn from
       (all of T_j unless QuickNet+ holds some out for the head).
     labels, val_labels: the labels of T_j and V_j.
+    epoch_samples: the samples an epoch of the block's fit draws (`QuickNetConfig.epoch_draws`).
   """
 
   j: int
@@ -154,6 +155,7 @@ class BlockInputs:
   commit_pos: np.ndarray
   labels: np.ndarray
   val_labels: np.ndarray
+  epoch_samples: int  # what an epoch of the block's fit trains on (|fit_pos|, or |T_0| for full draws)
 
   def block_flops(self, model: MultiExitModel, epochs: int, commit_epochs: int = 0, stage: str = "done") -> dict:
     """Training FLOPs of this block by part at `stage` (`costs.quicknet_block_flops`)."""
@@ -161,7 +163,7 @@ class BlockInputs:
       model.block_costs[self.j],
       costs.prefix_cost(model.block_costs, self.j),
       n_train=len(self.working.train_idx),
-      n_fit=len(self.fit_pos),
+      n_fit=self.epoch_samples,
       n_val=len(self.working.val_idx),
       n_commit=len(self.commit_pos),
       cached=self.cached,
@@ -204,6 +206,8 @@ def block_inputs(
     )
   train_features = None
   fit_rows = jnp.asarray(train_idx[fit_pos], jnp.int32)
+  # the authors' full-size epochs: a later block draws |T_0| class-balanced samples from T_j every epoch
+  draws = num_train if config.epoch_draws == "full" and j > 0 else None
   if cached and j == 0:  # block 0 reads the images themselves through the index array: no copy
     train_features = np.asarray(split.images)[train_idx]
     data = FitData(
@@ -228,6 +232,7 @@ def block_inputs(
       pad_rows(val_features, val_rows),
       pad_rows(val_labels_j, val_rows),
       num_val=len(val_idx),
+      epoch_draws=draws,
     )
     loss_fn = losses.block_loss(model.blocks[j], None, learned_threshold)
   else:
@@ -240,6 +245,7 @@ def block_inputs(
       jnp.asarray(labels_j[fit_pos]),
       jnp.asarray(np.asarray(split.val_images)[val_idx]),
       jnp.asarray(val_labels_j),
+      epoch_draws=draws,
     )
     loss_fn = losses.block_loss_through_prefix(model, j, frozen_params, frozen_state, augment, learned_threshold)
   return BlockInputs(
@@ -255,6 +261,7 @@ def block_inputs(
     commit_pos,
     labels_j,
     val_labels_j,
+    len(fit_pos) if draws is None else draws,
   )
 
 
@@ -339,6 +346,7 @@ def fit_commitment_head(
     on_epoch=on_epoch,
     checkpoint=checkpoint,
     log=log,
+    balance=config.commit_balance,
   )
   variables = {"params": result.best_params, **fitted.best_model_state}
   return Committed(variables, result, h_train, h_val, probs_train, probs_val, int(correct_train[pos].sum()) / len(pos))
@@ -352,10 +360,13 @@ class Learned(NamedTuple):
   next_sets: WorkingSets
 
 
-def learned_mask(probs, commit_logits, labels, train_threshold: float):
-  """L_j as a mask: correct, confidence above τ, positive commitment (design.md §1)."""
+def learned_mask(probs, commit_logits, labels, train_threshold: float, commit_threshold: float = 0.0):
+  """L_j as a mask: correct, confidence above τ, commitment logit above `commit_threshold` (0: positive,
+  design.md §1; `QuickNetConfig.learned_commit_logit`)."""
   correct = np.argmax(probs, -1) == np.asarray(labels)
-  return correct & (np.asarray(exits.confidence(probs)) > train_threshold) & (np.asarray(commit_logits) > 0)
+  return (
+    correct & (np.asarray(exits.confidence(probs)) > train_threshold) & (np.asarray(commit_logits) > commit_threshold)
+  )
 
 
 def select_learned(
@@ -365,8 +376,9 @@ def select_learned(
   block, eval_bs = model.blocks[inputs.j], config.fit.eval_batch_size
   commit_train = forward.commit_logits(block, committed.variables, committed.h_train, eval_bs)
   commit_val = forward.commit_logits(block, committed.variables, committed.h_val, eval_bs)
-  learned = np.asarray(learned_mask(committed.probs_train, commit_train, inputs.labels, config.train_threshold))
-  val_learned = np.asarray(learned_mask(committed.probs_val, commit_val, inputs.val_labels, config.train_threshold))
+  rule = (config.train_threshold, config.learned_commit_logit())
+  learned = np.asarray(learned_mask(committed.probs_train, commit_train, inputs.labels, *rule))
+  val_learned = np.asarray(learned_mask(committed.probs_val, commit_val, inputs.val_labels, *rule))
   # Soft removal keeps a seeded fraction of the learned samples in the next working sets.
   kept = seeded_mask(learned, config.keep_learned, jax.random.fold_in(key, 8))
   val_kept = seeded_mask(val_learned, config.keep_learned, jax.random.fold_in(key, 9))
@@ -551,7 +563,7 @@ def freeze(
     checkpointer.save(record.block, variables, dataclasses.asdict(record), *working)
     checkpointer.clear_in_progress(record.block)
   if events is not None:
-    events.block_frozen(BlockFrozen(record, len(working.train_idx), len(working.val_idx)))
+    events.block_frozen(BlockFrozen(record, variables, len(working.train_idx), len(working.val_idx)))
 
 
 def restore(
@@ -569,6 +581,6 @@ def restore(
   checkpointer.clear_in_progress(len(records) - 1)  # left over when a kill came right after a save
   if events is not None:  # listeners count blocks and seconds: replay what the checkpoints hold
     sizes = [(r.train_samples, r.val_samples) for r in records[1:]] + [tuple(map(len, working))]
-    for record, (train_left, val_left) in zip(records, sizes):
-      events.block_frozen(BlockFrozen(record, train_left, val_left, restored=True))
+    for record, block_vars, (train_left, val_left) in zip(records, variables, sizes):
+      events.block_frozen(BlockFrozen(record, block_vars, train_left, val_left, restored=True))
   return variables, records, working

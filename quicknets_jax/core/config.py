@@ -151,6 +151,23 @@ def resumable_names(cls: type) -> tuple:
   return tuple(leaf.name for leaf in leaves(cls) if leaf.info.resumable)
 
 
+def validate(config) -> None:
+  """Refuses a value outside its field's declared choices or range (the checks the flags make, for
+  configs built in code); each config's `__post_init__` calls it after its own, more specific checks."""
+  for field in dataclasses.fields(config):
+    info = field.metadata.get(_META)
+    if not isinstance(info, OptionInfo):
+      continue
+    value = getattr(config, field.name)
+    if value is None or isinstance(value, tuple):
+      continue
+    name = info.flag_name or field.name
+    if info.choices is not None:
+      check_choice(value, info.choices, name)
+    if (info.lower is not None or info.upper is not None) and not isinstance(value, bool):
+      check_range(value, name, info.lower, info.upper)
+
+
 def check_choice(value, choices, name: str) -> None:
   """Refuses a value outside `choices` with a message naming them."""
   if value not in choices:

@@ -37,7 +37,38 @@ def random_flip(images, key: jax.Array):
   return jnp.where(flips[:, None, None, None], images[:, :, ::-1, :], images)
 
 
-AUGMENTATIONS = {"crop_flip": random_crop_flip, "flip": random_flip}
+def random_affine(
+  images, key: jax.Array, degrees: float = 7.0, translate: float = 0.05, scale: tuple[float, float] = (0.9, 1.1)
+):
+  """torchvision's `RandomAffine(degrees, translate=(t, t), scale=scale)` on NHWC images, one draw per
+  image: a rotation in ±`degrees`, a whole-pixel shift of up to `translate` of the side (rounded, as
+  torchvision does) and a zoom in `scale`, about the image centre; nearest-neighbour sampling, as
+  torchvision's default. Pixels that come from outside the image take the image's smallest value: the
+  authors' transform fills black before normalising, and black is the darkest value of a normalised
+  Fashion-MNIST image.
+  """
+  n, h, w, _ = images.shape
+  k_angle, k_shift, k_scale = jax.random.split(key, 3)
+  angle = jnp.deg2rad(jax.random.uniform(k_angle, (n,), minval=-degrees, maxval=degrees))
+  limits = jnp.asarray([translate * w, translate * h])
+  shift = jnp.round(jax.random.uniform(k_shift, (n, 2), minval=-limits, maxval=limits))
+  zoom = jax.random.uniform(k_scale, (n,), minval=scale[0], maxval=scale[1])
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+
+  def one(image, a, t, s):
+    # the inverse map: where each output pixel comes from
+    dx, dy = (xs - cx - t[0]) / s, (ys - cy - t[1]) / s
+    src_x = jnp.round(cx + jnp.cos(a) * dx + jnp.sin(a) * dy).astype(jnp.int32)
+    src_y = jnp.round(cy - jnp.sin(a) * dx + jnp.cos(a) * dy).astype(jnp.int32)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    gathered = image[jnp.clip(src_y, 0, h - 1), jnp.clip(src_x, 0, w - 1)]
+    return jnp.where(inside[..., None], gathered, jnp.min(image))
+
+  return jax.vmap(one)(images, angle, shift, zoom)
+
+
+AUGMENTATIONS = {"crop_flip": random_crop_flip, "flip": random_flip, "affine": random_affine}
 
 
 def augment(name, images, key: jax.Array):

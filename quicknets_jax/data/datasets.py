@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from quicknets_jax.core import config as config_lib
 from quicknets_jax.core.config import option
 from quicknets_jax.data.cifar import LABEL_NAMES as _CIFAR10_NAMES
 from quicknets_jax.data.cifar import load_cifar_tar
@@ -378,6 +379,9 @@ class DataConfig:
   image_size: Optional[int] = option(
     None, "imagenet2012: side the images are resized (shorter side) and centre-cropped to (default 224).", lower=4
   )
+
+  def __post_init__(self):
+    config_lib.validate(self)
 
   def load(self) -> Dataset:
     """The dataset this config names, loaded, split and normalised (`load_dataset`)."""

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -76,8 +76,41 @@ class CommitmentHead(nn.Module):
     return nn.Dense(1, kernel_init=lecun_normal, name="out")(h)[:, 0]
 
 
+class LogitsCommitmentHead(nn.Module):
+  """The authors' commitment head: Dense(C → C) on ReLU(the exit's logits); its first output is the
+  logit (C·C + C parameters: the 3 × 110 in Table 1's 0.141 M)."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, logits):
+    return nn.Dense(self.num_classes, kernel_init=lecun_normal, name="out")(nn.relu(logits))[:, 0]
+
+
+# What a commitment head reads: the block's features (design.md §1) or its exit's logits (the authors').
+COMMIT_HEADS = ("features", "logits")
+
+
+def commitment_head(kind: str, num_classes: int) -> nn.Module:
+  """The commitment head of `kind` (`COMMIT_HEADS`) for `num_classes` classes."""
+  if kind not in COMMIT_HEADS:
+    raise ValueError(f"commit_head must be one of {', '.join(COMMIT_HEADS)}, got {kind!r}")
+  return CommitmentHead(num_classes) if kind == "features" else LogitsCommitmentHead(num_classes)
+
+
+def commitment_head_flops(kind: str, feature_elements: int, num_classes: int) -> float:
+  """Forward FLOPs per sample of a `kind` commitment head on `feature_elements` numbers of features (the
+  exit's logits, which a "logits" head reads, are computed anyway)."""
+  if kind == "logits":
+    return num_classes + costs.dense_flops(num_classes, num_classes)  # ReLU, Dense(C → C)
+  return costs.dense_flops(feature_elements, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
+
+
 class Block(nn.Module):
-  """One QuickNet block: subnet → (exit logits, commitment logit)."""
+  """One QuickNet block: subnet → (exit logits, commitment logit).
+
+  The commitment head reads the block's features, or (a `LogitsCommitmentHead`) the exit's logits.
+  """
 
   subnet: nn.Module
   exit_head: nn.Module
@@ -85,7 +118,12 @@ class Block(nn.Module):
 
   def __call__(self, x, train: bool = False):
     features = self.subnet(x, train=train)
-    return features, self.exit_head(features, train=train), self.commit_head(features)
+    logits = self.exit_head(features, train=train)
+    return features, logits, self.commit_head(logits if self._reads_logits else features)
+
+  @property
+  def _reads_logits(self) -> bool:
+    return isinstance(self.commit_head, LogitsCommitmentHead)
 
   def features(self, x, train: bool = False):
     return self.subnet(x, train=train)
@@ -94,7 +132,15 @@ class Block(nn.Module):
     return self.exit_head(features, train=train)
 
   def commit(self, features):
-    return self.commit_head(features)
+    return self.commit_head(self.commit_inputs(features))
+
+  def commit_inputs(self, features):
+    """What the commitment head reads: the features, or the exit's logits on them (inference mode)."""
+    return self.exit_head(features, train=False) if self._reads_logits else features
+
+  def commit_from_inputs(self, inputs):
+    """The commitment logit from the head's own inputs (`commit_inputs`): only the head's params needed."""
+    return self.commit_head(inputs)
 
   def features_and_logits(self, x, train: bool = False):
     features = self.subnet(x, train=train)
@@ -159,6 +205,8 @@ class MultiExitModel:
     input_shape: shape of one input sample (without the batch axis).
     num_classes: classes of every exit.
     block_costs: analytic forward FLOPs per sample of each block's parts (`core.costs`).
+    block_macs: the same in multiply-adds of weights only — the paper's convention (its Table 1
+      counts 138,100 for the 784-150-100-50-10 MLP) — where the model provides it (the MLP), else None.
   """
 
   name: str
@@ -166,6 +214,7 @@ class MultiExitModel:
   input_shape: tuple[int, ...]
   num_classes: int
   block_costs: tuple[BlockCost, ...]
+  block_macs: Optional[tuple[BlockCost, ...]] = None
 
   @property
   def num_blocks(self) -> int:
@@ -200,6 +249,14 @@ class MultiExitModel:
   def end_to_end_cost(self) -> float:
     """Forward FLOPs per sample of the plain network: every subnet and the final exit only."""
     return costs.end_to_end_cost(self.block_costs)
+
+  def cascade_macs(self) -> Optional[np.ndarray]:
+    """`cascade_costs` in weight multiply-adds (the paper's convention), where the model counts them."""
+    return None if self.block_macs is None else costs.cascade_costs(self.block_macs)
+
+  def end_to_end_macs(self) -> Optional[float]:
+    """`end_to_end_cost` in weight multiply-adds (the paper's convention), where the model counts them."""
+    return None if self.block_macs is None else costs.end_to_end_cost(self.block_macs)
 
 
 def run_block(block: Block, params: dict, state: dict, x, train: bool, method=None):

@@ -43,7 +43,16 @@ import jax.numpy as jnp
 
 from quicknets_jax.core import costs
 from quicknets_jax.core.costs import BlockCost
-from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel, flat_draw, spec_items
+from quicknets_jax.models.base import (
+  COMMIT_HEADS,
+  Block,
+  CommitmentHead,
+  LogitsCommitmentHead,
+  MultiExitModel,
+  commitment_head_flops,
+  flat_draw,
+  spec_items,
+)
 
 # Layers per dense block of the DenseNets of Huang et al. (2017), all with growth rate 32.
 CONFIGS = {
@@ -210,6 +219,7 @@ def densenet(
   layers_per_block: int = 1,
   block_layers: Union[str, Sequence[int]] = "densenet121",
   compression: float = 0.5,
+  commit_head: str = "features",
 ) -> MultiExitModel:
   """DenseNet QuickNet: one block (and exit) per dense block; DenseNet-121 by default.
 
@@ -222,7 +232,10 @@ def densenet(
     block_layers: layers per dense block: "densenet121" (6,12,24,16), another `CONFIGS` name, or a
       list such as (1, 1, 1, 1) for a small test variant.
     compression: a transition's output channels = floor(compression · input channels).
+    commit_head: "features" (pooled, as above) or "logits" (the authors' head on the exit's logits).
   """
+  if commit_head not in COMMIT_HEADS:
+    raise ValueError(f"commit_head must be one of {', '.join(COMMIT_HEADS)}, got {commit_head!r}")
   layers = parse_layers(block_layers)
   if num_blocks is not None and num_blocks != len(layers):
     raise ValueError(
@@ -260,14 +273,18 @@ def densenet(
       Block(
         subnet=DenseNetSubnet(num_layers, growth, bottleneck, stem, transition, pool),
         exit_head=PoolClassifier(num_classes),
-        commit_head=PooledCommitmentHead(num_classes),
+        commit_head=PooledCommitmentHead(num_classes)
+        if commit_head == "features"
+        else LogitsCommitmentHead(num_classes),
       )
     )
     block_costs.append(
       BlockCost(
         subnet=subnet_cost,
         exit_head=pool_classifier_flops(hw, channels, num_classes),
-        commit_head=pooled_commit_flops(hw, channels, num_classes),
+        commit_head=pooled_commit_flops(hw, channels, num_classes)
+        if commit_head == "features"
+        else commitment_head_flops(commit_head, channels, num_classes),
       )
     )
   return MultiExitModel(

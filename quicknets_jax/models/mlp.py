@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import flax.linen as nn
@@ -9,7 +10,7 @@ import numpy as np
 
 from quicknets_jax.core import costs
 from quicknets_jax.core.costs import BlockCost
-from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel
+from quicknets_jax.models.base import Block, MultiExitModel, commitment_head, commitment_head_flops
 
 
 class DenseSubnet(nn.Module):
@@ -45,35 +46,62 @@ def mlp(
   num_blocks: int = 3,
   layers_per_block: int = 1,
   later_width: Optional[int] = None,
+  hidden: Optional[Sequence[int]] = None,
+  commit_head: str = "features",
 ) -> MultiExitModel:
-  """The paper's MLP QuickNet: `num_blocks` blocks of `layers_per_block` Dense(width)+ReLU layers.
+  """The paper's MLP QuickNet: blocks of `layers_per_block` Dense(width)+ReLU layers, one exit each.
 
-  Defaults are Appendix A's Fashion-MNIST/MNIST network: three blocks, one 150-unit layer each.
-  `later_width` (QuickNet+, the paper's §5): blocks after the first get this many units instead —
-  they train and run only on the samples earlier exits did not take, so widening them is cheap.
+  Defaults are Appendix A's Fashion-MNIST/MNIST network as its text reads: three blocks, one 150-unit
+  layer each. `hidden` gives each block its own width instead (e.g. (150, 100, 50): the network whose
+  parameter counts and inference cost match the paper's Table 1); `later_width` (QuickNet+, the
+  paper's §5) widens the blocks after the first — they train and run only on the samples earlier exits
+  did not take. `commit_head`: "features" (design.md §1) or "logits" (the authors' Dense(C → C) on
+  ReLU(exit logits)). The model also counts its costs in weight multiply-adds (`block_macs`), the
+  paper's convention.
   """
+  if hidden is not None:
+    hidden = tuple(int(h) for h in hidden)
+    if later_width is not None:
+      raise ValueError("hidden sets every block's width: drop --later_width")
+    if num_blocks != len(hidden):
+      raise ValueError(
+        f"hidden={','.join(map(str, hidden))} has {len(hidden)} blocks but num_blocks={num_blocks}: "
+        f"pass --num_blocks={len(hidden)}"
+      )
   if num_blocks < 1:
     raise ValueError(f"num_blocks must be ≥ 1 (got {num_blocks}): pass --num_blocks=3 for the paper's MLP")
-  if width < 1 or layers_per_block < 1 or (later_width is not None and later_width < 1):
+  widths = hidden or tuple(later_width if j > 0 and later_width is not None else width for j in range(num_blocks))
+  if min(widths) < 1 or layers_per_block < 1:
     raise ValueError(
-      f"width, later_width and layers_per_block must be ≥ 1 (got {width}, {later_width}, {layers_per_block})"
+      f"width, later_width, hidden and layers_per_block must be ≥ 1 (got block widths {widths}, "
+      f"layers_per_block {layers_per_block})"
     )
-  blocks, block_costs = [], []
+  blocks, block_costs, block_macs = [], [], []
   in_features = int(np.prod(input_shape))
-  for j in range(num_blocks):
-    block_width = later_width if j > 0 and later_width is not None else width
+  for block_width in widths:
     blocks.append(
       Block(
         subnet=DenseSubnet(block_width, layers_per_block),
         exit_head=LinearExit(num_classes),
-        commit_head=CommitmentHead(num_classes),
+        commit_head=commitment_head(commit_head, num_classes),
       )
     )
     subnet_cost = costs.dense_flops(in_features, block_width, activation=True)
     subnet_cost += (layers_per_block - 1) * costs.dense_flops(block_width, block_width, activation=True)
-    commit_cost = costs.dense_flops(block_width, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
     block_costs.append(
-      BlockCost(subnet=subnet_cost, exit_head=costs.dense_flops(block_width, num_classes), commit_head=commit_cost)
+      BlockCost(
+        subnet=subnet_cost,
+        exit_head=costs.dense_flops(block_width, num_classes),
+        commit_head=commitment_head_flops(commit_head, block_width, num_classes),
+      )
+    )
+    commit_macs = num_classes * num_classes if commit_head == "logits" else block_width * num_classes + num_classes
+    block_macs.append(
+      BlockCost(
+        subnet=float(in_features * block_width + (layers_per_block - 1) * block_width * block_width),
+        exit_head=float(block_width * num_classes),
+        commit_head=float(commit_macs),
+      )
     )
     in_features = block_width
   return MultiExitModel(
@@ -82,4 +110,5 @@ def mlp(
     input_shape=tuple(input_shape),
     num_classes=num_classes,
     block_costs=tuple(block_costs),
+    block_macs=tuple(block_macs),
   )

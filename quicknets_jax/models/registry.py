@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from quicknets_jax.core import config as config_lib
 from quicknets_jax.core.config import option
-from quicknets_jax.models.base import MultiExitModel
+from quicknets_jax.models.base import COMMIT_HEADS, MultiExitModel
 from quicknets_jax.models.densenet import densenet
 from quicknets_jax.models.mlp import mlp
 from quicknets_jax.models.resnet_sdn import resnet_sdn
@@ -44,24 +45,41 @@ class ModelConfig:
   )
   blocks_per_stage: int = option(9, "resnet_sdn: basic blocks per stage (9 = ResNet-56).", lower=1)
   stage_channels: tuple[int, ...] = option((16, 32, 64), "resnet_sdn: channels of the stem and of each stage.")
+  hidden: Optional[tuple[int, ...]] = option(
+    None,
+    "mlp: every block's width, e.g. 150,100,50 (the network of the "
+    "paper's Table 1; overrides --width, sets the number of blocks).",
+  )
+  commit_head: str = option(
+    "features",
+    "What the commitment heads read: features (Dense(C) → ReLU → Dense(1) on "
+    "the block's features, design.md §1) or logits (the authors' Dense(C → C) on "
+    "ReLU(exit logits)).",
+    choices=COMMIT_HEADS,
+  )
 
   def __post_init__(self):
     if self.name not in MODELS:
       raise ValueError(f"unknown model {self.name!r}: choose one of {sorted(MODELS)}")
-    if self.later_width is not None and self.name != "mlp":
-      raise ValueError(f"later_width is only implemented for the mlp model, not {self.name!r}: drop --later_width")
+    for name in ("later_width", "hidden"):
+      if getattr(self, name) is not None and self.name != "mlp":
+        raise ValueError(f"{name} is only implemented for the mlp model, not {self.name!r}: drop --{name}")
+    config_lib.validate(self)
 
   def kwargs(self) -> dict:
     """Keyword arguments of this config's model builder."""
+    extra = {} if self.commit_head == "features" else dict(commit_head=self.commit_head)
     if self.name == "resnet_sdn":
-      return dict(blocks_per_stage=self.blocks_per_stage, channels=self.stage_channels)
-    kwargs = dict(width=self.width, num_blocks=self.num_blocks, layers_per_block=self.layers_per_block)
+      return dict(blocks_per_stage=self.blocks_per_stage, channels=self.stage_channels, **extra)
+    kwargs = dict(width=self.width, num_blocks=self.num_blocks, layers_per_block=self.layers_per_block, **extra)
     if self.name == "vgg":
       kwargs.update(cfg=self.vgg_cfg, classifier_width=self.classifier_width)
     elif self.name == "densenet":
       kwargs.update(block_layers=self.block_layers)
     elif self.later_width is not None:
       kwargs["later_width"] = self.later_width
+    elif self.hidden is not None:
+      kwargs["hidden"] = self.hidden
     return kwargs
 
   def build(self, input_shape, num_classes: int) -> MultiExitModel:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from quicknets_jax.core import costs
 from quicknets_jax.core.costs import BlockCost
 from quicknets_jax.models import layers
-from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel
+from quicknets_jax.models.base import Block, MultiExitModel, commitment_head, commitment_head_flops
 
 # 1-based basic blocks after which SDN's ResNet-56 has an internal classifier.
 SDN_RESNET56_EXITS = (4, 8, 12, 16, 20, 24)
@@ -131,6 +131,7 @@ def resnet_sdn(
   blocks_per_stage: int = 9,
   channels: Sequence[int] = (16, 32, 64),
   exit_after: Sequence[int] | None = None,
+  commit_head: str = "features",
 ) -> MultiExitModel:
   """SDN's ResNet (ResNet-56 by default: 3 × 9 basic blocks) as a multi-exit model, one block per exit.
 
@@ -140,6 +141,7 @@ def resnet_sdn(
     channels: channels of the stem and of each stage.
     exit_after: 1-based basic blocks followed by an internal classifier (default `default_exits`:
       SDN's placement); the final exit always follows the last block.
+    commit_head: what the commitment heads read (`base.COMMIT_HEADS`): the block's features or its exit's logits.
   """
   if len(input_shape) != 3:
     raise ValueError(f"resnet_sdn needs images (H, W, C), got input shape {input_shape}: pass image data")
@@ -185,12 +187,12 @@ def resnet_sdn(
     else:
       exit_head = layers.MixedPoolClassifier(num_classes)
       exit_cost = layers.mixed_pool_classifier_flops(size[0], size[1], in_channels, num_classes)
-    commit_cost = costs.dense_flops(elems, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
+    commit_cost = commitment_head_flops(commit_head, elems, num_classes)
     blocks.append(
       Block(
         subnet=ResNetSubnet(part, stem_channels=channels[0] if j == 0 else 0, relu_out=last),
         exit_head=exit_head,
-        commit_head=CommitmentHead(num_classes),
+        commit_head=commitment_head(commit_head, num_classes),
       )
     )
     block_costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))

@@ -25,7 +25,14 @@ import flax.linen as nn
 from quicknets_jax.core import costs
 from quicknets_jax.core.costs import BlockCost
 from quicknets_jax.models import layers
-from quicknets_jax.models.base import Block, CommitmentHead, MultiExitModel, lecun_normal, spec_items
+from quicknets_jax.models.base import (
+  Block,
+  MultiExitModel,
+  commitment_head,
+  commitment_head_flops,
+  lecun_normal,
+  spec_items,
+)
 
 # VGG configuration A (VGG-11): conv output channels, "M" = 2×2 max pool.
 CONFIGS = {
@@ -102,6 +109,7 @@ def vgg(
   cfg: Union[str, Sequence] = "vgg11",
   classifier_width: int = 4096,
   classifier_layers: int = 2,
+  commit_head: str = "features",
 ) -> MultiExitModel:
   """VGG QuickNet: one block (conv + BN + ReLU [+ pool]) and one exit per conv layer.
 
@@ -112,6 +120,7 @@ def vgg(
     layers_per_block: must be 1 (one conv per block); accepted so every model takes the same flags.
     cfg: "vgg11" or an explicit list of conv widths and "M" pools (widths are scaled by width / 64).
     classifier_width, classifier_layers: hidden layers of the final exit (VGG's classifier).
+    commit_head: what the commitment heads read (`base.COMMIT_HEADS`): the block's features or its exit's logits.
   """
   config = parse_config(cfg)
   convs = [c for c in config if c != "M"]
@@ -151,9 +160,11 @@ def vgg(
     else:
       exit_head = layers.MixedPoolClassifier(num_classes)
       exit_cost = layers.mixed_pool_classifier_flops(h, w, c, num_classes)
-    commit_cost = costs.dense_flops(features, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
+    commit_cost = commitment_head_flops(commit_head, features, num_classes)
     blocks.append(
-      Block(subnet=ConvBNReLU(channels, pool), exit_head=exit_head, commit_head=CommitmentHead(num_classes))
+      Block(
+        subnet=ConvBNReLU(channels, pool), exit_head=exit_head, commit_head=commitment_head(commit_head, num_classes)
+      )
     )
     block_costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))
   return MultiExitModel(

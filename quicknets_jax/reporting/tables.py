@@ -31,10 +31,15 @@ def results_markdown(results: dict) -> str:
     "|---|---|---|---|---|---|---|",
   ]
   rows = [("QuickNet", q)] + ([("End-to-End", e)] if e else [])
+  macs = all("inference_macs" in r for _, r in rows)
+  if macs:  # the paper's convention beside ours
+    lines[2] = lines[2].replace("| Training cost", "| Inference (M multiply-adds) | Training cost")
+    lines[3] += "---|"
   for method, r in rows:
+    macs_cell = f"{r['inference_macs'] / 1e6:.4f} | " if macs else ""
     lines.append(
       f"| {name} | {method} | {_pct(r['test_accuracy'])} ± {_pct(r['test_accuracy_std'])} | "
-      f"{r['params'] / 1e6:.3f} | {r['inference_flops'] / 1e6:.4f} | {r['training_flops']:.3g} | "
+      f"{r['params'] / 1e6:.3f} | {r['inference_flops'] / 1e6:.4f} | {macs_cell}{r['training_flops']:.3g} | "
       f"{r['train_seconds']:.1f} |"
     )
   lines.append("")
@@ -240,4 +245,89 @@ def ablation_markdown(rows: list, e2e: dict, combination: list, seeds: list) -> 
       f"{r['inference_flops_ratio']:.2f} | {100 * r['curve_mean_accuracy']:.2f} | "
       f"{100 * r['commitment_margin']:+.2f} | {', '.join(f'{e:.1f}' for e in r['epochs_per_block'])} |"
     )
+  return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ Table 1, both readings
+
+# The paper's Table 1 (accuracy %, parameters M, inference cost in M multiply-adds, training cost).
+PAPER_TABLE1 = {
+  "fashion_mnist": dict(quicknet=(87.53, 0.07, 0.141, 0.121, 0.61e10), end_to_end=(86.61, 0.72, 0.138, 0.138, 0.95e10)),
+  "mnist": dict(quicknet=(98.83, 0.08, 0.141, 0.124, 0.57e10), end_to_end=(98.33, 0.28, 0.138, 0.138, 0.8e10)),
+}
+
+
+def table1_row(results: dict, network: str, schedule: str) -> dict:
+  """One cell of the Table-1 study from its results.json: accuracies, costs and their ratios, epochs."""
+  q, e, r = results["quicknet"], results["end_to_end"], results["ratios"]
+  return dict(
+    dataset=results["dataset"],
+    network=network,
+    schedule=schedule,
+    seeds=results["seeds"],
+    quicknet_accuracy=q["test_accuracy"],
+    quicknet_accuracy_std=q["test_accuracy_std"],
+    end_to_end_accuracy=e["test_accuracy"],
+    end_to_end_accuracy_std=e["test_accuracy_std"],
+    quicknet_params=q["params"],
+    end_to_end_params=e["params"],
+    quicknet_inference_flops=q["inference_flops"],
+    end_to_end_inference_flops=e["inference_flops"],
+    inference_flops_ratio=r["inference_flops"],
+    quicknet_inference_macs=q.get("inference_macs"),
+    end_to_end_inference_macs=e.get("inference_macs"),
+    inference_macs_ratio=r.get("inference_macs"),
+    quicknet_training_flops=q["training_flops"],
+    end_to_end_training_flops=e["training_flops"],
+    training_flops_ratio=r["training_flops"],
+    train_seconds_ratio=r["train_seconds"],
+    quicknet_train_seconds=q["train_seconds"],
+    end_to_end_train_seconds=e["train_seconds"],
+    epochs_per_block=q["epochs_per_block"],
+    end_to_end_epochs=e["epochs"],
+    train_samples_per_block=q["train_samples_per_block"],
+    exit_fractions=q["exit_fractions"],
+    exit_threshold=results["exit_threshold"],
+  )
+
+
+def table1_markdown(rows: list) -> str:
+  """The Table-1 study: one row per cell, the paper's numbers under each dataset's cells."""
+  lines = [
+    "| Data | Network | Schedule | QuickNet acc. (%) | End-to-end acc. (%) | Params QN / E2E (M) | "
+    "Inference MFLOPs QN / E2E (ratio) | Inference M mult-adds QN / E2E (ratio) | Training FLOPs ratio | "
+    "Wall-clock ratio | Epochs per block | E2E epochs |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for dataset in dict.fromkeys(row["dataset"] for row in rows):
+    name = PRETTY_NAMES.get(dataset, dataset)
+    for r in (row for row in rows if row["dataset"] == dataset):
+      macs = (
+        f"{r['quicknet_inference_macs'] / 1e6:.4f} / {r['end_to_end_inference_macs'] / 1e6:.4f} "
+        f"({r['inference_macs_ratio']:.2f})"
+        if r["inference_macs_ratio"] is not None
+        else "–"
+      )
+      lines.append(
+        f"| {name} | {r['network']} | {r['schedule']} | {_pct(r['quicknet_accuracy'])} ± "
+        f"{_pct(r['quicknet_accuracy_std'])} | {_pct(r['end_to_end_accuracy'])} ± {_pct(r['end_to_end_accuracy_std'])} | "
+        f"{r['quicknet_params'] / 1e6:.3f} / {r['end_to_end_params'] / 1e6:.3f} | "
+        f"{r['quicknet_inference_flops'] / 1e6:.4f} / {r['end_to_end_inference_flops'] / 1e6:.4f} "
+        f"({r['inference_flops_ratio']:.2f}) | {macs} | {r['training_flops_ratio']:.2f} | "
+        f"{r['train_seconds_ratio']:.2f} | {', '.join(f'{x:.1f}' for x in r['epochs_per_block'])} | "
+        f"{r['end_to_end_epochs']:.1f} |"
+      )
+    paper = PAPER_TABLE1.get(dataset)
+    if paper:
+      (qa, qs, qp, qi, qt), (ea, es, ep, ei, et) = paper["quicknet"], paper["end_to_end"]
+      lines.append(
+        f"| *{name}, paper* | 150-100-50 | – | {qa:.2f} ± {qs:.2f} | {ea:.2f} ± {es:.2f} | {qp:.3f} / {ep:.3f} | "
+        f"– | {qi:.3f} / {ei:.3f} ({ei / qi:.2f}) | {et / qt:.2f} | – | – | – |"
+      )
+  lines += [
+    "",
+    "Ratios are end-to-end / QuickNet (higher = QuickNet cheaper). FLOPs: 1 multiply-add = 2, plus one per "
+    "bias/activation element; multiply-adds: weights only (the paper's convention). Accuracies: mean ± sample "
+    "std over the seeds; the exit threshold is chosen per seed on the validation split.",
+  ]
   return "\n".join(lines) + "\n"

@@ -69,5 +69,9 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
 
 
 def ratios(quicknet: dict, end_to_end: dict) -> dict:
-  """end-to-end / QuickNet of the training FLOPs, inference FLOPs and training seconds."""
-  return {k: end_to_end[k] / quicknet[k] for k in RATIO_KEYS}
+  """end-to-end / QuickNet of the training FLOPs, inference FLOPs and training seconds (and of the
+  inference cost in multiply-adds, where the model counts them)."""
+  out = {k: end_to_end[k] / quicknet[k] for k in RATIO_KEYS}
+  if "inference_macs" in quicknet and "inference_macs" in end_to_end:
+    out["inference_macs"] = end_to_end["inference_macs"] / quicknet["inference_macs"]
+  return out

@@ -45,6 +45,7 @@ class ExitRuleConfig:
       raise ValueError(f"fallback must be one of {exits.FALLBACKS}, got {self.fallback!r}")
     if not 0 <= self.threshold_tolerance < 1:
       raise ValueError(f"threshold_tolerance must be in [0, 1), got {self.threshold_tolerance}")
+    config_lib.validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,16 @@ class ExperimentConfig:
   exit_rule: ExitRuleConfig = nested(ExitRuleConfig)
   seeds: tuple[int, ...] = option((0, 1, 2), "Seeds; results are mean ± std over them.", resumable=True)
   end_to_end: bool = option(True, "Also train the end-to-end baseline.")
+  deploy_curve: bool = option(
+    False,
+    "After every block epoch, measure the test accuracy of the QuickNet deployable then (the frozen blocks "
+    "+ the block in training; Fig. 2 continuous, `runs.deploy`).",
+  )
 
   def __post_init__(self):
     if not self.seeds:
       raise ValueError("seeds is empty: pass --seeds=0 (or 0,1,2)")
+    config_lib.validate(self)
 
   @property
   def fit(self):
@@ -111,6 +118,7 @@ class StudyConfig:
       raise ValueError(f"budgets are fractions of the full cost in (0, 1], got {self.budgets}")
     for t in self.calibration_thresholds:
       exits.check_threshold(t, "calibration threshold")
+    config_lib.validate(self)
 
   @property
   def fit(self):

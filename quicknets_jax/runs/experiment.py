@@ -30,6 +30,7 @@ from quicknets_jax.reporting.tables import results_markdown
 from quicknets_jax.runs import metrics as metrics_lib
 from quicknets_jax.runs.aggregate import aggregate, ratios
 from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.runs.deploy import DeployCurve
 from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
 
@@ -72,7 +73,15 @@ def evaluate_quicknet(model, variables, dataset: Dataset, config: ExperimentConf
   )
   per_exit_accuracy = np.mean(np.argmax(np.asarray(test_probs), -1) == dataset.test_labels[None], axis=1)
   fractions = [float(f) for f in fractions] + [0.0] * (model.num_blocks - num)
+  macs = {}
+  if model.block_macs is not None:  # the same decisions, costed in the paper's convention
+    macs["inference_macs"] = float(
+      exits.evaluate_rule(
+        test_probs, test_commit, dataset.test_labels, threshold, model.cascade_macs()[:num], rule.fallback
+      )[1]
+    )
   return dict(
+    **macs,
     exit_threshold=threshold,
     test_accuracy=float(accuracy),
     inference_flops=float(cost),
@@ -138,7 +147,21 @@ def run_quicknet_seed(
   checkpointer = BlockCheckpointer(os.path.join(seed_dir, "quicknet_checkpoints"))
   tag = f"[seed {seed} quicknet]"
   tracker = metrics_lib.QuickNetMetrics(metrics, seed) if metrics is not None else None
-  events = AllOf(metrics_lib.ProgressLines(tag, config.fit.max_epochs, log), tracker)
+  deploy = None
+  if config.deploy_curve:  # first: it adds the deployable cascade's accuracy to each epoch's record
+    rule = config.exit_rule
+    deploy = DeployCurve(
+      model,
+      dataset.val_images,
+      dataset.val_labels,
+      dataset.test_images,
+      dataset.test_labels,
+      exit_threshold=rule.exit_threshold,
+      threshold_tolerance=rule.threshold_tolerance,
+      fallback=rule.fallback,
+      batch_size=config.fit.eval_batch_size,
+    )
+  events = AllOf(deploy, metrics_lib.ProgressLines(tag, config.fit.max_epochs, log), tracker)
   run = train_quicknet(
     model,
     dataset.train_images,
@@ -220,10 +243,12 @@ def run_end_to_end_seed(
   accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == dataset.test_labels))
   last = model.num_blocks - 1
   params = [v["params"][SUBNET] for v in run.variables] + [run.variables[last]["params"][EXIT]]
+  macs = {} if model.block_macs is None else dict(inference_macs=model.end_to_end_macs())
   return dict(
     seed=seed,
     test_accuracy=accuracy,
     params=param_count(params),
+    **macs,
     inference_flops=model.end_to_end_cost(),
     training_flops=run.training_flops,
     training_flops_parts=run.flops,

@@ -129,7 +129,7 @@ def read_metrics(workdir: str) -> list:
 def _epoch_fields(record: dict) -> dict:
   return dict(
     epoch=record["epoch"],
-    samples_left=record["samples"],
+    samples_left=record.get("working_set", record["samples"]),  # an epoch may draw more than are left
     loss=record["train_loss"],
     accuracy=record["train_accuracy"],
     val_loss=record["val_loss"],
@@ -166,6 +166,7 @@ class QuickNetMetrics(Events):
   def epoch_done(self, event: EpochDone) -> None:
     self.step += 1
     line = dict(
+      **{k: event.record[k] for k in ("cascade_test_accuracy", "cascade_threshold") if k in event.record},
       run=self.run,
       seed=self.seed,
       model="quicknet",

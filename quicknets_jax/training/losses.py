@@ -78,7 +78,8 @@ def block_loss_through_prefix(
 
 @functools.cache
 def commitment_loss(block: Block):
-  """Weighted binary CE of the commitment logit against "the exit was right" (targets in {0, 1}).
+  """Weighted binary CE of the commitment logit against "the exit was right" (targets in {0, 1}), on the
+  head's own inputs (`Block.commit_inputs` of the frozen block's features).
 
   `loss_args` = (positive weight, negative weight) balances the classes (most targets are 1); they
   are traced, so every block's commitment head shares one compiled epoch. `correct` reports whether
@@ -88,7 +89,7 @@ def commitment_loss(block: Block):
   def loss_fn(params, state, features, target, rng, train, loss_args):
     del rng, train
     positive_weight, negative_weight = loss_args
-    logit = block.apply({"params": params, **state}, features, method=Block.commit)
+    logit = block.apply({"params": params, **state}, features, method=Block.commit_from_inputs)
     target = target.astype(jnp.float32)
     weights = jnp.where(target > 0.5, positive_weight, negative_weight)
     losses = weights * optax.sigmoid_binary_cross_entropy(logit, target)

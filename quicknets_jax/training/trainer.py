@@ -74,22 +74,30 @@ class FitData(NamedTuple):
   val_inputs: jnp.ndarray
   val_targets: jnp.ndarray
   num_val: Optional[int] = None  # validation rows that exist when val arrays are padded (None: all)
+  # Samples an epoch draws from the working set (None: its size). More than its size needs
+  # class-balanced sampling, which draws with replacement (the authors' full-size epochs).
+  epoch_draws: Optional[int] = None
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
   """A fit met a NaN/inf loss; also a ValueError, so entry points print it as their one-line error."""
 
 
-def make_optimizer(trainable: PyTree, params: PyTree) -> optax.GradientTransformation:
+def make_optimizer(trainable: PyTree, params: PyTree, weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Adam on the trainable leaves, nothing on the rest (big_vision's frozen-by-mask).
 
-  The learning rate is applied outside, as a traced scalar, so reduce-on-plateau never recompiles.
+  `weight_decay` is PyTorch Adam's: wd·param added to the gradient before the moments (L2, not AdamW's
+  decoupled decay). The learning rate is applied outside, as a traced scalar, so reduce-on-plateau
+  never recompiles.
   """
+  adam = optax.scale_by_adam()
+  if weight_decay:
+    adam = optax.chain(optax.add_decayed_weights(weight_decay), adam)
   if trainable is None:
-    return optax.scale_by_adam()
+    return adam
   labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
   jax.tree.map(lambda _, __: None, params, labels)  # fails early on a mask that does not fit
-  return optax.multi_transform({"train": optax.scale_by_adam(), "freeze": optax.set_to_zero()}, labels)
+  return optax.multi_transform({"train": adam, "freeze": optax.set_to_zero()}, labels)
 
 
 def bucket_size(n: int, minimum: int = 256) -> int:
@@ -120,9 +128,10 @@ def make_epoch_fn(
   host_loop: bool = False,
 ):
   """One epoch of training steps: (params, opt_state, state, lr, inputs, targets, positions [bucket],
-  sample_classes [bucket], num_samples, key[, hparams][, loss_args]) -> (params, opt_state, state,
-  mean loss, accuracy). The working set is padded to a bucket and its true size is traced, so the
-  step count is a loop bound, not a shape.
+  sample_classes [bucket], num_samples, key[, hparams][, loss_args][, num_valid]) -> (params,
+  opt_state, state, mean loss, accuracy). The working set is padded to a bucket and its true size
+  `num_valid` is traced, so the step count is a loop bound, not a shape; the epoch draws `num_samples`
+  of its rows (default: `num_valid`, i.e. every row once or, balanced, as many draws as rows).
 
   By default the whole epoch is one jitted XLA call (`fori_loop` over the steps). `host_loop=True`
   runs the same jitted step from a Python loop instead (one dispatch per step, same random streams):
@@ -132,9 +141,9 @@ def make_epoch_fn(
   with_hparams = objective.epoch_hparams is not None
   with_args = objective.loss_args is not None
 
-  def draw(key, sample_classes, num_samples):
+  def draw(key, sample_classes, num_valid):
     draw_key, step_key = jax.random.split(key)
-    order = draw_epoch_padded(draw_key, sample_classes, num_samples, num_classes, balanced)
+    order = draw_epoch_padded(draw_key, sample_classes, num_valid, num_classes, balanced)
     return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key  # room for the last batch
 
   def step(
@@ -185,8 +194,9 @@ def make_epoch_fn(
       key,
       hparams=None,
       loss_args=None,
+      num_valid=None,
     ):
-      order, step_key = draw(key, sample_classes, num_samples)
+      order, step_key = draw(key, sample_classes, num_samples if num_valid is None else num_valid)
       num_steps = (num_samples + batch_size - 1) // batch_size
       zero = jnp.zeros((), jnp.float32)
       params, opt_state, model_state, loss_sum, correct_sum = jax.lax.fori_loop(
@@ -218,8 +228,9 @@ def make_epoch_fn(
     key,
     hparams=None,
     loss_args=None,
+    num_valid=None,
   ):
-    order, step_key = jit_draw(key, sample_classes, num_samples)
+    order, step_key = jit_draw(key, sample_classes, num_samples if num_valid is None else num_valid)
     zero = jnp.zeros((), jnp.float32)
     carry = (params, opt_state, model_state, zero, jnp.zeros((), jnp.float32))
     for i in range(-(-int(num_samples) // batch_size)):
@@ -298,6 +309,7 @@ def _compiled_fns(
   eval_batch_size: int,
   mesh=None,
   host_loop: bool = False,
+  weight_decay: float = 0.0,
 ):
   mask = objective.trainable
   mask_key = None if mask is None else (jax.tree.structure(mask), tuple(jax.tree.leaves(mask)))
@@ -312,6 +324,7 @@ def _compiled_fns(
     eval_batch_size,
     mesh,
     host_loop,
+    weight_decay,
   )
   try:
     hash(key)
@@ -332,7 +345,7 @@ def _compiled_fns(
 
 def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, config: FitConfig) -> FitState:
   """A fresh FitState: Adam moments at zero, the configured learning rate."""
-  tx = make_optimizer(objective.trainable, params)
+  tx = make_optimizer(objective.trainable, params, config.weight_decay)
   return FitState(
     params=params,
     opt_state=tx.init(params),
@@ -377,12 +390,18 @@ def fit(
   record)` is called after every epoch (progress, metrics). Raises `NonFiniteLossError` naming `name`,
   the epoch and the checkpoint that is kept, on a non-finite loss.
   """
-  num_samples = int(data.positions.shape[0])
-  if num_samples == 0:
+  num_rows = int(data.positions.shape[0])  # the working set
+  num_samples = num_rows if data.epoch_draws is None else int(data.epoch_draws)  # what an epoch trains on
+  if num_rows == 0:
     raise ValueError(f"{name}: the working set is empty; nothing to train")
   if (data.val_inputs.shape[0] if data.num_val is None else data.num_val) == 0:
     raise ValueError(f"{name}: the validation set is empty; raise --val_fraction")
-  tx = make_optimizer(objective.trainable, params)
+  if num_samples > num_rows and not config.balanced_sampling:
+    raise ValueError(
+      f"{name}: an epoch of {num_samples} draws from {num_rows} rows needs draws with "
+      "replacement: pass --balanced_sampling"
+    )
+  tx = make_optimizer(objective.trainable, params, config.weight_decay)
   state = init_fit_state(objective, params, model_state, config)
   if checkpoint is not None:
     resumed = checkpoint.restore(state)
@@ -414,10 +433,19 @@ def fit(
       **({} if objective.loss_args is None else {"loss_args": objective.loss_args}),
     )
   epoch_fn, eval_fn = _compiled_fns(
-    objective, tx, params, batch_size, num_classes, config.balanced_sampling, eval_batch_size, mesh, host_loop
+    objective,
+    tx,
+    params,
+    batch_size,
+    num_classes,
+    config.balanced_sampling,
+    eval_batch_size,
+    mesh,
+    host_loop,
+    config.weight_decay,
   )
   # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
-  bucket = max(positions_bucket or 0, bucket_size(num_samples))
+  bucket = max(positions_bucket or 0, bucket_size(max(num_rows, num_samples)))
   positions = pad_rows(np.asarray(data.positions, np.int32), bucket)
   sample_classes = pad_rows(np.asarray(data.sample_classes, np.int32), bucket)
   num_val = int(data.val_inputs.shape[0] if data.num_val is None else data.num_val)
@@ -425,6 +453,7 @@ def fit(
   val_inputs = pad_rows(data.val_inputs, val_rows)
   val_targets = pad_rows(data.val_targets, val_rows)
   loss_args = {} if objective.loss_args is None else {"loss_args": objective.loss_args}
+  rows_arg = {} if num_samples == num_rows else {"num_valid": jnp.int32(num_rows)}
 
   while not state.stopped and state.epoch < config.max_epochs:
     start = time.perf_counter()
@@ -447,6 +476,7 @@ def fit(
       epoch_key,
       **hparams,
       **loss_args,
+      **rows_arg,
     )
     val_loss, val_acc = eval_fn(params, new_model_state, val_inputs, val_targets, jnp.int32(num_val), **loss_args)
     train_loss, train_acc, val_loss, val_acc = (float(v) for v in (train_loss, train_acc, val_loss, val_acc))
@@ -467,7 +497,9 @@ def fit(
       samples=num_samples,
       seconds=time.perf_counter() - start,
     )
-    if end_epoch(state, config, monitored_score(config, val_loss, val_acc)):
+    if num_samples != num_rows:
+      record["working_set"] = num_rows
+    if end_epoch(state, config, monitored_score(config, train_loss, val_loss, val_acc)):
       # copies: the next epoch donates (and so overwrites) `params` and `new_model_state`
       state.best_params, state.best_model_state = _private_copy((params, new_model_state))
     record["stopped"] = state.stopped
