@@ -25,11 +25,14 @@ from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import models
+from quicknets_jax.models import layers
 from quicknets_jax.models.base import EXIT, SUBNET, Block, parts_mask, split_blocks, split_variables
+from quicknets_jax.models.vgg import CONFIGS as VGG_CONFIGS
 from quicknets_jax.training import losses
 from quicknets_jax.training.trainer import (
   Objective,
   bucket_size,
+  loop_convolutions,
   make_epoch_fn,
   make_optimizer,
   pad_rows,
@@ -41,6 +44,14 @@ flags.DEFINE_integer("steps", 24, "Training steps timed per row (after one untim
 flags.DEFINE_bool("full_width", True, "Also time the full-width VGG-11 on 32×32×3 at batch 128.")
 flags.DEFINE_bool("per_block", True, "Also time each QuickNet block of the reduced VGG-11.")
 flags.DEFINE_bool("torch", False, "Also time plain PyTorch CPU loops over the same networks (needs torch).")
+flags.DEFINE_enum(
+  "conv_impl",
+  "trainer",
+  ["trainer", "native", "patches"],
+  "How training steps convolve: trainer (what `fit` does: patch products in its loops on CPU), native "
+  "(XLA's convolution, which on CPU makes the trainer step from a Python loop: the code before issue 16) or "
+  "patches. Forward rows always use the default (XLA's convolution).",
+)
 flags.DEFINE_string("out_dir", common.DEFAULT_OUT, "Where conv_speed.json/.md go.")
 FLAGS = flags.FLAGS
 
@@ -53,8 +64,20 @@ def _host_loop(objective, params, state, x, y) -> bool:
   return jax.default_backend() == "cpu" and uses_convolution(objective.loss_fn, params, state, x, y)
 
 
+def _training_context():
+  """The convolutions training steps are traced with (`--conv_impl`)."""
+  if FLAGS.conv_impl == "trainer":
+    return loop_convolutions()
+  return layers.conv_implementation(FLAGS.conv_impl)
+
+
 def epoch_rate(objective, params, state, inputs, labels, batch_size: int, steps: int) -> tuple[float, float]:
   """(samples/s of `steps` training steps, compile seconds) through the trainer's epoch function."""
+  with _training_context():
+    return _epoch_rate(objective, params, state, inputs, labels, batch_size, steps)
+
+
+def _epoch_rate(objective, params, state, inputs, labels, batch_size: int, steps: int) -> tuple[float, float]:
   n = steps * batch_size
   host_loop = _host_loop(objective, params, state, inputs[:1], labels[:1])
   tx = make_optimizer(objective.trainable, params)
@@ -132,25 +155,25 @@ def jax_rows(shape, sizes: dict, batch_sizes, steps: int, per_block: bool, name:
   return rows
 
 
-def torch_rows(shape, sizes: dict, batch_sizes, steps: int, name: str) -> list:
-  """The same VGG end to end as a plain PyTorch CPU training loop (the reference of issue 16)."""
+def torch_vgg(shape, sizes: dict):
+  """The VGG of `jax_rows` as a PyTorch module (BN, 2×2 max pools, the same widths)."""
   import torch  # optional: only with --torch
 
   torch.set_num_threads(os.cpu_count() or 1)
   h, w, c = shape
-  layers, channels, side = [], c, h
-  for item in models.vgg.CONFIGS["vgg11"]:
+  layers_, channels, side = [], c, h
+  for item in VGG_CONFIGS["vgg11"]:
     if item == "M":
       if side >= 2:
-        layers.append(torch.nn.MaxPool2d(2))
+        layers_.append(torch.nn.MaxPool2d(2))
         side //= 2
       continue
     out = max(1, item * sizes["width"] // 64)
-    layers += [torch.nn.Conv2d(channels, out, 3, padding=1, bias=False), torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
+    layers_ += [torch.nn.Conv2d(channels, out, 3, padding=1, bias=False), torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
     channels = out
   width = sizes["classifier_width"]
-  net = torch.nn.Sequential(
-    *layers,
+  return torch.nn.Sequential(
+    *layers_,
     torch.nn.Flatten(),
     torch.nn.Linear(channels * side * side, width),
     torch.nn.ReLU(),
@@ -158,6 +181,14 @@ def torch_rows(shape, sizes: dict, batch_sizes, steps: int, name: str) -> list:
     torch.nn.ReLU(),
     torch.nn.Linear(width, 10),
   )
+
+
+def torch_rows(shape, sizes: dict, batch_sizes, steps: int, name: str) -> list:
+  """The same VGG end to end as a plain PyTorch CPU training loop (the reference of issue 16)."""
+  import torch  # optional: only with --torch
+
+  h, w, c = shape
+  net = torch_vgg(shape, sizes)
   optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
   rows = []
   for bs in batch_sizes:
@@ -202,13 +233,74 @@ def torch_rows(shape, sizes: dict, batch_sizes, steps: int, name: str) -> list:
   return rows
 
 
+def paired_ratio(shape, sizes: dict, batch_size: int, steps: int, rounds: int) -> dict:
+  """JAX (through the trainer's epoch) against the PyTorch loop on the same end-to-end VGG, timed in
+  alternating rounds (order rotating), so a load change on a shared machine hits both alike: the median
+  over rounds of JAX samples/s ÷ PyTorch samples/s, with both medians."""
+  import torch  # optional: only with --torch
+
+  model = models.build_model("vgg", shape, 10, cfg="vgg11", num_blocks=8, **sizes)
+  params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
+  last = model.num_blocks - 1
+  mask = [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
+  objective = Objective(losses.end_to_end_loss(model), mask)
+  inputs, labels = _data(shape, batch_size * steps)
+  n = steps * batch_size
+  with _training_context():
+    host_loop = _host_loop(objective, params, state, inputs[:1], labels[:1])
+    tx = make_optimizer(objective.trainable, params)
+    epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True, host_loop=host_loop)
+  positions = pad_rows(np.arange(n, dtype=np.int32), bucket_size(n))
+  classes = pad_rows(np.asarray(labels), bucket_size(n))
+  carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
+
+  def jax_epoch():
+    with _training_context():
+      out = epoch_fn(
+        *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
+      )
+    carry[0] = out[:3]
+    jax.block_until_ready(out)
+
+  net = torch_vgg(shape, sizes)
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  x, y = torch.randn(batch_size, shape[2], shape[0], shape[1]), torch.randint(0, 10, (batch_size,))
+
+  def torch_epoch():
+    for _ in range(steps):
+      optimizer.zero_grad()
+      torch.nn.functional.cross_entropy(net(x), y).backward()
+      optimizer.step()
+
+  jax_epoch(), torch_epoch()  # compile, warm up
+  rates = {"jax": [], "torch": []}
+  for r in range(rounds):
+    for name, fn in (
+      (("jax", jax_epoch), ("torch", torch_epoch)) if r % 2 == 0 else (("torch", torch_epoch), ("jax", jax_epoch))
+    ):
+      start = time.perf_counter()
+      fn()
+      rates[name].append(n / (time.perf_counter() - start))
+  ratios = np.asarray(rates["jax"]) / np.asarray(rates["torch"])
+  return dict(
+    batch_size=batch_size,
+    rounds=rounds,
+    jax_samples_per_second=float(np.median(rates["jax"])),
+    torch_samples_per_second=float(np.median(rates["torch"])),
+    ratio=float(np.median(ratios)),
+    ratio_range=[float(ratios.min()), float(ratios.max())],
+  )
+
+
 def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   reduced = "VGG-11/16 on 28×28×1"
   rows = jax_rows((28, 28, 1), REDUCED, batch_sizes, FLAGS.steps, FLAGS.per_block, reduced)
+  paired = []
   if FLAGS.torch:
     rows += torch_rows((28, 28, 1), REDUCED, batch_sizes, FLAGS.steps, reduced)
+    paired = [paired_ratio((28, 28, 1), REDUCED, bs, FLAGS.steps, 7) for bs in batch_sizes]
   if FLAGS.full_width:
     full = "VGG-11 on 32×32×3"
     rows += jax_rows((32, 32, 3), FULL, [128], max(4, FLAGS.steps // 4), False, full)
@@ -216,7 +308,7 @@ def main(argv):
       rows += torch_rows((32, 32, 3), FULL, [128], max(4, FLAGS.steps // 4), full)
   lines = [
     f"Convolutional training on {jax.default_backend().upper()} through the trainer's epoch function "
-    f"({FLAGS.steps} steps per row after a warm-up epoch; random inputs).",
+    f"({FLAGS.steps} steps per row after a warm-up epoch; random inputs; convolutions: {FLAGS.conv_impl}).",
     "",
     "| Network | Step | Batch | Samples/s | Compile (s) |",
     "|---|---|---|---|---|",
@@ -224,9 +316,16 @@ def main(argv):
   for r in rows:
     first = "–" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
     lines.append(f"| {r['network']} | {r['step']} | {r['batch_size']} | {r['samples_per_second']:,.0f} | {first} |")
-  common.write(
-    "conv_speed", dict(rows=rows, xla_flags=os.environ.get("XLA_FLAGS", "")), "\n".join(lines), FLAGS.out_dir
-  )
+  for p in paired:
+    lines.append(
+      f"\nPaired with the PyTorch loop ({reduced}, end to end, batch {p['batch_size']}, {p['rounds']} alternating "
+      f"rounds): JAX {p['jax_samples_per_second']:,.0f} vs PyTorch {p['torch_samples_per_second']:,.0f} samples/s; "
+      f"JAX ÷ PyTorch {p['ratio']:.2f} (median of the rounds' ratios; range {p['ratio_range'][0]:.2f}–"
+      f"{p['ratio_range'][1]:.2f})."
+    )
+  name = "conv_speed" if FLAGS.conv_impl == "trainer" else f"conv_speed_{FLAGS.conv_impl}"
+  payload = dict(rows=rows, paired=paired, conv_impl=FLAGS.conv_impl, xla_flags=os.environ.get("XLA_FLAGS", ""))
+  common.write(name, payload, "\n".join(lines), FLAGS.out_dir)
 
 
 if __name__ == "__main__":

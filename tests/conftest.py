@@ -20,3 +20,12 @@ def blobs():
   x, y = make_blobs(1200, seed=0)
   vx, vy = make_blobs(300, seed=1)
   return x, y, vx, vy
+
+
+@pytest.fixture
+def native_convs():
+  """XLA's own convolutions (not the CPU patch products): what FLOP cross-checks count against."""
+  from quicknets_jax.models import layers
+
+  with layers.conv_implementation("native"):
+    yield

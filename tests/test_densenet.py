@@ -90,6 +90,7 @@ def test_every_block_outputs_features_logits_and_a_commitment_logit():
   ]
 
 
+@pytest.mark.usefixtures("native_convs")
 def test_analytic_flops_of_every_part_of_densenet121_match_xla_within_two_percent(densenet121):
   """The full DenseNet-121 block structure at 64×64 (maps 8 → 4 → 2 → 2 wide), compiled, never run."""
   model, variables = densenet121

@@ -239,6 +239,7 @@ def test_resnet56_layers_and_shapes(resnet56):
 
 
 @pytest.mark.parametrize("size,cin,cout,stride", [(32, 16, 16, 1), (32, 16, 32, 2), (8, 64, 64, 1)])
+@pytest.mark.usefixtures("native_convs")
 def test_basic_block_flops_match_xla_exactly(size, cin, cout, stride):
   block = BasicBlock(cout, stride)
   x = jax.ShapeDtypeStruct((1, size, size, cin), jnp.float32)
@@ -249,6 +250,7 @@ def test_basic_block_flops_match_xla_exactly(size, cin, cout, stride):
   )
 
 
+@pytest.mark.usefixtures("native_convs")
 def test_resnet56_block_flops_match_xla(resnet56):
   model, shapes = resnet56
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)

@@ -8,7 +8,7 @@ from quicknets_jax import models
 from quicknets_jax.models.base import split_variables
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import FitData, Objective, fit, uses_convolution
+from quicknets_jax.training.trainer import FitData, Objective, fit, loop_convolutions, uses_convolution
 
 
 def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
@@ -57,7 +57,12 @@ def test_host_loop_epochs_equal_device_loop_epochs():
     jnp.asarray(y[90:]),
   )
   objective = Objective(losses.block_loss(model.blocks[0], "crop_flip"))
+  # XLA's convolutions (the default outside the trainer's loops) would make the trainer step from Python
   assert uses_convolution(objective.loss_fn, params, state, data.inputs, data.targets)
+  with loop_convolutions():  # its loops convolve as patch products on CPU: the one-jit epoch again
+    assert uses_convolution(objective.loss_fn, params, state, data.inputs, data.targets) == (
+      jax.default_backend() != "cpu"
+    )
   mlp = models.mlp((8, 8, 3), 4, width=8, num_blocks=1)
   mlp_params, _ = split_variables(mlp.init(jax.random.PRNGKey(0))[0])
   assert not uses_convolution(losses.block_loss(mlp.blocks[0]), mlp_params, {}, data.inputs, data.targets)

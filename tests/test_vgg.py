@@ -69,6 +69,7 @@ def test_28x28_inputs_skip_pools_on_maps_narrower_than_two():
 
 
 @pytest.mark.parametrize("input_shape", [(32, 32, 3), (28, 28, 1)])
+@pytest.mark.usefixtures("native_convs")
 def test_analytic_flops_of_every_part_match_xla_within_two_percent(input_shape):
   """Parts are compiled separately: compiled whole, XLA duplicates fused elementwise ops (BN+ReLU
   feeding two heads) and counts them twice on 1×1 maps."""

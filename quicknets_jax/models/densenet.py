@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from quicknets_jax.core import costs
 from quicknets_jax.core.costs import BlockCost
+from quicknets_jax.models import layers
 from quicknets_jax.models.base import (
   COMMIT_HEADS,
   Block,
@@ -88,9 +89,11 @@ class DenseLayer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = nn.relu(_batch_norm(train, "bn1")(x))
-    h = nn.Conv(self.bottleneck, (1, 1), use_bias=False, kernel_init=_conv_init, name="conv1")(h)
+    h = layers.Conv(self.bottleneck, (1, 1), use_bias=False, kernel_init=_conv_init, name="conv1")(h)
     h = nn.relu(_batch_norm(train, "bn2")(h))
-    h = nn.Conv(self.growth, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_conv_init, name="conv2")(h)
+    h = layers.Conv(
+      self.growth, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_conv_init, name="conv2"
+    )(h)
     return jnp.concatenate([x, h], axis=-1)
 
 
@@ -111,7 +114,7 @@ class DenseNetSubnet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem_channels:
-      x = nn.Conv(
+      x = layers.Conv(
         self.stem_channels,
         (7, 7),
         (2, 2),
@@ -126,7 +129,9 @@ class DenseNetSubnet(nn.Module):
       x = DenseLayer(self.growth, self.bottleneck, name=f"layer_{i}")(x, train=train)
     if self.transition_channels:
       x = nn.relu(_batch_norm(train, "transition_bn")(x))
-      x = nn.Conv(self.transition_channels, (1, 1), use_bias=False, kernel_init=_conv_init, name="transition_conv")(x)
+      x = layers.Conv(self.transition_channels, (1, 1), use_bias=False, kernel_init=_conv_init, name="transition_conv")(
+        x
+      )
       if self.transition_pool:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     return x

@@ -1,23 +1,120 @@
-"""Layers the convolutional QuickNets share: fast pooling and SDN's mixed max-average pooling exit.
+"""Layers the convolutional QuickNets share: convolutions, fast pooling and SDN's mixed max-average
+pooling exit.
 
-Exit head (Kaya et al. 2019, Shallow-Deep Networks, `aux_funcs.py` `InternalClassifier` and
-`feature_reduction_formula`): a feature map of side s is pooled with kernel = stride = s // 4 as
-`α·maxpool + (1−α)·avgpool`, with α a learned scalar per exit initialised uniformly in [0, 1] and left
-unconstrained, as in SDN, then one linear layer. Where we differ: SDN also "pools" maps of side 4..7
-with kernel 1 (a no-op that still carries an α); here every map whose kernel would be ≤ 1 (side < 8)
-goes straight to the linear layer, as the issue asks. Odd sides pool with floor (VALID), as
-PyTorch's MaxPool2d/AvgPool2d do.
-
-Their FLOPs are `core.costs` formulas (`mixed_pool_classifier_flops` composes them for the exit).
+`Conv` is `flax.linen.Conv` (the same parameters, names and values) that convolves one of two ways: with
+XLA's convolution, or as a matrix product of image patches (im2col). Measured on 2 CPU cores (BUILD.md
+"Speed"), XLA:CPU's convolution inside a `fori_loop`/`scan` — where the trainer's whole epoch runs — is
+15–120× slower than at the top level of a program, while the patch product runs as fast there as
+anywhere; so the trainer traces its training and validation loops with patch products on CPU
+(`training.trainer.loop_convolutions`), which trains the reduced VGG-11 1.8× faster than XLA's
+convolution stepped from Python. Elsewhere ("auto") XLA's convolution is kept — it is 1.4–3× faster for
+a forward pass at the top level — except on maps of side ≤ 3, where XLA:CPU's is pathologically slow
+(a 3×3 conv on a 2×2×512 map at batch 128: 1.1 s, against 17 ms as patches). GPU/TPU always get XLA's
+convolution. The two ways sum in different orders: they agree to float round-off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Sequence
+from typing import Union
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from quicknets_jax.core import costs
 from quicknets_jax.models.base import lecun_normal
+
+IMPLEMENTATIONS = ("auto", "native", "patches")
+_IMPLEMENTATION: contextvars.ContextVar[str] = contextvars.ContextVar("quicknets_conv", default="auto")
+SMALL_MAP = 3  # "auto" on CPU: patch products for output maps this wide or narrower
+
+
+@contextlib.contextmanager
+def conv_implementation(name: str):
+  """Within this block, `Conv` layers traced use `name`: "auto" (see the module doc), "native" (XLA's
+  convolution) or "patches" (im2col + matrix product). A jitted function keeps what its first trace saw."""
+  if name not in IMPLEMENTATIONS:
+    raise ValueError(f"conv implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
+  token = _IMPLEMENTATION.set(name)
+  try:
+    yield
+  finally:
+    _IMPLEMENTATION.reset(token)
+
+
+def _use_patches(out_side: int) -> bool:
+  name = _IMPLEMENTATION.get()
+  if name == "auto":
+    return jax.default_backend() == "cpu" and out_side <= SMALL_MAP
+  return name == "patches"
+
+
+def _explicit_padding(padding, size: Sequence[int], kernel: Sequence[int], strides: Sequence[int]) -> list:
+  """[(before, after)] per spatial axis for "SAME", "VALID" or explicit ((lo, hi), ...) padding."""
+  if padding == "VALID":
+    return [(0, 0)] * len(size)
+  if padding == "SAME":
+    out = []
+    for n, k, s in zip(size, kernel, strides):
+      total = max((-(-n // s) - 1) * s + k - n, 0)
+      out.append((total // 2, total - total // 2))
+    return out
+  return [tuple(p) for p in padding]
+
+
+def patch_conv(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
+  """The NHWC × HWIO convolution `lax.conv_general_dilated` computes, as patches @ kernel."""
+  kh, kw, c_in, c_out = kernel.shape
+  (lo_h, hi_h), (lo_w, hi_w) = _explicit_padding(padding, x.shape[1:3], (kh, kw), strides)
+  x = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+  sh, sw = strides
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  if kh == kw == 1:
+    patches = x[:, : sh * (out_h - 1) + 1 : sh, : sw * (out_w - 1) + 1 : sw, :]
+  else:  # taps in (row, column, channel) order: the kernel's own layout
+    patches = jnp.concatenate(
+      [
+        x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+      ],
+      axis=-1,
+    )
+  return (patches.reshape(-1, kh * kw * c_in) @ kernel.reshape(kh * kw * c_in, c_out)).reshape(
+    x.shape[0], out_h, out_w, c_out
+  )
+
+
+class Conv(nn.Module):
+  """`nn.Conv` for NHWC images (same params and initialisation), convolving as `conv_implementation` says."""
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Union[str, Sequence[tuple[int, int]]] = "SAME"
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+    padding = self.padding if isinstance(self.padding, str) else tuple(tuple(p) for p in self.padding)
+    pads = _explicit_padding(padding, x.shape[1:3], (kh, kw), self.strides)
+    out_side = min((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(x.shape[1:3], pads, (kh, kw), self.strides))
+    if _use_patches(out_side):
+      y = patch_conv(x, kernel, tuple(self.strides), padding)
+    else:
+      y = jax.lax.conv_general_dilated(
+        x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    return y
 
 
 def _windows(x, kernel: int):

@@ -57,7 +57,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = lambda k, s, name: nn.Conv(
+    conv = lambda k, s, name: layers.Conv(
       self.channels,
       (k, k),
       (s, s),
@@ -90,9 +90,9 @@ class ResNetSubnet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem_channels:
-      x = nn.Conv(self.stem_channels, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init, name="stem_conv")(
-        x
-      )
+      x = layers.Conv(
+        self.stem_channels, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init, name="stem_conv"
+      )(x)
       x = _batch_norm(train, "stem_bn")(x)
     x = nn.relu(x)
     for i, (channels, stride) in enumerate(self.blocks):

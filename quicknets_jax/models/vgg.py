@@ -48,7 +48,7 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=lecun_normal, name="conv")(x)
+    x = layers.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=lecun_normal, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
     x = nn.relu(x)
     if self.pool:

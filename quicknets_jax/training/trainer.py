@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from quicknets_jax.data.sampling import draw_epoch_padded
+from quicknets_jax.models import layers
 from quicknets_jax.training import parallel
 from quicknets_jax.training.checkpoint import FitCheckpointer
 from quicknets_jax.training.schedule import FitConfig, FitState, end_epoch, monitored_score
@@ -243,6 +244,13 @@ def make_epoch_fn(
   return host_epoch_fn
 
 
+def loop_convolutions():
+  """The context the trainer traces its epochs and validation passes in: convolutions as patch products
+  on CPU, where XLA's own convolution runs far slower inside loops (`models.layers`); XLA's elsewhere.
+  Benchmarks that call `make_epoch_fn` directly use it too, to time what `fit` runs."""
+  return layers.conv_implementation("patches" if jax.default_backend() == "cpu" else "native")
+
+
 def _private_copy(tree):
   """Fresh device buffers holding `tree` (a donated epoch consumes its inputs; callers keep theirs)."""
   return jax.tree.map(lambda x: jax.device_put(x, may_alias=False), tree)
@@ -424,14 +432,15 @@ def fit(
   state.params, state.opt_state, state.model_state = _private_copy((state.params, state.opt_state, state.model_state))
   host_loop = config.host_loop
   if host_loop is None:
-    host_loop = jax.default_backend() == "cpu" and uses_convolution(
-      objective.loss_fn,
-      state.params,
-      state.model_state,
-      data.inputs,
-      data.targets,
-      **({} if objective.loss_args is None else {"loss_args": objective.loss_args}),
-    )
+    with loop_convolutions():  # what the epoch will trace: convolutions are then seldom left on CPU
+      host_loop = jax.default_backend() == "cpu" and uses_convolution(
+        objective.loss_fn,
+        state.params,
+        state.model_state,
+        data.inputs,
+        data.targets,
+        **({} if objective.loss_args is None else {"loss_args": objective.loss_args}),
+      )
   epoch_fn, eval_fn = _compiled_fns(
     objective,
     tx,
@@ -463,22 +472,23 @@ def fit(
       if objective.epoch_hparams is None
       else {"hparams": jax.tree.map(jnp.asarray, objective.epoch_hparams(state.epoch + 1))}
     )
-    params, opt_state, new_model_state, train_loss, train_acc = epoch_fn(
-      state.params,
-      state.opt_state,
-      state.model_state,
-      jnp.float32(state.learning_rate),
-      data.inputs,
-      data.targets,
-      positions,
-      sample_classes,
-      jnp.int32(num_samples),
-      epoch_key,
-      **hparams,
-      **loss_args,
-      **rows_arg,
-    )
-    val_loss, val_acc = eval_fn(params, new_model_state, val_inputs, val_targets, jnp.int32(num_val), **loss_args)
+    with loop_convolutions():  # traced (at the first epoch) with the convolutions that suit loops
+      params, opt_state, new_model_state, train_loss, train_acc = epoch_fn(
+        state.params,
+        state.opt_state,
+        state.model_state,
+        jnp.float32(state.learning_rate),
+        data.inputs,
+        data.targets,
+        positions,
+        sample_classes,
+        jnp.int32(num_samples),
+        epoch_key,
+        **hparams,
+        **loss_args,
+        **rows_arg,
+      )
+      val_loss, val_acc = eval_fn(params, new_model_state, val_inputs, val_targets, jnp.int32(num_val), **loss_args)
     train_loss, train_acc, val_loss, val_acc = (float(v) for v in (train_loss, train_acc, val_loss, val_acc))
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
       raise NonFiniteLossError(
