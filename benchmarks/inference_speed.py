@@ -10,7 +10,6 @@ exits are compared with `exits.select_exits` (the table's last column counts the
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ from quicknets_jax.algorithms.cascade import cascade_flops, cascade_predict, cas
 from quicknets_jax.algorithms.forward import predict_exits
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.core import exits
-from quicknets_jax.models.base import Block
+from quicknets_jax.runs.inference import end_to_end_predict_fn, interleaved_seconds
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 
 flags.DEFINE_string("workdir", None, "A finished fashion_mnist run whose seed_0 checkpoints to load.")
@@ -32,16 +31,6 @@ flags.DEFINE_integer("repeats", 41, "Timed rounds per threshold (each runs every
 flags.DEFINE_integer("latency_samples", 200, "Single-sample calls timed for latency.")
 flags.DEFINE_string("out_dir", common.DEFAULT_OUT, "Where inference_speed.json/.md go.")
 FLAGS = flags.FLAGS
-
-
-def _end_to_end_fn(model):
-  @jax.jit
-  def fn(variables, x):
-    for k, block in enumerate(model.blocks):
-      x = block.apply(variables[k], x, method=Block.features)
-    return jnp.argmax(model.blocks[-1].apply(variables[-1], x, method=Block.classify), -1)
-
-  return fn
 
 
 def _vectorized_fn(model):
@@ -61,21 +50,6 @@ def _each(fn, batches):
   return [fn(b) for b in batches]
 
 
-def _interleaved_seconds(calls: dict, repeats: int, warmup: int = 2) -> dict:
-  """Seconds of each call in each of `repeats` rounds; a round runs every call once, in an order that
-  rotates from round to round, so a load change on the shared machine hits all of them alike.
-  `warmup` untimed rounds first (compilation)."""
-  names = list(calls)
-  times = {name: [] for name in names}
-  for round_ in range(warmup + repeats):
-    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-      start = time.perf_counter()
-      jax.block_until_ready(calls[name]())
-      if round_ >= warmup:
-        times[name].append(time.perf_counter() - start)
-  return {name: np.asarray(t) for name, t in times.items()}
-
-
 def main(argv):
   del argv
   ds = data.load_dataset("fashion_mnist")
@@ -93,7 +67,7 @@ def main(argv):
   chosen = exits.choose_threshold(exits.sweep_thresholds(probs, commit, ds.val_labels, model.cascade_costs()))
   test = jnp.asarray(ds.test_images)
   test_probs, test_commit = predict_exits(model, variables, test)
-  e2e, vectorized = _end_to_end_fn(model), _vectorized_fn(model)
+  e2e, vectorized = end_to_end_predict_fn(model), _vectorized_fn(model)
   bs = FLAGS.batch_size
   # the same device batches for all three methods, cut once outside the timed region (slicing a batch
   # out of the test array copies it, a cost that is data loading's, not the network's)
@@ -110,7 +84,7 @@ def main(argv):
     )
     flops = float(np.mean(cascade_flops(result, model)))
     t = jnp.float32(threshold)
-    seconds = _interleaved_seconds(
+    seconds = interleaved_seconds(
       {
         "end_to_end": lambda: _each(lambda b: e2e(variables, b), batches),
         "cascade": lambda: cascade_predict_batches(model, variables, batches, threshold),

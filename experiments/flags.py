@@ -16,6 +16,8 @@ from typing import Any, Optional
 from absl import flags
 
 from quicknets_jax.core import config as config_lib
+from quicknets_jax.runs.predict import operating_threshold
+from quicknets_jax.runs.trained import load_trained
 
 FLAGS = flags.FLAGS
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -145,3 +147,42 @@ def fail(message: str) -> None:
   """Prints `error: message` on stderr and exits 1 (the entry points' one-line errors)."""
   print(f"error: {message}", file=sys.stderr)
   raise SystemExit(1)
+
+
+def seeds_from_flag(values) -> tuple:
+  """--seeds as a tuple of ints; anything else exits with one line."""
+  try:
+    return tuple(int(s) for s in values)
+  except ValueError:
+    fail(f"--seeds must be integers separated by commas, got {','.join(values)!r}")
+
+
+def check_known(values, known, flag: str) -> None:
+  """Exits with one line when a list flag names values outside `known`."""
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    fail(f"--{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
+def define_trained_run_flags() -> None:
+  """The flags of the commands that use a trained workdir (predict, export): which run, seed and blocks,
+  and the exit threshold — given, one target met on the run's validation split, or the run's own."""
+  flags.DEFINE_string("workdir", None, "A run's workdir (config.json, data.json, seed_<s>/).", required=True)
+  flags.DEFINE_integer("seed", None, "Which seed's blocks (default: the run's first seed with a frozen block).")
+  flags.DEFINE_integer("blocks", None, "Use only the first K frozen blocks (default: all frozen so far).")
+  flags.DEFINE_float("threshold", None, "Exit threshold in [0, 1] (default: the run's operating threshold).")
+  flags.DEFINE_float("target_mflops", None, "Choose the most accurate threshold within this many MFLOPs per image.")
+  flags.DEFINE_float("target_accuracy", None, "Choose the cheapest threshold reaching this accuracy (a fraction).")
+  flags.DEFINE_float(
+    "target_exit_fraction", None, "Choose the most accurate threshold letting this share leave before the last exit."
+  )
+
+
+def trained_run_from_flags(log):
+  """(the `runs.trained.TrainedQuickNet` the flags of `define_trained_run_flags` name, its threshold).
+  Raises what `load_trained` and `operating_threshold` raise (DataError, ValueError)."""
+  trained = load_trained(FLAGS.workdir, FLAGS.seed, FLAGS.blocks)
+  threshold, _ = operating_threshold(
+    trained, FLAGS.threshold, FLAGS.target_mflops, FLAGS.target_accuracy, FLAGS.target_exit_fraction, log=log
+  )
+  return trained, threshold

@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags, logging
 
-from experiments.flags import fail
+from experiments.flags import fail, seeds_from_flag
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.runs.ablation import run_ablation
 
@@ -24,10 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    seeds = tuple(int(s) for s in FLAGS.seeds)
-  except ValueError:
-    fail(f"--seeds must be integers separated by commas, got {','.join(FLAGS.seeds)!r}")
+  seeds = seeds_from_flag(FLAGS.seeds)
   try:
     run_ablation(FLAGS.workdir, seeds, FLAGS.data_dir, log=stderr_log)
   except ValueError as e:

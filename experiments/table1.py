@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags, logging
 
-from experiments.flags import fail, flagfile_settings
+from experiments.flags import check_known, fail, flagfile_settings, seeds_from_flag
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.reporting.tables import table1_markdown, table1_row
 from quicknets_jax.runs.config import ExperimentConfig
@@ -58,13 +58,8 @@ def cells(mnist: bool, mnist_networks) -> list:
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    seeds = tuple(int(s) for s in FLAGS.seeds)
-  except ValueError:
-    fail(f"--seeds must be integers separated by commas, got {','.join(FLAGS.seeds)!r}")
-  unknown = sorted(set(FLAGS.mnist_networks) - set(NETWORKS))
-  if unknown:
-    fail(f"--mnist_networks: unknown {', '.join(unknown)}; choose from {', '.join(NETWORKS)}")
+  seeds = seeds_from_flag(FLAGS.seeds)
+  check_known(FLAGS.mnist_networks, NETWORKS, "mnist_networks")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   rows = []
   for dataset, network, schedule in cells(FLAGS.mnist_dir is not None, FLAGS.mnist_networks):

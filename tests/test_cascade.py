@@ -28,6 +28,10 @@ def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="
   np.testing.assert_array_equal(got.exit_index, np.asarray(want.exit_index))
   np.testing.assert_array_equal(got.prediction, np.asarray(want.prediction))
   np.testing.assert_array_equal(got.qualified, np.asarray(want.qualified))
+  # and it reports the answering exit's confidence and commitment logit
+  rows = np.arange(x.shape[0])
+  np.testing.assert_allclose(got.confidence, np.asarray(want.exit_confidence)[got.exit_index, rows], atol=1e-5)
+  np.testing.assert_allclose(got.commit_logit, np.asarray(commit)[got.exit_index, rows], atol=1e-5)
   # a sample that left at exit e by the rule ran blocks 0..e; the vectorized cost model agrees
   cost = cascade_flops(got, model)
   costs = model.cascade_costs()[: len(variables)]

@@ -9,8 +9,8 @@ gather dispatches cost more than the later blocks of a small network save):
 - one step per block does everything for it on device: it picks the continuing rows out of
   the previous block's outputs (a cumsum-based stable compaction and a gather), runs the block and its
   heads (the MLP's two Dense heads share one matmul), applies the exit rule and records the answer of
-  each row that leaves — one int32 code (prediction, exit, qualified) scattered into an answer array;
-  the most confident exit so far travels with the rows for the fallback;
+  each row that leaves — its code (prediction, exit, qualified), confidence and commitment logit, one
+  scatter into an answer array; the most confident exit so far travels with the rows for the fallback;
 - later blocks take the continuing rows of a few input batches together (`pool`), in calls of at most
   one input batch's size, so they run on batches large enough to be efficient;
 - their sizes are buckets (`bucket`: 8 per octave by default), so a block compiles for a bounded set
@@ -48,6 +48,8 @@ class CascadeResult(NamedTuple):
   exit_index: np.ndarray  # [N] int32
   qualified: np.ndarray  # [N] bool: the rule fired (False: the fallback answered)
   blocks_run: np.ndarray  # [N] int32: how many blocks each sample went through
+  confidence: np.ndarray  # [N] float32: the answering exit's confidence
+  commit_logit: np.ndarray  # [N] float32: the answering exit's commitment logit
 
 
 class _Part(NamedTuple):
@@ -58,11 +60,18 @@ class _Part(NamedTuple):
   rows: jnp.ndarray  # [n] int32: each row's position in the window (its input batches concatenated)
   best_confidence: jnp.ndarray  # [n] the highest confidence so far (for the most_confident fallback)
   best_code: jnp.ndarray  # [n] int32: the code (below) of the exit that had it
+  best_commit: jnp.ndarray  # [n] that exit's commitment logit
   continues: jnp.ndarray  # [n] bool: a real row that the rule did not let leave
 
 
-# A row's answer is one int32 code: prediction + num_classes·exit, plus `_qualified_flag(...)` when the
-# rule fired; one scatter per block records it, and the host decodes all of them at the end.
+# A row's answer is a code — prediction + num_classes·exit, plus `_qualified_flag(...)` when the rule
+# fired — with the answering exit's confidence and commitment logit: one float32 row [code, confidence,
+# commitment] (codes are small integers, exact in float32); one scatter per block records it, and the
+# host decodes all of them at the end.
+def _answer(code, confidence, commit):
+  return jnp.stack([code.astype(jnp.float32), confidence.astype(jnp.float32), commit.astype(jnp.float32)], -1)
+
+
 def _qualified_flag(num_exits: int, num_classes: int) -> int:
   return num_exits * num_classes
 
@@ -100,12 +109,13 @@ def _block_outputs(block, variables, x):
 
 
 def _exit_outputs(block, variables, x, rule: _Rule):
-  """Block on x: features, each row's prediction and confidence, and whether the rule lets it leave."""
+  """Block on x: features, each row's prediction, confidence and commitment logit, and whether the
+  rule lets it leave."""
   features, logits, commit = _block_outputs(block, variables, x)
   probs = jax.nn.softmax(logits)
   confidence = exits.confidence(probs)
   qualifies = (confidence > rule.threshold) & ((commit > 0) | ~rule.use_commitment)
-  return features, jnp.argmax(probs, -1).astype(jnp.int32), confidence, qualifies
+  return features, jnp.argmax(probs, -1).astype(jnp.int32), confidence, commit, qualifies
 
 
 def _compact(continues):
@@ -134,12 +144,13 @@ def _compiled(model: MultiExitModel, num_exits: int):
   flag = _qualified_flag(num_exits, num_classes)
 
   def first(variables, x, offset, rule: _Rule):
-    """Block 0 on one input batch (window rows offset..): (its part, its rows' answer codes — 0 for
+    """Block 0 on one input batch (window rows offset..): (its part, its rows' answers — code 0 for
     those that continue —, how many continue)."""
-    features, prediction, confidence, qualifies = _exit_outputs(model.blocks[0], variables, x, rule)
-    answer = jnp.where(qualifies, prediction + flag, prediction if num_exits == 1 else 0)
+    features, prediction, confidence, commit, qualifies = _exit_outputs(model.blocks[0], variables, x, rule)
+    answer = _answer(jnp.where(qualifies, prediction + flag, prediction if num_exits == 1 else 0), confidence, commit)
     rows = offset + jnp.arange(x.shape[0], dtype=jnp.int32)
-    return (_Part(features, rows, confidence, prediction, ~qualifies), answer, jnp.sum(~qualifies, dtype=jnp.int32))
+    part = _Part(features, rows, confidence, prediction, commit, ~qualifies)
+    return part, answer, jnp.sum(~qualifies, dtype=jnp.int32)
 
   def later(j, start, size, variables, parts: tuple[_Part, ...], answers: tuple, rule: _Rule):
     """Block j on the continuing rows start..start+size−1 of the window's parts, taken in order (rows
@@ -151,22 +162,30 @@ def _compiled(model: MultiExitModel, num_exits: int):
     take = order[start : start + size]
     pick = lambda name: jnp.take(jnp.concatenate([getattr(p, name) for p in parts]), take, axis=0, mode="clip")
     rows, best_confidence, best_code = pick("rows"), pick("best_confidence"), pick("best_code")
+    best_commit = pick("best_commit")
     valid = start + jnp.arange(size) < count
     answer = jnp.concatenate(answers)
-    features, prediction, confidence, qualifies = _exit_outputs(model.blocks[j], variables, pick("features"), rule)
+    outputs = _exit_outputs(model.blocks[j], variables, pick("features"), rule)
+    features, prediction, confidence, commit, qualifies = outputs
     code = prediction + j * num_classes
     better = confidence > best_confidence  # strict: ties keep the earlier exit
     best_confidence = jnp.where(better, confidence, best_confidence)
     best_code = jnp.where(better, code, best_code)
+    best_commit = jnp.where(better, commit, best_commit)
     if j == num_exits - 1:  # everyone still here answers now: by the rule, else by the fallback
-      value = jnp.where(qualifies, code + flag, jnp.where(rule.most_confident, best_code, code))
+      fallback = rule.most_confident & ~qualifies
+      value = _answer(
+        jnp.where(qualifies, code + flag, jnp.where(rule.most_confident, best_code, code)),
+        jnp.where(fallback, best_confidence, confidence),
+        jnp.where(fallback, best_commit, commit),
+      )
       write = valid
     else:
-      value, write = code + flag, valid & qualifies
+      value, write = _answer(code + flag, confidence, commit), valid & qualifies
     answer = answer.at[jnp.where(write, rows, answer.shape[0])].set(value, mode="drop")
     continues = valid & ~qualifies
     return (
-      _Part(features, rows, best_confidence, best_code, continues),
+      _Part(features, rows, best_confidence, best_code, best_commit, continues),
       answer,
       jnp.sum(continues, dtype=jnp.int32),
       count > start + size,
@@ -351,7 +370,8 @@ def cascade_predict_batches(
         settle(*queued.popleft())
   for item in queued:
     settle(*item)
-  code = np.concatenate([np.asarray(a) for answers in windows for a in answers]) if windows else np.zeros(0, np.int32)
+  answer = np.concatenate([np.asarray(a) for answers in windows for a in answers]) if windows else np.zeros((0, 3))
+  code, answer_confidence, answer_commit = np.rint(answer[:, 0]).astype(np.int32), answer[:, 1], answer[:, 2]
   flag = _qualified_flag(num_exits, model.num_classes)
   qualified = code >= flag
   code = code - flag * qualified
@@ -362,7 +382,14 @@ def cascade_predict_batches(
     _REACHED.move_to_end(key)
     while len(_REACHED) > 64:
       _REACHED.popitem(last=False)
-  return CascadeResult((code % model.num_classes).astype(np.int32), exit_index, qualified, blocks_run)
+  return CascadeResult(
+    (code % model.num_classes).astype(np.int32),
+    exit_index,
+    qualified,
+    blocks_run,
+    answer_confidence.astype(np.float32),
+    answer_commit.astype(np.float32),
+  )
 
 
 def cascade_flops(result: CascadeResult, model: MultiExitModel) -> np.ndarray:

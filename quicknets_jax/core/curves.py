@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from quicknets_jax.core import costs as cost_model
 from quicknets_jax.core import exits
 
 BUDGETS = (0.25, 0.5, 0.75)
@@ -139,3 +140,59 @@ def compare_curves(curves: dict, full_cost: float, budgets: Sequence[float] = BU
       [accuracy_at_budget(c, a, b) for b in out["shared_range_budgets"]] if shared else None
     )
   return out
+
+
+# ----------------------------------------------------------------------- accuracy during training
+# Fig. 2's last panel: test accuracy against the training FLOPs spent so far, from one seed's entry of
+# results.json (`runs.experiment`). The same points serve the figure and the "FLOPs to first reach x %
+# of the end-to-end accuracy" numbers.
+
+
+def quicknet_after_blocks(seed: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(training FLOPs so far, test accuracy) of the QuickNet cut after each trained block (its commitment
+  head trained, its threshold chosen on validation). Seeds recorded before the per-block evaluation
+  existed give the two exact points: block 0 alone, and the whole net."""
+  spent = np.cumsum([cost_model.total(part) for part in seed["training_flops_parts"]])
+  if "test_accuracy_after_block" in seed:
+    accuracy = np.asarray(seed["test_accuracy_after_block"], np.float64)
+    return spent[: len(accuracy)], accuracy
+  return spent[[0, -1]], np.asarray([seed["per_exit_test_accuracy"][0], seed["test_accuracy"]], np.float64)
+
+
+def quicknet_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """(training FLOPs so far, test accuracy) after every block epoch (the cascade of the frozen blocks plus
+  the block in training, `runs.deploy.DeployCurve`) merged with the after-block points, in training
+  order; None for a run without `--deploy_curve`."""
+  points = [
+    (epoch["training_flops_so_far"], epoch["cascade_test_accuracy"])
+    for block in seed.get("history", [])
+    for epoch in block["epochs"]
+    if "cascade_test_accuracy" in epoch
+  ]
+  if not points:
+    return None
+  points += list(zip(*quicknet_after_blocks(seed)))
+  points.sort(key=lambda p: p[0])  # stable: an after-block point follows the epochs it ends
+  flops, accuracy = zip(*points)
+  return np.asarray(flops, np.float64), np.asarray(accuracy, np.float64)
+
+
+def end_to_end_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
+  """(training FLOPs so far, accuracy, "test" or "validation") after every end-to-end epoch (every epoch
+  costs the same); "validation" where the run logged no test accuracy; None without a history."""
+  history = seed.get("history", [])
+  if not history:
+    return None
+  per_epoch = seed["training_flops"] / max(seed["epochs"], 1)
+  epochs = np.asarray([h["epoch"] for h in history], np.float64)
+  if all("test_accuracy" in h for h in history):
+    return epochs * per_epoch, np.asarray([h["test_accuracy"] for h in history], np.float64), "test"
+  return epochs * per_epoch, np.asarray([h["val_accuracy"] for h in history], np.float64), "validation"
+
+
+def first_reach(flops, accuracy, target: float) -> Optional[float]:
+  """The training FLOPs at the first point of a training curve whose accuracy is ≥ `target`, or None
+  when it never gets there."""
+  flops, accuracy = np.asarray(flops, np.float64), np.asarray(accuracy, np.float64)
+  reached = np.flatnonzero(accuracy >= target)
+  return float(flops[reached[0]]) if reached.size else None

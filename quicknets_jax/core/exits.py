@@ -157,3 +157,86 @@ def choose_threshold(sweep: SweepResult, accuracy_tolerance: float = 0.0) -> flo
   candidates = np.flatnonzero(sweep.accuracy >= best - accuracy_tolerance - 1e-12)
   order = np.lexsort((sweep.thresholds[candidates], sweep.inference_flops[candidates]))
   return float(sweep.thresholds[candidates[order[0]]])
+
+
+class OperatingPoint(NamedTuple):
+  """The rule at one threshold on one split: what `threshold_for_target` chose and what it measured."""
+
+  threshold: float
+  accuracy: float
+  inference_flops: float  # mean FLOPs per sample (design.md §2)
+  early_exit_fraction: float  # share of the samples the rule lets leave before the last exit
+
+
+@functools.partial(jax.jit, static_argnames="use_commitment")
+def _early_exit_fractions(probs, commit_logits, thresholds, use_commitment: bool):
+  early_confidence = confidence(probs)[:-1]  # a one-exit model has none: nothing leaves early
+
+  def at(threshold):
+    qualifies = early_confidence > threshold
+    if use_commitment and commit_logits is not None:
+      qualifies = qualifies & (commit_logits[:-1] > 0)
+    return jnp.mean(jnp.any(qualifies, axis=0))
+
+  return jax.vmap(at)(thresholds)
+
+
+def threshold_for_target(
+  probs,
+  commit_logits,
+  labels,
+  cascade_costs,
+  *,
+  max_flops: float | None = None,
+  min_accuracy: float | None = None,
+  min_early_exit: float | None = None,
+  thresholds: Sequence[float] | None = None,
+  fallback: str = "most_confident",
+  use_commitment: bool = True,
+) -> OperatingPoint:
+  """The threshold that meets one target on a split — pass the *validation* split's exit outputs.
+
+  Exactly one target:
+    max_flops: a compute budget (mean FLOPs per sample): the most accurate threshold within it;
+    min_accuracy: an accuracy in [0, 1]: the cheapest threshold that reaches it;
+    min_early_exit: a share in [0, 1] of samples that must leave before the last exit: the most
+      accurate threshold that lets that many leave.
+  Ties go to the cheaper, then the lower threshold. Raises ValueError, naming what is reachable, when
+  no threshold of the sweep (`default_thresholds()` unless given) meets the target.
+  """
+  given = dict(max_flops=max_flops, min_accuracy=min_accuracy, min_early_exit=min_early_exit)
+  chosen = [k for k, v in given.items() if v is not None]
+  if len(chosen) != 1:
+    raise ValueError(f"give exactly one target of max_flops, min_accuracy, min_early_exit (got {chosen or 'none'})")
+  (name,) = chosen
+  target = float(given[name])
+  if name == "max_flops" and not target > 0:
+    raise ValueError(f"max_flops must be a positive FLOP count per sample, got {target}")
+  if name != "max_flops" and not 0.0 <= target <= 1.0:
+    raise ValueError(f"{name} is a fraction in [0, 1] (e.g. 0.885 for 88.5 %), got {target}")
+  if thresholds is None:
+    thresholds = default_thresholds()
+  sweep = sweep_thresholds(probs, commit_logits, labels, cascade_costs, thresholds, fallback, use_commitment)
+  early = np.asarray(
+    _early_exit_fractions(probs, commit_logits, jnp.asarray(sweep.thresholds, jnp.float32), use_commitment)
+  )
+  cost, accuracy = sweep.inference_flops, sweep.accuracy
+  if name == "max_flops":
+    meets, what = cost <= target * (1 + 1e-9), f"a mean cost of at most {target / 1e6:.4g} MFLOPs"
+    reachable = f"the cheapest threshold costs {cost.min() / 1e6:.4g} MFLOPs"
+  elif name == "min_accuracy":
+    meets, what = accuracy >= target - 1e-12, f"an accuracy of {target:.4f}"
+    reachable = f"the best threshold reaches {accuracy.max():.4f}"
+  else:
+    meets, what = early >= target - 1e-12, f"{target:.1%} of the samples leaving before the last exit"
+    reachable = f"at most {early.max():.1%} leave early"
+  candidates = np.flatnonzero(meets)
+  if not len(candidates):
+    raise ValueError(f"no threshold reaches {what} on this split: {reachable}; choose a target within reach")
+  c = candidates
+  if name == "min_accuracy":  # cheapest, then most accurate, then lowest threshold
+    order = np.lexsort((sweep.thresholds[c], -accuracy[c], cost[c]))
+  else:  # most accurate, then cheapest, then lowest threshold
+    order = np.lexsort((sweep.thresholds[c], cost[c], -accuracy[c]))
+  i = c[order[0]]
+  return OperatingPoint(float(sweep.thresholds[i]), float(accuracy[i]), float(cost[i]), float(early[i]))

@@ -21,6 +21,7 @@ from quicknets_jax.core import config as config_lib
 from quicknets_jax.core.config import option
 from quicknets_jax.data.cifar import LABEL_NAMES as _CIFAR10_NAMES
 from quicknets_jax.data.cifar import load_cifar_tar
+from quicknets_jax.data.download import REMOTE, cached, fetch
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import find_idx_files, load_idx_dir
 from quicknets_jax.data.tfds_source import RESIZED_SPLITS, default_tfds_dir, load_tfds, load_tfds_resized
@@ -100,6 +101,19 @@ class Dataset:
     """Shape of one image, (H, W, C)."""
     return tuple(self.train_images.shape[1:])
 
+  def card(self) -> dict:
+    """What a trained model needs of its dataset to read new images (JSON-ready): name, image shape,
+    class names and the per-channel normalisation, `(pixels / 255 − mean) / std`."""
+    as_list = lambda a: None if a is None else [float(v) for v in np.asarray(a).reshape(-1)]
+    return dict(
+      name=self.name,
+      image_shape=list(self.image_shape),
+      num_classes=int(self.num_classes),
+      class_names=list(self.class_names),
+      mean=as_list(self.mean),
+      std=as_list(self.std),
+    )
+
   def summary(self) -> str:
     """One line: name, source, split sizes, image shape and class count."""
     src = f" from {self.source}" if self.source else ""
@@ -131,6 +145,8 @@ def _load(
   image_size: int | None = None,
   max_train: int | None = None,
   max_test: int | None = None,
+  download: bool = False,
+  cache_dir: str | None = None,
 ) -> tuple[Arrays, str]:
   """load_arrays plus a short description of where the data came from.
 
@@ -187,15 +203,21 @@ def _load(
       local_missing = f" (missing {', '.join(missing)})"
     elif name == "cifar10" and os.path.exists(local):
       return _local_source(name, local)
+  if name in REMOTE and cached(name, cache_dir):  # downloaded by an earlier run
+    return _local_source(name, cached(name, cache_dir))
   try:
     return load_tfds(name, TFDS_DATA_DIR), f"tfds:{default_tfds_dir(TFDS_DATA_DIR)}"
   except DataError:
     pass
+  if download and name in REMOTE:
+    return _local_source(name, fetch(name, cache_dir))
   tfds_dir = default_tfds_dir(TFDS_DATA_DIR)
   tfds_way = (
     "or --data_source=tfds on a networked machine (needs `pip install tensorflow-cpu` "
     f"to prepare; nothing prepared in {tfds_dir})"
   )
+  if name in REMOTE and not download:
+    tfds_way += ", or allow the download (--download)"
   if name == "fashion_mnist" and local is not None:
     raise DataError(
       f"no {pretty} found at {local}{local_missing}: `apt-get install dataset-fashion-mnist`, or "
@@ -207,7 +229,14 @@ def _load(
   raise DataError(f"no {pretty} found{where}: pass --data_dir=DIR with the four IDX files, {tfds_way}")
 
 
-def load_arrays(name: str, data_source: str = "auto", data_dir=None, image_size: int | None = None) -> Arrays:
+def load_arrays(
+  name: str,
+  data_source: str = "auto",
+  data_dir=None,
+  image_size: int | None = None,
+  download: bool = False,
+  cache_dir: str | None = None,
+) -> Arrays:
   """Loads raw (train_images, train_labels, test_images, test_labels) as uint8 numpy arrays.
 
   data_source: "idx" (an MNIST-style directory; default: DEFAULT_LOCAL_DIRS), "cifar_tar" (the
@@ -216,8 +245,11 @@ def load_arrays(name: str, data_source: str = "auto", data_dir=None, image_size:
   DEFAULT_LOCAL_DIRS copy if its files are there, else a prepared TFDS copy in TFDS_DATA_DIR.
   imagenet2012 comes from TFDS only (`data_dir` is then the TFDS data dir), resized to
   `image_size` (default 224). Grayscale images are [N, H, W], colour [N, H, W, 3].
+  With `download`, `auto` finally downloads mnist, fashion_mnist or cifar10 from their published URLs
+  into `cache_dir` (default `download.default_cache_dir()`), where later calls find them
+  (`data.download`: checksums, atomic writes, retries).
   """
-  return _load(name, data_source, data_dir, image_size)[0]
+  return _load(name, data_source, data_dir, image_size, download=download, cache_dir=cache_dir)[0]
 
 
 def validate_arrays(train_images, train_labels, test_images, test_labels, num_classes: int) -> None:
@@ -321,8 +353,10 @@ def load_dataset(
   max_train: int | None = None,
   max_test: int | None = None,
   image_size: int | None = None,
+  download: bool = False,
+  cache_dir: str | None = None,
 ) -> Dataset:
-  """Loads, checks, splits and normalises a dataset (see load_arrays for the sources).
+  """Loads, checks, splits and normalises a dataset (see load_arrays for the sources and `download`).
 
   max_train / max_test keep only the first N samples of the training split (before the
   validation split is carved off its end) / the test split; for smoke runs and tests, and for
@@ -333,7 +367,9 @@ def load_dataset(
   for flag, value in (("max_train", max_train), ("max_test", max_test)):
     if value is not None and (int(value) != value or value < 1):
       raise DataError(f"{flag}={value} must be a positive integer or None")
-  (train_x, train_y, test_x, test_y), source = _load(name, data_source, data_dir, image_size, max_train, max_test)
+  (train_x, train_y, test_x, test_y), source = _load(
+    name, data_source, data_dir, image_size, max_train, max_test, download, cache_dir
+  )
   num_classes = len(CLASS_NAMES[name])
   validate_arrays(train_x, train_y, test_x, test_y, num_classes)
   if max_train is not None:
@@ -379,6 +415,17 @@ class DataConfig:
   image_size: Optional[int] = option(
     None, "imagenet2012: side the images are resized (shorter side) and centre-cropped to (default 224).", lower=4
   )
+  download: bool = option(
+    True,
+    "With --data_source=auto and no local copy: download mnist, fashion_mnist or cifar10 (checked "
+    "against their published checksums) into --data_cache; --nodownload never downloads.",
+    resumable=True,
+  )
+  data_cache: Optional[str] = option(
+    None,
+    "Where downloaded datasets are kept (default $QUICKNETS_JAX_DATA or ~/.cache/quicknets_jax/datasets).",
+    resumable=True,
+  )
 
   def __post_init__(self):
     config_lib.validate(self)
@@ -393,6 +440,8 @@ class DataConfig:
       max_train=self.max_train,
       max_test=self.max_test,
       image_size=self.image_size,
+      download=self.download,
+      cache_dir=self.data_cache,
     )
 
   def image_shape(self) -> tuple:

@@ -6,6 +6,9 @@
 - `inference_cost_figure`: Fig. 4 — test accuracy against mean inference cost over exit thresholds,
   confidence only vs confidence + commitment.
 - `exits_per_class_figure`: which exit each class's test samples take at the operating threshold.
+- `deploy_while_training_figure`: Fig. 2's claim continuously — the deployable network's test accuracy
+  after every epoch of both methods against the training cost so far (`--deploy_curve` runs).
+- `commitment_curves_figure`: Fig. 4 of a commitment study (`runs.study`), mean ± std over seeds.
 
 Figures are built on `matplotlib.figure.Figure` directly (no pyplot), so nothing here touches the
 global backend or state of a user's session, and rendering works on machines without a display.
@@ -24,7 +27,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
-from quicknets_jax.core import costs
+from quicknets_jax.core import costs, curves
 from quicknets_jax.core.stats import mean_std_rows
 from quicknets_jax.data.datasets import PRETTY_NAMES
 
@@ -99,36 +102,29 @@ def _bar_labels(num_blocks: int) -> list:
 
 
 def accuracy_during_training(results: dict) -> dict:
-  """Points of Fig. 2's last panel, per seed: QuickNet after each block and end-to-end after each epoch.
+  """Points of Fig. 2's last panel, per seed (`core.curves`): the QuickNet after each block (and after
+  every block epoch where the run measured it, `--deploy_curve`) and end-to-end after each epoch.
 
-  Returns {"quicknet": [(flops [k], accuracy [k])...], "end_to_end": [...], "quicknet_kind": "test" or
-  "test (first and last block only)", "end_to_end_kind": "test" or "validation"}. Runs recorded before
-  the per-block evaluation existed give the two QuickNet points that are exact anyway (block 0 alone
-  answers with exit 0; the whole net is the reported accuracy), and the end-to-end validation accuracy.
+  Returns {"quicknet": [(flops [k], accuracy [k])...] after each block, "quicknet_epochs": [...] after
+  every epoch (empty without --deploy_curve), "end_to_end": [...], "quicknet_kind": "test" or "test
+  (first and last block only)", "end_to_end_kind": "test" or "validation"}.
   """
-  out = {"quicknet": [], "end_to_end": [], "quicknet_kind": "test", "end_to_end_kind": "test"}
+  out = {"quicknet": [], "quicknet_epochs": [], "end_to_end": [], "quicknet_kind": "test", "end_to_end_kind": "test"}
   for seed in _seeds(results, "quicknet"):
-    cumulative = np.cumsum(_block_flops(seed))
-    if "test_accuracy_after_block" in seed:
-      accuracy = np.asarray(seed["test_accuracy_after_block"], float)
-      out["quicknet"].append((cumulative[: len(accuracy)], accuracy))
-    else:
+    if "test_accuracy_after_block" not in seed:
       out["quicknet_kind"] = "test (first and last block only)"
-      out["quicknet"].append(
-        (cumulative[[0, -1]], np.asarray([seed["per_exit_test_accuracy"][0], seed["test_accuracy"]]))
-      )
+    out["quicknet"].append(curves.quicknet_after_blocks(seed))
+    every_epoch = curves.quicknet_every_epoch(seed)
+    if every_epoch is not None:
+      out["quicknet_epochs"].append(every_epoch)
   for seed in _seeds(results, "end_to_end"):
-    history = seed.get("history", [])
-    if not history:
+    points = curves.end_to_end_every_epoch(seed)
+    if points is None:
       continue
-    per_epoch = seed["training_flops"] / max(seed["epochs"], 1)  # every epoch costs the same
-    epochs = np.asarray([h["epoch"] for h in history], float)
-    if all("test_accuracy" in h for h in history):
-      accuracy = [h["test_accuracy"] for h in history]
-    else:
-      out["end_to_end_kind"] = "validation"
-      accuracy = [h["val_accuracy"] for h in history]
-    out["end_to_end"].append((epochs * per_epoch, np.asarray(accuracy, float)))
+    flops, accuracy, kind = points
+    if kind != "test":
+      out["end_to_end_kind"] = kind
+    out["end_to_end"].append((flops, accuracy))
   return out
 
 
@@ -237,13 +233,17 @@ def training_figure(results: dict) -> Figure:
       label=label,
       ls="-" if points["end_to_end_kind"] == "test" else "--",
     )
+  for i, (xs, ys) in enumerate(points["quicknet_epochs"]):
+    label = "QuickNet, deployable after every epoch" if i == 0 else None
+    ax_acc.plot(xs / scale, 100 * ys, "-", color=colors[-1], lw=1.0, alpha=0.7, label=label)
   for i, (xs, ys) in enumerate(points["quicknet"]):
     label = None
     if i == 0:
       label = (
         "QuickNet, after each block" if points["quicknet_kind"] == "test" else "QuickNet, after first and last block"
       )
-    ax_acc.plot(xs / scale, 100 * ys, "-", color=colors[-1], lw=1.5, marker="o", ms=5, label=label)
+    line = "none" if points["quicknet_epochs"] else "-"  # the epoch line already joins the blocks
+    ax_acc.plot(xs / scale, 100 * ys, ls=line, color=colors[-1], lw=1.5, marker="o", ms=5, label=label)
   ax_acc.set_xlim(left=0)
   low, high = ax_acc.get_ylim()
   ax_acc.set_ylim(low - 0.45 * (high - low), high)  # room for the legend below the lines
@@ -420,6 +420,78 @@ def exits_per_class_figure(results: dict, class_names: Sequence[str]) -> Optiona
     f"Which exit each class takes (t = {results.get('exit_threshold', float('nan')):.2f}; {_title(results)})"
   )
   fig.legend(loc="outside lower center", ncol=used, frameon=False)
+  return fig
+
+
+@_with_style
+def deploy_while_training_figure(results: dict, fractions: Sequence[float] = (0.95, 0.99)) -> Figure:
+  """Fig. 2, continuous: test accuracy of what one could deploy against the training FLOPs spent so far,
+  after every epoch of both methods (the QuickNet: the cascade of its frozen blocks plus the block in
+  training; dots where a block is frozen), with `fractions` of the end-to-end final accuracy marked."""
+  points = accuracy_during_training(results)
+  e_seeds = _seeds(results, "end_to_end")
+  fig = _new_figure(8, 5.2)
+  ax = fig.subplots()
+  all_x = [v for xs, _ in points["quicknet_epochs"] + points["quicknet"] + points["end_to_end"] for v in xs]
+  scale, unit = flops_unit(max(all_x) if all_x else 1.0)
+  color = block_colors(3)[-1]
+  epoch_lines = points["quicknet_epochs"] or points["quicknet"]
+  for i, (xs, ys) in enumerate(epoch_lines):
+    label = "QuickNet, after every block epoch" if points["quicknet_epochs"] else "QuickNet, after each block"
+    ax.plot(xs / scale, 100 * ys, "-", color=color, lw=1.2, alpha=0.8, label=label if i == 0 else None)
+  for i, (xs, ys) in enumerate(points["quicknet"]):
+    ax.plot(xs / scale, 100 * ys, "o", color=color, ms=4, label="QuickNet, block frozen" if i == 0 else None)
+  for i, (xs, ys) in enumerate(points["end_to_end"]):
+    label = "end-to-end, after every epoch" if i == 0 else None
+    ax.plot(xs / scale, 100 * ys, "-", color=E2E_COLOR, lw=1.2, marker=".", ms=3, alpha=0.8, label=label)
+  ys_all = [100 * v for _, ys in epoch_lines + points["end_to_end"] for v in ys]
+  if e_seeds:
+    final = float(np.mean([s["test_accuracy"] for s in e_seeds]))
+    for fraction in fractions:
+      ax.axhline(100 * fraction * final, color="dimgray", lw=0.8, ls=":")
+      ax.text(
+        ax.get_xlim()[1],
+        100 * fraction * final,
+        f" {100 * fraction:g} % of end-to-end",
+        va="center",
+        fontsize=8,
+        color="dimgray",
+      )
+    ys_all.append(100 * min(fractions) * final)
+  if ys_all:  # the first epochs of block 0 sit far below; show the range the claim is about
+    high = max(ys_all)
+    low = max(min(ys_all), high - 25.0)
+    ax.set_ylim(low - 0.5, high + 0.5)
+  ax.set_xlim(left=0)
+  ax.set_xlabel(f"training cost spent so far ({unit})")
+  ax.set_ylabel("test accuracy of the deployable network (%)")
+  ax.set_title(f"Deploy while training ({_title(results)}; one line per seed)")
+  ax.legend(loc="lower right")
+  return fig
+
+
+@_with_style
+def commitment_curves_figure(study: dict, method: str = "joint") -> Figure:
+  """Fig. 4 of a commitment study (`runs.study`): test accuracy against inference cost (fraction of the
+  full network's) over exit thresholds, confidence only vs confidence + commitment, mean ± std over seeds."""
+  fig = _new_figure(8, 5.2)
+  ax = fig.subplots()
+  styles = {"confidence": ("tab:gray", "s", "--"), "commitment": ("tab:blue", "o", "-")}
+  titles = {"confidence": "confidence only", "commitment": "confidence + commitment"}
+  for name, (color, marker, ls) in styles.items():
+    curve = study[method]["curves"][name]
+    xs = 100 * np.asarray([p["cost_fraction"] for p in curve])
+    ys = 100 * np.asarray([p["accuracy"] for p in curve])
+    sd = 100 * np.asarray([p.get("accuracy_std", 0.0) for p in curve])
+    ax.plot(xs, ys, ls=ls, marker=marker, ms=3, color=color, label=titles[name])
+    ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15, lw=0)
+  for budget in study[method]["budgets"]:
+    ax.axvline(100 * budget, color="dimgray", lw=0.6, ls=":")
+  ax.set_xlabel("mean inference cost (% of the full network's)")
+  ax.set_ylabel("test accuracy (%)")
+  name = PRETTY_NAMES.get(study.get("dataset", ""), study.get("dataset", ""))
+  ax.set_title(f"Commitment heads on a jointly trained multi-exit {study.get('model', '')} ({name})")
+  ax.legend(loc="lower right")
   return fig
 
 

@@ -331,3 +331,124 @@ def table1_markdown(rows: list) -> str:
     "std over the seeds; the exit threshold is chosen per seed on the validation split.",
   ]
   return "\n".join(lines) + "\n"
+
+
+def _mean_or_dash(stat, fmt: str = "{:.2f}") -> str:
+  return "—" if stat is None else fmt.format(stat["mean"])
+
+
+def _flops_stat(stat) -> str:
+  return "never" if stat is None else f"{stat['mean'] / 1e12:.2f} ± {stat['std'] / 1e12:.2f}"
+
+
+def conv_dataset_markdown(row: dict) -> str:
+  """One dataset of the conv study (`runs.conv_study.dataset_row`): QuickNet | end-to-end | ratio."""
+  speeds = row["inference_speed"]
+  cascade_rate = sum(s["cascade_samples_per_second"] for s in speeds) / len(speeds)
+  e2e_rate = sum(s["end_to_end_samples_per_second"] for s in speeds) / len(speeds)
+  lines = [
+    "| | QuickNet | End-to-end | End-to-end / QuickNet (or QuickNet − end-to-end) |",
+    "|---|---|---|---|",
+    f"| Test accuracy (%) | {_pct(row['quicknet_accuracy'])} ± {_pct(row['quicknet_accuracy_std'])} | "
+    f"{_pct(row['end_to_end_accuracy'])} ± {_pct(row['end_to_end_accuracy_std'])} | "
+    f"{_fmt_signed(row['accuracy_delta_paired'])} points (paired) |",
+    f"| Parameters | {row['quicknet_params']:,.0f} | {row['end_to_end_params']:,.0f} | "
+    f"{row['end_to_end_params'] / row['quicknet_params']:.2f} |",
+    f"| Inference MFLOPs per sample (t = {row['exit_threshold']:.2f}, chosen on validation) | "
+    f"{row['quicknet_inference_flops'] / 1e6:.3f} | {row['end_to_end_inference_flops'] / 1e6:.3f} | "
+    f"{row['inference_flops_ratio']:.2f} |",
+    f"| Inference wall-clock, samples/s (the cascade on the clock) | {cascade_rate:,.0f} | {e2e_rate:,.0f} | "
+    f"{_fmt(row['inference_speedup'], 1.0)} |",
+    f"| Training TFLOPs | {row['quicknet_training_flops'] / 1e12:.2f} | {row['end_to_end_training_flops'] / 1e12:.2f} | "
+    f"{row['training_flops_ratio']:.2f} |",
+    f"| Training wall-clock (s) | {row['quicknet_train_seconds']:.0f} | {row['end_to_end_train_seconds']:.0f} | "
+    f"{row['train_seconds_ratio']:.2f} (paired {_fmt(row['train_seconds_ratio_paired'], 1.0)}) |",
+  ]
+  for fraction, reach in row["reach"].items():
+    missing = {m: len(s) for m, s in reach["not_reached"].items() if s}
+    note = f" (not reached by {missing})" if missing else ""
+    lines.append(
+      f"| Training TFLOPs to first reach {100 * float(fraction):g} % of the end-to-end accuracy | "
+      f"{_flops_stat(reach['quicknet'])} | {_flops_stat(reach['end_to_end'])} | {_fmt(reach['ratio'], 1.0)}{note} |"
+    )
+  lines += [
+    f"| Training samples per block | {', '.join(f'{x:,.0f}' for x in row['train_samples_per_block'])} | "
+    f"{row['train_samples_per_block'][0]:,.0f} | |",
+    f"| Epochs per block | {', '.join(f'{x:.1f}' for x in row['epochs_per_block'])} | {row['end_to_end_epochs']:.1f} | |",
+    f"| Learned (removed) per block | {', '.join(f'{x:,.0f}' for x in row['learned_per_block'])} | | |",
+    f"| Test samples leaving at each exit (%) | {', '.join(f'{100 * x:.1f}' for x in row['exit_fractions'])} | | |",
+  ]
+  if row["inference_mismatches"]:
+    lines.append(f"\n{row['inference_mismatches']} cascade answers differ from the vectorized evaluator's.")
+  return "\n".join(lines) + "\n"
+
+
+def conv_study_markdown(summary: dict) -> str:
+  """The conv study's report (`runs.conv_study`): a table per dataset, QuickNet+ variants, the
+  commitment question and the verdict against the paper."""
+  out = []
+  for row in summary["rows"]:
+    seeds = len(row["seeds"])
+    out += [
+      f"### {PRETTY_NAMES.get(row['dataset'], row['dataset'])} ({seeds} paired seeds)",
+      "",
+      conv_dataset_markdown(row),
+    ]
+  plus = summary.get("plus")
+  if plus:
+    out += [
+      f"### QuickNet+ on {PRETTY_NAMES.get(plus['dataset'], plus['dataset'])} (against the same end-to-end runs)",
+      "",
+      "| Variant | Flags | Test acc. (%) | Δ vs end-to-end (points, paired) | Val. acc. (%) | Training FLOPs ratio "
+      "| Wall-clock ratio | Inference FLOPs ratio | Epochs per block |",
+      "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in plus["rows"]:
+      flags = " ".join(f"--{k}={v}" for k, v in plus["variants"][r["variant"]].items()) or "—"
+      chosen = " (chosen)" if r["variant"] == plus["chosen"] else ""
+      out.append(
+        f"| {r['variant']}{chosen} | {flags} | {_pct(r['test_accuracy'])} ± {_pct(r['test_accuracy_std'])} | "
+        f"{_fmt_signed(r['accuracy_delta_paired'])} | {_pct(r['val_accuracy'])} | {r['training_flops_ratio']:.2f} | "
+        f"{r['train_seconds_ratio']:.2f} | {r['inference_flops_ratio']:.2f} | "
+        f"{', '.join(f'{x:.1f}' for x in r['epochs_per_block'])} |"
+      )
+    out += [
+      "",
+      f"Chosen on validation only: the cheapest to train of the variants whose validation accuracy is at least "
+      f"the end-to-end network's ({_pct(plus['end_to_end_val_accuracy'])} %), else the most accurate.",
+      "",
+    ]
+  commitment = summary.get("commitment")
+  if commitment:
+    diffs = commitment["differences"]["commitment_minus_confidence"]["matched_budget_accuracy"]
+    reads = commitment["matched_budget_accuracy"]
+    out += [
+      f"### The commitment question: jointly trained multi-exit conv net ({len(commitment['seeds'])} seeds)",
+      "",
+      "| Budget (of the full cost) | Confidence only (%) | Confidence + commitment (%) | Paired difference (points) |",
+      "|---|---|---|---|",
+    ]
+    for i, budget in enumerate(commitment["budgets"]):
+      out.append(
+        f"| {100 * budget:.0f} % | {_fmt(reads['confidence'][i])} | {_fmt(reads['commitment'][i])} | "
+        f"{_fmt_signed(diffs[i])} |"
+      )
+    out.append("")
+  out += [
+    "### Verdict against the paper (VGG-11 / CIFAR-10)",
+    "",
+    "| Claim | Paper | Measured here | Holds |",
+    "|---|---|---|---|",
+  ]
+  for v in summary["verdict"]:
+    measured = "; ".join(f"{PRETTY_NAMES.get(k, k)}: {_verdict_value(x)}" for k, x in v["measured"].items())
+    out.append(f"| {v['claim']} | {v['paper']} | {measured} | {v['holds']} |")
+  return "\n".join(out) + "\n"
+
+
+def _verdict_value(x) -> str:
+  if x is None:
+    return "—"
+  if isinstance(x, (list, tuple)):
+    return " / ".join(_verdict_value(v) for v in x)
+  return f"{x:+.2f}" if x < 0 else f"{x:.2f}"

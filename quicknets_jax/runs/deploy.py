@@ -8,10 +8,13 @@ finished QuickNet (`runs.experiment.evaluate_quicknet`). The point is written in
 (`cascade_test_accuracy`, `cascade_threshold`, `training_flops_so_far`: its history entry and its
 metrics line); the frozen blocks' outputs are computed once and kept, so an epoch costs one forward
 pass of block j over the validation and test splits. None of this is counted as training cost: it is
-measurement.
+measurement (its FLOPs are not counted, and its seconds, `DeployCurve.seconds`, come off the run's
+`train_seconds`).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -49,15 +52,27 @@ class DeployCurve(Events):
     self.features = dict(val=np.asarray(val_images), test=np.asarray(test_images))  # entering the next block
     self.outputs = dict(val=[], test=[])  # (probs, commit logits) of each frozen block
     self.exit_threshold, self.tolerance, self.fallback = exit_threshold, threshold_tolerance, fallback
+    self.seconds = 0.0  # spent measuring inside the training's clock (in this process)
 
   def block_frozen(self, event: BlockFrozen) -> None:
+    start = time.perf_counter()
+    self._block_frozen(event)
+    if not event.restored:  # a replayed block is not inside any training's clock
+      self.seconds += time.perf_counter() - start
+
+  def epoch_done(self, event: EpochDone) -> None:
+    start = time.perf_counter()
+    self._epoch_done(event)
+    self.seconds += time.perf_counter() - start
+
+  def _block_frozen(self, event: BlockFrozen) -> None:
     block = self.model.blocks[event.record.block]
     for split in ("val", "test"):
       h, probs, commits = forward.block_outputs(block, event.variables, self.features[split], self.batch_size)
       self.features[split] = h
       self.outputs[split].append((probs, commits))
 
-  def epoch_done(self, event: EpochDone) -> None:
+  def _epoch_done(self, event: EpochDone) -> None:
     if event.phase != "block":
       return
     j = event.block

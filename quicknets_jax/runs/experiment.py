@@ -31,7 +31,7 @@ from quicknets_jax.runs import metrics as metrics_lib
 from quicknets_jax.runs.aggregate import aggregate, ratios
 from quicknets_jax.runs.config import ExperimentConfig
 from quicknets_jax.runs.deploy import DeployCurve
-from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description
+from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description, write_json
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
 
 Log = Callable[[str], None]
@@ -181,7 +181,8 @@ def run_quicknet_seed(
     seed=seed,
     params=param_count([v["params"] for v in run.variables]),
     training_flops=run.training_flops,
-    train_seconds=run.train_seconds,
+    # the deploy curve measures inside the training's clock; its seconds are not training
+    train_seconds=run.train_seconds - (deploy.seconds if deploy is not None else 0.0),
     trained_blocks=run.num_trained_blocks,
     train_samples_per_block=[r.train_samples for r in records],
     learned_per_block=[r.learned for r in records],
@@ -276,6 +277,8 @@ def train_and_evaluate(
   if dataset is None:
     dataset = config.data.load()
   log(f"data: {dataset.summary()}")
+  # what `runs.trained` needs to read new images with this run's blocks, even while it still trains
+  write_json(os.path.join(workdir, "data.json"), dataset.card(), indent=1)
   check_batch_size(config.fit.batch_size, len(dataset.train_labels))
   model = config.model.build(dataset.train_images.shape[1:], dataset.num_classes)
   quicknet_seeds, e2e_seeds = [], []

@@ -1,0 +1,155 @@
+"""Use what was trained: new images through a workdir's cascade, and its threshold for a target.
+
+`operating_threshold` picks the exit threshold (the run's own, one given, or the one that meets a
+compute, accuracy or early-exit target on the run's validation split, with what to expect on its test
+split); `predict` runs the real early-exit cascade (`algorithms.cascade`) on new images in chunks with a
+progress line; `prediction_rows` / `write_predictions` turn its answers into JSON lines or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable
+from typing import Optional
+
+import numpy as np
+
+from quicknets_jax.algorithms.cascade import CascadeResult, cascade_flops, cascade_predict
+from quicknets_jax.core import exits
+from quicknets_jax.core.progress import Progress
+from quicknets_jax.runs.trained import TrainedQuickNet
+
+FORMATS = ("jsonl", "csv")
+COLUMNS = ("image", "class", "class_name", "exit", "confidence", "commitment_logit", "qualified")
+
+
+def operating_threshold(
+  trained: TrainedQuickNet,
+  threshold: Optional[float] = None,
+  target_mflops: Optional[float] = None,
+  target_accuracy: Optional[float] = None,
+  target_exit_fraction: Optional[float] = None,
+  log: Callable[[str], None] = print,
+) -> tuple[float, dict]:
+  """(the exit threshold to use, what is known of it).
+
+  At most one of: `threshold` (used as given); a target — `target_mflops` (mean MFLOPs per image),
+  `target_accuracy` (a fraction) or `target_exit_fraction` (share leaving before the last exit) —
+  met on the run's validation split (`exits.threshold_for_target`), then measured on its test split
+  and logged; none: the run's own operating threshold (chosen on validation when not recorded).
+  """
+  targets = dict(
+    max_flops=None if target_mflops is None else target_mflops * 1e6,
+    min_accuracy=target_accuracy,
+    min_early_exit=target_exit_fraction,
+  )
+  given = [k for k, v in targets.items() if v is not None]
+  if len(given) + (threshold is not None) > 1:
+    raise ValueError("give at most one of a threshold, target_mflops, target_accuracy, target_exit_fraction")
+  if threshold is not None:
+    return exits.check_threshold(threshold), dict(source="given")
+  if not given:
+    dataset = None if trained.run_threshold is not None else trained.load_dataset()
+    source = "the run's" if dataset is None else "chosen on validation"
+    return trained.threshold(dataset), dict(source=source)
+  dataset = trained.load_dataset()
+  rule, costs = trained.config.exit_rule, trained.cascade_costs()
+  val_probs, val_commits = trained.exit_outputs(dataset.val_images)
+  chosen = exits.threshold_for_target(
+    val_probs, val_commits, dataset.val_labels, costs, fallback=rule.fallback, **targets
+  )
+  test_probs, test_commits = trained.exit_outputs(dataset.test_images)
+  accuracy, flops, _ = exits.evaluate_rule(
+    test_probs, test_commits, dataset.test_labels, chosen.threshold, costs, rule.fallback
+  )
+  info = dict(
+    source="target",
+    validation=chosen._asdict(),
+    expected_test=dict(accuracy=float(accuracy), inference_flops=float(flops)),
+    end_to_end_flops=float(trained.model.end_to_end_cost()),
+  )
+  log(
+    f"threshold {chosen.threshold:.4g} (chosen on {len(dataset.val_labels)} validation images: accuracy "
+    f"{chosen.accuracy:.4f}, {chosen.inference_flops / 1e6:.4g} MFLOPs/image, {chosen.early_exit_fraction:.1%} "
+    f"leave before the last exit) — expected on the {len(dataset.test_labels)} test images: accuracy "
+    f"{float(accuracy):.4f} at {float(flops) / 1e6:.4g} MFLOPs/image (end-to-end network "
+    f"{trained.model.end_to_end_cost() / 1e6:.4g})"
+  )
+  return chosen.threshold, info
+
+
+def predict(
+  trained: TrainedQuickNet,
+  pixels: np.ndarray,
+  threshold: float,
+  batch_size: int = 1024,
+  chunk: int = 16384,
+  progress: Optional[bool] = None,
+) -> CascadeResult:
+  """The cascade's answers for uint8 `pixels` [N, H, W, C] (normalised here, `chunk` images at a time,
+  with a progress line on a terminal; `progress=True` forces it)."""
+  rule = trained.config.exit_rule
+  parts = []
+  with Progress(len(pixels), "predict", unit="images", enabled=progress) as bar:
+    for start in range(0, len(pixels), chunk):
+      images = trained.normalise(pixels[start : start + chunk])
+      parts.append(
+        cascade_predict(trained.model, trained.variables, images, threshold, rule.fallback, batch_size=batch_size)
+      )
+      bar.update(len(images))
+  if not parts:
+    empty = np.zeros(0, np.int32)
+    return CascadeResult(empty, empty, empty.astype(bool), empty, empty.astype(np.float32), empty.astype(np.float32))
+  return CascadeResult(*(np.concatenate(column) for column in zip(*parts)))
+
+
+def prediction_rows(result: CascadeResult, names, class_names) -> list[dict]:
+  """One dict per image (`COLUMNS`): its name, class, class name, the exit that answered, that exit's
+  confidence and commitment logit, and whether the rule fired there (False: the fallback answered)."""
+  return [
+    dict(
+      image=name,
+      **{"class": int(c)},
+      class_name=class_names[int(c)],
+      exit=int(e),
+      confidence=round(float(conf), 6),
+      commitment_logit=round(float(commit), 6),
+      qualified=bool(q),
+    )
+    for name, c, e, conf, commit, q in zip(
+      names, result.prediction, result.exit_index, result.confidence, result.commit_logit, result.qualified
+    )
+  ]
+
+
+def write_predictions(rows: list, out: str = "-", fmt: str = "jsonl") -> None:
+  """Writes `rows` as JSON lines or CSV to the file `out` ("-": standard output)."""
+  if fmt not in FORMATS:
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+  stream = sys.stdout if out == "-" else open(out, "w", newline="")
+  try:
+    if fmt == "csv":
+      writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+      writer.writeheader()
+      writer.writerows(rows)
+    else:
+      for row in rows:
+        stream.write(json.dumps(row) + "\n")
+  finally:
+    if stream is not sys.stdout:
+      stream.close()
+
+
+def summary(result: CascadeResult, trained: TrainedQuickNet) -> str:
+  """One line: images, the share leaving at each exit and the mean FLOPs per image spent."""
+  n = len(result.prediction)
+  if not n:
+    return "0 images"
+  shares = np.bincount(result.exit_index, minlength=trained.num_blocks) / n
+  flops = float(np.mean(cascade_flops(result, trained.model)))
+  return (
+    f"{n} images; leaving at exits 0..{trained.num_blocks - 1}: {', '.join(f'{s:.1%}' for s in shares)}; "
+    f"{flops / 1e6:.4g} MFLOPs/image (end-to-end network {trained.model.end_to_end_cost() / 1e6:.4g})"
+  )
