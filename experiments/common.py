@@ -8,7 +8,7 @@ import jax
 from absl import flags, logging
 
 from experiments.flags import config_from_flags as _from_flags
-from experiments.flags import define_config_flags, fail
+from experiments.flags import define_config_flags, fail, run_interruptibly
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.datasets import CLASS_NAMES
 from quicknets_jax.data.errors import DataError
@@ -54,9 +54,13 @@ def run(argv) -> None:
   if FLAGS.distributed:
     parallel.initialize_distributed()
   mesh = parallel.make_mesh() if FLAGS.data_parallel and jax.device_count() > 1 else None
-  try:
+
+  def train(log):
     with parallel.data_parallel(mesh):
-      train_and_evaluate(config, FLAGS.workdir, log=stderr_log, overwrite=FLAGS.overwrite)
+      train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)
+
+  try:
+    run_interruptibly(train, stderr_log)
   except (DataError, ValueError) as e:
     fail(str(e))
   with open(f"{FLAGS.workdir}/results.md") as f:

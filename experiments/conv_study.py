@@ -17,7 +17,7 @@ import os
 from absl import app, flags, logging
 
 from experiments.conv_configs import CONFIGS, commitment_config, experiment_config
-from experiments.flags import check_known, fail, seeds_from_flag
+from experiments.flags import check_known, fail, run_interruptibly, seeds_from_flag
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.runs.conv_study import VARIANTS, render_figures, run_conv_study
@@ -51,8 +51,11 @@ def main(argv) -> None:
   variants = VARIANTS if "plus" in FLAGS.parts and "fashion_mnist" in experiments else None
   commitment = commitment_config(seeds, FLAGS.configs_dir) if "commitment" in FLAGS.parts else None
   try:
-    summary = run_conv_study(
-      FLAGS.workdir, experiments, variants, commitment, log=stderr_log, speed_repeats=FLAGS.speed_repeats
+    summary = run_interruptibly(
+      lambda log: run_conv_study(
+        FLAGS.workdir, experiments, variants, commitment, log=log, speed_repeats=FLAGS.speed_repeats
+      ),
+      stderr_log,
     )
   except (DataError, ValueError) as e:
     fail(str(e))

@@ -9,8 +9,11 @@ what is not a hyperparameter (`--workdir`, `--overwrite`, where to run).
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 import typing
+from collections.abc import Callable
 from typing import Any, Optional
 
 from absl import flags
@@ -186,3 +189,48 @@ def trained_run_from_flags(log):
     trained, FLAGS.threshold, FLAGS.target_mflops, FLAGS.target_accuracy, FLAGS.target_exit_fraction, log=log
   )
   return trained, threshold
+
+
+class Preempted(BaseException):
+  """SIGTERM arrived (Cloud TPU's preemption notice, or `kill`); like KeyboardInterrupt, not an
+  `Exception`, so no `except Exception` on the way up mistakes it for a failure."""
+
+
+def resume_command() -> str:
+  """The command line that started this process, as `python -m MODULE ARGS` (rerunning it resumes)."""
+  main = sys.modules.get("__main__")
+  module = getattr(getattr(main, "__spec__", None), "name", None)
+  start = ["python", "-m", module] if module else ["python", sys.argv[0]]
+  return " ".join(shlex.quote(a) for a in start + sys.argv[1:])
+
+
+def run_interruptibly(fn: Callable[[Callable[[str], None]], Any], log: Callable[[str], None]) -> Any:
+  """Runs `fn(log)` so that Ctrl-C or SIGTERM ends it within a step with one line on stderr: what it was
+  doing (the last progress line) and the command that resumes it. Every finished epoch and frozen
+  block is already checkpointed, so nothing else needs saving. Exit status 130 (Ctrl-C) or 143 (SIGTERM);
+  a workdir that cannot be written is one line too."""
+  last = []
+
+  def tracking_log(message: str) -> None:
+    last[:] = [message]
+    log(message)
+
+  def on_sigterm(signum, frame):
+    raise Preempted()
+
+  previous = signal.signal(signal.SIGTERM, on_sigterm)
+  try:
+    return fn(tracking_log)
+  except (KeyboardInterrupt, Preempted) as e:
+    what = "SIGTERM" if isinstance(e, Preempted) else "Ctrl-C"
+    where = f" during: {last[0].strip()[:160]}" if last else ""
+    print(
+      f"interrupted by {what}{where}; finished epochs and blocks are checkpointed — resume with: {resume_command()}",
+      file=sys.stderr,
+      flush=True,
+    )
+    raise SystemExit(143 if isinstance(e, Preempted) else 130) from None
+  except OSError as e:  # an unwritable workdir, a file where a folder should be, a full disk
+    fail(f"cannot write {e.filename or 'the workdir'}: {e.strerror or e}; choose a writable --workdir")
+  finally:
+    signal.signal(signal.SIGTERM, previous)

@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags, logging
 
-from experiments.flags import check_known, fail, flagfile_settings, seeds_from_flag
+from experiments.flags import check_known, fail, flagfile_settings, run_interruptibly, seeds_from_flag
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.reporting.tables import table1_markdown, table1_row
 from quicknets_jax.runs.config import ExperimentConfig
@@ -67,9 +67,9 @@ def main(argv) -> None:
     stderr_log(f"== {name}")
     data_dir = FLAGS.mnist_dir if dataset == "mnist" else None
     try:
-      results = train_and_evaluate(
-        cell_config(dataset, network, schedule, seeds, data_dir), os.path.join(FLAGS.workdir, name), log=stderr_log
-      )
+      config = cell_config(dataset, network, schedule, seeds, data_dir)
+      workdir = os.path.join(FLAGS.workdir, name)
+      results = run_interruptibly(lambda log: train_and_evaluate(config, workdir, log=log), stderr_log)
     except ValueError as e:
       fail(str(e))
     rows.append(table1_row(results, network, schedule))

@@ -16,10 +16,13 @@ run killed mid-save resumes from the previous step. Unreadable checkpoints and f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
+import signal
+import threading
 from typing import Optional
 
 import jax
@@ -77,6 +80,25 @@ def _save_failed(what: str, directory: str, previous, e: BaseException) -> Check
   )
 
 
+@contextlib.contextmanager
+def deferred_interrupts(signals=(signal.SIGINT, signal.SIGTERM)):
+  """Ctrl-C or SIGTERM arriving while a checkpoint is written takes effect once it is on disk: an
+  interrupted run then stops with every finished epoch saved whole (and orbax's writer threads are
+  not cut off mid-write). Only in the main thread, where signal handlers live."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  pending = []
+  previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    for s in dict.fromkeys(pending):
+      signal.raise_signal(s)
+
+
 class BlockCheckpointer:
   """One orbax checkpoint per frozen block under `directory`; fits in progress under `in_progress/`."""
 
@@ -89,25 +111,28 @@ class BlockCheckpointer:
   def save(self, block: int, variables: dict, record: dict, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
     """Saves frozen block `block` with its record (a JSON-ready dict) and the working sets T_{j+1},
     V_{j+1}; waits until it is on disk."""
-    try:
-      saved = self._manager.save(
-        block,
-        args=ocp.args.Composite(
-          variables=ocp.args.StandardSave(jax.device_get(variables)),
-          remaining=ocp.args.StandardSave(
-            {
-              "train_idx": _nonempty(train_idx),
-              "val_idx": _nonempty(val_idx),
-              # orbax refuses zero-size arrays: store the lengths beside them
-              "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32),
-            }
+    with deferred_interrupts():
+      try:
+        saved = self._manager.save(
+          block,
+          args=ocp.args.Composite(
+            variables=ocp.args.StandardSave(jax.device_get(variables)),
+            remaining=ocp.args.StandardSave(
+              {
+                "train_idx": _nonempty(train_idx),
+                "val_idx": _nonempty(val_idx),
+                # orbax refuses zero-size arrays: store the lengths beside them
+                "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32),
+              }
+            ),
+            record=ocp.args.JsonSave(dict(record)),
           ),
-          record=ocp.args.JsonSave(dict(record)),
-        ),
-      )
-      self._manager.wait_until_finished()
-    except Exception as e:  # the in-progress checkpoints of this block stay, so a rerun redoes only this
-      raise _save_failed(f"frozen block {block}", self.directory, f"block {block - 1}" if block > 0 else None, e) from e
+        )
+        self._manager.wait_until_finished()
+      except Exception as e:  # the in-progress checkpoints of this block stay, so a rerun redoes only this
+        raise _save_failed(
+          f"frozen block {block}", self.directory, f"block {block - 1}" if block > 0 else None, e
+        ) from e
     if not saved:
       raise CheckpointError(
         f"block {block} was not saved: {self.directory} already holds a checkpoint "
@@ -199,15 +224,16 @@ class FitCheckpointer:
     trees = {k: jax.device_get(getattr(state, k)) for k in _FIT_TREES}
     scalars = {k: getattr(state, k) for k in _FIT_SCALARS}
     previous = self._manager.latest_step()
-    try:
-      saved = self._manager.save(
-        state.epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(trees), scalars=ocp.args.JsonSave(scalars))
-      )
-      self._manager.wait_until_finished()
-    except Exception as e:
-      raise _save_failed(
-        f"{self.name} after epoch {state.epoch}", self.directory, None if previous is None else f"epoch {previous}", e
-      ) from e
+    with deferred_interrupts():
+      try:
+        saved = self._manager.save(
+          state.epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(trees), scalars=ocp.args.JsonSave(scalars))
+        )
+        self._manager.wait_until_finished()
+      except Exception as e:
+        raise _save_failed(
+          f"{self.name} after epoch {state.epoch}", self.directory, None if previous is None else f"epoch {previous}", e
+        ) from e
     if not saved:
       raise CheckpointError(
         f"{self.name}: epoch {state.epoch} was not saved: {self.directory} already holds "

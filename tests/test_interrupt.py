@@ -1,0 +1,74 @@
+"""Ctrl-C and SIGTERM (a preemption notice) stop a run within seconds with one line saying where it
+stopped and the command that resumes it; that command finishes the run with the results of an
+uninterrupted one. An unwritable workdir is one line too."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scripts.compare_results import compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+SMOKE = "--flagfile=experiments/configs/fashion_mnist_smoke.flags"
+
+
+def _run(args, **kw):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  return subprocess.Popen(
+    [sys.executable, "-m", "experiments.fashion_mnist", *args], cwd=ROOT, env=env, text=True, **kw
+  )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("whole") / "run")
+  assert _run([SMOKE, f"--workdir={workdir}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait() == 0
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_results(
+  tmp_path, uninterrupted, sig, code, name
+):
+  workdir = str(tmp_path / "run")
+  log = tmp_path / "stderr.txt"
+  with open(log, "w") as err:
+    proc = _run([SMOKE, f"--workdir={workdir}"], stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 120
+    while "block epoch   1" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.05)
+    proc.send_signal(sig)
+    stopped = time.time()
+    assert proc.wait(timeout=30) == code
+  assert time.time() - stopped < 30
+  text = log.read_text()
+  last = text.strip().splitlines()[-1]
+  assert "Traceback" not in text and last.startswith(f"interrupted by {name} during: [seed 0 quicknet]"), text
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  command = last.split("resume with: ")[1]
+  argv = shlex.split(command)
+  assert argv[:3] == ["python", "-m", "experiments.fashion_mnist"] and f"--workdir={workdir}" in argv
+  resumed = subprocess.run(
+    [sys.executable, *argv[1:]], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True
+  )
+  assert resumed.returncode == 0, resumed.stderr
+  with open(os.path.join(workdir, "results.json")) as f:
+    differences, _ = compare(uninterrupted, json.load(f))
+  assert differences == [], differences
+
+
+def test_an_unwritable_workdir_is_one_line(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  done = _run([SMOKE, f"--workdir={tmp_path / 'a_file' / 'run'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  _, err = done.communicate(timeout=300)
+  assert done.returncode == 1 and "Traceback" not in err, err
+  assert err.strip().splitlines()[-1].startswith("error: cannot write") and "--workdir" in err
