@@ -30,7 +30,7 @@ from quicknets_jax.runs.experiment import train_and_evaluate
 from quicknets_jax.runs.inference import cascade_speedup
 from quicknets_jax.runs.study import run_study
 from quicknets_jax.runs.trained import frozen_blocks
-from quicknets_jax.runs.workdir import load_or_run, machine_description, read_json
+from quicknets_jax.runs.workdir import load_or_run, machine_description, read_json, write_results
 
 # The paper's VGG-11 / CIFAR-10 row (Table 1) and its figures' claims.
 PAPER = dict(training_flops_ratio=1.58, inference_flops_ratio=2.21, accuracy_delta=-1.34)
@@ -311,11 +311,7 @@ def run_conv_study(
     commitment=commitment_results,
     verdict=verdict(rows, plus, commitment_results),
   )
-  with open(os.path.join(workdir, "conv_study.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  with open(os.path.join(workdir, "conv_study.md"), "w") as f:
-    f.write(conv_study_markdown(summary))
-  log(f"wrote {os.path.join(workdir, 'conv_study.md')}")
+  write_results(workdir, "conv_study", summary, conv_study_markdown(summary), log)
   return summary
 
 

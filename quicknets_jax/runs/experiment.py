@@ -9,7 +9,6 @@ kept in WORKDIR/seed_<s>/ and not redone, so a stopped run picks up where it was
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from quicknets_jax.runs import metrics as metrics_lib
 from quicknets_jax.runs.aggregate import aggregate, ratios
 from quicknets_jax.runs.config import ExperimentConfig
 from quicknets_jax.runs.deploy import DeployCurve
-from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description, write_json
+from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description, write_json, write_results
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
 
 Log = Callable[[str], None]
@@ -327,9 +326,5 @@ def train_and_evaluate(
   if e2e_seeds:
     results["end_to_end"] = aggregate(e2e_seeds)
     results["ratios"] = ratios(results["quicknet"], results["end_to_end"])
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(results_markdown(results))
-  log(f"wrote {os.path.join(workdir, 'results.json')} and results.md")
+  write_results(workdir, "results", results, results_markdown(results), log)
   return results

@@ -37,7 +37,7 @@ from quicknets_jax.core.curves import BUDGETS
 from quicknets_jax.reporting.tables import study_markdown
 from quicknets_jax.runs.aggregate import average_curves
 from quicknets_jax.runs.config import StudyConfig
-from quicknets_jax.runs.workdir import guard_workdir, machine_description, write_json
+from quicknets_jax.runs.workdir import guard_workdir, machine_description, write_json, write_results
 
 RULES = {  # name: (fallback, use_commitment)
   "confidence": ("most_confident", False),
@@ -290,9 +290,5 @@ def run_study(config: StudyConfig, workdir: str, log: Log = print, overwrite: bo
       write_json(path, result)
       per_seed.append(result)
     results[method] = dict(aggregate_analyses(per_seed), per_seed=per_seed)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(study_markdown(results))
-  log(f"wrote {os.path.join(workdir, 'results.json')} and results.md")
+  write_results(workdir, "results", results, study_markdown(results), log)
   return results

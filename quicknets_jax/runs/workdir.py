@@ -37,6 +37,16 @@ def write_json(path: str, obj, indent=None) -> None:
   os.replace(tmp, path)
 
 
+def write_results(workdir: str, name: str, results: dict, markdown: str, log: Callable[[str], None]) -> None:
+  """WORKDIR/NAME.json (indented) and NAME.md, each written atomically, and one log line saying so."""
+  write_json(os.path.join(workdir, f"{name}.json"), results, indent=1)
+  tmp = os.path.join(workdir, f"{name}.md.tmp")
+  with open(tmp, "w") as f:
+    f.write(markdown)
+  os.replace(tmp, os.path.join(workdir, f"{name}.md"))
+  log(f"wrote {os.path.join(workdir, name + '.json')} and {name}.md")
+
+
 def load_or_run(path: str, fn: Callable[[], dict]) -> dict:
   """The JSON at `path` if a finished earlier run wrote it, else `fn()`, written there first."""
   if os.path.exists(path):
