@@ -13,6 +13,15 @@ import numpy as np
 
 from quicknets_jax import data
 from quicknets_jax.runs.workdir import machine_description
+from quicknets_jax.training.compilation import CompileMeter
+from quicknets_jax.training.trainer import (
+  bucket_size,
+  make_epoch_fn,
+  make_optimizer,
+  pad_rows,
+  steps_from_host,
+  uses_convolution,
+)
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -29,13 +38,49 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> fl
   return float(np.median(times))
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-  """Measured f32 FLOP/s of a size² × size² matmul on the default device (2·n³ FLOPs)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+def matmul_peak(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
+  """Measured FLOP/s of a size² × size² matmul in `dtype` on the default device (2·n³ FLOPs)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32).astype(dtype)
   fn = jax.jit(lambda x, y: x @ y)
   seconds = time_call(lambda: fn(a, b), repeats=repeats, warmup=2)
   return 2.0 * size**3 / seconds
+
+
+def epoch_runner(objective, params, state, inputs, labels, batch_size: int, steps: int) -> Callable[[], tuple]:
+  """A zero-argument function that runs `steps` training steps (one epoch) through the trainer's own epoch
+  function, on the path `fit` takes on this backend (`trainer.steps_from_host`), carrying params and
+  optimizer state from call to call. Call it in the convolution context of the trainer's loops
+  (`trainer.loop_convolutions()`), as `fit` does."""
+  convolves = uses_convolution(objective.loss_fn, params, state, inputs[:1], labels[:1])
+  host_loop = steps_from_host(jax.default_backend(), convolves)
+  n = steps * batch_size
+  tx = make_optimizer(objective.trainable, params)
+  epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True, host_loop=host_loop)
+  rows = bucket_size(n)
+  positions = pad_rows(np.arange(n, dtype=np.int32) % inputs.shape[0], rows)
+  classes = pad_rows(np.asarray(labels)[np.arange(n) % inputs.shape[0]], rows)
+  carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
+
+  def run():
+    out = epoch_fn(
+      *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
+    )
+    carry[0] = out[:3]
+    return out
+
+  return run
+
+
+def epoch_rate(objective, params, state, inputs, labels, batch_size: int, steps: int) -> tuple[float, float]:
+  """(samples/s of `steps` training steps, compile seconds) of `epoch_runner`'s epochs: compile seconds are
+  what jax reports while the first call runs (`training.compilation.CompileMeter`), the rate the
+  median of 3 calls after it."""
+  run = epoch_runner(objective, params, state, inputs, labels, batch_size, steps)
+  with CompileMeter() as compiled:
+    jax.block_until_ready(run())
+  seconds = time_call(run, repeats=3, warmup=0)
+  return steps * batch_size / seconds, compiled.seconds
 
 
 def write(name: str, payload: dict, markdown: str, out_dir: str = DEFAULT_OUT) -> None:

@@ -19,7 +19,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -31,12 +30,7 @@ from quicknets_jax.models.vgg import CONFIGS as VGG_CONFIGS
 from quicknets_jax.training import losses
 from quicknets_jax.training.trainer import (
   Objective,
-  bucket_size,
   loop_convolutions,
-  make_epoch_fn,
-  make_optimizer,
-  pad_rows,
-  uses_convolution,
 )
 
 flags.DEFINE_list("batch_sizes", ["128", "512"], "Batch sizes of the reduced VGG-11 rows.")
@@ -59,11 +53,6 @@ REDUCED = dict(width=16, classifier_width=128)  # experiments/configs/fashion_mn
 FULL = dict(width=64, classifier_width=4096)  # experiments/configs/cifar10.flags
 
 
-def _host_loop(objective, params, state, x, y) -> bool:
-  """The path `trainer.fit` takes for this loss on this backend."""
-  return jax.default_backend() == "cpu" and uses_convolution(objective.loss_fn, params, state, x, y)
-
-
 def _training_context():
   """The convolutions training steps are traced with (`--conv_impl`)."""
   if FLAGS.conv_impl == "trainer":
@@ -74,31 +63,7 @@ def _training_context():
 def epoch_rate(objective, params, state, inputs, labels, batch_size: int, steps: int) -> tuple[float, float]:
   """(samples/s of `steps` training steps, compile seconds) through the trainer's epoch function."""
   with _training_context():
-    return _epoch_rate(objective, params, state, inputs, labels, batch_size, steps)
-
-
-def _epoch_rate(objective, params, state, inputs, labels, batch_size: int, steps: int) -> tuple[float, float]:
-  n = steps * batch_size
-  host_loop = _host_loop(objective, params, state, inputs[:1], labels[:1])
-  tx = make_optimizer(objective.trainable, params)
-  epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True, host_loop=host_loop)
-  rows = bucket_size(n)
-  positions = pad_rows(np.arange(n, dtype=np.int32) % inputs.shape[0], rows)
-  classes = pad_rows(np.asarray(labels)[np.arange(n) % inputs.shape[0]], rows)
-  carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
-
-  def run():
-    out = epoch_fn(
-      *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
-    )
-    carry[0] = out[:3]
-    return out
-
-  start = time.perf_counter()
-  jax.block_until_ready(run())
-  first = time.perf_counter() - start
-  seconds = common.time_call(run, repeats=3, warmup=0)
-  return n / seconds, first - seconds  # the first call's extra time: compiling
+    return common.epoch_rate(objective, params, state, inputs, labels, batch_size, steps)
 
 
 def forward_rate(model, variables, inputs, batch_size: int) -> float:
@@ -247,20 +212,11 @@ def paired_ratio(shape, sizes: dict, batch_size: int, steps: int, rounds: int) -
   inputs, labels = _data(shape, batch_size * steps)
   n = steps * batch_size
   with _training_context():
-    host_loop = _host_loop(objective, params, state, inputs[:1], labels[:1])
-    tx = make_optimizer(objective.trainable, params)
-    epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True, host_loop=host_loop)
-  positions = pad_rows(np.arange(n, dtype=np.int32), bucket_size(n))
-  classes = pad_rows(np.asarray(labels), bucket_size(n))
-  carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
+    run = common.epoch_runner(objective, params, state, inputs, labels, batch_size, steps)
 
   def jax_epoch():
     with _training_context():
-      out = epoch_fn(
-        *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
-      )
-    carry[0] = out[:3]
-    jax.block_until_ready(out)
+      jax.block_until_ready(run())
 
   net = torch_vgg(shape, sizes)
   optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)

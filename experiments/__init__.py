@@ -1,1 +1,22 @@
-"""Runnable entry points: flags in (generated from the configs by `flags.py`), `quicknets_jax.runs` out."""
+"""Runnable entry points: flags in (generated from the configs by `flags.py`), `quicknets_jax.runs` out.
+
+`python -m experiments.X` imports this package first, before jax: a SIGTERM (a preemption notice) that
+arrives during start-up is noted here rather than ending the process without a word, and the entry
+point then stops with its usual one line (`flags.run_interruptibly`, `flags.start_process`). Only for
+`python -m` runs (the interpreter's argv[0] is "-m" while it imports the package): a test session
+importing these modules keeps its own SIGTERM handling.
+"""
+
+import signal
+import sys
+
+EARLY_SIGTERM: list = []  # SIGTERMs that arrived before an entry point took over
+
+
+def _note_sigterm(signum, frame):
+  del frame
+  EARLY_SIGTERM.append(signum)
+
+
+if sys.argv[:1] == ["-m"]:
+  signal.signal(signal.SIGTERM, _note_sigterm)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.flags import config_from_flags, define_config_flags, fail
+from experiments.flags import config_from_flags, define_config_flags, fail, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.runs.config import StudyConfig
@@ -49,7 +49,7 @@ def run_from_flags(config: StudyConfig) -> None:
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process()
   run_from_flags(study_config_from_flags())
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import jax
-from absl import flags, logging
+from absl import flags
 
 from experiments.flags import config_from_flags as _from_flags
-from experiments.flags import define_config_flags, fail, run_interruptibly
+from experiments.flags import define_config_flags, fail, run_interruptibly, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.datasets import CLASS_NAMES
 from quicknets_jax.data.errors import DataError
@@ -28,6 +28,13 @@ def define_flags(dataset: str) -> None:
   flags.DEFINE_bool(
     "data_parallel", True, "Split every batch over all local devices (params replicated) when there is more than one."
   )
+  flags.DEFINE_integer(
+    "num_devices",
+    None,
+    "Data parallel over the first N devices (default: all visible). A run may resume on another count: "
+    "checkpoints hold host arrays, replicated onto the current mesh when read (BUILD.md, elastic resume).",
+    lower_bound=1,
+  )
   flags.DEFINE_bool(
     "distributed",
     False,
@@ -46,14 +53,18 @@ def config_from_flags() -> ExperimentConfig:
 def run(argv) -> None:
   """absl main: flags → config → train_and_evaluate; errors become one line on stderr, exit 1."""
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax and jax log every save and backend probe at INFO
+  start_process(interruptible=True)
   config = config_from_flags()
   if FLAGS.print_config:
     print(json.dumps(config.to_json(), indent=1))
     return
   if FLAGS.distributed:
     parallel.initialize_distributed()
-  mesh = parallel.make_mesh() if FLAGS.data_parallel and jax.device_count() > 1 else None
+  num_devices = jax.device_count() if FLAGS.num_devices is None else FLAGS.num_devices
+  try:
+    mesh = parallel.make_mesh(num_devices) if FLAGS.data_parallel and num_devices > 1 else None
+  except ValueError as e:  # more devices asked for than are visible
+    fail(str(e))
 
   def train(log):
     with parallel.data_parallel(mesh):

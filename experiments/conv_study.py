@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.conv_configs import CONFIGS, commitment_config, experiment_config
-from experiments.flags import check_known, fail, run_interruptibly, seeds_from_flag
+from experiments.flags import check_known, fail, run_interruptibly, seeds_from_flag, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.runs.conv_study import VARIANTS, render_figures, run_conv_study
@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process(interruptible=True)
   seeds = seeds_from_flag(FLAGS.seeds)
   check_known(FLAGS.parts, PARTS, "parts")
   experiments = {}

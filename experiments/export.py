@@ -9,9 +9,9 @@ when the run did not evaluate exactly those blocks), unless --threshold or a tar
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.flags import define_trained_run_flags, fail, trained_run_from_flags
+from experiments.flags import define_trained_run_flags, fail, start_process, trained_run_from_flags
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.runs.export import export_cascade
@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process()
   try:
     trained, threshold = trained_run_from_flags(stderr_log)
     path = export_cascade(trained, FLAGS.out, threshold, FLAGS.platforms or None)

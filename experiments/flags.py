@@ -16,14 +16,45 @@ import typing
 from collections.abc import Callable
 from typing import Any, Optional
 
-from absl import flags
+from absl import flags, logging
 
+import experiments
 from quicknets_jax.core import config as config_lib
 from quicknets_jax.runs.predict import operating_threshold
 from quicknets_jax.runs.trained import load_trained
+from quicknets_jax.training import compilation
 
 FLAGS = flags.FLAGS
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
+flags.DEFINE_string(
+  "compile_cache",
+  "auto",
+  "Persistent XLA compilation cache: a folder, auto ($JAX_COMPILATION_CACHE_DIR, else "
+  "$XDG_CACHE_HOME/quicknets_jax/xla or ~/.cache/quicknets_jax/xla) or none. A rerun or a resumed run reads "
+  "its compiled programs back instead of compiling them again.",
+)
+
+
+def start_process(interruptible: bool = False) -> None:
+  """What every entry point's main does first: quiet absl logging (orbax and jax log every save and
+  backend probe at INFO) and the persistent compilation cache of `--compile_cache`.
+
+  `interruptible`: the entry point trains inside `run_interruptibly`, which acts on a SIGTERM noted
+  during start-up (`experiments.EARLY_SIGTERM`). Other entry points stop here on one, with a line, and
+  get SIGTERM's default action back.
+  """
+  if not interruptible:
+    if experiments.EARLY_SIGTERM:
+      print("interrupted by SIGTERM during start-up; nothing was written", file=sys.stderr, flush=True)
+      raise SystemExit(143)
+    if signal.getsignal(signal.SIGTERM) is experiments._note_sigterm:
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  logging.set_verbosity(logging.WARNING)
+  try:
+    compilation.enable_persistent_cache(FLAGS.compile_cache)
+  except ValueError as e:
+    fail(str(e))
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:
@@ -220,6 +251,8 @@ def run_interruptibly(fn: Callable[[Callable[[str], None]], Any], log: Callable[
 
   previous = signal.signal(signal.SIGTERM, on_sigterm)
   try:
+    if experiments.EARLY_SIGTERM:  # it came during start-up, before this handler existed
+      raise Preempted()
     return fn(tracking_log)
   except (KeyboardInterrupt, Preempted) as e:
     what = "SIGTERM" if isinstance(e, Preempted) else "Ctrl-C"

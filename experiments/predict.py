@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.flags import define_trained_run_flags, fail, trained_run_from_flags
+from experiments.flags import define_trained_run_flags, fail, start_process, trained_run_from_flags
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.images import check_image_shape, read_images
@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process()
   fmt = FLAGS.format or ("csv" if FLAGS.out.endswith(".csv") else "jsonl")
   try:
     pixels, names = read_images(FLAGS.images)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.flags import fail, seeds_from_flag
+from experiments.flags import fail, seeds_from_flag, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.runs.ablation import run_ablation
 
@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process()
   seeds = seeds_from_flag(FLAGS.seeds)
   try:
     run_ablation(FLAGS.workdir, seeds, FLAGS.data_dir, log=stderr_log)

@@ -17,9 +17,10 @@ import dataclasses
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import commitment_study
+from experiments.flags import start_process
 from quicknets_jax.data.cifar import write_cifar_tar
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,7 @@ def write_smoke_tarball(path: str, num_train: int = 240, num_test: int = 80, see
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process()
   overrides = dict(methods=("joint",))
   if FLAGS.smoke_tarball:
     if not os.path.exists(FLAGS.smoke_tarball) and not FLAGS.print_config:

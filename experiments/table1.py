@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.flags import check_known, fail, flagfile_settings, run_interruptibly, seeds_from_flag
+from experiments.flags import check_known, fail, flagfile_settings, run_interruptibly, seeds_from_flag, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.reporting.tables import table1_markdown, table1_row
 from quicknets_jax.runs.config import ExperimentConfig
@@ -57,7 +57,7 @@ def cells(mnist: bool, mnist_networks) -> list:
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
+  start_process(interruptible=True)
   seeds = seeds_from_flag(FLAGS.seeds)
   check_known(FLAGS.mnist_networks, NETWORKS, "mnist_networks")
   os.makedirs(FLAGS.workdir, exist_ok=True)

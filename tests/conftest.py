@@ -29,3 +29,36 @@ def native_convs():
 
   with layers.conv_implementation("native"):
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache_in_tmp(tmp_path_factory):
+  """Entry points the tests start keep their persistent compilation cache (`--compile_cache=auto`:
+  $XDG_CACHE_HOME/quicknets_jax/xla) in a folder of this test session, not in the user's home."""
+  import os
+
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+  yield
+
+
+def fit_data_of(x, y, vx, vy):
+  """A `trainer.FitData` whose working set is every training row (validation: every val row)."""
+  import jax.numpy as jnp
+
+  from quicknets_jax.training.trainer import FitData
+
+  return FitData(
+    jnp.asarray(x),
+    jnp.asarray(y),
+    jnp.arange(len(y), dtype=jnp.int32),
+    jnp.asarray(y),
+    jnp.asarray(vx),
+    jnp.asarray(vy),
+  )
+
+
+@pytest.fixture
+def blobs_fit_data(blobs):
+  """`blobs` as the FitData of a fit on all of it."""
+  return fit_data_of(*blobs)

@@ -72,3 +72,26 @@ def test_an_unwritable_workdir_is_one_line(tmp_path):
   _, err = done.communicate(timeout=300)
   assert done.returncode == 1 and "Traceback" not in err, err
   assert err.strip().splitlines()[-1].startswith("error: cannot write") and "--workdir" in err
+
+
+@pytest.mark.parametrize("module,line", [("experiments.fashion_mnist", "resume with: "), ("experiments.predict", "")])
+def test_a_sigterm_during_start_up_is_one_line_too(tmp_path, module, line):
+  """A preemption notice that comes while python is still importing jax (before the entry point's own
+  handler exists) is noted by the `experiments` package and answered with the same one line."""
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  args = [SMOKE, f"--workdir={tmp_path / 'run'}"] if module.endswith("fashion_mnist") else ["--workdir=x", "--images=y"]
+  proc = subprocess.Popen(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=env,
+    text=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
+  time.sleep(0.5)  # python is up and has imported `experiments`; jax and the library take seconds more
+  assert proc.poll() is None
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 143 and "Traceback" not in err, err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("interrupted by SIGTERM") and line in last, err

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import fit_data_of
 
 from quicknets_jax import models
 from quicknets_jax.algorithms.finetune import finetune_quicknet
@@ -24,7 +25,7 @@ from quicknets_jax.runs import ablation
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import FitData, Objective, fit
+from quicknets_jax.training.trainer import Objective, fit
 
 SMALL = QuickNetConfig(
   fit=FitConfig(batch_size=64, max_epochs=2),
@@ -101,14 +102,7 @@ def test_monitoring_accuracy_keeps_the_most_accurate_epoch(blobs):
   model = _model()
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   objective = Objective(losses.block_loss(model.blocks[0]), parts_mask(params, ("subnet", "exit_head")))
-  data = FitData(
-    jnp.asarray(x),
-    jnp.asarray(y),
-    jnp.arange(len(y), dtype=jnp.int32),
-    jnp.asarray(y),
-    jnp.asarray(vx),
-    jnp.asarray(vy),
-  )
+  data = fit_data_of(x, y, vx, vy)
   config = FitConfig(batch_size=64, max_epochs=6, monitor="val_accuracy", early_stop_patience=2)
   result = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
   accuracies = [r["val_accuracy"] for r in result.history]

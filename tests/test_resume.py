@@ -198,7 +198,10 @@ def test_fit_state_round_trip_is_exact(tmp_path):
 
 
 def test_fault_injection_small(tmp_path):
-  """Two SIGKILLs (one at a random moment, one while a checkpoint is being written), then a resume."""
+  """A SIGKILL trial: two SIGKILLs (one at a random moment, one while a checkpoint is being written),
+  then a resume; and a SIGTERM trial: two SIGTERMs (while a checkpoint is written — the signal waits for
+  it — and at a random moment), each ending the run within 30 s with the one-line resume message, then
+  that command. Every stop comes after the run's first checkpoint."""
   data_dir = tmp_path / "data"
   fault_injection.write_tiny_idx(str(data_dir))
   flags = [
@@ -214,7 +217,18 @@ def test_fault_injection_small(tmp_path):
   # compiles dominate these tiny runs; a cache kept across test sessions pays them once per machine
   cache = os.path.join(tempfile.gettempdir(), "quicknets_jax_fault_injection_xla_cache")
   summary = fault_injection.run_trials(
-    flags, trials=1, kills_per_trial=2, root=str(tmp_path / "runs"), seed=0, log=lines.append, compilation_cache=cache
+    flags,
+    trials=1,
+    kills_per_trial=2,
+    root=str(tmp_path / "runs"),
+    seed=0,
+    log=lines.append,
+    compilation_cache=cache,
+    term_trials=1,
   )
-  assert summary["identical"] == 1 and summary["kills"] == 2, lines
-  assert lines[-1] == "1/1 identical"
+  report = "\n".join(lines)
+  assert summary["identical"] == 2 and summary["kills"] == 2 and summary["term"]["stops"] == 2, report
+  assert summary["term"]["clean"] == 1, report
+  assert "no checkpoint yet" not in report, report
+  assert "SIGKILL: 1/1 identical" in lines and "SIGTERM: 1/1 identical" in lines, report
+  assert lines[-1] == "2/2 identical"

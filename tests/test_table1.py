@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import fit_data_of
 
 from benchmarks.fault_injection import untimed
 from experiments import table1
@@ -23,7 +24,7 @@ from quicknets_jax.reporting.tables import table1_markdown, table1_row
 from quicknets_jax.runs.config import ExperimentConfig
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import FitData, Objective, fit, make_optimizer
+from quicknets_jax.training.trainer import Objective, fit, make_optimizer
 
 SMALL = QuickNetConfig(
   fit=FitConfig(batch_size=64, max_epochs=2),
@@ -112,14 +113,7 @@ def test_monitoring_the_training_loss_keeps_the_lowest_training_loss(blobs):
   x, y, vx, vy = blobs
   model = models.mlp((6, 6, 1), 4, width=16, num_blocks=1)
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
-  data = FitData(
-    jnp.asarray(x),
-    jnp.asarray(y),
-    jnp.arange(len(y), dtype=jnp.int32),
-    jnp.asarray(y),
-    jnp.asarray(vx),
-    jnp.asarray(vy),
-  )
+  data = fit_data_of(x, y, vx, vy)
   config = FitConfig(batch_size=64, max_epochs=5, monitor="train_loss", early_stop_patience=5, learning_rate=0.05)
   result = fit(
     Objective(losses.block_loss(model.blocks[0])), params, state, data, config, jax.random.PRNGKey(1), num_classes=4

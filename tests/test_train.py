@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import fit_data_of
 
 from quicknets_jax import models
 from quicknets_jax.models.base import split_variables
@@ -16,14 +17,7 @@ def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
   model = models.mlp((6, 6, 1), 4, width=16, num_blocks=1)
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   before = jax.tree.map(np.asarray, params)
-  data = FitData(
-    jnp.asarray(x),
-    jnp.asarray(y),
-    jnp.arange(len(y), dtype=jnp.int32),
-    jnp.asarray(y),
-    jnp.asarray(vx),
-    jnp.asarray(vy),
-  )
+  data = fit_data_of(x, y, vx, vy)
   objective = Objective(losses.block_loss(model.blocks[0]))
   # a learning rate this high makes later epochs worse than the first: best_params is an old epoch's
   config = FitConfig(batch_size=64, max_epochs=4, early_stop_patience=10, learning_rate=0.5)

@@ -84,7 +84,9 @@ def train_commitment_head(
   # blocks with different subnets then share one compiled epoch.
   params = {COMMIT: variables["params"][COMMIT]}
   objective = Objective(
-    losses.commitment_loss(block), None, loss_args=(jnp.float32(positive_weight), jnp.float32(negative_weight))
+    losses.commitment_loss(block, config.compute_dtype),
+    None,
+    loss_args=(jnp.float32(positive_weight), jnp.float32(negative_weight)),
   )
   rows = pad_rows_to or bucket_size(n)
   val_rows = pad_val_rows_to or bucket_size(len(val_correct))

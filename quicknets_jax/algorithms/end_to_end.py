@@ -130,7 +130,7 @@ def train_end_to_end(
   from it and save every epoch.
   """
   last = model.num_blocks - 1
-  loss = losses.end_to_end_loss(model, config.augmentation_name)
+  loss = losses.end_to_end_loss(model, config.augmentation_name, config.compute_dtype)
 
   def objective(params):
     return Objective(loss, [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)])

@@ -79,7 +79,7 @@ def finetune_quicknet(
       events.epoch_done(EpochDone(phase, num, fit_state, record, spent))
 
   finetune_ckpt = ckpt("finetune")
-  loss = losses.joint_loss(trained, [1.0] * (num - 1), config.fit.augmentation_name)
+  loss = losses.joint_loss(trained, [1.0] * (num - 1), config.fit.augmentation_name, config.fit.compute_dtype)
   result = fit(
     Objective(loss, mask),
     params,

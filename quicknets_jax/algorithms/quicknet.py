@@ -196,6 +196,7 @@ def block_inputs(
   commit_pos = holdout if len(holdout) else np.arange(n_train)
   learned_threshold = config.train_threshold if config.budget == "learned_set" else None
   augment = config.fit.augmentation_name
+  dtype = config.fit.compute_dtype
   num_train, num_val = len(split.labels), len(split.val_labels)
   val_features = forward.prefix_features(model, frozen, split.val_images, val_idx, j, eval_bs)
   cached = uses_feature_cache(model, j, config, num_train, num_val)
@@ -218,7 +219,7 @@ def block_inputs(
       jnp.asarray(val_features),
       jnp.asarray(val_labels_j),
     )
-    loss_fn = losses.block_loss(model.blocks[j], augment, learned_threshold)
+    loss_fn = losses.block_loss(model.blocks[j], augment, learned_threshold, dtype)
   elif cached:
     train_features = forward.prefix_features(model, frozen, split.images, train_idx, j, eval_bs)
     # Padded to the full splits' buckets: blocks of one shape share one compiled epoch and validation
@@ -234,7 +235,7 @@ def block_inputs(
       num_val=len(val_idx),
       epoch_draws=draws,
     )
-    loss_fn = losses.block_loss(model.blocks[j], None, learned_threshold)
+    loss_fn = losses.block_loss(model.blocks[j], None, learned_threshold, dtype)
   else:
     frozen_params = [split_variables(v)[0] for v in frozen]
     frozen_state = [split_variables(v)[1] for v in frozen]
@@ -247,7 +248,7 @@ def block_inputs(
       jnp.asarray(val_labels_j),
       epoch_draws=draws,
     )
-    loss_fn = losses.block_loss_through_prefix(model, j, frozen_params, frozen_state, augment, learned_threshold)
+    loss_fn = losses.block_loss_through_prefix(model, j, frozen_params, frozen_state, augment, learned_threshold, dtype)
   return BlockInputs(
     j,
     working,

@@ -52,7 +52,7 @@ def joint_objective(
   max_weights = config.weights_for(model.num_blocks - 1, model.name)
   ramp = config.ramp(fit_config)
   return Objective(
-    losses.joint_loss(model, max_weights, fit_config.augmentation_name),
+    losses.joint_loss(model, max_weights, fit_config.augmentation_name, fit_config.compute_dtype),
     [parts_mask(p, (SUBNET, EXIT)) for p in params],
     epoch_hparams=lambda epoch: loss_weights(epoch, max_weights, ramp),
   )

@@ -24,6 +24,8 @@ def confidence(probs: jnp.ndarray) -> jnp.ndarray:
   """1 − H(p)/log C over the last axis: 1 for a one-hot p, 0 for the uniform distribution."""
   # numpy in, numpy out: host-side callers (learned-set selection) then compile nothing
   xp = np if isinstance(probs, np.ndarray) else jnp
+  if probs.dtype.itemsize < 4:  # bf16/f16 probabilities: the rule computes in float32 whatever trained
+    probs = probs.astype(np.float32)
   num_classes = probs.shape[-1]
   entropy = -xp.sum(probs * xp.log(xp.where(probs > 0, probs, 1.0)), axis=-1)  # 0·log 0 = 0
   return 1.0 - entropy / np.log(num_classes)

@@ -138,8 +138,9 @@ class Block(nn.Module):
     """What the commitment head reads: the features, or the exit's logits on them (inference mode)."""
     return self.exit_head(features, train=False) if self._reads_logits else features
 
-  def commit_from_inputs(self, inputs):
+  def commit_from_inputs(self, inputs, train: bool = False):
     """The commitment logit from the head's own inputs (`commit_inputs`): only the head's params needed."""
+    del train  # the heads have no batch statistics or dropout
     return self.commit_head(inputs)
 
   def features_and_logits(self, x, train: bool = False):
@@ -259,15 +260,32 @@ class MultiExitModel:
     return None if self.block_macs is None else costs.end_to_end_cost(self.block_macs)
 
 
-def run_block(block: Block, params: dict, state: dict, x, train: bool, method=None):
+def cast_floating(tree, dtype):
+  """`tree` with every floating-point leaf cast to `dtype` (integer and bool leaves as they are)."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def run_block(block: Block, params: dict, state: dict, x, train: bool, method=None, compute_dtype=None):
   """Applies a block (or one of its methods) and returns (output, new model state).
 
   Batch-norm statistics update only when `train` is True and the block has any; frozen blocks are
   always run with train=False so their statistics stay frozen.
+
+  `compute_dtype` (e.g. "bfloat16"; None: float32) is mixed precision: the params and the input are
+  cast to it, so every dense layer and convolution runs in it, and the outputs come back as float32
+  for the losses and softmax. The cast is inside the differentiated function, so gradients (and the
+  optimizer) stay float32. Batch-norm statistics stay float32: flax reduces them in float32 and only
+  the normalised activations take the input's dtype.
   """
   method = method or Block.__call__
+  if compute_dtype is not None:
+    params, x = cast_floating(params, compute_dtype), jnp.asarray(x).astype(compute_dtype)
   variables = merge_variables(params, state)
   if train and state:
     out, new_state = block.apply(variables, x, train=True, method=method, mutable=list(state.keys()))
-    return out, dict(new_state)
-  return block.apply(variables, x, train=train, method=method), state
+    new_state = dict(new_state)
+  else:
+    out, new_state = block.apply(variables, x, train=train, method=method), state
+  if compute_dtype is not None:
+    out = cast_floating(out, jnp.float32)
+  return out, new_state

@@ -91,8 +91,20 @@ def results_markdown(results: dict) -> str:
     ]
   if e:
     lines += ["", f"End-to-end: {e['epochs']:.1f} epochs on average, training FLOPs {e['training_flops']:.3g}."]
-  lines += ["", f"Machine: {results.get('machine', '?')}.", ""]
+  lines += ["", f"Machine: {results.get('machine', '?')}.{_compile_line(results)}", ""]
   return "\n".join(lines)
+
+
+def _compile_line(results: dict) -> str:
+  """ " Compute dtype …; compiling took …" for a results.json that records them (older ones do not)."""
+  compiled = results.get("compile_seconds")
+  if not isinstance(compiled, dict):
+    return ""
+  cache = {"off": "no persistent cache", "cold": "persistent cache cold", "warm": "persistent cache warm"}
+  return (
+    f" Compute dtype {results.get('compute_dtype', 'float32')}; compiling took {compiled['total']:.1f} s of the "
+    f"wall-clock ({cache.get(compiled['cache'], compiled['cache'])}: {compiled['cache_hits']} programs read back)."
+  )
 
 
 FIGURE_CAPTIONS = {

@@ -32,6 +32,7 @@ from quicknets_jax.runs.config import ExperimentConfig
 from quicknets_jax.runs.deploy import DeployCurve
 from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description, write_json, write_results
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
+from quicknets_jax.training.compilation import CompileMeter, cache_entries, compile_summary, fit_compile_seconds
 
 Log = Callable[[str], None]
 
@@ -182,6 +183,8 @@ def run_quicknet_seed(
     training_flops=run.training_flops,
     # the deploy curve measures inside the training's clock; its seconds are not training
     train_seconds=run.train_seconds - (deploy.seconds if deploy is not None else 0.0),
+    # per block: its fit and its commitment head's fit (epochs restored from a checkpoint keep theirs)
+    compile_seconds_per_block=[fit_compile_seconds(r.history) + fit_compile_seconds(r.commit_history) for r in records],
     trained_blocks=run.num_trained_blocks,
     train_samples_per_block=[r.train_samples for r in records],
     learned_per_block=[r.learned for r in records],
@@ -253,6 +256,7 @@ def run_end_to_end_seed(
     training_flops=run.training_flops,
     training_flops_parts=run.flops,
     train_seconds=run.seconds,
+    compile_seconds=fit_compile_seconds(run.history),
     epochs=run.epochs,
     best_epoch=run.best_epoch,
     history=run.history,
@@ -283,25 +287,27 @@ def train_and_evaluate(
   quicknet_seeds, e2e_seeds = [], []
   start = time.perf_counter()
   writer = metrics_lib.MetricsWriter(workdir) if metrics else None
-  for i, seed in enumerate(config.seeds):
-    seed_dir = os.path.join(workdir, f"seed_{seed}")
-    os.makedirs(seed_dir, exist_ok=True)
-    elapsed = time.perf_counter() - start
-    eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
-    log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
-    quicknet_seeds.append(
-      load_or_run(
-        os.path.join(seed_dir, "quicknet.json"),
-        lambda: run_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer),
-      )
-    )
-    if config.end_to_end:
-      e2e_seeds.append(
+  entries_at_start = cache_entries()
+  with CompileMeter() as compiled:
+    for i, seed in enumerate(config.seeds):
+      seed_dir = os.path.join(workdir, f"seed_{seed}")
+      os.makedirs(seed_dir, exist_ok=True)
+      elapsed = time.perf_counter() - start
+      eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
+      log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
+      quicknet_seeds.append(
         load_or_run(
-          os.path.join(seed_dir, "end_to_end.json"),
-          lambda: run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer),
+          os.path.join(seed_dir, "quicknet.json"),
+          lambda: run_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer),
         )
       )
+      if config.end_to_end:
+        e2e_seeds.append(
+          load_or_run(
+            os.path.join(seed_dir, "end_to_end.json"),
+            lambda: run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer),
+          )
+        )
   if writer is not None:
     writer.close()
   rule = config.exit_rule
@@ -319,6 +325,9 @@ def train_and_evaluate(
     config=config.to_json(),
     class_names=list(dataset.class_names),
     machine=machine_description(),
+    compute_dtype=config.fit.compute_dtype or "float32",  # --dtype as this backend resolved it
+    # this process's compiles (seeds read back from an earlier run add none) and the cache's state
+    compile_seconds=compile_summary(compiled, entries_at_start),
     flops_convention="1 multiply-add = 2 FLOPs; training = 3 x forward per trained sample + "
     "cache, selection and validation forwards (design.md section 2)",
     quicknet=aggregate(quicknet_seeds),

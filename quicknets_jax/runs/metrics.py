@@ -136,6 +136,7 @@ def _epoch_fields(record: dict) -> dict:
     val_accuracy=record["val_accuracy"],
     learning_rate=record["learning_rate"],
     epoch_seconds=record["seconds"],
+    compile_seconds=record.get("compile_seconds", 0.0),  # of the epoch's seconds (records before it: 0)
   )
 
 

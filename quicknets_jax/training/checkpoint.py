@@ -9,6 +9,10 @@ commitment head or the end-to-end baseline) after e epochs — params, Adam mome
 params, learning rate, plateau and early-stop counters, history — so a killed run loses at most one
 epoch and goes on bit-identically (every random key derives from (seed, block, epoch, step)).
 
+Arrays are saved from the host (`jax.device_get`) and restored into numpy targets, never with a saved
+sharding: a run checkpointed on 8 devices resumes on 1 or 4 (`trainer.fit` replicates the restored state
+onto the current mesh; tests/test_elastic_resume.py).
+
 Saves are atomic (orbax writes `<step>.orbax-checkpoint-tmp` and renames it when complete), so a
 run killed mid-save resumes from the previous step. Unreadable checkpoints and failed saves raise
 `CheckpointError` with one line naming the block and the fix; nothing falls back to fresh weights.

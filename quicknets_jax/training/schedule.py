@@ -12,12 +12,15 @@ import dataclasses
 import math
 from typing import Any, Optional
 
+import jax
+
 from quicknets_jax.core import config as config_lib
 from quicknets_jax.core.config import internal, option
 
 PyTree = Any
 MONITORS = ("val_loss", "val_accuracy", "train_loss")
 AUGMENTATIONS = ("crop_flip", "flip", "affine")
+DTYPES = ("auto", "bfloat16", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,13 @@ class FitConfig:
     "(Appendix A as we read it), train_loss (the authors' code) or val_accuracy.",
     choices=MONITORS,
   )
+  dtype: str = option(
+    "auto",
+    "Compute dtype of training steps and their validation passes: bfloat16, float32, or auto (bfloat16 on "
+    "GPU/TPU, float32 on CPU). Parameters, optimizer state, losses, softmax, confidence and commitment stay "
+    "float32; FLOP counts do not change.",
+    choices=DTYPES,
+  )
   min_delta: float = internal(0.0, "The gain of the monitored score that counts as progress.")
   # Run an epoch's steps from a Python loop instead of inside one jit (see `trainer.make_epoch_fn`);
   # None: only for models that convolve, on CPU, where XLA runs convolutions in loops far slower.
@@ -81,14 +91,33 @@ class FitConfig:
         "plateau_patience must be ≥ 0 and early_stop_patience ≥ 1, got "
         f"{self.plateau_patience}, {self.early_stop_patience}"
       )
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
     if self.augmentation not in AUGMENTATIONS:
       raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
     config_lib.validate(self)
 
   @property
+  def compute_dtype(self) -> Optional[str]:
+    """The dtype the training losses compute in ("bfloat16"), or None for float32 (`resolve_dtype`)."""
+    return resolve_dtype(self.dtype)
+
+  @property
   def augmentation_name(self) -> Optional[str]:
     """The augmentation the training losses apply (`data.augment.AUGMENTATIONS`), or None."""
     return self.augmentation if self.augment else None
+
+
+def resolve_dtype(dtype: str, backend: Optional[str] = None) -> Optional[str]:
+  """`--dtype` on `backend` (default: jax's): "bfloat16" to compute in bf16, None for float32. "auto"
+  is bf16 on GPU/TPU, whose matrix units run it several times faster, and f32 on CPU, where XLA
+  emulates most bf16 arithmetic and would only lose precision."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  if dtype == "auto":
+    backend = backend or jax.default_backend()
+    dtype = "float32" if backend == "cpu" else "bfloat16"
+  return None if dtype == "float32" else dtype
 
 
 @dataclasses.dataclass

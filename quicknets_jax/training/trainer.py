@@ -29,6 +29,7 @@ from quicknets_jax.data.sampling import draw_epoch_padded
 from quicknets_jax.models import layers
 from quicknets_jax.training import parallel
 from quicknets_jax.training.checkpoint import FitCheckpointer
+from quicknets_jax.training.compilation import CompileMeter
 from quicknets_jax.training.schedule import FitConfig, FitState, end_epoch, monitored_score
 
 PyTree = Any
@@ -244,11 +245,25 @@ def make_epoch_fn(
   return host_epoch_fn
 
 
+def loop_conv_implementation(backend: Optional[str] = None) -> str:
+  """How convolutions inside the trainer's loops convolve on `backend` (default: jax's): as patch products
+  on CPU, where XLA's own convolution runs far slower inside loops (`models.layers`); XLA's (cuDNN's,
+  the TPU's) everywhere else."""
+  return "patches" if (backend or jax.default_backend()) == "cpu" else "native"
+
+
 def loop_convolutions():
-  """The context the trainer traces its epochs and validation passes in: convolutions as patch products
-  on CPU, where XLA's own convolution runs far slower inside loops (`models.layers`); XLA's elsewhere.
+  """The context the trainer traces its epochs and validation passes in (`loop_conv_implementation`).
   Benchmarks that call `make_epoch_fn` directly use it too, to time what `fit` runs."""
-  return layers.conv_implementation("patches" if jax.default_backend() == "cpu" else "native")
+  return layers.conv_implementation(loop_conv_implementation())
+
+
+def steps_from_host(backend: str, convolves: bool) -> bool:
+  """Whether `fit` runs an epoch's steps from a Python loop (`make_epoch_fn(host_loop=True)`) on
+  `backend`: only for models that convolve, only on CPU, where XLA runs convolutions inside a while loop
+  ~40× slower. On GPU and TPU every epoch is one jitted call over data already on the device: no host
+  round trip per step."""
+  return backend == "cpu" and convolves
 
 
 def _private_copy(tree):
@@ -427,13 +442,15 @@ def fit(
     state.params, state.opt_state, state.model_state, data = parallel.replicate(
       (state.params, state.opt_state, state.model_state, data), mesh
     )
+  else:  # the training arrays go to the device once (a no-op for device arrays): batches gather there
+    data = data._replace(inputs=jax.device_put(data.inputs), targets=jax.device_put(data.targets))
   # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
   # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
   state.params, state.opt_state, state.model_state = _private_copy((state.params, state.opt_state, state.model_state))
   host_loop = config.host_loop
-  if host_loop is None:
+  if host_loop is None and jax.default_backend() == "cpu":
     with loop_convolutions():  # what the epoch will trace: convolutions are then seldom left on CPU
-      host_loop = jax.default_backend() == "cpu" and uses_convolution(
+      convolves = uses_convolution(
         objective.loss_fn,
         state.params,
         state.model_state,
@@ -441,6 +458,8 @@ def fit(
         data.targets,
         **({} if objective.loss_args is None else {"loss_args": objective.loss_args}),
       )
+    host_loop = steps_from_host("cpu", convolves)
+  host_loop = bool(host_loop)
   epoch_fn, eval_fn = _compiled_fns(
     objective,
     tx,
@@ -472,7 +491,7 @@ def fit(
       if objective.epoch_hparams is None
       else {"hparams": jax.tree.map(jnp.asarray, objective.epoch_hparams(state.epoch + 1))}
     )
-    with loop_convolutions():  # traced (at the first epoch) with the convolutions that suit loops
+    with loop_convolutions(), CompileMeter() as compiled:  # traced (first epoch) with loop-friendly convolutions
       params, opt_state, new_model_state, train_loss, train_acc = epoch_fn(
         state.params,
         state.opt_state,
@@ -506,6 +525,7 @@ def fit(
       learning_rate=state.learning_rate,
       samples=num_samples,
       seconds=time.perf_counter() - start,
+      compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
     )
     if num_samples != num_rows:
       record["working_set"] = num_rows

@@ -1,0 +1,154 @@
+"""XLA compilation: the persistent compilation cache and a meter of the seconds spent compiling.
+
+A rerun or a resumed run compiles the same programs again: with the persistent cache on
+(`enable_persistent_cache`, which the entry points call with `--compile_cache`), XLA reads them back
+from disk instead. `CompileMeter` adds up what jax reports through `jax.monitoring` while it is open:
+tracing, lowering to MLIR and the backend compile (which, on a cache hit, is the read from the cache),
+plus the cache's hits and misses, so a fit can record its compile seconds and a run can say whether
+its cache was cold or warm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Optional
+
+import jax
+
+# The jax.monitoring events whose durations are compile time (trace, lower, compile or cache read).
+COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
+_HIT, _MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
+# Programs that compile faster than this are not written to the cache (jax's default is 1 s; most of a
+# small run's compile time is in programs of 0.2–1 s, e.g. the commitment heads' epochs).
+MIN_COMPILE_SECONDS = 0.2
+CACHE_WORDS = ("auto", "none")
+
+
+def default_cache_dir() -> str:
+  """Where `--compile_cache=auto` keeps compiled programs: $JAX_COMPILATION_CACHE_DIR if set, else
+  $XDG_CACHE_HOME/quicknets_jax/xla (default ~/.cache/quicknets_jax/xla)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "quicknets_jax", "xla")
+
+
+def enable_persistent_cache(where: str = "auto") -> Optional[str]:
+  """Turns on XLA's persistent compilation cache in folder `where` ("auto": `default_cache_dir()`) or
+  off ("none"); returns the folder, or None when off. Process-wide: call before the first compile."""
+  if where == "none":
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  folder = os.path.abspath(os.path.expanduser(default_cache_dir() if where == "auto" else where))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ValueError(
+      f"cannot create the compilation cache folder {folder}: {e.strerror or e}; pass --compile_cache=PATH "
+      "(a writable folder) or --compile_cache=none"
+    ) from None
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+  return folder
+
+
+def cache_dir() -> Optional[str]:
+  """The persistent cache folder in use, or None when the cache is off."""
+  if not jax.config.jax_enable_compilation_cache:
+    return None
+  return jax.config.jax_compilation_cache_dir or None
+
+
+@dataclasses.dataclass
+class CompileMeter:
+  """Compile seconds and cache hits/misses seen while it is open (`with CompileMeter() as meter:`).
+
+  Meters nest (each open one counts everything); counts from every thread are included, since jax
+  compiles on the calling thread and a run compiles from one.
+  """
+
+  seconds: float = 0.0
+  cache_hits: int = 0
+  cache_misses: int = 0
+
+  def __enter__(self) -> CompileMeter:
+    _install()
+    with _LOCK:
+      _OPEN.append(self)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    with _LOCK:
+      _OPEN.remove(self)
+
+  def summary(self) -> dict:
+    """{"seconds", "cache_hits", "cache_misses"} for results files."""
+    return dict(seconds=self.seconds, cache_hits=self.cache_hits, cache_misses=self.cache_misses)
+
+
+_LOCK = threading.Lock()
+_OPEN: list = []
+_INSTALLED = []
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+  if event in COMPILE_EVENTS:
+    with _LOCK:
+      for meter in _OPEN:
+        meter.seconds += duration
+
+
+def _on_event(event: str, **_) -> None:
+  if event in (_HIT, _MISS):
+    with _LOCK:
+      for meter in _OPEN:
+        if event == _HIT:
+          meter.cache_hits += 1
+        else:
+          meter.cache_misses += 1
+
+
+def _install() -> None:
+  """Registers the two listeners once per process (jax.monitoring has no way to remove one)."""
+  with _LOCK:
+    if _INSTALLED:
+      return
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+    jax.monitoring.register_event_listener(_on_event)
+    _INSTALLED.append(True)
+
+
+def fit_compile_seconds(history) -> float:
+  """A fit's compile seconds: the sum of its epochs' `compile_seconds` (0 for records without them)."""
+  return float(sum(record.get("compile_seconds", 0.0) for record in history))
+
+
+def cache_entries() -> int:
+  """Programs in the persistent cache folder now (0 when the cache is off or the folder is empty)."""
+  folder = cache_dir()
+  if folder is None or not os.path.isdir(folder):
+    return 0
+  return sum(1 for name in os.listdir(folder) if name.endswith("-cache"))
+
+
+def compile_summary(meter: CompileMeter, entries_at_start: int) -> dict:
+  """What results.json says of a run's compiles: total seconds, the cache folder, and whether the cache
+  was off, cold (empty when the run started) or warm (it held `entries_at_start` programs), with the
+  hits and misses. Even a warm rerun misses: programs under MIN_COMPILE_SECONDS are never stored."""
+  folder = cache_dir()
+  state = "off" if folder is None else ("warm" if entries_at_start else "cold")
+  return dict(
+    total=meter.seconds,
+    cache=state,
+    cache_dir=folder,
+    entries_at_start=entries_at_start,
+    cache_hits=meter.cache_hits,
+    cache_misses=meter.cache_misses,
+  )
