@@ -41,6 +41,21 @@ def define_flags(dataset: str) -> None:
     "Multi-host (e.g. a TPU pod slice): call "
     "jax.distributed.initialize() first; the mesh then spans every host's devices.",
   )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "With --distributed off Cloud TPU: host:port of process 0's coordinator (e.g. 10.0.0.2:8476).",
+  )
+  flags.DEFINE_integer("num_processes", None, "With --distributed off Cloud TPU: how many processes.", lower_bound=1)
+  flags.DEFINE_integer(
+    "process_id", None, "With --distributed off Cloud TPU: this process's id, 0..n-1.", lower_bound=0
+  )
+  flags.DEFINE_integer(
+    "heartbeat_timeout",
+    100,
+    "With --distributed: seconds without a heartbeat after which a process counts as dead and the others stop.",
+    lower_bound=1,
+  )
   flags.DEFINE_bool("print_config", False, "Print the settings the flags make (config.json's form) and exit.")
   define_config_flags(ExperimentConfig, defaults=dict(dataset=dataset))
 
@@ -59,7 +74,9 @@ def run(argv) -> None:
     print(json.dumps(config.to_json(), indent=1))
     return
   if FLAGS.distributed:
-    parallel.initialize_distributed()
+    parallel.initialize_distributed(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout
+    )
   num_devices = jax.device_count() if FLAGS.num_devices is None else FLAGS.num_devices
   try:
     mesh = parallel.make_mesh(num_devices) if FLAGS.data_parallel and num_devices > 1 else None
@@ -74,15 +91,16 @@ def run(argv) -> None:
     run_interruptibly(train, stderr_log)
   except (DataError, ValueError) as e:
     fail(str(e))
-  with open(f"{FLAGS.workdir}/results.md") as f:
-    print(f.read())
+  if parallel.is_writer():  # process 0 wrote the results; the others of a distributed run say nothing
+    with open(f"{FLAGS.workdir}/results.md") as f:
+      print(f.read())
 
 
 def run_with_flops_check(argv) -> None:
   """`run`, then adds `flops_check` to WORKDIR/results.json: every block's analytic forward FLOPs beside
   XLA's `cost_analysis()` count, for the model and input shape the flags describe."""
   run(argv)
-  if FLAGS.print_config:
+  if FLAGS.print_config or not parallel.is_writer():
     return
   path = f"{FLAGS.workdir}/results.json"
   results = read_json(path)

@@ -25,6 +25,7 @@ from typing import Optional
 from quicknets_jax.algorithms.events import BlockFrozen, EpochDone, Events
 from quicknets_jax.core import costs
 from quicknets_jax.core.progress import EpochProgress
+from quicknets_jax.training import parallel
 
 # Keys every line of metrics.jsonl has (issue 7); `val_*`, `test_accuracy`, `phase`, ... come on top.
 REQUIRED_KEYS = (
@@ -49,15 +50,19 @@ class MetricsWriter:
   """Appends metric lines to WORKDIR/metrics.jsonl and mirrors them as TensorBoard scalars.
 
   A resumed run appends: lines of a block that was interrupted and retrained appear twice, the later
-  ones are the block that counts (they carry a later `time`).
+  ones are the block that counts (they carry a later `time`). In a multi-process run only process 0
+  writes (`parallel.is_writer`); on the others every call is a no-op.
   """
 
   def __init__(self, workdir: str, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
     self.workdir = workdir
     self.path = os.path.join(workdir, METRICS_FILE)
-    self._file = open(self.path, "a")
-    self._tensorboard = tensorboard
+    self._writes = parallel.is_writer()
+    self._file = None
+    if self._writes:
+      os.makedirs(workdir, exist_ok=True)
+      self._file = open(self.path, "a")
+    self._tensorboard = tensorboard and self._writes
     self._writers = {}
     if tensorboard:
       try:
@@ -80,6 +85,8 @@ class MetricsWriter:
     `step` is the TensorBoard step (default: the line's `epoch`). Tags are `<phase>/<key>`, so the
     QuickNet's block epochs and the end-to-end epochs overlay under the same tag.
     """
+    if not self._writes:
+      return
     line = dict(line, time=time.time())
     self._file.write(json.dumps(line) + "\n")
     self._file.flush()  # a reader (or a killed run) sees every finished epoch
@@ -95,7 +102,8 @@ class MetricsWriter:
         writer.add_scalar(f"{phase}/{key}", value, step, walltime=line["time"])
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
     for writer in self._writers.values():
       writer.flush()
 
@@ -104,7 +112,8 @@ class MetricsWriter:
     for writer in self._writers.values():
       writer.close()
     self._writers = {}
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
   def __enter__(self):
     return self

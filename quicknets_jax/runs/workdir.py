@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 
 from quicknets_jax.core import config as config_lib
+from quicknets_jax.training import parallel
 
 
 def machine_description() -> str:
@@ -30,7 +31,10 @@ def read_json(path: str):
 
 
 def write_json(path: str, obj, indent=None) -> None:
-  """Writes `obj` as JSON to `path` atomically: a killed run never leaves half a file."""
+  """Writes `obj` as JSON to `path` atomically: a killed run never leaves half a file. In a multi-process
+  run only process 0 writes (`parallel.is_writer`); the others compute the same `obj` and skip it."""
+  if not parallel.is_writer():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=indent)
@@ -39,6 +43,8 @@ def write_json(path: str, obj, indent=None) -> None:
 
 def write_results(workdir: str, name: str, results: dict, markdown: str, log: Callable[[str], None]) -> None:
   """WORKDIR/NAME.json (indented) and NAME.md, each written atomically, and one log line saying so."""
+  if not parallel.is_writer():
+    return
   write_json(os.path.join(workdir, f"{name}.json"), results, indent=1)
   tmp = os.path.join(workdir, f"{name}.md.tmp")
   with open(tmp, "w") as f:
@@ -60,9 +66,11 @@ def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
   """Stores `config` (a run config with `to_json()`) in WORKDIR/config.json; refuses to resume under a
   different one, naming the settings that differ. Settings marked resumable (seeds, the evaluation
   batch size) may change; a setting an older config.json lacks counts as its default."""
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  if overwrite and os.path.exists(workdir):
+  writer = parallel.is_writer()  # the other processes of a multi-process run only check
+  if writer:
+    os.makedirs(workdir, exist_ok=True)
+  if overwrite and writer and os.path.exists(workdir):
     for name in os.listdir(workdir):
       target = os.path.join(workdir, name)
       shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
@@ -80,5 +88,4 @@ def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
         f"{workdir} holds a run with another config ({details}); pass --overwrite to start "
         "over or choose another --workdir"
       )
-  with open(path, "w") as f:
-    json.dump(config.to_json(), f, indent=2)
+  write_json(path, config.to_json(), indent=2)  # atomic: another process may be reading it

@@ -30,10 +30,32 @@ AXIS = "data"
 _CURRENT: contextvars.ContextVar[Optional[Mesh]] = contextvars.ContextVar("quicknets_mesh", default=None)
 
 
-def initialize_distributed() -> None:
-  """Multi-host setup: `jax.distributed.initialize()` (on Cloud TPU it finds the coordinator itself;
-  elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Call before using jax."""
-  jax.distributed.initialize()
+def initialize_distributed(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  heartbeat_timeout_seconds: int = 100,
+) -> None:
+  """Multi-process setup: `jax.distributed.initialize(...)`. Call before anything touches a device.
+
+  On Cloud TPU (and SLURM, Open MPI) jax finds the coordinator itself: leave the arguments None.
+  Elsewhere give the coordinator's host:port, the number of processes and this one's id (0..n−1).
+  CPU processes exchange collectives through gloo. A process that stops sending heartbeats for
+  `heartbeat_timeout_seconds` is declared dead and the others stop with an error instead of waiting.
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPU/TPU keep theirs
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+  )
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's files (results, metrics, config): process 0 only, so that
+  the processes of a multi-host run sharing a workdir do not write each file once each."""
+  return jax.process_index() == 0
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:

@@ -268,7 +268,10 @@ def steps_from_host(backend: str, convolves: bool) -> bool:
 
 def _private_copy(tree):
   """Fresh device buffers holding `tree` (a donated epoch consumes its inputs; callers keep theirs)."""
-  return jax.tree.map(lambda x: jax.device_put(x, may_alias=False), tree)
+  # onto the array's own sharding: a multi-process run's arrays span devices of other processes
+  return jax.tree.map(
+    lambda x: jax.device_put(x, x.sharding if isinstance(x, jax.Array) else None, may_alias=False), tree
+  )
 
 
 def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None, host_loop: bool = False):

@@ -1,0 +1,172 @@
+"""Multi-process runs for real: 2 local processes joined by `jax.distributed.initialize` (coordinator on
+127.0.0.1, gloo collectives on CPU), 2 devices each, against 1 process with 4 devices.
+
+Default suite: the MLP on tiny IDX data (the reduced form). `-m slow`: the CIFAR-10 smoke (VGG-11 with
+batch norm, 8 blocks) on a synthetic tarball in the real format.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks.fault_injection import write_tiny_idx
+from quicknets_jax.runs import metrics as metrics_lib
+from quicknets_jax.runs import workdir as workdir_lib
+from quicknets_jax.training import parallel
+from scripts.compare_results import compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOLERANCE = 1e-3  # the issue's bound; the reduction order over devices differs (BUILD.md)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  return {
+    **os.environ,
+    "PYTHONPATH": ROOT,
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "PYTHONUNBUFFERED": "1",
+  }
+
+
+def _start_pair(module: str, args: list, workdir, heartbeat: int = 10) -> list:
+  """Processes 0 and 1 of one distributed run (2 devices each); their stderr goes to WORKDIR.pI.err."""
+  port = _free_port()
+  procs = []
+  for i in (0, 1):
+    distributed = [
+      "--distributed",
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      f"--heartbeat_timeout={heartbeat}",
+    ]
+    err = open(f"{workdir}.p{i}.err", "a")
+    out = open(f"{workdir}.p{i}.out", "a")
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, "-m", module, *args, f"--workdir={workdir}", *distributed],
+        cwd=ROOT,
+        env=_env(2),
+        stdout=out,
+        stderr=err,
+        text=True,
+      )
+    )
+  return procs
+
+
+def _run_single(module: str, args: list, workdir) -> dict:
+  out = subprocess.run(
+    [sys.executable, "-m", module, *args, f"--workdir={workdir}"],
+    cwd=ROOT,
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads((workdir / "results.json").read_text())
+
+
+def _numbers_close(reference: dict, other: dict) -> list:
+  """The differences `compare` finds that are not numbers within TOLERANCE of each other."""
+  differences, _ = compare(reference, other)
+  far = []
+  for line in differences:
+    try:
+      before, after = line.rsplit(": ", 1)[1].split(" before, ")
+      if abs(float(before) - float(after.split(" after")[0])) <= TOLERANCE:
+        continue
+    except ValueError:
+      pass
+    far.append(line)
+  return far
+
+
+def _finished_step(workdir) -> bool:
+  """Whether a whole epoch or block is checkpointed: an orbax step directory ("3"; a temporary one is
+  "3.orbax-checkpoint-tmp-…") anywhere under the seed's checkpoints."""
+  root = os.path.join(workdir, "seed_0", "quicknet_checkpoints")
+  return any(d.isdigit() for _, dirs, _ in os.walk(root) for d in dirs)
+
+
+MLP_ARGS = ["--seeds=0", "--max_epochs=6", "--width=16", "--num_blocks=2", "--compile_cache=none"]
+
+
+def _mlp_args(data_dir):
+  return [f"--data_dir={data_dir}", *MLP_ARGS]
+
+
+def test_two_processes_give_one_process_results_write_once_and_resume_after_a_kill(tmp_path):
+  data_dir = tmp_path / "idx"
+  write_tiny_idx(str(data_dir))
+  args = _mlp_args(data_dir)
+  single = _run_single("experiments.mnist", args, tmp_path / "one")
+
+  pair = tmp_path / "pair"
+  procs = _start_pair("experiments.mnist", args, pair)
+  assert [p.wait(timeout=900) for p in procs] == [0, 0], pair.with_suffix(".p0.err").read_text()[-3000:]
+  both = json.loads((pair / "results.json").read_text())
+  assert _numbers_close(single, both) == []
+  assert both["quicknet"]["test_accuracy"] == single["quicknet"]["test_accuracy"]
+  # process 0 writes: one metrics line per epoch, as one process writes; only process 0 prints the table
+  assert len(metrics_lib.read_metrics(str(pair))) == len(metrics_lib.read_metrics(str(tmp_path / "one")))
+  assert "QuickNet" in open(f"{pair}.p0.out").read() and "QuickNet" not in open(f"{pair}.p1.out").read()
+
+  # kill process 1 once a whole epoch is checkpointed: process 0 stops (no hang) within the heartbeat
+  killed = tmp_path / "killed"
+  procs = _start_pair("experiments.mnist", args, killed, heartbeat=10)
+  deadline = time.time() + 300
+  while not _finished_step(killed) and time.time() < deadline and procs[0].poll() is None:
+    time.sleep(0.05)
+  assert procs[0].poll() is None, "the run ended before a checkpoint could be killed"
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  code = procs[0].wait(timeout=120)
+  assert code != 0 and time.time() - killed_at < 60
+  assert "another task died" in open(f"{killed}.p0.err").read()
+  procs[1].wait()
+  # relaunched, every process resumes from the checkpoints and the run ends as the uninterrupted one
+  procs = _start_pair("experiments.mnist", args, killed)
+  assert [p.wait(timeout=900) for p in procs] == [0, 0], open(f"{killed}.p0.err").read()[-3000:]
+  log = open(f"{killed}.p0.err").read()
+  assert "resumed after" in log, log[-3000:]
+  resumed = json.loads((killed / "results.json").read_text())
+  assert compare(both, resumed)[0] == []
+
+
+def test_only_process_zero_writes_the_run_files(tmp_path, monkeypatch):
+  monkeypatch.setattr(parallel.jax, "process_index", lambda: 1)
+  assert not parallel.is_writer()
+  workdir_lib.write_json(str(tmp_path / "x.json"), {"a": 1})
+  workdir_lib.write_results(str(tmp_path), "results", {"a": 1}, "# table", log=lambda m: None)
+  writer = metrics_lib.MetricsWriter(str(tmp_path / "run"))
+  writer.write({"run": "r", "epoch": 1, "loss": 0.5})
+  writer.close()
+  assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_the_cifar_smoke_on_two_processes_matches_one_process_with_four_devices(tmp_path):
+  tarball = tmp_path / "cifar"
+  subprocess.run(
+    [sys.executable, "scripts/make_cifar_smoke_data.py", f"--out={tarball}"], cwd=ROOT, check=True, env=_env(1)
+  )
+  args = ["--flagfile=experiments/configs/cifar10_smoke.flags", f"--data_dir={tarball}", "--compile_cache=none"]
+  single = _run_single("experiments.cifar10", args, tmp_path / "one")
+  pair = tmp_path / "pair"
+  procs = _start_pair("experiments.cifar10", args, pair, heartbeat=100)
+  assert [p.wait(timeout=1800) for p in procs] == [0, 0], open(f"{pair}.p0.err").read()[-3000:]
+  assert _numbers_close(single, json.loads((pair / "results.json").read_text())) == []
