@@ -9,7 +9,7 @@ PACKAGE = "quicknets_jax"
 # A layer may import the layers of lower rank; layers of one rank are independent of each other.
 LAYERS = {"core": 0, "data": 1, "models": 1, "training": 2, "algorithms": 3, "reporting": 3, "runs": 4}
 # Imported inside functions on purpose: needed by one path only, slow to import, or absent where unused.
-OPTIONAL = {"tensorflow_datasets", "tensorboardX", "PIL"}
+OPTIONAL = {"tensorflow_datasets", "tensorboardX", "PIL", "grain", "array_record"}
 
 
 def _modules() -> dict:

@@ -109,20 +109,31 @@ def _mlp_args(data_dir):
   return [f"--data_dir={data_dir}", *MLP_ARGS]
 
 
-def test_two_processes_give_one_process_results_write_once_and_resume_after_a_kill(tmp_path):
-  data_dir = tmp_path / "idx"
-  write_tiny_idx(str(data_dir))
-  args = _mlp_args(data_dir)
-  single = _run_single("experiments.mnist", args, tmp_path / "one")
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+  """The tiny MLP run on 1 process × 4 devices: (its MLP args, its workdir, its results.json)."""
+  root = tmp_path_factory.mktemp("one_process")
+  write_tiny_idx(str(root / "idx"))
+  args = _mlp_args(root / "idx")
+  return args, root / "one", _run_single("experiments.mnist", args, root / "one")
 
+
+def _one_process_then_two(tmp_path, one_process_run, *pair_args):
+  """The tiny MLP run on 1 process × 4 devices, then on 2 processes × 2 devices (with `pair_args`):
+  (MLP args, the first results.json, the second's workdir and results.json)."""
+  args, _, single = one_process_run
   pair = tmp_path / "pair"
-  procs = _start_pair("experiments.mnist", args, pair)
+  procs = _start_pair("experiments.mnist", [*args, *pair_args], pair)
   assert [p.wait(timeout=900) for p in procs] == [0, 0], pair.with_suffix(".p0.err").read_text()[-3000:]
-  both = json.loads((pair / "results.json").read_text())
+  return args, single, pair, json.loads((pair / "results.json").read_text())
+
+
+def test_two_processes_give_one_process_results_write_once_and_resume_after_a_kill(tmp_path, one_process_run):
+  args, single, pair, both = _one_process_then_two(tmp_path, one_process_run)
   assert _numbers_close(single, both) == []
   assert both["quicknet"]["test_accuracy"] == single["quicknet"]["test_accuracy"]
   # process 0 writes: one metrics line per epoch, as one process writes; only process 0 prints the table
-  assert len(metrics_lib.read_metrics(str(pair))) == len(metrics_lib.read_metrics(str(tmp_path / "one")))
+  assert len(metrics_lib.read_metrics(str(pair))) == len(metrics_lib.read_metrics(str(one_process_run[1])))
   assert "QuickNet" in open(f"{pair}.p0.out").read() and "QuickNet" not in open(f"{pair}.p1.out").read()
 
   # kill process 1 once a whole epoch is checkpointed: process 0 stops (no hang) within the heartbeat
@@ -145,6 +156,18 @@ def test_two_processes_give_one_process_results_write_once_and_resume_after_a_ki
   assert "resumed after" in log, log[-3000:]
   resumed = json.loads((killed / "results.json").read_text())
   assert compare(both, resumed)[0] == []
+
+
+def test_two_processes_streaming_their_halves_of_each_batch_give_the_in_memory_results(tmp_path, one_process_run):
+  # each process reads its own half of every batch from the records (parallel.local_batch_rows)
+  _, single, pair, both = _one_process_then_two(
+    tmp_path, one_process_run, "--input=stream", f"--records_dir={tmp_path / 'records'}"
+  )
+  far = [d for d in _numbers_close(single, both) if not d.startswith(("/config/input", "/config/records_dir"))]
+  assert far == []
+  assert both["quicknet"]["test_accuracy"] == single["quicknet"]["test_accuracy"]
+  assert "writing MNIST as array_record files" in open(f"{pair}.p0.err").read()
+  assert "writing" not in open(f"{pair}.p1.err").read()  # process 0 wrote them; process 1 waited
 
 
 def test_only_process_zero_writes_the_run_files(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.core import costs, exits
+from quicknets_jax.data.streaming import is_streamed
 from quicknets_jax.models.base import COMMIT, EXIT, Block, CommitmentHead, MultiExitModel
 from quicknets_jax.models.mlp import LinearExit
 
@@ -250,8 +251,11 @@ def cascade_predict(
   Returns:
     A `CascadeResult` of host arrays.
   """
-  images = jnp.asarray(images)
-  batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
+  if is_streamed(images):
+    batches = (jnp.asarray(x) for x in images.batches(batch_size))
+  else:
+    images = jnp.asarray(images)
+    batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
   return cascade_predict_batches(
     model, variables, batches, threshold, fallback, use_commitment, buckets_per_octave, pool, reuse_guesses
   )

@@ -20,6 +20,7 @@ import numpy as np
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.config import COMMIT_BALANCES
 from quicknets_jax.core import costs
+from quicknets_jax.data.streaming import device_array
 from quicknets_jax.models.base import COMMIT, Block, MultiExitModel
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import FitCheckpointer
@@ -151,7 +152,7 @@ def train_commitment_heads(
   start = time.perf_counter()
   labels = jnp.asarray(labels)
   val_labels = jnp.asarray(val_labels)
-  x, val_x = jnp.asarray(images), jnp.asarray(val_images)
+  x, val_x = device_array(images), device_array(val_images)
   n, n_val = int(labels.shape[0]), int(val_labels.shape[0])
   new_variables, records, total_flops = [], [], 0.0
   for j, (block, cost) in enumerate(zip(model.blocks, model.block_costs)):

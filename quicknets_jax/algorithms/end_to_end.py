@@ -15,6 +15,7 @@ import numpy as np
 
 from quicknets_jax.algorithms.events import EpochDone, Events
 from quicknets_jax.core import costs
+from quicknets_jax.data.streaming import device_array, is_streamed, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, merge_blocks, parts_mask, split_blocks
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import FitCheckpointer
@@ -70,11 +71,11 @@ def fit_whole_network(
   labels = jnp.asarray(labels)
   n, n_val = int(labels.shape[0]), int(len(val_labels))
   data = FitData(
-    jnp.asarray(images),
+    device_array(images),
     labels,
     jnp.arange(n, dtype=jnp.int32),
     labels,
-    jnp.asarray(val_images),
+    device_array(val_images),
     jnp.asarray(val_labels),
   )
 
@@ -164,16 +165,20 @@ def test_accuracy_fn(model: MultiExitModel, images, labels, batch_size: int):
   batch_size = min(batch_size, n)
   padded = -(-n // batch_size) * batch_size
   rows = np.minimum(np.arange(padded), n - 1)
-  images = jnp.asarray(np.asarray(images)[rows])
+  starts = range(0, padded, batch_size)
+  images = take(images, rows)
   labels = jnp.asarray(np.asarray(labels, np.int32)[rows])
   mask = jnp.asarray(np.arange(padded) < n, jnp.float32)
+  if is_streamed(images):  # read chunk by chunk at every call: the split stays on disk
+    chunks = lambda: images.stream([np.arange(s, s + batch_size) for s in starts])
+  else:
+    images = jnp.asarray(images)
+    chunks = lambda: (images[s : s + batch_size] for s in starts)
 
   def accuracy(params, model_state):
     correct = sum(
-      _correct_count(
-        loss_fn, params, model_state, images[s : s + batch_size], labels[s : s + batch_size], mask[s : s + batch_size]
-      )
-      for s in range(0, padded, batch_size)
+      _correct_count(loss_fn, params, model_state, x, labels[s : s + batch_size], mask[s : s + batch_size])
+      for s, x in zip(starts, chunks())
     )
     return float(correct) / n
 

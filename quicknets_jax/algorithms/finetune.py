@@ -19,6 +19,7 @@ from quicknets_jax.algorithms.config import QuickNetConfig
 from quicknets_jax.algorithms.events import EpochDone, Events
 from quicknets_jax.core import costs
 from quicknets_jax.data.sampling import seeded_subset
+from quicknets_jax.data.streaming import device_array, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, merge_blocks, parts_mask, split_blocks
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
@@ -65,11 +66,11 @@ def finetune_quicknet(
   mask = [parts_mask(p, (SUBNET, EXIT)) for p in params]
   labels_np = np.asarray(labels)
   data = FitData(
-    jnp.asarray(images),
+    device_array(images),
     jnp.asarray(labels),
     jnp.asarray(fit_pos),
     jnp.asarray(labels_np[fit_pos]),
-    jnp.asarray(val_images),
+    device_array(val_images),
     jnp.asarray(val_labels),
   )
   fit_config = dataclasses.replace(config.fit, learning_rate=config.finetune_lr, max_epochs=config.finetune_epochs)
@@ -105,7 +106,7 @@ def finetune_quicknet(
 
   # Commitment heads on the fine-tuned features: "the exit was right" on the rows they learn from.
   eval_bs = config.fit.eval_batch_size
-  h_train, h_val = np.asarray(images)[commit_pos], np.asarray(val_images)
+  h_train, h_val = take(images, commit_pos), val_images
   commit_epochs, commit_ckpts = [], []
   for j, block in enumerate(trained.blocks):
     h_train, probs_train, _ = forward.block_outputs(block, tuned[j], h_train, eval_bs)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quicknets_jax.data.streaming import is_streamed, take
 from quicknets_jax.models.base import Block, MultiExitModel
 
 
@@ -24,11 +25,15 @@ def batched(fn, arrays: Sequence, batch_size: int):
   outputs (numpy); None for zero rows."""
   # Slicing, padding and concatenating happen in numpy on the host: eager jnp ops on arrays of a new
   # length would each compile a small XLA program, and those add up to seconds per block.
-  arrays = [np.asarray(a) for a in arrays]
-  n = arrays[0].shape[0]
+  if any(is_streamed(a) for a in arrays):  # images left on disk: read chunk by chunk (data.streaming)
+    if len(arrays) != 1:
+      raise ValueError("batched over a streamed view takes that view alone")
+    chunks = ([c] for c in arrays[0].batches(batch_size))
+  else:
+    arrays = [np.asarray(a) for a in arrays]
+    chunks = ([a[s : s + batch_size] for a in arrays] for s in range(0, arrays[0].shape[0], batch_size))
   outs = []
-  for start in range(0, n, batch_size):
-    chunk = [a[start : start + batch_size] for a in arrays]
+  for chunk in chunks:
     size = chunk[0].shape[0]
     if size < batch_size:
       chunk = [np.concatenate([c, np.zeros((batch_size - size, *c.shape[1:]), c.dtype)]) for c in chunk]
@@ -61,14 +66,15 @@ def feature_elements(model: MultiExitModel, upto: int) -> int:
 
 
 def prefix_features(model: MultiExitModel, variables: Sequence[dict], images, rows, upto: int, batch_size: int):
-  """Features entering block `upto` for `images[rows]`, computed in fixed-size chunks (numpy)."""
-  rows = np.asarray(rows)
-  gathered = np.asarray(images)[rows]
+  """Features entering block `upto` for `images[rows]`, computed in fixed-size chunks (numpy); for
+  `upto == 0` the images themselves (a streamed view of those rows when `images` is streamed)."""
+  gathered = take(images, rows)  # a streamed view stays one: nothing is read here
   if upto == 0:
     return gathered
   fn = feature_fn(model, upto)
   if gathered.shape[0] == 0:
-    shape = jax.eval_shape(fn, list(variables[:upto]), gathered[:1]).shape[1:]
+    one = jax.ShapeDtypeStruct((1, *gathered.shape[1:]), jnp.float32)
+    shape = jax.eval_shape(fn, list(variables[:upto]), one).shape[1:]
     return np.zeros((0, *shape), np.float32)
   return batched(lambda x: fn(list(variables[:upto]), x), [gathered], batch_size)
 
@@ -120,5 +126,6 @@ def _all_exits(model: MultiExitModel, variables, x):
 def predict_exits(model: MultiExitModel, variables: Sequence[dict], images, batch_size: int = 2048):
   """All exits on `images`: (probs [E, N, C], commitment logits [E, N]) for the trained blocks."""
   variables = list(variables)
-  probs, commits = batched(lambda x: _all_exits(model, variables, x), [jnp.asarray(images)], batch_size)
+  images = images if is_streamed(images) else jnp.asarray(images)
+  probs, commits = batched(lambda x: _all_exits(model, variables, x), [images], batch_size)
   return jnp.moveaxis(probs, 0, 1), jnp.moveaxis(commits, 0, 1)

@@ -30,6 +30,7 @@ from quicknets_jax.algorithms.events import BlockFrozen, EpochDone, Events
 from quicknets_jax.algorithms.finetune import finetune_quicknet
 from quicknets_jax.core import costs, exits
 from quicknets_jax.data.sampling import seeded_mask, seeded_subset
+from quicknets_jax.data.streaming import device_array, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask, split_variables
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
@@ -210,13 +211,13 @@ def block_inputs(
   # the authors' full-size epochs: a later block draws |T_0| class-balanced samples from T_j every epoch
   draws = num_train if config.epoch_draws == "full" and j > 0 else None
   if cached and j == 0:  # block 0 reads the images themselves through the index array: no copy
-    train_features = np.asarray(split.images)[train_idx]
+    train_features = take(split.images, train_idx)
     data = FitData(
-      jnp.asarray(split.images),
+      device_array(split.images),
       jnp.asarray(split.labels),
       fit_rows,
       jnp.asarray(labels_j[fit_pos]),
-      jnp.asarray(val_features),
+      device_array(val_features),
       jnp.asarray(val_labels_j),
     )
     loss_fn = losses.block_loss(model.blocks[j], augment, learned_threshold, dtype)
@@ -240,11 +241,11 @@ def block_inputs(
     frozen_params = [split_variables(v)[0] for v in frozen]
     frozen_state = [split_variables(v)[1] for v in frozen]
     data = FitData(
-      jnp.asarray(split.images),
+      device_array(split.images),
       jnp.asarray(split.labels),
       fit_rows,
       jnp.asarray(labels_j[fit_pos]),
-      jnp.asarray(np.asarray(split.val_images)[val_idx]),
+      device_array(take(split.val_images, val_idx)),
       jnp.asarray(val_labels_j),
       epoch_draws=draws,
     )

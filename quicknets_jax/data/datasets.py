@@ -19,11 +19,13 @@ import numpy as np
 
 from quicknets_jax.core import config as config_lib
 from quicknets_jax.core.config import option
+from quicknets_jax.data import records, streaming
 from quicknets_jax.data.cifar import LABEL_NAMES as _CIFAR10_NAMES
 from quicknets_jax.data.cifar import load_cifar_tar
-from quicknets_jax.data.download import REMOTE, cached, fetch
+from quicknets_jax.data.download import REMOTE, cached, default_cache_dir, fetch, on_process_zero
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import find_idx_files, load_idx_dir
+from quicknets_jax.data.normalisation import STATS_CHUNK, channel_stats, standardise, with_channel
 from quicknets_jax.data.tfds_source import RESIZED_SPLITS, default_tfds_dir, load_tfds, load_tfds_resized
 
 KNOWN = ("mnist", "fashion_mnist", "cifar10", "imagenet2012")
@@ -302,47 +304,21 @@ def split_validation(images, labels, val_fraction: float = 0.1):
   return images[:cut], labels[:cut], images[cut:], labels[cut:]
 
 
-def _with_channel(images: np.ndarray) -> np.ndarray:
-  return images[..., None] if images.ndim == 3 else images
-
-
-def normalise(train, *others, chunk: int = 4096):
+def normalise(train, *others, chunk: int = STATS_CHUNK):
   """Scales uint8 images to [0, 1] float32, then standardises each channel with `train`'s stats.
 
   Inputs are [N, H, W, C] (or [N, H, W], which gets a channel axis). Returns
   ((train_n, *others_n), (mean, std)) with mean and std float32 [C] in [0, 1] pixel units.
   """
-  train = _with_channel(np.asarray(train))
-  others = [_with_channel(np.asarray(o)) for o in others]
+  train = with_channel(np.asarray(train))
+  others = [with_channel(np.asarray(o)) for o in others]
   if len(train) == 0:
     raise DataError("cannot normalise an empty training set: use more training samples")
   for o in others:
     if o.shape[1:] != train.shape[1:]:
       raise DataError(f"image shapes differ ({train.shape[1:]} vs {o.shape[1:]}): pass splits of the same dataset")
-  c = train.shape[-1]
-  # Chunked float64 sums: one float64 copy of CIFAR's training set would take ~1 GB.
-  total = np.zeros(c, np.float64)
-  total_sq = np.zeros(c, np.float64)
-  for start in range(0, len(train), chunk):
-    x = train[start : start + chunk].reshape(-1, c).astype(np.float64) / 255.0
-    total += x.sum(0)
-    total_sq += (x * x).sum(0)
-  count = train.size // c
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
-  # A constant channel (std 0) would divide by zero; leaving it unscaled keeps it at 0.
-  std = np.where(std < 1e-6, 1.0, std)
-  mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-
-  def apply(x):
-    out = x.astype(np.float32)
-    if np.issubdtype(x.dtype, np.integer):
-      out *= np.float32(1.0 / 255.0)
-    out -= mean32
-    out /= std32
-    return out
-
-  return tuple(apply(x) for x in [train, *others]), (mean32, std32)
+  mean32, std32 = channel_stats(train[start : start + chunk] for start in range(0, len(train), chunk))
+  return tuple(standardise(x, mean32, std32) for x in [train, *others]), (mean32, std32)
 
 
 def load_dataset(
@@ -394,6 +370,87 @@ def load_dataset(
   )
 
 
+INPUTS = ("memory", "stream")
+
+
+def default_records_dir(name: str, cache_dir: Optional[str] = None) -> str:
+  """Where `--input=stream` keeps a dataset's record directory when --records_dir is not given."""
+  return os.path.join(cache_dir or default_cache_dir(), "records", name)
+
+
+def write_dataset_records(name: str, directory: str, data_source: str = "auto", data_dir=None, **load_args) -> dict:
+  """Reads dataset `name` from its local copy (`load_arrays`) and writes it as a record directory
+  (`records.write_records`); returns its meta."""
+  name = _check_name(name)
+  train_x, train_y, test_x, test_y = load_arrays(name, data_source, data_dir, **load_args)
+  validate_arrays(train_x, train_y, test_x, test_y, len(CLASS_NAMES[name]))
+  return records.write_records(directory, name, train_x, train_y, test_x, test_y, CLASS_NAMES[name])
+
+
+def load_streamed_dataset(
+  name: str,
+  records_dir: Optional[str] = None,
+  data_source: str = "auto",
+  data_dir=None,
+  val_fraction: float = 0.1,
+  max_train: int | None = None,
+  max_test: int | None = None,
+  image_size: int | None = None,
+  options: streaming.StreamOptions = streaming.StreamOptions(),
+  download: bool = False,
+  cache_dir: str | None = None,
+  log=print,
+) -> Dataset:
+  """`load_dataset`'s splits and normalisation with the images left on disk (`streaming.StreamedImages`).
+
+  Reads a record directory (`records_dir`, default `default_records_dir`); where it does not exist
+  yet, writes it once from the dataset's local copy (as `load_arrays` finds it). With
+  `data_source="tfds"` and no records_dir, reads the prepared TFDS copy's array_record files
+  (`tfds.data_source`) instead; imagenet2012 only that way, resized to `image_size` as read.
+  """
+  name = _check_name(name)
+  if data_source == "tfds" and records_dir is None or name in RESIZED_SPLITS:
+    if data_source not in ("auto", "tfds"):
+      raise DataError(f"{name} streams from a prepared TFDS copy only: pass --data_source=tfds")
+    size = DEFAULT_IMAGE_SIZE.get(name) if image_size is None else image_size
+    splits = RESIZED_SPLITS.get(name, ("train", "test"))
+    train, test = (records.TfdsImages(name, split, data_dir, size) for split in splits)
+    source = f"tfds:{default_tfds_dir(data_dir)} (streamed)"
+  else:
+    directory = records_dir or default_records_dir(name, cache_dir)
+    if not records.has_records(directory):  # written once, by process 0 of a multi-process run
+
+      def write():
+        log(f"writing {PRETTY_NAMES[name]} as array_record files into {directory} (once)")
+        write_dataset_records(name, directory, data_source, data_dir, download=download, cache_dir=cache_dir)
+
+      on_process_zero(write, f"quicknets_jax records {name}")
+    meta = records.read_meta(directory)
+    if meta["name"] != name:
+      raise DataError(f"{directory} holds {meta['name']}, not {name}: pass the --records_dir of {name}")
+    train, test = (records.RecordImages(directory, split) for split in records.SPLITS)
+    source = f"records:{directory} (streamed)"
+  splits = streaming.streamed_splits(train, test, val_fraction, max_train, max_test, options)
+  num_classes = len(CLASS_NAMES[name])
+  for split, labels in (("train", splits.train_labels), ("val", splits.val_labels), ("test", splits.test_labels)):
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+      raise DataError(f"{split} labels fall outside [0, {num_classes}): the records do not belong to {name}")
+  return Dataset(
+    name=name,
+    train_images=splits.train_images,
+    train_labels=splits.train_labels,
+    val_images=splits.val_images,
+    val_labels=splits.val_labels,
+    test_images=splits.test_images,
+    test_labels=splits.test_labels,
+    num_classes=num_classes,
+    class_names=CLASS_NAMES[name],
+    mean=splits.mean,
+    std=splits.std,
+    source=source,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Which dataset, from where, and how much of it."""
@@ -427,11 +484,55 @@ class DataConfig:
     resumable=True,
   )
 
+  input: str = option(
+    "memory",
+    "memory: every split held in memory as float32 arrays; stream: images read from array_record files "
+    "batch by batch with Grain (datasets that do not fit; same results as memory).",
+    choices=INPUTS,
+    resumable=True,
+  )
+  records_dir: Optional[str] = option(
+    None,
+    "--input=stream: the record directory (written there once from the local copy when missing; default "
+    "<data_cache>/records/<dataset>). Write one with python -m experiments.write_records.",
+    resumable=True,
+  )
+  stream_threads: int = option(4, "--input=stream: Grain reader threads (reads and decoding).", lower=1, resumable=True)
+  stream_workers: int = option(
+    0, "--input=stream: Grain worker processes for decoding (0: threads only).", lower=0, resumable=True
+  )
+  memory_budget_mb: float = option(
+    256.0,
+    "--input=stream: MiB of decoded images the input pipeline may hold (batches in flight, whole-split reads).",
+    lower=1.0,
+    resumable=True,
+  )
+
   def __post_init__(self):
     config_lib.validate(self)
 
-  def load(self) -> Dataset:
-    """The dataset this config names, loaded, split and normalised (`load_dataset`)."""
+  def stream_options(self) -> streaming.StreamOptions:
+    """The streamed input pipeline's settings."""
+    return streaming.StreamOptions(self.stream_threads, self.stream_workers, self.memory_budget_mb)
+
+  def load(self, log=print) -> Dataset:
+    """The dataset this config names, loaded, split and normalised (`load_dataset`), or with
+    `input="stream"` left on disk as streamed views (`load_streamed_dataset`)."""
+    if self.input == "stream":
+      return load_streamed_dataset(
+        self.dataset,
+        self.records_dir,
+        self.data_source,
+        self.data_dir,
+        self.val_fraction,
+        max_train=self.max_train,
+        max_test=self.max_test,
+        image_size=self.image_size,
+        options=self.stream_options(),
+        download=self.download,
+        cache_dir=self.data_cache,
+        log=log,
+      )
     return load_dataset(
       self.dataset,
       self.data_source,

@@ -192,6 +192,22 @@ def cached(name: str, cache_dir: Optional[str] = None, files: Optional[Sequence[
   return directory if all(os.path.exists(os.path.join(directory, f.name)) for f in files) else None
 
 
+def on_process_zero(work: Callable[[], object], barrier: str) -> None:
+  """Runs `work` on process 0 only, while the other processes of a multi-process run wait at `barrier`
+  (writes to a shared folder: downloads, record directories). Process 0 raises work's DataError after
+  the barrier, so the others are never left waiting for it."""
+  failure = None
+  if jax.process_index() == 0:
+    try:
+      work()
+    except DataError as e:
+      failure = e
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(barrier)
+  if failure is not None:
+    raise failure
+
+
 def fetch(
   name: str,
   cache_dir: Optional[str] = None,
@@ -205,17 +221,9 @@ def fetch(
   """
   directory = os.path.join(cache_dir or default_cache_dir(), name)
   files = REMOTE[name] if files is None else files
-  failure = None
-  if jax.process_index() == 0:
-    try:
-      for file in files:
-        download(file, directory, log=log, **download_options)
-    except DataError as e:
-      failure = e
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"quicknets_jax download {name}")
-  if failure is not None:
-    raise failure
+  on_process_zero(
+    lambda: [download(file, directory, log=log, **download_options) for file in files], f"quicknets_jax download {name}"
+  )
   missing = [f.name for f in files if not os.path.exists(os.path.join(directory, f.name))]
   if missing:
     raise DataError(f"process 0 did not download {', '.join(missing)} to {directory}: see its error")

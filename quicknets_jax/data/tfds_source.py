@@ -79,6 +79,12 @@ def _open_split(tfds, name: str, split: str, data_dir):
     raise _not_prepared(name, data_dir) from e
 
 
+def open_data_source(name: str, split: str, data_dir=None):
+  """`tfds.data_source` of a prepared split (random access, picklable); a DataError naming how to
+  prepare it when it is not there."""
+  return _open_split(_import_tfds(), name, split, data_dir)
+
+
 def _read_split(tfds, name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
   ds = _open_split(tfds, name, split, data_dir)
   n = len(ds)

@@ -278,7 +278,7 @@ def train_and_evaluate(
   """
   guard_workdir(config, workdir, overwrite)
   if dataset is None:
-    dataset = config.data.load()
+    dataset = config.data.load(log=log)
   log(f"data: {dataset.summary()}")
   # what `runs.trained` needs to read new images with this run's blocks, even while it still trains
   write_json(os.path.join(workdir, "data.json"), dataset.card(), indent=1)

@@ -116,3 +116,22 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
   """Inside jit: splits the leading (batch) axis of every array of `tree` over the mesh."""
   return jax.lax.with_sharding_constraint(tree, batch_sharding(mesh))
+
+
+def local_batch_rows(rows: np.ndarray, mesh: Optional[Mesh]) -> np.ndarray:
+  """The part of a global batch's `rows` this process reads on the streamed input path: all of them
+  on one process; on several, the contiguous slice its own devices hold under `batch_sharding` (the
+  mesh's devices come process by process, so that slice is this process's 1/process_count)."""
+  if mesh is None or jax.process_count() == 1:
+    return rows
+  per_process = len(rows) // jax.process_count()
+  start = jax.process_index() * per_process
+  return rows[start : start + per_process]
+
+
+def global_batch(local: np.ndarray, batch_size: int, mesh: Mesh) -> jax.Array:
+  """The batch as one array split over `mesh`, from this process's part of it (`local_batch_rows`)."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(local, sharding)
+  return jax.make_array_from_process_local_data(sharding, local, (batch_size, *local.shape[1:]))

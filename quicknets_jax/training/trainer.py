@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from quicknets_jax.data.sampling import draw_epoch_padded
+from quicknets_jax.data.streaming import is_streamed
 from quicknets_jax.models import layers
 from quicknets_jax.training import parallel
 from quicknets_jax.training.checkpoint import FitCheckpointer
@@ -63,7 +64,9 @@ class FitData(NamedTuple):
   """Arrays a fit reads. Batches are gathered on device as `inputs[positions[order]]`.
 
   Attributes:
-    inputs, targets: the in-memory training arrays (images or cached features) and their targets.
+    inputs, targets: the in-memory training arrays (images or cached features) and their targets;
+      `inputs` (and `val_inputs`) may be `streaming.StreamedImages` views instead (`--input=stream`),
+      which the epoch and the validation pass read batch by batch.
     positions: int32 [n] the working set — rows of `inputs` that train.
     sample_classes: int32 [n] the class of each working-set row, for class-balanced sampling.
     val_inputs, val_targets: the validation arrays (every row is used).
@@ -128,6 +131,7 @@ def make_epoch_fn(
   balanced: bool,
   mesh=None,
   host_loop: bool = False,
+  streamed: bool = False,
 ):
   """One epoch of training steps: (params, opt_state, state, lr, inputs, targets, positions [bucket],
   sample_classes [bucket], num_samples, key[, hparams][, loss_args][, num_valid]) -> (params,
@@ -139,6 +143,10 @@ def make_epoch_fn(
   runs the same jitted step from a Python loop instead (one dispatch per step, same random streams):
   XLA:CPU runs convolutions inside a while loop ~40× slower than at top level (a VGG block's step:
   2.6 s vs 64 ms), so convolutional models on CPU take this path (see `fit`).
+
+  `streamed=True`: `inputs` is a `streaming.StreamedImages` view; the order is drawn as above, and the
+  images of each step's rows are read through its Grain pipeline and handed to the same jitted update
+  (`_streamed_epoch_fn`), so the epoch trains on what the in-memory one would.
   """
   with_hparams = objective.epoch_hparams is not None
   with_args = objective.loss_args is not None
@@ -148,20 +156,13 @@ def make_epoch_fn(
     order = draw_epoch_padded(draw_key, sample_classes, num_valid, num_classes, balanced)
     return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key  # room for the last batch
 
-  def step(
-    step_index, carry, order, step_key, learning_rate, inputs, targets, positions, num_samples, hparams, loss_args
-  ):
+  def update(step_index, carry, x, y, batch_mask, step_key, learning_rate, hparams, loss_args):
     kwargs = {}
     if with_hparams:
       kwargs["hparams"] = hparams
     if with_args:
       kwargs["loss_args"] = loss_args
     params, opt_state, model_state, loss_sum, correct_sum = carry
-    offset = step_index * batch_size
-    batch_order = jax.lax.dynamic_slice(order, (offset,), (batch_size,))
-    batch_mask = ((offset + jnp.arange(batch_size)) < num_samples).astype(jnp.float32)
-    rows = positions[batch_order]
-    x, y = inputs[rows], targets[rows]
     if mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
       x, y, batch_mask = parallel.shard_batch((x, y, batch_mask), mesh)
     rng = jax.random.fold_in(step_key, step_index)
@@ -180,6 +181,22 @@ def make_epoch_fn(
       loss_sum + jnp.sum(losses * batch_mask),
       correct_sum + jnp.sum(correct * batch_mask),
     )
+
+  def mask_of(step_index, num_samples):
+    return ((step_index * batch_size + jnp.arange(batch_size)) < num_samples).astype(jnp.float32)
+
+  def step(
+    step_index, carry, order, step_key, learning_rate, inputs, targets, positions, num_samples, hparams, loss_args
+  ):
+    batch_order = jax.lax.dynamic_slice(order, (step_index * batch_size,), (batch_size,))
+    rows = positions[batch_order]
+    x, y = inputs[rows], targets[rows]
+    return update(
+      step_index, carry, x, y, mask_of(step_index, num_samples), step_key, learning_rate, hparams, loss_args
+    )
+
+  if streamed:
+    return _streamed_epoch_fn(draw, update, mask_of, batch_size, mesh)
 
   if not host_loop:
 
@@ -245,6 +262,68 @@ def make_epoch_fn(
   return host_epoch_fn
 
 
+def _streamed_epoch_fn(draw, update, mask_of, batch_size: int, mesh):
+  """The streamed epoch (see `make_epoch_fn`): the in-memory epoch's draw and update, images read from disk.
+
+  The rows of step i are `positions[order[i·B : (i+1)·B]]`, padding included, exactly the rows the
+  in-memory epoch gathers; a multi-process run reads only the part of each batch its own devices take
+  (`parallel.local_batch_rows`) and assembles the global batch from every process's part.
+  """
+  jit_draw = jax.jit(draw)
+
+  def streamed_update(step_index, carry, x, rows, targets, num_samples, step_key, learning_rate, hparams, loss_args):
+    mask = mask_of(step_index, num_samples)
+    carry = update(step_index, carry, x, targets[rows], mask, step_key, learning_rate, hparams, loss_args)
+    return carry, step_index + 1  # the second output (not donated) tells when the step has run
+
+  jit_update = jax.jit(streamed_update, donate_argnums=(1,))
+
+  def epoch_fn(
+    params,
+    opt_state,
+    model_state,
+    learning_rate,
+    inputs,
+    targets,
+    positions,
+    sample_classes,
+    num_samples,
+    key,
+    hparams=None,
+    loss_args=None,
+    num_valid=None,
+  ):
+    order, step_key = jit_draw(key, sample_classes, num_samples if num_valid is None else num_valid)
+    order, host_positions = np.asarray(order), np.asarray(positions)
+    num_steps = -(-int(num_samples) // batch_size)
+    batch_rows = [host_positions[order[i * batch_size : (i + 1) * batch_size]] for i in range(num_steps)]
+    local = [parallel.local_batch_rows(rows, mesh) for rows in batch_rows]
+    put = (lambda x: jnp.asarray(x)) if mesh is None else (lambda x: parallel.global_batch(x, batch_size, mesh))
+    zero = jnp.zeros((), jnp.float32)
+    carry = (params, opt_state, model_state, zero, jnp.zeros((), jnp.float32))
+    running = []  # steps dispatched but maybe not run: each holds its batch, so at most 2 are let wait
+    for i, x in enumerate(inputs.stream(local, put)):
+      if len(running) == 2:
+        running.pop(0).block_until_ready()
+      carry, done = jit_update(
+        jnp.int32(i),
+        carry,
+        x,
+        jnp.asarray(batch_rows[i]),
+        targets,
+        num_samples,
+        step_key,
+        learning_rate,
+        hparams,
+        loss_args,
+      )
+      running.append(done)
+    params, opt_state, model_state, loss_sum, correct_sum = carry
+    return params, opt_state, model_state, loss_sum / num_samples, correct_sum / num_samples
+
+  return epoch_fn
+
+
 def loop_conv_implementation(backend: Optional[str] = None) -> str:
   """How convolutions inside the trainer's loops convolve on `backend` (default: jax's): as patch products
   on CPU, where XLA's own convolution runs far slower inside loops (`models.layers`); XLA's (cuDNN's,
@@ -274,24 +353,53 @@ def _private_copy(tree):
   )
 
 
-def make_eval_fn(loss_fn: LossFn, eval_batch_size: int, with_args: bool = False, mesh=None, host_loop: bool = False):
+def make_eval_fn(
+  loss_fn: LossFn,
+  eval_batch_size: int,
+  with_args: bool = False,
+  mesh=None,
+  host_loop: bool = False,
+  streamed: bool = False,
+):
   """(params, state, inputs [rows], targets, n[, loss_args]) -> (mean loss, accuracy) over the first n
   rows, in fixed-size masked chunks, so padded inputs of any n up to `rows` share one compile. The
-  chunks are a `lax.scan` inside one jit, or (`host_loop`, see `make_epoch_fn`) a Python loop."""
+  chunks are a `lax.scan` inside one jit, or (`host_loop`, see `make_epoch_fn`) a Python loop.
+  `streamed`: `inputs` is a `streaming.StreamedImages` view (unpadded), read chunk by chunk; its sums
+  are reduced as the scan reduces those of the same rows padded to their bucket."""
 
-  def chunk_sums(params, model_state, inputs, targets, r, m, loss_args):
+  def sums(params, model_state, x, y, m, loss_args):
     kwargs = {"loss_args": loss_args} if with_args else {}
-    x, y = inputs[r], targets[r]
     if mesh is not None:
       x, y, m = parallel.shard_batch((x, y, m), mesh)
     losses, correct, _ = loss_fn(params, model_state, x, y, None, False, **kwargs)
     return jnp.sum(jnp.where(m, losses, 0.0)), jnp.sum(jnp.where(m, correct, 0.0))
+
+  def chunk_sums(params, model_state, inputs, targets, r, m, loss_args):
+    return sums(params, model_state, inputs[r], targets[r], m, loss_args)
 
   def chunks_of(size, num_rows, xp):
     chunks = max(1, -(-size // eval_batch_size))
     padded = chunks * eval_batch_size
     rows = xp.minimum(xp.arange(padded), size - 1).reshape(chunks, eval_batch_size)
     return rows, (xp.arange(padded) < num_rows).reshape(chunks, eval_batch_size)
+
+  if streamed:
+    jit_sums = jax.jit(lambda p, s, x, targets, r, m, a: sums(p, s, x, targets[r], m, a))
+    jit_total = jax.jit(lambda loss_sums, correct_sums, n: (jnp.sum(loss_sums) / n, jnp.sum(correct_sums) / n))
+
+    def streamed_eval_fn(params, model_state, inputs, targets, num_rows, loss_args=None):
+      n = int(num_rows)
+      rows, mask = chunks_of(bucket_size(len(inputs)), n, np)
+      live = [k for k in range(len(rows)) if mask[k].any()]  # chunks past n add exact zeros: not read
+      read = [np.minimum(rows[k], n - 1) for k in live]
+      put = jnp.asarray if mesh is None else (lambda x: parallel.replicate(x, mesh))
+      loss_sums = np.zeros(len(rows), np.float32)
+      correct_sums = np.zeros(len(rows), np.float32)
+      for k, r, x in zip(live, read, inputs.stream(read, put)):
+        loss_sums[k], correct_sums[k] = jit_sums(params, model_state, x, targets, jnp.asarray(r), mask[k], loss_args)
+      return jit_total(loss_sums, correct_sums, jnp.int32(n))
+
+    return streamed_eval_fn
 
   if not host_loop:
 
@@ -336,6 +444,7 @@ def _compiled_fns(
   mesh=None,
   host_loop: bool = False,
   weight_decay: float = 0.0,
+  streamed: tuple = (False, False),
 ):
   mask = objective.trainable
   mask_key = None if mask is None else (jax.tree.structure(mask), tuple(jax.tree.leaves(mask)))
@@ -351,6 +460,7 @@ def _compiled_fns(
     mesh,
     host_loop,
     weight_decay,
+    streamed,
   )
   try:
     hash(key)
@@ -358,8 +468,17 @@ def _compiled_fns(
     key = None
   if key is None or key not in _COMPILED:
     fns = (
-      make_epoch_fn(objective, tx, batch_size, num_classes, balanced, mesh=mesh, host_loop=host_loop),
-      make_eval_fn(objective.loss_fn, eval_batch_size, objective.loss_args is not None, mesh=mesh, host_loop=host_loop),
+      make_epoch_fn(
+        objective, tx, batch_size, num_classes, balanced, mesh=mesh, host_loop=host_loop, streamed=streamed[0]
+      ),
+      make_eval_fn(
+        objective.loss_fn,
+        eval_batch_size,
+        objective.loss_args is not None,
+        mesh=mesh,
+        host_loop=host_loop,
+        streamed=streamed[1],
+      ),
     )
     if key is None:
       return fns
@@ -439,6 +558,10 @@ def fit(
   batch_size = min(config.batch_size, num_samples)
   eval_batch_size = config.eval_batch_size
   mesh = mesh if mesh is not None else parallel.current_mesh()
+  # streamed views (`--input=stream`) stay on disk: the epoch and the validation pass read them in batches
+  streamed = (is_streamed(data.inputs), is_streamed(data.val_inputs))
+  views = {name: getattr(data, name) for name, s in zip(("inputs", "val_inputs"), streamed) if s}
+  data = data._replace(**{name: np.zeros(0, np.float32) for name in views})
   if mesh is not None:  # every device gets the same number of rows; the extra ones are masked padding
     batch_size = parallel.round_up_batch(batch_size, mesh)
     eval_batch_size = parallel.round_up_batch(eval_batch_size, mesh)
@@ -447,6 +570,7 @@ def fit(
     )
   else:  # the training arrays go to the device once (a no-op for device arrays): batches gather there
     data = data._replace(inputs=jax.device_put(data.inputs), targets=jax.device_put(data.targets))
+  data = data._replace(**views)
   # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
   # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
   state.params, state.opt_state, state.model_state = _private_copy((state.params, state.opt_state, state.model_state))
@@ -457,7 +581,7 @@ def fit(
         objective.loss_fn,
         state.params,
         state.model_state,
-        data.inputs,
+        np.asarray(data.inputs[:1]) if streamed[0] else data.inputs,
         data.targets,
         **({} if objective.loss_args is None else {"loss_args": objective.loss_args}),
       )
@@ -474,6 +598,7 @@ def fit(
     mesh,
     host_loop,
     config.weight_decay,
+    streamed,
   )
   # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
   bucket = max(positions_bucket or 0, bucket_size(max(num_rows, num_samples)))
@@ -481,7 +606,7 @@ def fit(
   sample_classes = pad_rows(np.asarray(data.sample_classes, np.int32), bucket)
   num_val = int(data.val_inputs.shape[0] if data.num_val is None else data.num_val)
   val_rows = bucket_size(int(data.val_inputs.shape[0]))
-  val_inputs = pad_rows(data.val_inputs, val_rows)
+  val_inputs = data.val_inputs if streamed[1] else pad_rows(data.val_inputs, val_rows)
   val_targets = pad_rows(data.val_targets, val_rows)
   loss_args = {} if objective.loss_args is None else {"loss_args": objective.loss_args}
   rows_arg = {} if num_samples == num_rows else {"num_valid": jnp.int32(num_rows)}
