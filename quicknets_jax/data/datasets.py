@@ -518,32 +518,19 @@ class DataConfig:
   def load(self, log=print) -> Dataset:
     """The dataset this config names, loaded, split and normalised (`load_dataset`), or with
     `input="stream"` left on disk as streamed views (`load_streamed_dataset`)."""
-    if self.input == "stream":
-      return load_streamed_dataset(
-        self.dataset,
-        self.records_dir,
-        self.data_source,
-        self.data_dir,
-        self.val_fraction,
-        max_train=self.max_train,
-        max_test=self.max_test,
-        image_size=self.image_size,
-        options=self.stream_options(),
-        download=self.download,
-        cache_dir=self.data_cache,
-        log=log,
-      )
-    return load_dataset(
-      self.dataset,
-      self.data_source,
-      self.data_dir,
-      self.val_fraction,
+    common = dict(
+      data_source=self.data_source,
+      data_dir=self.data_dir,
+      val_fraction=self.val_fraction,
       max_train=self.max_train,
       max_test=self.max_test,
       image_size=self.image_size,
       download=self.download,
       cache_dir=self.data_cache,
     )
+    if self.input == "stream":
+      return load_streamed_dataset(self.dataset, self.records_dir, options=self.stream_options(), log=log, **common)
+    return load_dataset(self.dataset, **common)
 
   def image_shape(self) -> tuple:
     """(H, W, C) of this dataset's images, without reading them."""
