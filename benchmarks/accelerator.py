@@ -29,13 +29,14 @@ from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import models
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.core import exits
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import EXIT, SUBNET, Block, parts_mask, split_blocks, split_variables
-from quicknets_jax.runs.inference import cascade_speedup
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import resolve_dtype
 from quicknets_jax.training.trainer import Objective, loop_convolutions
+from quicknets_jax.workflows.inference_timing import cascade_speedup
 
 # full: the CIFAR-10 VGG-11 of experiments/configs/cifar10.flags; small: a pipeline check for CPUs.
 SIZES = {
@@ -84,7 +85,7 @@ def training_rows(model, dtype: str, batch_size: int, steps: int, max_blocks, pe
 
   row(
     "end-to-end",
-    Objective(losses.end_to_end_loss(model, None, compute_dtype), mask),
+    Objective(losses.EndToEndLoss(model, None, compute_dtype), mask),
     params,
     state,
     inputs,
@@ -94,7 +95,7 @@ def training_rows(model, dtype: str, batch_size: int, steps: int, max_blocks, pe
   for j, block in enumerate(model.blocks[: max_blocks or model.num_blocks]):
     p, s = split_variables(variables[j])
     cost = model.block_costs[j]
-    objective = Objective(losses.block_loss(block, None, None, compute_dtype), parts_mask(p, (SUBNET, EXIT)))
+    objective = Objective(losses.BlockLoss(block, None, None, compute_dtype), parts_mask(p, (SUBNET, EXIT)))
     row(f"block {j}", objective, p, s, features, cost.subnet + cost.exit_head)
     features = jax.jit(lambda v, a, b=block: b.apply(v, a, method=Block.features))(variables[j], features)
   return rows
@@ -117,18 +118,19 @@ def inference_rows(model, images: int, batch_size: int) -> list:
   variables = committing(model.init(jax.random.PRNGKey(0)))
   x = jax.random.normal(jax.random.PRNGKey(2), (images, *SHAPE))
   labels = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (images,), 0, 10))
-  probs, _ = predict_exits(model, variables, x, batch_size)
+  probs, _ = all_exit_outputs(model, variables, x, batch_size)
   confidence = np.asarray(exits.confidence(probs[0]))
   rows = []
   for q in (25, 50, 75):
     threshold = float(np.percentile(confidence, q))
-    out = cascade_speedup(model, variables, x, labels, threshold, batch_size=batch_size, repeats=5)
+    out = cascade_speedup(model, variables, Split(x, labels), threshold, batch_size=batch_size, repeats=5)
     rows.append(dict(percentile=q, **out))
   return rows
 
 
 def main(argv):
   del argv
+  common.start()
   backend = jax.default_backend()
   size = FLAGS.size if FLAGS.size != "auto" else ("small" if backend == "cpu" else "full")
   cfg = SIZES[size]

@@ -12,18 +12,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax import data
-from quicknets_jax.runs.workdir import machine_description
+from quicknets_jax.core.platform import configure_cpu
 from quicknets_jax.training.compilation import CompileMeter
+from quicknets_jax.training.optimizer import Adam, Mask
+from quicknets_jax.training.step import Statics, TrainState
 from quicknets_jax.training.trainer import (
+  EpochArrays,
+  EpochPlan,
   bucket_size,
-  make_epoch_fn,
-  make_optimizer,
+  epoch_from_host,
+  epoch_on_device,
+  loop_conv_implementation,
   pad_rows,
   steps_from_host,
   uses_convolution,
 )
+from quicknets_jax.workflows.workdir import machine_description
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def start() -> None:
+  """What a benchmark's main does first, before JAX starts: the XLA:CPU flags the entry points set too
+  (`quicknets_jax.configure_cpu`), so the numbers are what a user's runs get."""
+  configure_cpu()
 
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -47,27 +59,31 @@ def matmul_peak(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float
   return 2.0 * size**3 / seconds
 
 
-def epoch_runner(objective, params, state, inputs, labels, batch_size: int, steps: int) -> Callable[[], tuple]:
-  """A zero-argument function that runs `steps` training steps (one epoch) through the trainer's own epoch
-  function, on the path `fit` takes on this backend (`trainer.steps_from_host`), carrying params and
-  optimizer state from call to call. Call it in the convolution context of the trainer's loops
-  (`trainer.loop_convolutions()`), as `fit` does."""
-  convolves = uses_convolution(objective.loss_fn, params, state, inputs[:1], labels[:1])
-  host_loop = steps_from_host(jax.default_backend(), convolves)
-  n = steps * batch_size
-  tx = make_optimizer(objective.trainable, params)
-  epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True, host_loop=host_loop)
+def epoch_runner(
+  objective, params, state, inputs, labels, batch_size: int, steps: int, host_loop=None, samples=None
+) -> Callable[[], tuple]:
+  """A zero-argument function that runs `steps` training steps (one epoch; or an epoch of `samples`
+  samples, the last batch partial) through the trainer's own epoch driver, on the path `fit` takes on
+  this backend (`trainer.steps_from_host`; `host_loop` overrides it), carrying the train state from
+  call to call. Call it in the convolution context of the trainer's loops (`trainer.loop_convolutions()`),
+  as `fit` does."""
+  if host_loop is None:
+    convolves = uses_convolution(objective.loss, params, state, inputs[:1], labels[:1])
+    host_loop = steps_from_host(jax.default_backend(), convolves)
+  n = steps * batch_size if samples is None else samples
+  statics = Statics(objective.loss, Adam(Mask.of(objective.trainable)), None, loop_conv_implementation())
+  plan = EpochPlan(statics, batch_size, 10, True)
   rows = bucket_size(n)
   positions = pad_rows(np.arange(n, dtype=np.int32) % inputs.shape[0], rows)
   classes = pad_rows(np.asarray(labels)[np.arange(n) % inputs.shape[0]], rows)
-  carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
+  arrays = EpochArrays(inputs, labels, positions, classes, jnp.int32(n), jnp.int32(n))
+  driver = epoch_from_host if host_loop else epoch_on_device
+  # the epoch donates its state, as in `fit`: each call takes the previous call's
+  carry = [TrainState.create(statics.optimizer, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state), 1e-3)]
 
   def run():
-    out = epoch_fn(
-      *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
-    )
-    carry[0] = out[:3]
-    return out
+    carry[0], metrics = driver(carry[0], arrays, jax.random.PRNGKey(0), plan=plan)
+    return metrics
 
   return run
 

@@ -92,7 +92,7 @@ def jax_rows(shape, sizes: dict, batch_sizes, steps: int, per_block: bool, name:
   params, state = split_blocks(variables)
   last = model.num_blocks - 1
   mask = [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
-  objective = Objective(losses.end_to_end_loss(model), mask)
+  objective = Objective(losses.EndToEndLoss(model), mask)
   inputs, labels = _data(shape, max(batch_sizes) * 4)
   rows = []
   for bs in batch_sizes:
@@ -112,7 +112,7 @@ def jax_rows(shape, sizes: dict, batch_sizes, steps: int, per_block: bool, name:
   features = inputs
   for j, block in enumerate(model.blocks):
     p, s = split_variables(variables[j])
-    block_objective = Objective(losses.block_loss(block), parts_mask(p, (SUBNET, EXIT)))
+    block_objective = Objective(losses.BlockLoss(block), parts_mask(p, (SUBNET, EXIT)))
     for bs in batch_sizes:
       rate, first = epoch_rate(block_objective, p, s, features, labels, bs, steps)
       rows.append(dict(network=name, step=f"block {j}", batch_size=bs, samples_per_second=rate, compile_seconds=first))
@@ -208,7 +208,7 @@ def paired_ratio(shape, sizes: dict, batch_size: int, steps: int, rounds: int) -
   params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
   last = model.num_blocks - 1
   mask = [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
-  objective = Objective(losses.end_to_end_loss(model), mask)
+  objective = Objective(losses.EndToEndLoss(model), mask)
   inputs, labels = _data(shape, batch_size * steps)
   n = steps * batch_size
   with _training_context():
@@ -250,6 +250,7 @@ def paired_ratio(shape, sizes: dict, batch_size: int, steps: int, rounds: int) -
 
 def main(argv):
   del argv
+  common.start()
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   reduced = "VGG-11/16 on 28×28×1"
   rows = jax_rows((28, 28, 1), REDUCED, batch_sizes, FLAGS.steps, FLAGS.per_block, reduced)

@@ -4,7 +4,7 @@ cascade, at the run's operating threshold and batch sizes 1, 64 and 1024.
 
 The workdir is a finished run (the README's first command makes runs/fashion_mnist). Every method gets
 the run's test images as uint8 pixels and normalises them itself; rounds alternate the methods in a
-rotating order (`runs.inference.interleaved_seconds`); rates are medians.
+rotating order (`workflows.inference_timing.interleaved_seconds`); rates are medians.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from absl import app, flags, logging
 
 from benchmarks import common
 from quicknets_jax.algorithms.cascade import cascade_predict
-from quicknets_jax.core import exported_cascade
 from quicknets_jax.data.datasets import load_arrays
-from quicknets_jax.runs.export import export_cascade
-from quicknets_jax.runs.inference import end_to_end_predict_fn, interleaved_seconds
-from quicknets_jax.runs.trained import load_trained
+from quicknets_jax.workflows import cascade_loader as exported_cascade
+from quicknets_jax.workflows.export import export_cascade
+from quicknets_jax.workflows.inference_timing import end_to_end_classifier, interleaved_seconds
+from quicknets_jax.workflows.trained import load_trained
 
 flags.DEFINE_string("workdir", "runs/fashion_mnist", "A finished run (python -m experiments.fashion_mnist ...).")
 flags.DEFINE_list("batch_sizes", ["1", "64", "1024"], "Batch sizes to time.")
@@ -35,6 +35,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  common.start()
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   trained = load_trained(FLAGS.workdir)
   threshold = trained.threshold()
@@ -45,7 +46,7 @@ def main(argv):
   export_cascade(trained, out, threshold)
   exported = exported_cascade.load(out)
   model, variables = trained.model, trained.variables
-  end_to_end = end_to_end_predict_fn(model)
+  end_to_end = end_to_end_classifier(model)
 
   def e2e(x, batch_size):
     x = trained.normalise(x)

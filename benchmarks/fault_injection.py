@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_FLAGS = os.path.join(ROOT, "experiments", "configs", "fashion_mnist_smoke.flags")
 CONV_SMOKE_FLAGS = os.path.join(ROOT, "experiments", "configs", "cifar10_smoke.flags")
 TMP_MARK = ".orbax-checkpoint-tmp"
-SIGTERM_EXIT = 143  # what the experiments exit with after SIGTERM (experiments/flags.py run_interruptibly)
+SIGTERM_EXIT = 143  # what the experiments exit with after SIGTERM (experiments/flags.py one_line_errors)
 
 
 def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200, noise: float = 60.0) -> None:

@@ -19,11 +19,11 @@ from absl import app, flags
 from benchmarks import common
 from quicknets_jax import data, models
 from quicknets_jax.algorithms.cascade import cascade_flops, cascade_predict, cascade_predict_batches
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.core import exits
-from quicknets_jax.runs.inference import end_to_end_predict_fn, interleaved_seconds
 from quicknets_jax.training.checkpoint import BlockCheckpointer
+from quicknets_jax.workflows.inference_timing import end_to_end_classifier, interleaved_seconds
 
 flags.DEFINE_string("workdir", None, "A finished fashion_mnist run whose seed_0 checkpoints to load.")
 flags.DEFINE_integer("batch_size", 4096, "Batch for throughput.")
@@ -52,8 +52,9 @@ def _each(fn, batches):
 
 def main(argv):
   del argv
+  common.start()
   ds = data.load_dataset("fashion_mnist")
-  model = models.mlp(ds.train_images.shape[1:], ds.num_classes)
+  model = models.mlp(ds.train.images.shape[1:], ds.num_classes)
   variables = None
   if FLAGS.workdir:
     directory = os.path.join(FLAGS.workdir, "seed_0", "quicknet_checkpoints")
@@ -61,13 +62,13 @@ def main(argv):
     variables = jax.tree.map(jnp.asarray, variables)
   if not variables:
     variables = train_quicknet(
-      model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, QuickNetConfig(), 0, log=lambda m: None
+      model, (ds.train.images, ds.train.labels), (ds.val.images, ds.val.labels), QuickNetConfig(), 0, log=lambda m: None
     ).variables
-  probs, commit = predict_exits(model, variables, ds.val_images)
-  chosen = exits.choose_threshold(exits.sweep_thresholds(probs, commit, ds.val_labels, model.cascade_costs()))
-  test = jnp.asarray(ds.test_images)
-  test_probs, test_commit = predict_exits(model, variables, test)
-  e2e, vectorized = end_to_end_predict_fn(model), _vectorized_fn(model)
+  probs, commit = all_exit_outputs(model, variables, ds.val.images)
+  chosen = exits.choose_threshold(exits.sweep_thresholds(probs, commit, ds.val.labels, model.cascade_costs()))
+  test = jnp.asarray(ds.test.images)
+  test_probs, test_commit = all_exit_outputs(model, variables, test)
+  e2e, vectorized = end_to_end_classifier(model), _vectorized_fn(model)
   bs = FLAGS.batch_size
   # the same device batches for all three methods, cut once outside the timed region (slicing a batch
   # out of the test array copies it, a cost that is data loading's, not the network's)
@@ -105,7 +106,7 @@ def main(argv):
       dict(
         threshold=threshold,
         chosen=threshold == chosen,
-        accuracy=float(np.mean(result.prediction == ds.test_labels)),
+        accuracy=float(np.mean(result.prediction == ds.test.labels)),
         cascade_flops=flops,
         flop_ratio=e2e_flops / flops,
         cascade_samples_per_second=rate["cascade"],

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_OUT, write
+from benchmarks.common import DEFAULT_OUT, start, write
 
 RUNTIME_IMAGES = 1280  # 10 batches of 128
 
@@ -53,6 +53,7 @@ def child(mode: str, directory: str, budget_mb: float, batch_size: int) -> dict:
   import jax.numpy as jnp
 
   from quicknets_jax.data import records, streaming
+  from quicknets_jax.data.split import Split
   from quicknets_jax.models.base import split_blocks
   from quicknets_jax.models.registry import build_model
   from quicknets_jax.training import losses
@@ -62,34 +63,25 @@ def child(mode: str, directory: str, budget_mb: float, batch_size: int) -> dict:
   options = streaming.StreamOptions(memory_budget_mb=budget_mb)
   train, test = records.RecordImages(directory, "train"), records.RecordImages(directory, "test")
   splits = streaming.streamed_splits(train, test, 0.1, None, None, options)
-  images, val_images = splits.train_images, splits.val_images
+  images, val_images = splits.train.images, splits.val.images
   if mode == "memory":  # what --input=memory holds: the splits as float32 arrays
     images, val_images = (streaming.standardise(v.source.read(v.rows)[0], v.mean, v.std) for v in (images, val_images))
-  n = len(splits.train_labels)
+  n = len(splits.train.labels)
   trained = min(RUNTIME_IMAGES, n) if mode == "runtime" else n
   model = build_model("mlp", images.shape[1:], 10, hidden=(150, 100, 50))
   params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
-  labels = jnp.asarray(splits.train_labels)
+  labels = jnp.asarray(splits.train.labels)
   data = FitData(
-    streaming.device_array(images),
-    labels,
-    jnp.arange(trained, dtype=jnp.int32),
-    labels[:trained],
-    streaming.device_array(val_images),
-    jnp.asarray(splits.val_labels),
+    Split(streaming.device_array(images), labels),
+    Split(streaming.device_array(val_images), jnp.asarray(splits.val.labels)),
+    rows=jnp.arange(trained, dtype=jnp.int32),
+    row_classes=labels[:trained],
+    num_classes=10,
+    bucket=bucket_size(n),
   )
   config = FitConfig(max_epochs=1, batch_size=batch_size)
   start = time.perf_counter()
-  result = fit(
-    Objective(losses.end_to_end_loss(model)),
-    params,
-    state,
-    data,
-    config,
-    jax.random.PRNGKey(1),
-    num_classes=10,
-    positions_bucket=bucket_size(n),
-  )
+  result = fit(Objective(losses.EndToEndLoss(model)), params, state, data, config, jax.random.PRNGKey(1))
   seconds = time.perf_counter() - start
   return dict(
     mode=mode,
@@ -113,6 +105,7 @@ def main(argv=None) -> None:
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
+    start()
     print(json.dumps(child(args.child, args.records_dir, args.memory_budget_mb, args.batch_size)))
     return
   with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """`python -m benchmarks.train_speed`: samples/s of the jitted per-block and end-to-end training steps.
 
-A whole epoch runs inside one jit (the trainer's own epoch function), so the numbers include the
+A whole epoch runs inside one jit (the trainer's own `epoch_on_device`), so the numbers include the
 on-device batch gathering and the class-balanced draw, not Python dispatch. Utilisation = model FLOP/s
 (3 × forward FLOPs per trained sample, design.md §2) / the f32 matmul peak measured in the same run.
 """
@@ -8,15 +8,13 @@ on-device batch gathering and the class-balanced draw, not Python dispatch. Util
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import models
 from quicknets_jax.models.base import parts_mask
 from quicknets_jax.training import losses
-from quicknets_jax.training.trainer import Objective, bucket_size, make_epoch_fn, make_optimizer, pad_rows
+from quicknets_jax.training.trainer import Objective
 
 flags.DEFINE_list("batch_sizes", ["128", "1024"], "Batch sizes to time.")
 flags.DEFINE_integer("samples", 54000, "Samples per timed epoch.")
@@ -25,27 +23,14 @@ FLAGS = flags.FLAGS
 
 
 def _epoch_rate(objective, params, state, inputs, labels, batch_size, n):
-  tx = make_optimizer(objective.trainable, params)
-  epoch_fn = make_epoch_fn(objective, tx, batch_size, 10, True)
-  rows = bucket_size(n)
-  positions = pad_rows(np.arange(n, dtype=np.int32), rows)
-  classes = pad_rows(np.asarray(labels), rows)
-  # the epoch donates params and states, as in train.fit: each call takes the previous call's outputs
-  carry = [jax.tree.map(jnp.copy, (params, tx.init(params), state))]
-
-  def run():
-    out = epoch_fn(
-      *carry[0], jnp.float32(1e-3), inputs, labels, positions, classes, jnp.int32(n), jax.random.PRNGKey(0)
-    )
-    carry[0] = out[:3]
-    return out
-
+  run = common.epoch_runner(objective, params, state, inputs, labels, batch_size, 0, host_loop=False, samples=n)
   seconds = common.time_call(run, repeats=3, warmup=1)
   return n / seconds
 
 
 def main(argv):
   del argv
+  common.start()
   peak = common.matmul_peak()
   model = models.mlp((28, 28, 1), 10)
   variables = model.init(jax.random.PRNGKey(0))
@@ -57,7 +42,7 @@ def main(argv):
   features = images
   for j, block in enumerate(model.blocks):
     params = variables[j]["params"]
-    objective = Objective(losses.block_loss(block), parts_mask(params, ("subnet", "exit_head")))
+    objective = Objective(losses.BlockLoss(block), parts_mask(params, ("subnet", "exit_head")))
     cost = model.block_costs[j]
     for bs in map(int, FLAGS.batch_sizes):
       rate = _epoch_rate(objective, params, {}, features, labels, bs, n)
@@ -70,7 +55,7 @@ def main(argv):
     features = jax.jit(lambda v, x, b=block: b.apply(v, x, method=b.features))(variables[j], features)
   params = [v["params"] for v in variables]
   mask = [parts_mask(p, ("subnet",) + (("exit_head",) if k == 2 else ())) for k, p in enumerate(params)]
-  objective = Objective(losses.end_to_end_loss(model), mask)
+  objective = Objective(losses.EndToEndLoss(model), mask)
   for bs in map(int, FLAGS.batch_sizes):
     rate = _epoch_rate(objective, params, [{}, {}, {}], images, labels, bs, n)
     flops = rate * 3 * model.end_to_end_cost()

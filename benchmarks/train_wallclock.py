@@ -23,10 +23,10 @@ from benchmarks import common
 from experiments.flags import flagfile_settings
 from quicknets_jax import data
 from quicknets_jax.algorithms.end_to_end import train_end_to_end
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import train_quicknet
 from quicknets_jax.core import exits
-from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 flags.DEFINE_integer("seed", 0, "Seed of both runs.")
 flags.DEFINE_string("method", None, "Internal: run one method in this process and print its JSON.")
@@ -57,19 +57,19 @@ def _run_method(method: str) -> dict:
     }
   config = ExperimentConfig().replace(seeds=(FLAGS.seed,), cache_features=FLAGS.cache_features, **overrides)
   ds = data.load_dataset("fashion_mnist")
-  model = config.model.build(ds.train_images.shape[1:], ds.num_classes)
+  model = config.model.build(ds.train.images.shape[1:], ds.num_classes)
   quiet = lambda m: None
   start = time.perf_counter()
   if method in ("quicknet", "quicknet_plus"):
     run = train_quicknet(
-      model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config.quicknet, FLAGS.seed, log=quiet
+      model, (ds.train.images, ds.train.labels), (ds.val.images, ds.val.labels), config.quicknet, FLAGS.seed, log=quiet
     )
     seconds = time.perf_counter() - start
-    probs, commit = predict_exits(model, run.variables, ds.val_images)
-    sweep = exits.sweep_thresholds(probs, commit, ds.val_labels, model.cascade_costs())
+    probs, commit = all_exit_outputs(model, run.variables, ds.val.images)
+    sweep = exits.sweep_thresholds(probs, commit, ds.val.labels, model.cascade_costs())
     threshold = exits.choose_threshold(sweep)
-    probs, commit = predict_exits(model, run.variables, ds.test_images)
-    accuracy = float(exits.evaluate_rule(probs, commit, ds.test_labels, threshold, model.cascade_costs())[0])
+    probs, commit = all_exit_outputs(model, run.variables, ds.test.images)
+    accuracy = float(exits.evaluate_rule(probs, commit, ds.test.labels, threshold, model.cascade_costs())[0])
     return dict(
       method=method,
       seconds=seconds,
@@ -80,11 +80,11 @@ def _run_method(method: str) -> dict:
       levers=overrides,
     )
   run = train_end_to_end(
-    model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config.fit, FLAGS.seed, log=quiet
+    model, (ds.train.images, ds.train.labels), (ds.val.images, ds.val.labels), config.fit, FLAGS.seed, log=quiet
   )
   seconds = time.perf_counter() - start
-  probs, _ = predict_exits(model, run.variables, ds.test_images)
-  accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == ds.test_labels))
+  probs, _ = all_exit_outputs(model, run.variables, ds.test.images)
+  accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == ds.test.labels))
   return dict(
     method=method, seconds=seconds, training_flops=run.training_flops, test_accuracy=accuracy, epochs=[run.epochs]
   )
@@ -92,6 +92,7 @@ def _run_method(method: str) -> dict:
 
 def main(argv):
   del argv
+  common.start()
   if FLAGS.method:
     print("RESULT " + json.dumps(_run_method(FLAGS.method)))
     return

@@ -1,8 +1,8 @@
-"""Runnable entry points: flags in (generated from the configs by `flags.py`), `quicknets_jax.runs` out.
+"""Runnable entry points: flags in (generated from the configs by `flags.py`), `quicknets_jax.workflows` out.
 
 `python -m experiments.X` imports this package first, before jax: a SIGTERM (a preemption notice) that
 arrives during start-up is noted here rather than ending the process without a word, and the entry
-point then stops with its usual one line (`flags.run_interruptibly`, `flags.start_process`). Only for
+point then stops with its usual one line (`flags.one_line_errors`, `flags.start_process`). Only for
 `python -m` runs (the interpreter's argv[0] is "-m" while it imports the package): a test session
 importing these modules keeps its own SIGTERM handling.
 """

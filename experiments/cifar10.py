@@ -11,7 +11,7 @@ from absl import app
 
 from experiments import common
 
-common.define_flags("cifar10")
+common.define_flags("cifar10", flops_check=True)
 
 if __name__ == "__main__":
-  app.run(common.run_with_flops_check)
+  app.run(common.main)

@@ -12,11 +12,10 @@ import json
 
 from absl import app, flags
 
-from experiments.flags import config_from_flags, define_config_flags, fail, start_process
+from experiments.flags import config_from_flags, define_config_flags, one_line_errors, start_process
 from quicknets_jax.core.progress import stderr_log
-from quicknets_jax.data.errors import DataError
-from quicknets_jax.runs.config import StudyConfig
-from quicknets_jax.runs.study import run_study
+from quicknets_jax.workflows.experiment_config import StudyConfig
+from quicknets_jax.workflows.study import run_study
 
 FLAGS = flags.FLAGS
 
@@ -39,17 +38,15 @@ def run_from_flags(config: StudyConfig) -> None:
   if FLAGS.print_config:
     print(json.dumps(config.to_json(), indent=1))
     return
-  try:
-    run_study(config, FLAGS.workdir, log=stderr_log, overwrite=FLAGS.overwrite)
-  except (DataError, ValueError) as e:
-    fail(str(e))
+  with one_line_errors(stderr_log) as log:
+    run_study(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)
   with open(f"{FLAGS.workdir}/results.md") as f:
     print(f.read())
 
 
 def main(argv) -> None:
   del argv
-  start_process()
+  start_process(interruptible=True)
   run_from_flags(study_config_from_flags())
 
 

@@ -1,4 +1,4 @@
-"""What the comparison entry points share: their flags (generated from `ExperimentConfig`) and `run`."""
+"""What the comparison entry points share: their flags (generated from `ExperimentConfig`) and `main`."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ import jax
 from absl import flags
 
 from experiments.flags import config_from_flags as _from_flags
-from experiments.flags import define_config_flags, fail, run_interruptibly, start_process
+from experiments.flags import define_config_flags, fail, one_line_errors, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.datasets import CLASS_NAMES
-from quicknets_jax.data.errors import DataError
 from quicknets_jax.models.xla_check import flops_check
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
-from quicknets_jax.runs.workdir import read_json, write_json
 from quicknets_jax.training import parallel
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.workdir import read_json, write_json
 
 FLAGS = flags.FLAGS
 
 
-def define_flags(dataset: str) -> None:
-  """Defines every flag of a QuickNet vs end-to-end run; `dataset` is the default dataset."""
+def define_flags(dataset: str, flops_check: bool = False) -> None:
+  """Defines every flag of a QuickNet vs end-to-end run; `dataset` is the default dataset, `flops_check`
+  the default of --flops_check."""
   flags.DEFINE_string("workdir", None, "Where checkpoints, results.json and results.md go.", required=True)
   flags.DEFINE_bool("overwrite", False, "Start over in a workdir that holds a run with another config.")
   flags.DEFINE_bool(
@@ -57,6 +57,11 @@ def define_flags(dataset: str) -> None:
     lower_bound=1,
   )
   flags.DEFINE_bool("print_config", False, "Print the settings the flags make (config.json's form) and exit.")
+  flags.DEFINE_bool(
+    "flops_check",
+    flops_check,
+    "After training, add to results.json every block's analytic forward FLOPs beside XLA's cost_analysis count.",
+  )
   define_config_flags(ExperimentConfig, defaults=dict(dataset=dataset))
 
 
@@ -65,46 +70,43 @@ def config_from_flags() -> ExperimentConfig:
   return _from_flags(ExperimentConfig)
 
 
-def run(argv) -> None:
-  """absl main: flags → config → train_and_evaluate; errors become one line on stderr, exit 1."""
-  del argv
-  start_process(interruptible=True)
-  config = config_from_flags()
-  if FLAGS.print_config:
-    print(json.dumps(config.to_json(), indent=1))
-    return
+def devices_from_flags():
+  """Starts the distributed runtime when --distributed, then the mesh of --num_devices (None: one device)."""
   if FLAGS.distributed:
     parallel.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout
     )
   num_devices = jax.device_count() if FLAGS.num_devices is None else FLAGS.num_devices
   try:
-    mesh = parallel.make_mesh(num_devices) if FLAGS.data_parallel and num_devices > 1 else None
+    return parallel.make_mesh(num_devices) if FLAGS.data_parallel and num_devices > 1 else None
   except ValueError as e:  # more devices asked for than are visible
     fail(str(e))
 
-  def train(log):
-    with parallel.data_parallel(mesh):
-      train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)
 
-  try:
-    run_interruptibly(train, stderr_log)
-  except (DataError, ValueError) as e:
-    fail(str(e))
-  if parallel.is_writer():  # process 0 wrote the results; the others of a distributed run say nothing
-    with open(f"{FLAGS.workdir}/results.md") as f:
-      print(f.read())
-
-
-def run_with_flops_check(argv) -> None:
-  """`run`, then adds `flops_check` to WORKDIR/results.json: every block's analytic forward FLOPs beside
-  XLA's `cost_analysis()` count, for the model and input shape the flags describe."""
-  run(argv)
-  if FLAGS.print_config or not parallel.is_writer():
-    return
-  path = f"{FLAGS.workdir}/results.json"
-  results = read_json(path)
+def main(argv) -> None:
+  """absl main: flags → config → `train_and_evaluate`; anything that stops it is one line on stderr."""
+  del argv
+  start_process(interruptible=True)
   config = config_from_flags()
+  if FLAGS.print_config:
+    print(json.dumps(config.to_json(), indent=1))
+    return
+  mesh = devices_from_flags()
+  with one_line_errors(stderr_log) as log, parallel.data_parallel(mesh):
+    train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)
+  if not parallel.is_writer():  # process 0 wrote the results; the others of a distributed run say nothing
+    return
+  if FLAGS.flops_check:
+    add_flops_check(FLAGS.workdir, config)
+  with open(f"{FLAGS.workdir}/results.md") as f:
+    print(f.read())
+
+
+def add_flops_check(workdir: str, config: ExperimentConfig) -> None:
+  """Adds `flops_check` to WORKDIR/results.json: every block's analytic forward FLOPs beside XLA's
+  `cost_analysis()` count, for the model and input shape `config` describes."""
+  path = f"{workdir}/results.json"
+  results = read_json(path)
   model = config.model.build(config.data.image_shape(), len(CLASS_NAMES[config.data.dataset]))
   results["flops_check"] = flops_check(model)
   write_json(path, results, indent=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from experiments.flags import flagfile_settings
-from quicknets_jax.runs.config import ExperimentConfig, StudyConfig
+from quicknets_jax.workflows.experiment_config import ExperimentConfig, StudyConfig
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 

@@ -4,7 +4,7 @@ QuickNets").
 
 Every setting comes from flagfiles fixed before any run: `configs/fashion_mnist_vgg.flags` and
 `configs/mnist_vgg.flags` (the comparison, deploy curve on), `configs/commitment_study_vgg.flags` (the
-jointly trained conv net), and `runs.conv_study.VARIANTS` (the QuickNet+ variants, one chosen on
+jointly trained conv net), and `workflows.conv_study.VARIANTS` (the QuickNet+ variants, one chosen on
 validation). Each part is an ordinary resumable run under WORKDIR/; WORKDIR/conv_study.json and .md
 collect them and WORKDIR/figures/ gets the figures (also `--figures_dir`, e.g. docs/figures). Without
 --mnist_dir (the four IDX files, `bash scripts/fetch_mnist.sh /tmp/mnist_idx`) MNIST is left out.
@@ -17,10 +17,9 @@ import os
 from absl import app, flags
 
 from experiments.conv_configs import CONFIGS, commitment_config, experiment_config
-from experiments.flags import check_known, fail, run_interruptibly, seeds_from_flag, start_process
+from experiments.flags import check_known, fail, one_line_errors, seeds_from_flag, start_process
 from quicknets_jax.core.progress import stderr_log
-from quicknets_jax.data.errors import DataError
-from quicknets_jax.runs.conv_study import VARIANTS, render_figures, run_conv_study
+from quicknets_jax.workflows.conv_study import VARIANTS, render_figures, run_conv_study
 
 PARTS = ("fashion_mnist", "mnist", "plus", "commitment")
 
@@ -50,15 +49,10 @@ def main(argv) -> None:
     fail("nothing to compare: --parts needs fashion_mnist or mnist (with --mnist_dir)")
   variants = VARIANTS if "plus" in FLAGS.parts and "fashion_mnist" in experiments else None
   commitment = commitment_config(seeds, FLAGS.configs_dir) if "commitment" in FLAGS.parts else None
-  try:
-    summary = run_interruptibly(
-      lambda log: run_conv_study(
-        FLAGS.workdir, experiments, variants, commitment, log=log, speed_repeats=FLAGS.speed_repeats
-      ),
-      stderr_log,
+  with one_line_errors(stderr_log) as log:
+    summary = run_conv_study(
+      FLAGS.workdir, experiments, variants, commitment, log=log, speed_repeats=FLAGS.speed_repeats
     )
-  except (DataError, ValueError) as e:
-    fail(str(e))
   for directory in filter(None, (os.path.join(FLAGS.workdir, "figures"), FLAGS.figures_dir)):
     for path in render_figures(FLAGS.workdir, summary, directory):
       stderr_log(f"wrote {path}")

@@ -14,7 +14,7 @@ from absl import app, flags
 from experiments.flags import define_trained_run_flags, fail, start_process, trained_run_from_flags
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
-from quicknets_jax.runs.export import export_cascade
+from quicknets_jax.workflows.export import export_cascade
 
 flags.DEFINE_string("out", None, "Directory the cascade is written to.", required=True)
 flags.DEFINE_list("platforms", [], "Backends the artifacts run on, e.g. cpu,cuda (default: this machine's).")

@@ -8,21 +8,25 @@ what is not a hyperparameter (`--workdir`, `--overwrite`, where to run).
 
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
 import os
 import shlex
 import signal
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from absl import flags, logging
 
 import experiments
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.runs.predict import operating_threshold
-from quicknets_jax.runs.trained import load_trained
+from quicknets_jax.core import options
+from quicknets_jax.core.platform import configure_cpu
+from quicknets_jax.data.errors import DataError
 from quicknets_jax.training import compilation
+from quicknets_jax.workflows.predict import operating_threshold
+from quicknets_jax.workflows.trained import load_trained
 
 FLAGS = flags.FLAGS
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -37,10 +41,11 @@ flags.DEFINE_string(
 
 
 def start_process(interruptible: bool = False) -> None:
-  """What every entry point's main does first: quiet absl logging (orbax and jax log every save and
+  """What every entry point's main does first, before JAX starts: the XLA:CPU flags the project's steps
+  run faster with (`quicknets_jax.configure_cpu`), quiet absl logging (orbax and jax log every save and
   backend probe at INFO) and the persistent compilation cache of `--compile_cache`.
 
-  `interruptible`: the entry point trains inside `run_interruptibly`, which acts on a SIGTERM noted
+  `interruptible`: the entry point trains inside `one_line_errors`, which acts on a SIGTERM noted
   during start-up (`experiments.EARLY_SIGTERM`). Other entry points stop here on one, with a line, and
   get SIGTERM's default action back.
   """
@@ -50,7 +55,9 @@ def start_process(interruptible: bool = False) -> None:
       raise SystemExit(143)
     if signal.getsignal(signal.SIGTERM) is experiments._note_sigterm:
       signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  configure_cpu()
   logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger("absl").setLevel(std_logging.WARNING)  # orbax logs every save through it
   try:
     compilation.enable_persistent_cache(FLAGS.compile_cache)
   except ValueError as e:
@@ -85,7 +92,7 @@ def define_config_flags(cls: type, defaults: Optional[dict] = None, choices: Opt
   `choices`: {flag name: allowed values} narrowing a setting's choices for this entry point.
   """
   defaults, choices = defaults or {}, choices or {}
-  for leaf in config_lib.leaves(cls):
+  for leaf in options.leaves(cls):
     info, name = leaf.info, leaf.name
     default = defaults.get(name, leaf.field.default)
     tp, _ = _unwrap_optional(leaf.type)
@@ -111,7 +118,7 @@ def define_config_flags(cls: type, defaults: Optional[dict] = None, choices: Opt
       raise TypeError(f"{cls.__name__}.{name}: no flag for settings of type {leaf.type}")
 
 
-def _parse(leaf: config_lib.Leaf, raw):
+def _parse(leaf: options.Leaf, raw):
   """The value of one flag in the config's form; ValueError names the flag and what it takes."""
   tp, _ = _unwrap_optional(leaf.type)
   element = _element_type(tp)
@@ -138,9 +145,9 @@ def config_from_flags(cls: type, **overrides):
   """The `cls` config the flags describe (plus `overrides`, by flat name); bad values exit with one
   line on stderr."""
   try:
-    flat = {leaf.name: _parse(leaf, getattr(FLAGS, leaf.name)) for leaf in config_lib.leaves(cls)}
+    flat = {leaf.name: _parse(leaf, getattr(FLAGS, leaf.name)) for leaf in options.leaves(cls)}
     flat.update(overrides)
-    return config_lib.from_flat(cls, flat)
+    return options.from_flat(cls, flat)
   except (ValueError, TypeError) as e:
     raise SystemExit(f"error: {e}") from None
 
@@ -148,7 +155,7 @@ def config_from_flags(cls: type, **overrides):
 def flagfile_settings(cls: type, path: str) -> dict:
   """{flat name: value} of the `cls` settings a flagfile sets (`--name=value`, `--name`, `--noname`
   lines; comments and flags of other configs are skipped), parsed as the flags would parse them."""
-  by_name = {leaf.name: leaf for leaf in config_lib.leaves(cls)}
+  by_name = {leaf.name: leaf for leaf in options.leaves(cls)}
   settings = {}
   with open(path) as f:
     for line in f:
@@ -213,7 +220,7 @@ def define_trained_run_flags() -> None:
 
 
 def trained_run_from_flags(log):
-  """(the `runs.trained.TrainedQuickNet` the flags of `define_trained_run_flags` name, its threshold).
+  """(the `workflows.trained.TrainedQuickNet` the flags of `define_trained_run_flags` name, its threshold).
   Raises what `load_trained` and `operating_threshold` raise (DataError, ValueError)."""
   trained = load_trained(FLAGS.workdir, FLAGS.seed, FLAGS.blocks)
   threshold, _ = operating_threshold(
@@ -235,11 +242,16 @@ def resume_command() -> str:
   return " ".join(shlex.quote(a) for a in start + sys.argv[1:])
 
 
-def run_interruptibly(fn: Callable[[Callable[[str], None]], Any], log: Callable[[str], None]) -> Any:
-  """Runs `fn(log)` so that Ctrl-C or SIGTERM ends it within a step with one line on stderr: what it was
-  doing (the last progress line) and the command that resumes it. Every finished epoch and frozen
-  block is already checkpointed, so nothing else needs saving. Exit status 130 (Ctrl-C) or 143 (SIGTERM);
-  a workdir that cannot be written is one line too."""
+@contextlib.contextmanager
+def one_line_errors(log: Callable[[str], None]) -> Iterator[Callable[[str], None]]:
+  """The body of an entry point's run: whatever stops it ends the process with one line on stderr.
+
+  Yields the log to train with (it remembers the last progress line). Ctrl-C or SIGTERM ends it within
+  a step with what it was doing and the command that resumes it (every finished epoch and frozen block
+  is already checkpointed, so nothing else needs saving): exit status 130 (Ctrl-C) or 143 (SIGTERM).
+  Bad data or settings (`DataError`, `ValueError`) and a workdir that cannot be written (`OSError`) end
+  it with `error: ...` and exit status 1.
+  """
   last = []
 
   def tracking_log(message: str) -> None:
@@ -253,7 +265,7 @@ def run_interruptibly(fn: Callable[[Callable[[str], None]], Any], log: Callable[
   try:
     if experiments.EARLY_SIGTERM:  # it came during start-up, before this handler existed
       raise Preempted()
-    return fn(tracking_log)
+    yield tracking_log
   except (KeyboardInterrupt, Preempted) as e:
     what = "SIGTERM" if isinstance(e, Preempted) else "Ctrl-C"
     where = f" during: {last[0].strip()[:160]}" if last else ""
@@ -263,6 +275,8 @@ def run_interruptibly(fn: Callable[[Callable[[str], None]], Any], log: Callable[
       flush=True,
     )
     raise SystemExit(143 if isinstance(e, Preempted) else 130) from None
+  except (DataError, ValueError) as e:
+    fail(str(e))
   except OSError as e:  # an unwritable workdir, a file where a folder should be, a full disk
     fail(f"cannot write {e.filename or 'the workdir'}: {e.strerror or e}; choose a writable --workdir")
   finally:

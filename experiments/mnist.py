@@ -7,4 +7,4 @@ from experiments import common
 common.define_flags("mnist")
 
 if __name__ == "__main__":
-  app.run(common.run)
+  app.run(common.main)

@@ -18,7 +18,7 @@ from experiments.flags import define_trained_run_flags, fail, start_process, tra
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.images import check_image_shape, read_images
-from quicknets_jax.runs import predict as predict_lib
+from quicknets_jax.workflows import predict as predict_lib
 
 flags.DEFINE_string("images", None, "IDX image file, .npy array or folder of PNG/JPEG images.", required=True)
 flags.DEFINE_string("out", "-", "Where the predictions go ('-': standard output).")
@@ -42,7 +42,7 @@ def main(argv) -> None:
       f"{FLAGS.workdir} seed {trained.seed}: {trained.num_blocks} of {trained.model.num_blocks} blocks, "
       f"threshold {threshold:.4g}; {len(pixels)} images from {FLAGS.images}"
     )
-    result = predict_lib.predict(trained, pixels, threshold, FLAGS.batch_size)
+    result = predict_lib.predict_pixels(trained, pixels, threshold, FLAGS.batch_size)
     predict_lib.write_predictions(predict_lib.prediction_rows(result, names, trained.class_names), FLAGS.out, fmt)
   except (DataError, ValueError, OSError) as e:
     fail(str(e))

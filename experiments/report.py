@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 
 from experiments.flags import fail
-from quicknets_jax.runs.report import write_report
+from quicknets_jax.workflows.report import write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a run of python -m experiments.<dataset>.", required=True)

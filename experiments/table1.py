@@ -17,11 +17,11 @@ import os
 
 from absl import app, flags
 
-from experiments.flags import check_known, fail, flagfile_settings, run_interruptibly, seeds_from_flag, start_process
+from experiments.flags import check_known, flagfile_settings, one_line_errors, seeds_from_flag, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.reporting.tables import table1_markdown, table1_row
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 NETWORKS = {"150-150-150": None, "150-100-50": os.path.join(CONFIGS, "table1_network.flags")}
@@ -66,12 +66,9 @@ def main(argv) -> None:
     name = f"{dataset}_{network}_{schedule}"
     stderr_log(f"== {name}")
     data_dir = FLAGS.mnist_dir if dataset == "mnist" else None
-    try:
+    with one_line_errors(stderr_log) as log:
       config = cell_config(dataset, network, schedule, seeds, data_dir)
-      workdir = os.path.join(FLAGS.workdir, name)
-      results = run_interruptibly(lambda log: train_and_evaluate(config, workdir, log=log), stderr_log)
-    except ValueError as e:
-      fail(str(e))
+      results = train_and_evaluate(config, os.path.join(FLAGS.workdir, name), log=log)
     rows.append(table1_row(results, network, schedule))
   with open(os.path.join(FLAGS.workdir, "table1.json"), "w") as f:
     json.dump(dict(seeds=list(seeds), rows=rows), f, indent=1)

@@ -3,6 +3,11 @@
 import numpy as np
 import pytest
 
+import quicknets_jax
+
+# The tests use the library as a user who made its one set-up call (before JAX starts its backend).
+quicknets_jax.configure_cpu()
+
 
 def make_blobs(n, num_classes=4, shape=(6, 6, 1), seed=0, noise=1.0):
   """Gaussian class blobs: easy classes (far apart) and hard ones (close together)."""
@@ -42,20 +47,14 @@ def compile_cache_in_tmp(tmp_path_factory):
   yield
 
 
-def fit_data_of(x, y, vx, vy):
+def fit_data_of(x, y, vx, vy, num_classes=4):
   """A `trainer.FitData` whose working set is every training row (validation: every val row)."""
   import jax.numpy as jnp
 
+  from quicknets_jax.data.split import Split
   from quicknets_jax.training.trainer import FitData
 
-  return FitData(
-    jnp.asarray(x),
-    jnp.asarray(y),
-    jnp.arange(len(y), dtype=jnp.int32),
-    jnp.asarray(y),
-    jnp.asarray(vx),
-    jnp.asarray(vy),
-  )
+  return FitData.whole(Split(jnp.asarray(x), jnp.asarray(y)), Split(jnp.asarray(vx), jnp.asarray(vy)), num_classes)
 
 
 @pytest.fixture

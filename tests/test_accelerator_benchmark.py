@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import accelerator
 from quicknets_jax import models
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_inference_rows_exit_more_at_lower_thresholds_and_answer_like_the_evalua
 def test_committing_heads_commit_on_every_input():
   model = _tiny_vgg()
   variables = accelerator.committing(model.init(jax.random.PRNGKey(0)))
-  _, commits = predict_exits(model, variables, np.random.default_rng(0).normal(size=(16, 32, 32, 3)), 16)
+  _, commits = all_exit_outputs(model, variables, np.random.default_rng(0).normal(size=(16, 32, 32, 3)), 16)
   assert np.all(np.asarray(commits) > 0)
 
 

@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 
 from quicknets_jax import data, models
-from quicknets_jax.algorithms.events import Events
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.data import DataError, cifar, idx
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
-from quicknets_jax.runs.workdir import guard_workdir
 from quicknets_jax.training.checkpoint import BlockCheckpointer, CheckpointError, FitCheckpointer
+from quicknets_jax.training.events import Events
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.trainer import NonFiniteLossError
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.workdir import guard_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = QuickNetConfig(
@@ -73,7 +73,14 @@ def make_interrupted(directory, blobs):
 
   try:
     train_quicknet(
-      _model(), x, y, vx, vy, TINY, seed=0, checkpointer=BlockCheckpointer(directory), log=lambda m: None, events=Stop()
+      _model(),
+      (x, y),
+      (vx, vy),
+      TINY,
+      seed=0,
+      checkpointer=BlockCheckpointer(directory),
+      log=lambda m: None,
+      events=Stop(),
     )
   except Interrupt:
     return directory
@@ -90,10 +97,8 @@ def _resume(directory, blobs, images=None):
   x, y, vx, vy = blobs
   return train_quicknet(
     _model(),
-    x if images is None else images,
-    y,
-    vx,
-    vy,
+    (x if images is None else images, y),
+    (vx, vy),
     TINY,
     seed=0,
     checkpointer=BlockCheckpointer(directory),
@@ -213,7 +218,14 @@ def val_fraction_out_of_range(tmp, blobs, interrupted, mp):
 @case("batch size larger than the training split (refused, not clamped)", ValueError, "--batch_size")
 def batch_larger_than_data(tmp, blobs, interrupted, mp):
   x, y = _blobs(40)
-  ds = data.Dataset("fashion_mnist", x[:30], y[:30], x[30:], y[30:], x[30:], y[30:], 4, tuple("abcd"))
+  ds = data.Dataset(
+    "fashion_mnist",
+    data.Split(x[:30], y[:30]),
+    data.Split(x[30:], y[30:]),
+    data.Split(x[30:], y[30:]),
+    4,
+    tuple("abcd"),
+  )
   train_and_evaluate(
     ExperimentConfig().replace(batch_size=128, seeds=(0,), width=8),
     os.path.join(tmp, "w"),

@@ -7,7 +7,7 @@ import pytest
 from quicknets_jax import models
 from quicknets_jax.algorithms import cascade
 from quicknets_jax.algorithms.cascade import bucket, cascade_flops, cascade_predict, cascade_predict_batches
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.core import exits
 
 
@@ -23,7 +23,7 @@ def trained_like():
 
 
 def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="most_confident", use_commitment=True):
-  probs, commit = predict_exits(model, variables, x)
+  probs, commit = all_exit_outputs(model, variables, x)
   want = exits.select_exits(probs, commit, threshold, fallback=fallback, use_commitment=use_commitment)
   np.testing.assert_array_equal(got.exit_index, np.asarray(want.exit_index))
   np.testing.assert_array_equal(got.prediction, np.asarray(want.prediction))
@@ -73,7 +73,7 @@ def test_wrong_bucket_guesses_cost_work_not_answers(trained_like):
   """Batches guess their later blocks' sizes from an earlier batch or call; a guess that is too small
   makes the batch run again, so the answers stay those of select_exits."""
   model, variables, x = trained_like
-  probs, commit = predict_exits(model, variables, x)
+  probs, commit = all_exit_outputs(model, variables, x)
   decision = exits.select_exits(probs, commit, 0.6)
   easy = x[np.asarray(decision.qualified & (decision.exit_index == 0))]  # every row leaves at block 0
   hard = x[np.asarray(decision.exit_index == 2)]  # every row runs all three blocks

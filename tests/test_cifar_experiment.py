@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from quicknets_jax.runs.config import ExperimentConfig
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

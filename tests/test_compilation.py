@@ -36,9 +36,9 @@ def test_every_epoch_records_its_compile_seconds(blobs):
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   data = fit_data_of(x, y, vx, vy)
   # a loss no other test builds: its epoch compiles here, in the first epoch, and never again
-  objective = Objective(losses.block_loss(model.blocks[0], None, 0.123))
+  objective = Objective(losses.BlockLoss(model.blocks[0], None, 0.123))
   config = FitConfig(batch_size=64, max_epochs=3, early_stop_patience=5)
-  state_ = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
+  state_ = fit(objective, params, state, data, config, jax.random.PRNGKey(1))
   seconds = [r["compile_seconds"] for r in state_.history]
   assert seconds[0] > 0 and seconds[1:] == [0.0, 0.0]
   assert compilation.fit_compile_seconds(state_.history) == pytest.approx(seconds[0])

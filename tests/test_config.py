@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from experiments import flags as flags_lib
-from quicknets_jax.algorithms.config import QuickNetConfig
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.runs.config import ExperimentConfig, StudyConfig
+from quicknets_jax.algorithms.settings import QuickNetConfig
+from quicknets_jax.core import options
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.workflows.experiment_config import ExperimentConfig, StudyConfig
 from scripts import compare_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,13 +33,13 @@ ENTRY_POINTS = {
 
 @pytest.mark.parametrize("cls", [ExperimentConfig, StudyConfig])
 def test_flat_names_are_unique_and_round_trip(cls):
-  names = [leaf.name for leaf in config_lib.leaves(cls)]
+  names = [leaf.name for leaf in options.leaves(cls)]
   assert len(names) == len(set(names))
   default = cls()
-  flat = config_lib.flat_dict(default)
+  flat = options.flat_dict(default)
   assert list(flat) == names
   json.dumps(flat)  # JSON-ready
-  assert config_lib.from_flat(cls, flat) == default
+  assert options.from_flat(cls, flat) == default
 
 
 def test_replace_finds_a_setting_wherever_it_sits():
@@ -55,13 +55,13 @@ def test_replace_finds_a_setting_wherever_it_sits():
 
 
 def test_internal_settings_are_not_flags():
-  names = {leaf.name for leaf in config_lib.leaves(QuickNetConfig)}
+  names = {leaf.name for leaf in options.leaves(QuickNetConfig)}
   assert "commit_fit" not in names and "host_loop" not in names and "learning_rate" in names
 
 
 def test_every_leaf_has_help_and_defaults_in_range():
   for cls in (ExperimentConfig, StudyConfig):
-    for leaf in config_lib.leaves(cls):
+    for leaf in options.leaves(cls):
       assert leaf.info.help, leaf.name
       value = leaf.field.default
       if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -115,7 +115,7 @@ def test_every_flagfile_parses_into_its_config(tmp_path):
 
 
 def test_flag_values_are_parsed_by_the_settings_type():
-  leaves = {leaf.name: leaf for leaf in config_lib.leaves(ExperimentConfig)}
+  leaves = {leaf.name: leaf for leaf in options.leaves(ExperimentConfig)}
   assert flags_lib._parse(leaves["exit_threshold"], "auto") is None
   assert flags_lib._parse(leaves["exit_threshold"], "0.25") == 0.25
   assert flags_lib._parse(leaves["seeds"], ["0", "3"]) == (0, 3)

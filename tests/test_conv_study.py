@@ -11,8 +11,8 @@ import pytest
 
 from experiments import conv_configs as conv_entry
 from quicknets_jax.core import curves
-from quicknets_jax.runs import conv_study
-from quicknets_jax.runs.config import ExperimentConfig, StudyConfig
+from quicknets_jax.workflows import conv_study
+from quicknets_jax.workflows.experiment_config import ExperimentConfig, StudyConfig
 
 pytestmark = pytest.mark.skipif(
   not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs apt-get install dataset-fashion-mnist"

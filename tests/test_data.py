@@ -172,10 +172,10 @@ def test_cifar_round_trip(tmp_path):
   batch = cifar._RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
   np.testing.assert_array_equal(batch[b"data"][0, :1024].reshape(32, 32), arrays[0][0, :, :, 0])
   ds = data.load_dataset("cifar10", data_source="cifar_tar", data_dir=tmp_path, val_fraction=0.25)
-  assert ds.train_images.shape == (15, 32, 32, 3) and ds.val_images.shape == (5, 32, 32, 3)
-  assert ds.test_images.shape == (6, 32, 32, 3) and ds.class_names[0] == "airplane"
+  assert ds.train.images.shape == (15, 32, 32, 3) and ds.val.images.shape == (5, 32, 32, 3)
+  assert ds.test.images.shape == (6, 32, 32, 3) and ds.class_names[0] == "airplane"
   ds_auto = data.load_dataset("cifar10", data_dir=path, val_fraction=0.25)
-  np.testing.assert_array_equal(ds.test_images, ds_auto.test_images)
+  np.testing.assert_array_equal(ds.test.images, ds_auto.test.images)
 
 
 def test_cifar_missing_batch(tmp_path):
@@ -229,8 +229,8 @@ def test_tfds_mock(name, shape):
   assert train_x.dtype == np.uint8 and train_y.dtype == np.uint8 and test_y.shape == (6,)
   assert train_y.max() < 10
   channels = shape[2] if len(shape) == 3 else 1
-  assert ds.train_images.shape == (3,) + shape[:2] + (channels,)
-  assert ds.train_images.dtype == np.float32 and ds.num_classes == 10
+  assert ds.train.images.shape == (3,) + shape[:2] + (channels,)
+  assert ds.train.images.dtype == np.float32 and ds.num_classes == 10
 
 
 def test_tfds_not_prepared(tmp_path):
@@ -247,11 +247,11 @@ def test_tfds_not_prepared(tmp_path):
 
 def test_split_validation():
   x = np.arange(60000)
-  tr_x, tr_y, va_x, va_y = data.split_validation(x, x * 2)
+  (tr_x, tr_y), (va_x, va_y) = data.split_validation(x, x * 2)
   assert len(tr_x) == 54000 and len(va_x) == 6000
   np.testing.assert_array_equal(va_x, np.arange(54000, 60000))
   np.testing.assert_array_equal(va_y, 2 * va_x)
-  assert len(data.split_validation(x[:10], x[:10], 0.25)[2]) == 2  # round(2.5) -> 2
+  assert len(data.split_validation(x[:10], x[:10], 0.25)[1].images) == 2  # round(2.5) -> 2
   for bad in (0.0, 1.0, -0.1, 1.5):
     with pytest.raises(DataError, match="val_fraction"):
       data.split_validation(x, x, bad)
@@ -300,26 +300,26 @@ def test_auto_uses_default_local_dir(tmp_path, monkeypatch):
   loaded = data.load_arrays("fashion_mnist")
   np.testing.assert_array_equal(loaded[0], arrays[0])
   ds = data.load_dataset("fashion_mnist", max_train=10, max_test=3)
-  assert ds.train_images.shape == (9, 4, 3, 1) and ds.val_labels.shape == (1,)
-  assert ds.test_labels.shape == (3,) and ds.test_labels.dtype == np.int32
+  assert ds.train.images.shape == (9, 4, 3, 1) and ds.val.labels.shape == (1,)
+  assert ds.test.labels.shape == (3,) and ds.test.labels.dtype == np.int32
   assert "train 9, val 1, test 3" in ds.summary()
   # The validation split is the end of the (truncated) training split.
-  np.testing.assert_array_equal(ds.val_labels, arrays[1][9:10])
+  np.testing.assert_array_equal(ds.val.labels, arrays[1][9:10])
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="no local Fashion-MNIST")
 def test_real_fashion_mnist():
   ds = data.load_dataset("fashion_mnist")
-  assert ds.train_images.shape == (54000, 28, 28, 1)
-  assert ds.val_images.shape == (6000, 28, 28, 1)
-  assert ds.test_images.shape == (10000, 28, 28, 1)
+  assert ds.train.images.shape == (54000, 28, 28, 1)
+  assert ds.val.images.shape == (6000, 28, 28, 1)
+  assert ds.test.images.shape == (10000, 28, 28, 1)
   assert ds.num_classes == 10 and len(ds.class_names) == 10
   assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
-  assert abs(float(ds.train_images.mean())) < 1e-3 and abs(float(ds.train_images.std()) - 1) < 1e-3
+  assert abs(float(ds.train.images.mean())) < 1e-3 and abs(float(ds.train.images.std()) - 1) < 1e-3
   # Fashion-MNIST is balanced: 6,000 of each class in train, 1,000 in test.
-  counts = np.bincount(np.concatenate([ds.train_labels, ds.val_labels]), minlength=10)
+  counts = np.bincount(np.concatenate([ds.train.labels, ds.val.labels]), minlength=10)
   assert counts.tolist() == [6000] * 10
-  assert np.bincount(ds.test_labels, minlength=10).tolist() == [1000] * 10
+  assert np.bincount(ds.test.labels, minlength=10).tolist() == [1000] * 10
 
 
 # --- sampling ----------------------------------------------------------------------------------

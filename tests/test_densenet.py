@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 from quicknets_jax import data, models
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.core.costs import xla_flops
 from quicknets_jax.data import DataError, tfds_source
 from quicknets_jax.models.base import Block, split_variables
 from quicknets_jax.models.densenet import parse_layers
 from quicknets_jax.models.xla_check import flops_check
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=4, block_layers=(1, 2, 1, 1))
@@ -131,7 +131,7 @@ def test_quicknet_trains_on_mock_imagenet_through_a_frozen_prefix(mock_imagenet)
   fit = FitConfig(batch_size=16, max_epochs=1, eval_batch_size=64, learning_rate=3e-4, augment=True)
   config = QuickNetConfig(fit=fit, commit_fit=dataclasses.replace(fit, balanced_sampling=False), cache_features=False)
   run = train_quicknet(
-    model, ds.train_images, ds.train_labels, ds.val_images, ds.val_labels, config, seed=0, log=lambda m: None
+    model, (ds.train.images, ds.train.labels), (ds.val.images, ds.val.labels), config, seed=0, log=lambda m: None
   )
   assert run.num_trained_blocks == 2 and [r.train_samples for r in run.records] == [36, 36]  # nothing learned
   assert [r.epochs for r in run.records] == [1, 1]
@@ -149,7 +149,7 @@ def test_quicknet_trains_on_mock_imagenet_through_a_frozen_prefix(mock_imagenet)
       init[j]["batch_stats"][part][name],
     )
     assert all(jax.tree.leaves(moved)), (j, part, name)
-  probs, commits = predict_exits(model, run.variables, ds.test_images, batch_size=64)
+  probs, commits = all_exit_outputs(model, run.variables, ds.test.images, batch_size=64)
   chex.assert_shape(probs, (2, 12, 1000))
   chex.assert_shape(commits, (2, 12))
   assert np.all(np.isfinite(probs)) and np.all(np.isfinite(commits))
@@ -163,7 +163,7 @@ def test_end_to_end_loss_keeps_every_blocks_statistics_tree():
   params, state = zip(*[split_variables(v) for v in variables])
   x, y = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.int32)
   per_sample, correct, new_state = jax.eval_shape(
-    lambda p, s, a, b: losses.end_to_end_loss(model)(list(p), list(s), a, b, None, True), params, state, x, y
+    lambda p, s, a, b: losses.EndToEndLoss(model)(list(p), list(s), a, b, None, True), params, state, x, y
   )
   chex.assert_shape([per_sample, correct], (4,))
   assert jax.tree.structure(list(new_state)) == jax.tree.structure(list(state))
@@ -218,8 +218,8 @@ def test_imagenet_loads_resized_from_tfds_mock_data(mock_imagenet):
   assert train_y.dtype == np.int32 and 0 <= train_y.min() and train_y.max() < 1000
   ds = mock_imagenet
   assert ds.image_shape == (16, 16, 3) and ds.num_classes == 1000 and len(ds.class_names) == 1000
-  assert (len(ds.train_labels), len(ds.val_labels), len(ds.test_labels)) == (36, 4, 12)
-  assert ds.train_images.dtype == np.float32 and "16x16" in ds.source
+  assert (len(ds.train.labels), len(ds.val.labels), len(ds.test.labels)) == (36, 4, 12)
+  assert ds.train.images.dtype == np.float32 and "16x16" in ds.source
 
 
 def test_imagenet_larger_than_memory_is_refused_naming_max_train(monkeypatch):

@@ -179,13 +179,13 @@ def test_datasets_download_on_first_use_and_are_found_in_the_cache_after(server,
   with pytest.raises(DataError, match="allow the download"):
     data.load_arrays("mnist", cache_dir=cache)  # library default: no download
   ds = data.load_dataset("mnist", download=True, cache_dir=cache, val_fraction=0.1)
-  np.testing.assert_array_equal(ds.test_labels, arrays["test_labels"])
+  np.testing.assert_array_equal(ds.test.labels, arrays["test_labels"])
   assert len(server.requests) == 4
   server.close()  # from now on only the cache can answer
   again = data.load_arrays("mnist", cache_dir=cache)
   np.testing.assert_array_equal(again[0], arrays["train_images"])
   config = datasets.DataConfig(dataset="mnist", data_cache=cache, val_fraction=0.1)  # as the flags make it
-  np.testing.assert_array_equal(config.load().test_labels, arrays["test_labels"])
+  np.testing.assert_array_equal(config.load().test.labels, arrays["test_labels"])
 
 
 def test_cifar10_downloads_its_tarball(server, tmp_path, monkeypatch):
@@ -203,7 +203,7 @@ def test_cifar10_downloads_its_tarball(server, tmp_path, monkeypatch):
   monkeypatch.setitem(data.DEFAULT_LOCAL_DIRS, "cifar10", str(tmp_path / "none"))
   monkeypatch.setattr(datasets, "TFDS_DATA_DIR", str(tmp_path / "no_tfds"))
   ds = data.load_dataset("cifar10", download=True, cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
-  assert ds.train_images.shape == (40, 32, 32, 3) and ds.test_images.shape == (10, 32, 32, 3)
+  assert ds.train.images.shape == (40, 32, 32, 3) and ds.test.images.shape == (10, 32, 32, 3)
 
 
 def test_in_a_multi_process_run_only_process_0_downloads(server, tmp_path, monkeypatch):

@@ -9,12 +9,13 @@ import pytest
 
 from quicknets_jax import data, models
 from quicknets_jax.algorithms import quicknet
-from quicknets_jax.algorithms.forward import predict_exits
-from quicknets_jax.algorithms.quicknet import QuickNetConfig, Split, WorkingSets, train_block, train_quicknet
+from quicknets_jax.algorithms.forward import all_exit_outputs
+from quicknets_jax.algorithms.quicknet import QuickNetConfig, Task, WorkingSets, train_block, train_quicknet
 from quicknets_jax.core import exits
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import evaluate_quicknet
+from quicknets_jax.data.split import Split
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.workflows.experiment import evaluate_quicknet
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 from tests.conftest import make_blobs
 
 CONFIG = QuickNetConfig(
@@ -41,16 +42,9 @@ def _block0(split, train_idx, val_idx=None, config=CONFIG):
   model = _model()
   init = model.init(jax.random.PRNGKey(0))
   val_idx = np.arange(len(vy), dtype=np.int32) if val_idx is None else val_idx
+  task = Task(model, Split(x, y), Split(vx, vy), config, init, log=lambda m: None)
   variables, record, (next_train, next_val) = train_block(
-    model,
-    0,
-    [],
-    init[0],
-    Split(x, y, vx, vy),
-    WorkingSets(np.asarray(train_idx, np.int32), np.asarray(val_idx, np.int32)),
-    config,
-    jax.random.PRNGKey(1),
-    log=lambda m: None,
+    task, 0, [], WorkingSets(np.asarray(train_idx, np.int32), np.asarray(val_idx, np.int32)), jax.random.PRNGKey(1)
   )
   return variables, record, next_train, next_val
 
@@ -69,18 +63,18 @@ def test_everything_learned_before_the_last_block_skips_it_and_inference_works()
   config = QuickNetConfig(fit=fast, commit_fit=fast, train_threshold=0.3)
   messages = []
   model = _model()
-  run = train_quicknet(model, x, y, vx, vy, config, seed=0, log=messages.append)
+  run = train_quicknet(model, (x, y), (vx, vy), config, seed=0, log=messages.append)
   assert run.num_trained_blocks < model.num_blocks, [r.learned for r in run.records]
   assert run.records[-1].learned == run.records[-1].train_samples  # the last trained block took the rest
   assert any("every training sample was learned" in m and "skipped" in m for m in messages), messages
   # inference over the trained blocks only: the exit rule, the threshold choice and the report
-  ds = data.Dataset("toy", x, y, vx, vy, tx, ty, 4, tuple("abcd"))
+  ds = data.Dataset("toy", data.Split(x, y), data.Split(vx, vy), data.Split(tx, ty), 4, tuple("abcd"))
   result = evaluate_quicknet(model, run.variables, ds, ExperimentConfig().replace(num_blocks=3, width=16, seeds=(0,)))
   assert len(result["exit_fractions"]) == model.num_blocks
   assert sum(result["exit_fractions"][run.num_trained_blocks :]) == 0.0
   assert abs(sum(result["exit_fractions"]) - 1.0) < 1e-6
   assert result["test_accuracy"] > 0.9
-  probs, commit = predict_exits(model, run.variables, tx)
+  probs, commit = all_exit_outputs(model, run.variables, tx)
   decision = exits.select_exits(probs, commit, 0.5)
   assert int(jnp.max(decision.exit_index)) < run.num_trained_blocks
 
@@ -125,13 +119,13 @@ def test_every_validation_sample_learned_falls_back_to_the_whole_split(split, mo
   seen = []
   real = quicknet.train_block
 
-  def spy(model, j, frozen, init_vars, split_, working, *a, **k):
+  def spy(task, j, frozen, working, *a, **k):
     seen.append(len(working.val_idx))
-    variables, record, next_sets = real(model, j, frozen, init_vars, split_, working, *a, **k)
+    variables, record, next_sets = real(task, j, frozen, working, *a, **k)
     if j == 0:  # block 0 "learned" all of V
       next_sets = next_sets._replace(val_idx=np.zeros((0,), np.int32))
     return variables, record, next_sets
 
   monkeypatch.setattr(quicknet, "train_block", spy)
-  run = quicknet.train_quicknet(_model(2), x, y, vx, vy, CONFIG, seed=0, log=lambda m: None)
+  run = quicknet.train_quicknet(_model(2), (x, y), (vx, vy), CONFIG, seed=0, log=lambda m: None)
   assert seen == [len(vy), len(vy)] and run.num_trained_blocks == 2

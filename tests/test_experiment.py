@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from benchmarks.fault_injection import write_tiny_idx
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
-from quicknets_jax.runs.workdir import guard_workdir
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.workdir import guard_workdir
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

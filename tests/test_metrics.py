@@ -17,9 +17,9 @@ from conftest import make_blobs
 
 from quicknets_jax import data as data_lib
 from quicknets_jax.core.progress import Progress, track
-from quicknets_jax.runs import metrics
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
+from quicknets_jax.workflows import metrics
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 CLASS_NAMES = ("near", "mid", "far", "farthest")
 
@@ -31,12 +31,9 @@ def tiny_dataset():
   tx, ty = make_blobs(400, num_classes=4, seed=2)
   return data_lib.Dataset(
     name="blobs",
-    train_images=x,
-    train_labels=y,
-    val_images=vx,
-    val_labels=vy,
-    test_images=tx,
-    test_labels=ty,
+    train=data_lib.Split(x, y),
+    val=data_lib.Split(vx, vy),
+    test=data_lib.Split(tx, ty),
     num_classes=4,
     class_names=CLASS_NAMES,
   )

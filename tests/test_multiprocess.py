@@ -16,9 +16,9 @@ import time
 import pytest
 
 from benchmarks.fault_injection import write_tiny_idx
-from quicknets_jax.runs import metrics as metrics_lib
-from quicknets_jax.runs import workdir as workdir_lib
 from quicknets_jax.training import parallel
+from quicknets_jax.workflows import metrics as metrics_lib
+from quicknets_jax.workflows import workdir as workdir_lib
 from scripts.compare_results import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

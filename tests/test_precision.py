@@ -13,9 +13,10 @@ import pytest
 from conftest import fit_data_of
 
 from quicknets_jax import models
-from quicknets_jax.algorithms.config import QuickNetConfig
 from quicknets_jax.algorithms.quicknet import train_quicknet
+from quicknets_jax.algorithms.settings import QuickNetConfig
 from quicknets_jax.core import exits
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import Block, run_block, split_variables
 from quicknets_jax.training import losses, trainer
 from quicknets_jax.training.schedule import FitConfig, resolve_dtype
@@ -59,12 +60,10 @@ def test_bf16_training_keeps_params_optimizer_and_batch_statistics_in_f32(blobs)
   results = {}
   for dtype in ("float32", "bfloat16"):
     config = FitConfig(batch_size=64, max_epochs=3, early_stop_patience=5, dtype=dtype)
-    objective = Objective(losses.block_loss(model.blocks[0], None, None, config.compute_dtype))
-    results[dtype] = fit(
-      objective, params, state, fit_data_of(x, y, vx, vy), config, jax.random.PRNGKey(1), num_classes=4
-    )
+    objective = Objective(losses.BlockLoss(model.blocks[0], None, None, config.compute_dtype))
+    results[dtype] = fit(objective, params, state, fit_data_of(x, y, vx, vy), config, jax.random.PRNGKey(1))
   low = results["bfloat16"]
-  for tree in (low.params, low.best_params, low.opt_state, low.model_state, low.best_model_state):
+  for tree in (low.params, low.best_params, low.train.opt_state, low.model_state, low.best_model_state):
     assert all(leaf.dtype in (jnp.float32, jnp.int32) for leaf in jax.tree.leaves(tree)), tree
   # same schedule, same data order: bf16 learns the blobs as well as f32 does (to a few points)
   assert low.history[-1]["val_accuracy"] > 0.5
@@ -78,7 +77,7 @@ def test_flop_counts_do_not_depend_on_the_dtype(blobs):
   for dtype in ("float32", "bfloat16"):
     # 2 epochs and patience 3: both dtypes train every fit for exactly 2 epochs
     fit_config = FitConfig(batch_size=64, max_epochs=2, early_stop_patience=3, dtype=dtype)
-    runs[dtype] = train_quicknet(model, x, y, vx, vy, QuickNetConfig(fit=fit_config), seed=0, log=lambda m: None)
+    runs[dtype] = train_quicknet(model, (x, y), (vx, vy), QuickNetConfig(fit=fit_config), seed=0, log=lambda m: None)
   assert [r.epochs for r in runs["float32"].records] == [r.epochs for r in runs["bfloat16"].records] == [2]
   assert runs["float32"].training_flops == runs["bfloat16"].training_flops
   assert runs["float32"].records[0].flops == runs["bfloat16"].records[0].flops
@@ -115,26 +114,23 @@ def test_fit_runs_one_jitted_epoch_over_device_arrays_off_cpu(monkeypatch, backe
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 8, 8, 3)))
   y = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 4), np.int32)
-  data = FitData(x, y, np.arange(48, dtype=np.int32), y[:48], x[48:], y[48:])  # numpy in
-  built, seen = [], []
-  make_epoch_fn = trainer.make_epoch_fn
+  data = FitData.whole(Split(x, y), Split(x[48:], y[48:]), 4, rows=np.arange(48))  # numpy in
+  seen = []
 
-  def recording_make_epoch_fn(*args, host_loop=False, **kwargs):
-    built.append(host_loop)
-    epoch_fn = make_epoch_fn(*args, host_loop=host_loop, **kwargs)
+  def recording(driver):
+    def run(state, arrays, key, *, plan):
+      seen.append((driver.__name__, type(arrays.inputs), type(arrays.targets)))
+      return driver(state, arrays, key, plan=plan)
 
-    def epoch(params, opt_state, model_state, lr, inputs, targets, *rest, **kw):
-      seen.append((type(inputs), type(targets)))
-      return epoch_fn(params, opt_state, model_state, lr, inputs, targets, *rest, **kw)
+    return run
 
-    return epoch
-
-  monkeypatch.setattr(trainer, "make_epoch_fn", recording_make_epoch_fn)
-  monkeypatch.setattr(trainer, "_COMPILED", {})  # nothing traced under the pretend backend is kept
+  for name in ("epoch_on_device", "epoch_from_host"):
+    monkeypatch.setattr(trainer, name, recording(getattr(trainer, name)))
   monkeypatch.setattr(trainer.jax, "default_backend", lambda: backend)
-  # native convolutions, as a GPU's loops would trace them (and as CPU's would without patch products)
+  # native convolutions, as a GPU's loops would trace them (and as CPU's would without patch products);
+  # the step's statics say so, so nothing traced here is reused by a fit that convolves as patches
   monkeypatch.setattr(trainer, "loop_conv_implementation", lambda backend=None: "native")
-  objective = Objective(losses.block_loss(model.blocks[0]))
-  fit(objective, params, state, data, FitConfig(batch_size=16, max_epochs=1), jax.random.PRNGKey(3), num_classes=4)
-  assert built == [backend == "cpu"]  # the host loop on CPU only
-  assert seen and all(issubclass(a, jax.Array) and issubclass(b, jax.Array) for a, b in seen)
+  objective = Objective(losses.BlockLoss(model.blocks[0]))
+  fit(objective, params, state, data, FitConfig(batch_size=16, max_epochs=1), jax.random.PRNGKey(3))
+  assert [name for name, _, _ in seen] == ["epoch_from_host" if backend == "cpu" else "epoch_on_device"]
+  assert all(issubclass(a, jax.Array) and issubclass(b, jax.Array) for _, a, b in seen)

@@ -20,15 +20,15 @@ from PIL import Image
 from quicknets_jax import models
 from quicknets_jax.algorithms.cascade import cascade_predict
 from quicknets_jax.core import exits
-from quicknets_jax.core import exported_cascade as loader
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import read_idx, write_idx
 from quicknets_jax.data.images import check_image_shape, read_images
-from quicknets_jax.runs import predict as predict_lib
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
-from quicknets_jax.runs.export import export_cascade
-from quicknets_jax.runs.trained import TrainedQuickNet, TrainedRunError, load_trained
+from quicknets_jax.workflows import cascade_loader as loader
+from quicknets_jax.workflows import predict as predict_lib
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.export import export_cascade
+from quicknets_jax.workflows.trained import TrainedQuickNet, TrainedRunError, load_trained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -158,7 +158,7 @@ def test_predictions_from_a_workdir_equal_the_vectorized_rule(workdir):
   with open(os.path.join(workdir, "seed_0", "quicknet.json")) as f:
     assert trained.threshold() == json.load(f)["exit_threshold"]  # the run's own
   pixels = _test_pixels(700)
-  result = predict_lib.predict(trained, pixels, trained.threshold(), batch_size=128, chunk=300)
+  result = predict_lib.predict_pixels(trained, pixels, trained.threshold(), batch_size=128, chunk=300)
   probs, commits = trained.exit_outputs(trained.normalise(pixels))
   want = exits.select_exits(probs, commits, trained.threshold())
   np.testing.assert_array_equal(result.prediction, np.asarray(want.prediction))
@@ -168,7 +168,7 @@ def test_predictions_from_a_workdir_equal_the_vectorized_rule(workdir):
   assert rows[0]["class_name"] == trained.class_names[rows[0]["class"]]
   # the normalisation is the run's: the training split's statistics, recorded in data.json
   dataset = trained.load_dataset()
-  np.testing.assert_allclose(trained.normalise(pixels[:10]), dataset.test_images[:10], atol=1e-5)
+  np.testing.assert_allclose(trained.normalise(pixels[:10]), dataset.test.images[:10], atol=1e-5)
 
 
 @real_data
@@ -197,7 +197,7 @@ def test_a_workdir_still_training_serves_the_blocks_frozen_so_far(workdir, tmp_p
   assert trained.num_blocks == 1 and trained.run_threshold is None  # chosen on validation instead
   threshold, info = predict_lib.operating_threshold(trained, log=lambda m: None)
   assert info["source"] == "chosen on validation" and 0.0 <= threshold <= 1.0
-  result = predict_lib.predict(trained, _test_pixels(50), threshold)
+  result = predict_lib.predict_pixels(trained, _test_pixels(50), threshold)
   assert set(result.exit_index) == {0}
   with pytest.raises(TrainedRunError, match="choose 1 to 1 blocks"):
     load_trained(str(running), blocks=3)

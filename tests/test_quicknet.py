@@ -11,12 +11,12 @@ import pytest
 
 from quicknets_jax import models
 from quicknets_jax.algorithms.end_to_end import train_end_to_end
-from quicknets_jax.algorithms.events import Events
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, learned_mask, train_quicknet
-from quicknets_jax.runs.deploy import DeployCurve
 from quicknets_jax.training.checkpoint import BlockCheckpointer, CheckpointError
+from quicknets_jax.training.events import Events
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.workflows.deployable_curve import DeployableCurve
 
 SMALL = QuickNetConfig(
   fit=FitConfig(batch_size=64, max_epochs=4),
@@ -43,7 +43,7 @@ def seed0_run(blobs, tmp_path_factory):
   x, y, vx, vy = blobs
   directory = tmp_path_factory.mktemp("seed0") / "ckpt"
   run = train_quicknet(
-    _model(), x, y, vx, vy, SMALL, seed=0, checkpointer=BlockCheckpointer(directory), log=lambda m: None
+    _model(), (x, y), (vx, vy), SMALL, seed=0, checkpointer=BlockCheckpointer(directory), log=lambda m: None
   )
   return run, directory
 
@@ -58,14 +58,14 @@ def test_removal_shrinks_the_working_set_and_freezes_earlier_blocks(blobs, seed0
     assert b == a - r.learned  # T_{j+1} = T_j − L_j
   assert sizes[1] < sizes[0]
   # what block 0 learned is consistent with its outputs: recompute L_0 from the frozen block 0
-  probs, commit = predict_exits(model, run.variables[:1], x)
+  probs, commit = all_exit_outputs(model, run.variables[:1], x)
   l0 = np.asarray(learned_mask(probs[0], commit[0], y, SMALL.train_threshold))
   assert l0.sum() == run.records[0].learned
   # class counts of T_1 are those of the samples block 0 did not learn
   np.testing.assert_array_equal(run.records[1].class_counts, np.bincount(y[~l0], minlength=4))
   # block 0's parameters are the same whether or not later blocks were trained
   only_first = train_quicknet(
-    models.mlp((6, 6, 1), 4, width=16, num_blocks=1), x, y, vx, vy, SMALL, seed=0, log=lambda m: None
+    models.mlp((6, 6, 1), 4, width=16, num_blocks=1), (x, y), (vx, vy), SMALL, seed=0, log=lambda m: None
   )
   chex.assert_trees_all_equal(only_first.variables[0], run.variables[0])
 
@@ -88,7 +88,7 @@ def test_recomputed_prefix_gives_the_same_blocks_and_counts_more_flops(blobs, se
   model = _model()
   cached, _ = seed0_run
   recomputed = train_quicknet(
-    model, x, y, vx, vy, dataclasses.replace(SMALL, cache_features=False), seed=0, log=lambda m: None
+    model, (x, y), (vx, vy), dataclasses.replace(SMALL, cache_features=False), seed=0, log=lambda m: None
   )
   assert [r.train_samples for r in cached.records] == [r.train_samples for r in recomputed.records]
   chex.assert_trees_all_close(cached.variables, recomputed.variables, atol=1e-5)
@@ -114,7 +114,7 @@ def test_resume_after_a_stop_inside_a_block_equals_an_uninterrupted_run(blobs, t
   x, y, vx, vy = blobs
   model = _model()
   full = train_quicknet(
-    model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(tmp_path / "full"), log=lambda m: None
+    model, (x, y), (vx, vy), SMALL, seed=3, checkpointer=BlockCheckpointer(tmp_path / "full"), log=lambda m: None
   )
 
   stop_in_block_1 = StopAt(lambda event: event.phase == "block" and event.block == 1)
@@ -122,10 +122,8 @@ def test_resume_after_a_stop_inside_a_block_equals_an_uninterrupted_run(blobs, t
   with pytest.raises(Interrupt):
     train_quicknet(
       model,
-      x,
-      y,
-      vx,
-      vy,
+      (x, y),
+      (vx, vy),
       SMALL,
       seed=3,
       checkpointer=BlockCheckpointer(ckpt_dir),
@@ -134,7 +132,7 @@ def test_resume_after_a_stop_inside_a_block_equals_an_uninterrupted_run(blobs, t
     )
   messages = []
   resumed = train_quicknet(
-    model, x, y, vx, vy, SMALL, seed=3, checkpointer=BlockCheckpointer(ckpt_dir), log=messages.append
+    model, (x, y), (vx, vy), SMALL, seed=3, checkpointer=BlockCheckpointer(ckpt_dir), log=messages.append
   )
   assert any("resumed after block 0" in m for m in messages)
   chex.assert_trees_all_equal(jax.device_get(full.variables), jax.device_get(resumed.variables))
@@ -163,7 +161,7 @@ def test_end_to_end_trains_only_the_backbone_and_final_exit(blobs):
   x, y, vx, vy = blobs
   model = _model()
   init = model.init(jax.random.fold_in(jax.random.PRNGKey(0), 0))  # the init train_end_to_end uses
-  run = train_end_to_end(model, x, y, vx, vy, FitConfig(batch_size=64, max_epochs=2), seed=0, log=lambda m: None)
+  run = train_end_to_end(model, (x, y), (vx, vy), FitConfig(batch_size=64, max_epochs=2), seed=0, log=lambda m: None)
   for k in range(2):  # intermediate exits and all commitment heads are untouched
     chex.assert_trees_all_equal(run.variables[k]["params"]["exit_head"], init[k]["params"]["exit_head"])
   chex.assert_trees_all_equal(run.variables[2]["params"]["commit_head"], init[2]["params"]["commit_head"])
@@ -181,10 +179,10 @@ def test_every_sample_learned_skips_later_blocks(blobs):
   # with τ = 0 and a committed, correct exit everything counts as learned; force that with an easy task
   easy_y = np.zeros_like(y)
   messages = []
-  run = train_quicknet(model, x, easy_y, vx, np.zeros_like(vy), config, seed=0, log=messages.append)
+  run = train_quicknet(model, (x, easy_y), (vx, np.zeros_like(vy)), config, seed=0, log=messages.append)
   assert run.num_trained_blocks < 3
   assert any("skipped" in m for m in messages)
-  probs, commit = predict_exits(model, run.variables, vx)
+  probs, commit = all_exit_outputs(model, run.variables, vx)
   assert probs.shape[0] == run.num_trained_blocks
 
 
@@ -195,15 +193,15 @@ def test_deploy_curve_measures_the_cascade_after_every_block_epoch(blobs):
   tx, ty = x[:300], y[:300]
   model = _model()
   one_epoch = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=1), train_threshold=0.5)
-  curve = DeployCurve(model, vx, vy, tx, ty, exit_threshold=0.0)
-  run = train_quicknet(model, x, y, vx, vy, one_epoch, seed=0, log=lambda m: None, events=curve)
+  curve = DeployableCurve(model, (vx, vy), (tx, ty), exit_threshold=0.0)
+  run = train_quicknet(model, (x, y), (vx, vy), one_epoch, seed=0, log=lambda m: None, events=curve)
   points = [e for r in run.records for e in r.history]
   assert len(points) == 3 and all(0.0 <= e["cascade_test_accuracy"] <= 1.0 for e in points)
   flops = [e["training_flops_so_far"] for e in points]
   assert flops == sorted(flops) and flops[-1] < run.training_flops  # later parts come after the last epoch
-  probs, _ = predict_exits(model, run.variables[:1], tx)
+  probs, _ = all_exit_outputs(model, run.variables[:1], tx)
   assert points[0]["cascade_test_accuracy"] == pytest.approx(float(np.mean(np.argmax(probs[0], -1) == ty)))
   # chosen on validation instead
-  chosen = DeployCurve(model, vx, vy, tx, ty)
-  run = train_quicknet(model, x, y, vx, vy, one_epoch, seed=0, log=lambda m: None, events=chosen)
+  chosen = DeployableCurve(model, (vx, vy), (tx, ty))
+  run = train_quicknet(model, (x, y), (vx, vy), one_epoch, seed=0, log=lambda m: None, events=chosen)
   assert all(0.0 <= e["cascade_threshold"] <= 1.0 for r in run.records for e in r.history)

@@ -10,7 +10,7 @@ from conftest import fit_data_of
 
 from quicknets_jax import models
 from quicknets_jax.algorithms.finetune import finetune_quicknet
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import (
   QuickNetConfig,
   feature_cache_bytes,
@@ -21,11 +21,11 @@ from quicknets_jax.algorithms.quicknet import (
 from quicknets_jax.core.costs import xla_flops
 from quicknets_jax.data.sampling import seeded_mask, seeded_subset
 from quicknets_jax.models.base import Block, parts_mask, split_variables
-from quicknets_jax.runs import ablation
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.trainer import Objective, fit
+from quicknets_jax.workflows import ablation
 
 SMALL = QuickNetConfig(
   fit=FitConfig(batch_size=64, max_epochs=2),
@@ -40,7 +40,7 @@ def _model(**kwargs):
 
 def _train(blobs, config, model=None, seed=0):
   x, y, vx, vy = blobs
-  return train_quicknet(model or _model(), x, y, vx, vy, config, seed=seed, log=lambda m: None)
+  return train_quicknet(model or _model(), (x, y), (vx, vy), config, seed=seed, log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,12 @@ def test_block_loss_with_learned_threshold_reports_confident_correct_samples():
   params, state = split_variables(variables)
   x = jax.random.normal(jax.random.PRNGKey(1), (32, 6, 6, 1))
   y = jnp.zeros(32, jnp.int32)
-  plain = losses.block_loss(block)(params, state, x, y, None, False)
-  strict = losses.block_loss(block, learned_threshold=0.99)(params, state, x, y, None, False)
+  plain = losses.BlockLoss(block)(params, state, x, y, None, False)
+  strict = losses.BlockLoss(block, learned_threshold=0.99)(params, state, x, y, None, False)
   np.testing.assert_allclose(plain[0], strict[0])  # the loss itself does not change
   # an untrained exit is never confident above 0.99: nothing counts as learned
   assert float(jnp.sum(strict[1])) == 0.0 and float(jnp.sum(plain[1])) > 0
-  loose = losses.block_loss(block, learned_threshold=0.0)(params, state, x, y, None, False)
+  loose = losses.BlockLoss(block, learned_threshold=0.0)(params, state, x, y, None, False)
   np.testing.assert_array_equal(loose[1], plain[1])
 
 
@@ -101,17 +101,17 @@ def test_monitoring_accuracy_keeps_the_most_accurate_epoch(blobs):
   x, y, vx, vy = blobs
   model = _model()
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
-  objective = Objective(losses.block_loss(model.blocks[0]), parts_mask(params, ("subnet", "exit_head")))
+  objective = Objective(losses.BlockLoss(model.blocks[0]), parts_mask(params, ("subnet", "exit_head")))
   data = fit_data_of(x, y, vx, vy)
   config = FitConfig(batch_size=64, max_epochs=6, monitor="val_accuracy", early_stop_patience=2)
-  result = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
+  result = fit(objective, params, state, data, config, jax.random.PRNGKey(1))
   accuracies = [r["val_accuracy"] for r in result.history]
   assert result.best_epoch == int(np.argmax(accuracies)) + 1
-  assert result.best_val_loss == pytest.approx(-max(accuracies))
+  assert result.best_score == pytest.approx(-max(accuracies))
   # a min_delta larger than any possible gain: no epoch after the first is progress, so the fit stops
   # after `early_stop_patience` more epochs — and still keeps the best of the epochs it ran
   config = dataclasses.replace(config, min_delta=1.0)
-  result = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
+  result = fit(objective, params, state, data, config, jax.random.PRNGKey(1))
   accuracies = [r["val_accuracy"] for r in result.history]
   assert result.epoch == 3 and result.best_epoch == int(np.argmax(accuracies)) + 1
 
@@ -148,7 +148,7 @@ def test_commit_holdout_keeps_a_slice_out_of_block_training(blobs, faithful):
     faithful.variables[0]["params"]["subnet"]["dense_0"]["kernel"],
   )
   # selection still covers all of T_0: the learned set is what the frozen block + head say
-  probs, commit = predict_exits(model, run.variables[:1], x)
+  probs, commit = all_exit_outputs(model, run.variables[:1], x)
   assert int(np.sum(learned_mask(probs[0], commit[0], y, SMALL.train_threshold))) == r0.learned
   again = _train(blobs, dataclasses.replace(SMALL, commit_holdout=0.25))
   assert [r.learned for r in again.records] == [r.learned for r in run.records]
@@ -191,7 +191,7 @@ def test_joint_finetune_trains_every_block_then_the_heads_and_counts_its_cost(bl
   model = _model()
   config = dataclasses.replace(SMALL, finetune_epochs=1)
   run = train_quicknet(
-    model, x, y, vx, vy, config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"), log=lambda m: None
+    model, (x, y), (vx, vy), config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"), log=lambda m: None
   )
   assert run.finetune["epochs"] == 1 and len(run.finetune["commit_epochs"]) == 3
   # the block-wise part is the faithful run's, bit for bit; fine-tuning comes on top
@@ -207,7 +207,7 @@ def test_joint_finetune_trains_every_block_then_the_heads_and_counts_its_cost(bl
       )
   # a rerun on the same checkpoints restores the blocks and the finished fine-tuning: same variables
   again = train_quicknet(
-    model, x, y, vx, vy, config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"), log=lambda m: None
+    model, (x, y), (vx, vy), config, seed=0, checkpointer=BlockCheckpointer(tmp_path / "c"), log=lambda m: None
   )
   for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(run.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -220,12 +220,12 @@ def test_joint_loss_augments_the_images_it_trains_on(blobs):
   model = _model()
   params, state = (list(t) for t in zip(*(split_variables(v) for v in model.init(jax.random.PRNGKey(0)))))
   xb, yb, rng = jnp.asarray(x[:64]), jnp.asarray(y[:64]), jax.random.PRNGKey(5)
-  plain = losses.joint_loss(model, [1.0, 1.0])(params, state, xb, yb, rng, True)[0]
-  augmented = losses.joint_loss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, rng, True)[0]
+  plain = losses.JointLoss(model, [1.0, 1.0])(params, state, xb, yb, rng, True)[0]
+  augmented = losses.JointLoss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, rng, True)[0]
   assert not np.allclose(plain, augmented)
   # evaluation never augments
-  evaluated = losses.joint_loss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, None, False)[0]
-  np.testing.assert_allclose(evaluated, losses.joint_loss(model, [1.0, 1.0])(params, state, xb, yb, None, False)[0])
+  evaluated = losses.JointLoss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, None, False)[0]
+  np.testing.assert_allclose(evaluated, losses.JointLoss(model, [1.0, 1.0])(params, state, xb, yb, None, False)[0])
 
 
 def test_finetuning_follows_the_runs_augmentation(blobs, faithful):
@@ -235,7 +235,7 @@ def test_finetuning_follows_the_runs_augmentation(blobs, faithful):
   augmented = dataclasses.replace(plain, fit=dataclasses.replace(plain.fit, augment=True))
   key = jax.random.PRNGKey(2)
   tuned = [
-    finetune_quicknet(model, faithful.variables, x, y, vx, vy, c, key, log=lambda m: None)
+    finetune_quicknet(model, faithful.variables, ((x, y), (vx, vy)), c, key, log=lambda m: None)
     for c in (plain, augmented, augmented)
   ]
   (plain_vars, plain_record), (aug_vars, aug_record), (again_vars, _) = tuned
@@ -261,10 +261,10 @@ def test_feature_cache_budget_falls_back_to_recomputation(blobs):
     commit_fit=dataclasses.replace(SMALL.commit_fit, max_epochs=1),
   )
   over = train_quicknet(
-    model, x, y, vx, vy, dataclasses.replace(short, feature_cache_mb=0.1), seed=0, log=lambda m: None
+    model, (x, y), (vx, vy), dataclasses.replace(short, feature_cache_mb=0.1), seed=0, log=lambda m: None
   )
   off = train_quicknet(
-    model, x, y, vx, vy, dataclasses.replace(short, cache_features=False), seed=0, log=lambda m: None
+    model, (x, y), (vx, vy), dataclasses.replace(short, cache_features=False), seed=0, log=lambda m: None
   )
   assert [r.flops for r in over.records] == [r.flops for r in off.records]  # the recompute path, counted so
   assert [r.learned for r in over.records] == [r.learned for r in off.records]

@@ -13,7 +13,7 @@ from matplotlib.container import BarContainer
 from test_metrics import CLASS_NAMES, tiny_run
 
 from quicknets_jax.reporting import figures
-from quicknets_jax.runs import report
+from quicknets_jax.workflows import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

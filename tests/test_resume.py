@@ -9,17 +9,19 @@ import tempfile
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import fault_injection
 from benchmarks.fault_injection import untimed as _untimed
 from quicknets_jax import models
 from quicknets_jax.algorithms.end_to_end import train_end_to_end
-from quicknets_jax.algorithms.events import Events
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
-from quicknets_jax.training.schedule import FitConfig, FitState
-from quicknets_jax.training.trainer import Objective, init_fit_state
+from quicknets_jax.training.events import Events
+from quicknets_jax.training.optimizer import learning_rate_of
+from quicknets_jax.training.schedule import FitConfig, Schedule
+from quicknets_jax.training.trainer import FitState, Objective, init_fit_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = QuickNetConfig(
@@ -62,10 +64,8 @@ def reference(blobs, tmp_path_factory):
   directory = tmp_path_factory.mktemp("reference")
   run = train_quicknet(
     _model(),
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     SMALL,
     seed=5,
     checkpointer=BlockCheckpointer(directory),
@@ -82,17 +82,22 @@ def test_stop_after_any_epoch_resumes_bit_identically(blobs, reference, tmp_path
   stop = Annotate(lambda event: (event.phase, event.block, event.record["epoch"]) == (kind, block, epoch))
   with pytest.raises(Interrupt):
     train_quicknet(
-      _model(), x, y, vx, vy, SMALL, seed=5, checkpointer=BlockCheckpointer(tmp_path), log=lambda m: None, events=stop
+      _model(),
+      (x, y),
+      (vx, vy),
+      SMALL,
+      seed=5,
+      checkpointer=BlockCheckpointer(tmp_path),
+      log=lambda m: None,
+      events=stop,
     )
   # the epoch the callback saw reached the disk: the stop cost nothing
   assert FitCheckpointer(tmp_path / "in_progress" / f"{kind}_{block}").latest_epoch() == epoch
   messages, listener = [], Annotate()
   resumed = train_quicknet(
     _model(),
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     SMALL,
     seed=5,
     checkpointer=BlockCheckpointer(tmp_path),
@@ -115,10 +120,8 @@ def test_end_to_end_resumes_bit_identically(blobs, tmp_path):
   model, config = _model(), FitConfig(batch_size=64, max_epochs=4)
   full = train_end_to_end(
     model,
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     config,
     seed=2,
     log=lambda m: None,
@@ -128,10 +131,8 @@ def test_end_to_end_resumes_bit_identically(blobs, tmp_path):
   with pytest.raises(Interrupt):
     train_end_to_end(
       model,
-      x,
-      y,
-      vx,
-      vy,
+      (x, y),
+      (vx, vy),
       config,
       seed=2,
       log=lambda m: None,
@@ -141,10 +142,8 @@ def test_end_to_end_resumes_bit_identically(blobs, tmp_path):
   messages = []
   resumed = train_end_to_end(
     model,
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     config,
     seed=2,
     log=messages.append,
@@ -166,34 +165,26 @@ def test_fit_state_round_trip_is_exact(tmp_path):
   params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.zeros(3)}
   objective = Objective(lambda *a: None, {"w": True, "b": False})
   state = init_fit_state(objective, params, {}, FitConfig(learning_rate=3e-4))
-  state = dataclasses.replace(
-    state,
-    best_val_loss=0.1 + 0.2,
-    best_epoch=3,
+  schedule = Schedule(
     learning_rate=3e-4 * 0.5,
     epoch=4,
-    epochs_since_best=1,
-    plateau_bad_epochs=1,
+    best_score=0.1 + 0.2,
+    best_epoch=3,
+    progress_score=0.1 + 0.2,
+    epochs_since_progress=1,
+    plateau_epochs=1,
     stopped=False,
-    history=[{"epoch": 4, "val_loss": 1 / 3}],
+  )
+  state = dataclasses.replace(
+    state, train=state.train.with_learning_rate(schedule.learning_rate), schedule=schedule, history=({"epoch": 4},)
   )
   ckpt = FitCheckpointer(tmp_path, "toy")
   ckpt.save(state)
   back = ckpt.restore(init_fit_state(objective, params, {}, FitConfig()))
-  chex.assert_trees_all_equal(jax.device_get(state.params), back.params)
-  chex.assert_trees_all_equal(jax.device_get(state.opt_state), back.opt_state)
-  assert jax.tree.structure(back.opt_state) == jax.tree.structure(state.opt_state)
-  for field in (
-    "best_val_loss",
-    "best_epoch",
-    "learning_rate",
-    "epoch",
-    "epochs_since_best",
-    "plateau_bad_epochs",
-    "stopped",
-    "history",
-  ):
-    assert getattr(back, field) == getattr(state, field), field
+  chex.assert_trees_all_equal(jax.device_get(state.train), jax.device_get(back.train))
+  assert jax.tree.structure(back.train.opt_state) == jax.tree.structure(state.train.opt_state)
+  assert float(learning_rate_of(back.train.opt_state)) == np.float32(3e-4 * 0.5)
+  assert back.schedule == schedule and back.history == state.history
   assert isinstance(back, FitState)
 
 

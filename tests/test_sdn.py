@@ -12,8 +12,9 @@ import pytest
 from quicknets_jax import models
 from quicknets_jax.algorithms import sdn
 from quicknets_jax.algorithms.commitment import train_commitment_heads
-from quicknets_jax.algorithms.config import SDNConfig
+from quicknets_jax.algorithms.settings import SDNConfig
 from quicknets_jax.core import costs as flops
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import Block
 from quicknets_jax.models.resnet_sdn import (
   SDN_RESNET56_EXITS,
@@ -22,11 +23,11 @@ from quicknets_jax.models.resnet_sdn import (
   default_exits,
   resnet_sdn,
 )
-from quicknets_jax.runs.config import StudyConfig
-from quicknets_jax.runs.study import run_study
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.trainer import FitData, Objective, fit
+from quicknets_jax.workflows.experiment_config import StudyConfig
+from quicknets_jax.workflows.study import run_study
 
 SDN_MAX = np.array([0.15, 0.3, 0.45, 0.6, 0.75, 0.9])
 
@@ -70,7 +71,7 @@ def test_joint_loss_is_the_weighted_sum(small):
   params = [v["params"] for v in variables]
   x = jax.random.normal(jax.random.PRNGKey(1), (5, 6, 6, 1))
   y = jnp.array([0, 1, 2, 3, 0])
-  loss_fn = losses.joint_loss(model, (0.3, 0.6))
+  loss_fn = losses.JointLoss(model, (0.3, 0.6))
   per_exit, h = [], x
   for block, v in zip(model.blocks, variables):
     h, logits, _ = block.apply(v, h)
@@ -81,7 +82,7 @@ def test_joint_loss_is_the_weighted_sum(small):
   np.testing.assert_allclose(weighted, per_exit[1] + per_exit[2], rtol=1e-6)
   chex.assert_shape(correct, (5,))
   with pytest.raises(ValueError, match="max_weights"):
-    losses.joint_loss(model, (0.5,))
+    losses.JointLoss(model, (0.5,))
 
 
 # ------------------------------------------------------------------------------ the trainer's hook
@@ -91,14 +92,7 @@ def _toy_data(n=64, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(n, 3)).astype(np.float32)
   y = (x[:, 0] > 0).astype(np.int32)
-  return FitData(
-    jnp.asarray(x),
-    jnp.asarray(y),
-    jnp.arange(n, dtype=jnp.int32),
-    jnp.asarray(y),
-    jnp.asarray(x[:16]),
-    jnp.asarray(y[:16]),
-  )
+  return FitData.whole(Split(jnp.asarray(x), jnp.asarray(y)), Split(jnp.asarray(x[:16]), jnp.asarray(y[:16])), 2)
 
 
 def _linear_loss(params, state, x, y, rng, train, hparams=None):
@@ -108,7 +102,7 @@ def _linear_loss(params, state, x, y, rng, train, hparams=None):
   return scale * losses_, correct, state
 
 
-def test_epoch_hparams_reach_the_loss_per_epoch_and_validation_runs_without_them():
+def test_epoch_hparams_reach_the_training_loss_per_epoch_and_validation_keeps_the_fixed_ones():
   seen = []
 
   def loss_fn(params, state, x, y, rng, train, hparams=None):
@@ -116,9 +110,9 @@ def test_epoch_hparams_reach_the_loss_per_epoch_and_validation_runs_without_them
     value = jnp.float32(0.5) if hparams is None else hparams
     return jnp.zeros(x.shape[0]) + value + 0.0 * jnp.sum(params["w"]), jnp.zeros(x.shape[0]), state
 
-  objective = Objective(loss_fn, epoch_hparams=lambda epoch: seen.append(epoch) or np.float32(epoch))
+  objective = Objective(loss_fn, hparams_at=lambda epoch: seen.append(epoch) or np.float32(epoch))
   config = FitConfig(max_epochs=3, early_stop_patience=5, batch_size=16)
-  state = fit(objective, {"w": jnp.zeros((3, 2))}, {}, _toy_data(), config, jax.random.PRNGKey(0), num_classes=2)
+  state = fit(objective, {"w": jnp.zeros((3, 2))}, {}, _toy_data(), config, jax.random.PRNGKey(0))
   assert seen == [1, 2, 3]
   assert [r["train_loss"] for r in state.history] == pytest.approx([1.0, 2.0, 3.0])
   assert [r["val_loss"] for r in state.history] == pytest.approx([0.5, 0.5, 0.5])
@@ -128,15 +122,14 @@ def test_epoch_hook_changes_nothing_else():
   """An objective with a hook whose value leaves the loss as it is trains exactly like one without."""
   data, config = _toy_data(), FitConfig(max_epochs=3, batch_size=16)
   params = {"w": jnp.zeros((3, 2))}
-  plain = fit(Objective(_linear_loss), params, {}, data, config, jax.random.PRNGKey(3), num_classes=2)
+  plain = fit(Objective(_linear_loss), params, {}, data, config, jax.random.PRNGKey(3))
   hooked = fit(
-    Objective(_linear_loss, epoch_hparams=lambda e: {"scale": np.float32(1.0)}),
+    Objective(_linear_loss, hparams_at=lambda e: {"scale": np.float32(1.0)}),
     params,
     {},
     data,
     config,
     jax.random.PRNGKey(3),
-    num_classes=2,
   )
   chex.assert_trees_all_equal(plain.params, hooked.params)
   assert [r["train_loss"] for r in plain.history] == [r["train_loss"] for r in hooked.history]
@@ -151,10 +144,8 @@ def joint_run(blobs, small):
   x, y, vx, vy = blobs
   run = sdn.train_joint(
     model,
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     FitConfig(max_epochs=2, batch_size=128),
     seed=0,
     config=SDNConfig(ramp_epochs=2),
@@ -181,10 +172,8 @@ def test_commitment_heads_on_frozen_network(joint_run, blobs):
   heads = train_commitment_heads(
     model,
     run.variables,
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     FitConfig(max_epochs=1, batch_size=128, balanced_sampling=False),
     jax.random.PRNGKey(5),
     log=lambda m: None,

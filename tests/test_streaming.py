@@ -16,12 +16,13 @@ from benchmarks.fault_injection import write_tiny_idx
 from quicknets_jax.data import datasets, records, streaming
 from quicknets_jax.data.cifar import write_cifar_tar
 from quicknets_jax.data.errors import DataError
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.registry import build_model
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.trainer import FitData, Objective, fit
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 from scripts import compare_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,19 +62,19 @@ def test_a_streamed_dataset_equals_the_in_memory_one_bit_for_bit(tmp_path, idx_d
   streamed = datasets.DataConfig(
     dataset="mnist", data_dir=idx_dir, max_train=500, input="stream", records_dir=str(tmp_path / "r")
   ).load(log=lambda m: None)
-  assert streaming.is_streamed(streamed.train_images) and streamed.train_images.shape == memory.train_images.shape
+  assert streaming.is_streamed(streamed.train.images) and streamed.train.images.shape == memory.train.images.shape
   np.testing.assert_array_equal(streamed.mean, memory.mean)
   np.testing.assert_array_equal(streamed.std, memory.std)
   for name in ("train", "val", "test"):
-    np.testing.assert_array_equal(np.asarray(getattr(streamed, f"{name}_images")), getattr(memory, f"{name}_images"))
-    np.testing.assert_array_equal(getattr(streamed, f"{name}_labels"), getattr(memory, f"{name}_labels"))
+    np.testing.assert_array_equal(np.asarray(getattr(streamed, name).images), getattr(memory, name).images)
+    np.testing.assert_array_equal(getattr(streamed, name).labels, getattr(memory, name).labels)
   rows = np.array([3, 1, 400])
-  view = streaming.take(streamed.train_images, rows)
+  view = streaming.take(streamed.train.images, rows)
   assert streaming.is_streamed(view)  # taking rows reads nothing
-  np.testing.assert_array_equal(np.asarray(view), memory.train_images[rows])
-  batches = list(streamed.test_images.batches(64))
+  np.testing.assert_array_equal(np.asarray(view), memory.train.images[rows])
+  batches = list(streamed.test.images.batches(64))
   assert [len(b) for b in batches] == [64, 64, 64, 8]
-  np.testing.assert_array_equal(np.concatenate(batches), memory.test_images)
+  np.testing.assert_array_equal(np.concatenate(batches), memory.test.images)
 
 
 def test_grain_worker_processes_read_the_same_batches(tmp_path, idx_dir):
@@ -95,10 +96,10 @@ def test_the_memory_budget_bounds_what_is_read_and_names_the_flag(tmp_path, idx_
   config = dict(dataset="mnist", data_dir=idx_dir, input="stream", records_dir=str(tmp_path / "r"))
   streamed = datasets.DataConfig(**config, memory_budget_mb=1.0).load(log=lambda m: None)
   with pytest.raises(DataError, match="memory_budget_mb=1"):
-    np.asarray(streamed.train_images)  # 540 × 3 KiB = 1.6 MiB
+    np.asarray(streamed.train.images)  # 540 × 3 KiB = 1.6 MiB
   with pytest.raises(DataError, match="one batch .* --memory_budget_mb=1"):
-    next(streamed.train_images.batches(400))
-  assert len(np.asarray(streamed.test_images[:100])) == 100  # small reads are fine
+    next(streamed.train.images.batches(400))
+  assert len(np.asarray(streamed.test.images[:100])) == 100  # small reads are fine
   read_ahead, device_ahead = streaming.StreamOptions(memory_budget_mb=10).plan(2**20)
   assert read_ahead + device_ahead == 10 and device_ahead == 2
   with pytest.raises(DataError, match="holds mnist, not fashion_mnist"):
@@ -121,22 +122,19 @@ def _fit_both_ways(tmp_path, model_name, shape, **model_args):
   model = build_model(model_name, shape, 10, **model_args)
   params = jax.tree.map(lambda v: v, [v["params"] for v in model.init(jax.random.PRNGKey(0))])
   state = [{k: v for k, v in b.items() if k != "params"} for b in model.init(jax.random.PRNGKey(0))]
-  objective = Objective(losses.end_to_end_loss(model))
+  objective = Objective(losses.EndToEndLoss(model))
   config = FitConfig(max_epochs=3, batch_size=64, eval_batch_size=64)
   results = []
   for images, val_images in (
-    (np.asarray(splits.train_images), np.asarray(splits.val_images)),
-    (splits.train_images, splits.val_images),
+    (np.asarray(splits.train.images), np.asarray(splits.val.images)),
+    (splits.train.images, splits.val.images),
   ):
-    data = FitData(
-      streaming.device_array(images),
-      jnp.asarray(splits.train_labels),
-      jnp.arange(len(splits.train_labels), dtype=jnp.int32),
-      jnp.asarray(splits.train_labels),
-      streaming.device_array(val_images),
-      jnp.asarray(splits.val_labels),
+    data = FitData.whole(
+      Split(streaming.device_array(images), jnp.asarray(splits.train.labels)),
+      Split(streaming.device_array(val_images), jnp.asarray(splits.val.labels)),
+      10,
     )
-    results.append(fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=10))
+    results.append(fit(objective, params, state, data, config, jax.random.PRNGKey(1)))
   return results
 
 
@@ -180,8 +178,8 @@ def test_mnist_streams_from_a_tfds_data_source(tmp_path):
     streamed = datasets.load_streamed_dataset("mnist", data_source="tfds", log=lambda m: None)
     memory = datasets.load_dataset("mnist", data_source="tfds")
     assert "streamed" in streamed.source
-    np.testing.assert_array_equal(np.asarray(streamed.val_images), memory.val_images)
-    np.testing.assert_array_equal(streamed.train_labels, memory.train_labels)
+    np.testing.assert_array_equal(np.asarray(streamed.val.images), memory.val.images)
+    np.testing.assert_array_equal(streamed.train.labels, memory.train.labels)
 
 
 def test_imagenet_streams_resized_from_a_tfds_data_source():
@@ -191,9 +189,9 @@ def test_imagenet_streams_resized_from_a_tfds_data_source():
   with tfds.testing.mock_data(num_examples=60):
     streamed = datasets.load_streamed_dataset("imagenet2012", data_source="tfds", log=lambda m: None, **args)
     memory = datasets.load_dataset("imagenet2012", data_source="tfds", **args)
-  assert streamed.train_images.shape == memory.train_images.shape == (36, 16, 16, 3)
-  np.testing.assert_array_equal(np.asarray(streamed.test_images), memory.test_images)
-  np.testing.assert_array_equal(streamed.val_labels, memory.val_labels)
+  assert streamed.train.images.shape == memory.train.images.shape == (36, 16, 16, 3)
+  np.testing.assert_array_equal(np.asarray(streamed.test.images), memory.test.images)
+  np.testing.assert_array_equal(streamed.val.labels, memory.val.labels)
 
 
 def test_write_records_cli_writes_a_directory_and_fails_in_one_line(tmp_path, idx_dir):

@@ -7,8 +7,8 @@ from quicknets_jax.core import costs as cost_model
 from quicknets_jax.core import curves
 from quicknets_jax.core.costs import BlockCost
 from quicknets_jax.reporting import tables
-from quicknets_jax.runs import study
-from quicknets_jax.runs.config import StudyConfig
+from quicknets_jax.workflows import study
+from quicknets_jax.workflows.experiment_config import StudyConfig
 
 
 def test_accuracy_at_budget_interpolates_between_neighbours():

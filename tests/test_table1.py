@@ -15,16 +15,18 @@ from benchmarks.fault_injection import untimed
 from experiments import table1
 from quicknets_jax import models
 from quicknets_jax.algorithms.commitment import train_commitment_head
-from quicknets_jax.algorithms.config import QuickNetConfig
 from quicknets_jax.algorithms.quicknet import learned_mask, train_quicknet
+from quicknets_jax.algorithms.settings import QuickNetConfig
 from quicknets_jax.core.costs import xla_flops
 from quicknets_jax.data import augment
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import Block, split_variables
 from quicknets_jax.reporting.tables import table1_markdown, table1_row
-from quicknets_jax.runs.config import ExperimentConfig
 from quicknets_jax.training import losses
+from quicknets_jax.training.optimizer import Adam, Mask
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import Objective, fit, make_optimizer
+from quicknets_jax.training.trainer import Objective, fit
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 SMALL = QuickNetConfig(
   fit=FitConfig(batch_size=64, max_epochs=2),
@@ -79,10 +81,8 @@ def test_a_logits_head_trains_on_the_frozen_exits_logits(blobs):
   state = train_commitment_head(
     block,
     variables,
-    np.asarray(h),
-    correct,
-    np.asarray(vh),
-    val_correct,
+    Split(np.asarray(h), correct),
+    Split(np.asarray(vh), val_correct),
     FitConfig(batch_size=64, max_epochs=2),
     jax.random.PRNGKey(1),
   )
@@ -97,13 +97,13 @@ def test_a_logits_head_trains_on_the_frozen_exits_logits(blobs):
 def test_weight_decay_is_pytorch_adams_l2():
   params = {"w": jnp.asarray([1.0, -2.0]), "b": jnp.asarray([0.5])}
   grads = {"w": jnp.asarray([0.1, 0.2]), "b": jnp.asarray([0.3])}
-  tx = make_optimizer({"w": True, "b": False}, params, weight_decay=0.1)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  # torch: g + wd·p, then Adam's first step (m/√v → sign)
+  adam = Adam(Mask.of({"w": True, "b": False}), weight_decay=0.1)
+  updates, _ = adam.transform().update(grads, adam.init(params, learning_rate=1.0), params)
+  # torch: g + wd·p, then Adam's first step (m/√v → sign), times −lr
   expected, _ = optax.scale_by_adam().update(
     {"w": grads["w"] + 0.1 * params["w"]}, optax.scale_by_adam().init({"w": params["w"]})
   )
-  np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+  np.testing.assert_allclose(-updates["w"], expected["w"], rtol=1e-6)
   assert float(updates["b"][0]) == 0.0  # frozen leaves get nothing, decay included
   with pytest.raises(ValueError, match="weight_decay"):
     ExperimentConfig().replace(weight_decay=-1.0)
@@ -115,12 +115,10 @@ def test_monitoring_the_training_loss_keeps_the_lowest_training_loss(blobs):
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   data = fit_data_of(x, y, vx, vy)
   config = FitConfig(batch_size=64, max_epochs=5, monitor="train_loss", early_stop_patience=5, learning_rate=0.05)
-  result = fit(
-    Objective(losses.block_loss(model.blocks[0])), params, state, data, config, jax.random.PRNGKey(1), num_classes=4
-  )
+  result = fit(Objective(losses.BlockLoss(model.blocks[0])), params, state, data, config, jax.random.PRNGKey(1))
   train_losses = [r["train_loss"] for r in result.history]
   assert result.best_epoch == int(np.argmin(train_losses)) + 1
-  assert result.best_val_loss == pytest.approx(min(train_losses))
+  assert result.best_score == pytest.approx(min(train_losses))
   with pytest.raises(ValueError, match="monitor must be one of"):
     FitConfig(monitor="test_loss")
 
@@ -142,7 +140,9 @@ def test_affine_augmentation_is_seeded_in_range_and_only_in_training():
 def test_full_size_epochs_draw_the_whole_split_from_later_working_sets(blobs):
   x, y, vx, vy = blobs
   model = models.mlp((6, 6, 1), 4, width=16, num_blocks=2)
-  run = train_quicknet(model, x, y, vx, vy, dataclasses.replace(SMALL, epoch_draws="full"), seed=0, log=lambda m: None)
+  run = train_quicknet(
+    model, (x, y), (vx, vy), dataclasses.replace(SMALL, epoch_draws="full"), seed=0, log=lambda m: None
+  )
   first, later = run.records
   assert all(r["samples"] == len(y) and "working_set" not in r for r in first.history)
   assert later.train_samples < len(y)  # T_1 is smaller ...
@@ -160,9 +160,9 @@ def test_full_size_epochs_draw_the_whole_split_from_later_working_sets(blobs):
 def test_sampled_commitment_balance_draws_right_and_wrong_equally(blobs):
   x, y, vx, vy = blobs
   model = models.mlp((6, 6, 1), 4, width=16, num_blocks=1)
-  weighted = train_quicknet(model, x, y, vx, vy, SMALL, seed=0, log=lambda m: None)
+  weighted = train_quicknet(model, (x, y), (vx, vy), SMALL, seed=0, log=lambda m: None)
   sampled = train_quicknet(
-    model, x, y, vx, vy, dataclasses.replace(SMALL, commit_balance="sampled"), seed=0, log=lambda m: None
+    model, (x, y), (vx, vy), dataclasses.replace(SMALL, commit_balance="sampled"), seed=0, log=lambda m: None
   )
   assert untimed(weighted.records[0].history) == untimed(sampled.records[0].history)  # the block is the same
   assert untimed(weighted.records[0].commit_history) != untimed(sampled.records[0].commit_history)

@@ -1,14 +1,22 @@
-"""The trainer's buffer donation: every array a caller or a FitState holds stays readable."""
+"""The trainer: one pure step, buffer donation (every array a caller or a FitState holds stays readable),
+and the drivers that run the step agreeing with each other."""
 
+import dataclasses
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import fit_data_of
+from conftest import fit_data_of, make_blobs
 
 from quicknets_jax import models
-from quicknets_jax.models.base import split_variables
-from quicknets_jax.training import losses
+from quicknets_jax.data.split import Split
+from quicknets_jax.models.base import parts_mask, split_variables
+from quicknets_jax.training import losses, trainer
+from quicknets_jax.training.optimizer import Adam, Mask, learning_rate_of
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch, Statics, TrainState, train_step
 from quicknets_jax.training.trainer import FitData, Objective, fit, loop_convolutions, uses_convolution
 
 
@@ -18,10 +26,10 @@ def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   before = jax.tree.map(np.asarray, params)
   data = fit_data_of(x, y, vx, vy)
-  objective = Objective(losses.block_loss(model.blocks[0]))
+  objective = Objective(losses.BlockLoss(model.blocks[0]))
   # a learning rate this high makes later epochs worse than the first: best_params is an old epoch's
   config = FitConfig(batch_size=64, max_epochs=4, early_stop_patience=10, learning_rate=0.5)
-  first = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
+  first = fit(objective, params, state, data, config, jax.random.PRNGKey(1))
   # the caller's init params were not consumed by the donated epochs and are unchanged
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(before)):
     np.testing.assert_array_equal(np.asarray(a), b)
@@ -30,7 +38,7 @@ def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
   final = jax.tree.map(np.asarray, first.params)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(final)))
   # the same fit from the same (still valid) params gives the same result
-  again = fit(objective, params, state, data, config, jax.random.PRNGKey(1), num_classes=4)
+  again = fit(objective, params, state, data, config, jax.random.PRNGKey(1))
   for a, b in zip(jax.tree.leaves(again.best_params), jax.tree.leaves(best)):
     np.testing.assert_array_equal(np.asarray(a), b)
 
@@ -42,30 +50,79 @@ def test_host_loop_epochs_equal_device_loop_epochs():
   params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (100, 8, 8, 3)))
   y = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (100,), 0, 4), np.int32)
-  data = FitData(
-    jnp.asarray(x),
-    jnp.asarray(y),
-    jnp.arange(90, dtype=jnp.int32),
-    jnp.asarray(y[:90]),
-    jnp.asarray(x[90:]),
-    jnp.asarray(y[90:]),
-  )
-  objective = Objective(losses.block_loss(model.blocks[0], "crop_flip"))
+  data = FitData.whole(Split(jnp.asarray(x), jnp.asarray(y)), Split(jnp.asarray(x[90:]), jnp.asarray(y[90:])), 4)
+  data = dataclasses.replace(data, rows=jnp.arange(90, dtype=jnp.int32), row_classes=jnp.asarray(y[:90]))
+  objective = Objective(losses.BlockLoss(model.blocks[0], "crop_flip"))
   # XLA's convolutions (the default outside the trainer's loops) would make the trainer step from Python
-  assert uses_convolution(objective.loss_fn, params, state, data.inputs, data.targets)
+  assert uses_convolution(objective.loss, params, state, data.train.images, data.train.labels)
   with loop_convolutions():  # its loops convolve as patch products on CPU: the one-jit epoch again
-    assert uses_convolution(objective.loss_fn, params, state, data.inputs, data.targets) == (
+    assert uses_convolution(objective.loss, params, state, data.train.images, data.train.labels) == (
       jax.default_backend() != "cpu"
     )
   mlp = models.mlp((8, 8, 3), 4, width=8, num_blocks=1)
   mlp_params, _ = split_variables(mlp.init(jax.random.PRNGKey(0))[0])
-  assert not uses_convolution(losses.block_loss(mlp.blocks[0]), mlp_params, {}, data.inputs, data.targets)
+  assert not uses_convolution(losses.BlockLoss(mlp.blocks[0]), mlp_params, {}, data.train.images, data.train.labels)
   runs = {}
   for host_loop in (False, True):
     config = FitConfig(batch_size=32, max_epochs=2, early_stop_patience=5, host_loop=host_loop)
-    runs[host_loop] = fit(objective, params, state, data, config, jax.random.PRNGKey(3), num_classes=4)
+    runs[host_loop] = fit(objective, params, state, data, config, jax.random.PRNGKey(3))
   for a, b in zip(jax.tree.leaves(runs[True].params), jax.tree.leaves(runs[False].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   for a, b in zip(runs[True].history, runs[False].history):
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
       assert abs(a[key] - b[key]) < 1e-4, (key, a[key], b[key])
+
+
+def test_train_step_is_a_pure_function_of_state_batch_and_key():
+  """`train_step(state, batch, key)`: the same inputs give the same state and metrics; padded rows (mask 0)
+  change nothing; the learning rate comes from the optimizer state and the step count advances."""
+  model = models.mlp((6, 6, 1), 4, width=16, num_blocks=1)
+  params, model_state = split_variables(model.init(jax.random.PRNGKey(0))[0])
+  statics = Statics(losses.BlockLoss(model.blocks[0]), Adam(Mask.of(parts_mask(params, ("subnet", "exit_head")))))
+  step = jax.jit(functools.partial(train_step, statics=statics))
+  state = TrainState.create(statics.optimizer, params, model_state, learning_rate=0.01)
+  x, y = make_blobs(8, seed=3)
+  batch = Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(8))
+  key = jax.random.PRNGKey(7)
+  first, metrics = step(state, batch, key)
+  again, metrics_again = step(state, batch, key)
+  chex.assert_trees_all_equal((first, metrics), (again, metrics_again))
+  assert int(first.step) == 1 and float(learning_rate_of(first.opt_state)) == np.float32(0.01)
+  # frozen leaves (the commitment head) stay put, trained ones move
+  assert np.array_equal(first.params["commit_head"]["out"]["kernel"], params["commit_head"]["out"]["kernel"])
+  assert not np.array_equal(first.params["subnet"]["dense_0"]["kernel"], params["subnet"]["dense_0"]["kernel"])
+  # two garbage rows masked out: the step is the one on the six real rows
+  padded = Batch(
+    jnp.concatenate([batch.x[:6], 100 * jnp.ones_like(batch.x[:2])]),
+    jnp.concatenate([batch.y[:6], batch.y[:2]]),
+    jnp.asarray([1.0] * 6 + [0.0] * 2),
+  )
+  six = Batch(batch.x[:6], batch.y[:6], jnp.ones(6))
+  masked, m1 = step(state, padded, key)
+  real, m2 = step(state, six, key)
+  chex.assert_trees_all_close(masked.params, real.params, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(m1["loss_sum"], m2["loss_sum"], rtol=1e-6)
+  # a lower learning rate in the state takes a smaller step, with the same compiled step
+  slow, _ = step(state.with_learning_rate(0.001), batch, key)
+  delta = lambda s: float(
+    jnp.abs(s.params["subnet"]["dense_0"]["kernel"] - params["subnet"]["dense_0"]["kernel"]).max()
+  )
+  assert delta(slow) < delta(first)
+
+
+def test_one_compiled_epoch_serves_every_fit_with_equal_settings(blobs):
+  """Equal losses and masks are equal statics: a second fit (another seed, fresh objects) adds no compiled
+  program to the epoch's or the validation pass's cache."""
+  x, y, vx, vy = blobs
+  model = models.mlp((6, 6, 1), 4, width=16, num_blocks=1)
+  config = FitConfig(batch_size=64, max_epochs=1)
+  data = fit_data_of(x, y, vx, vy)
+
+  def one_fit(seed):
+    params, state = split_variables(model.init(jax.random.PRNGKey(seed))[0])
+    objective = Objective(losses.BlockLoss(model.blocks[0], learned_threshold=0.321))
+    fit(objective, params, state, data, config, jax.random.PRNGKey(seed))
+    return trainer.epoch_on_device._cache_size(), trainer.evaluate_on_device._cache_size()
+
+  first = one_fit(0)
+  assert one_fit(1) == first

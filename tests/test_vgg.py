@@ -11,7 +11,7 @@ from conftest import make_blobs
 
 from quicknets_jax import models
 from quicknets_jax.algorithms.end_to_end import train_end_to_end
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
 from quicknets_jax.core.costs import xla_flops
 from quicknets_jax.data import augment
@@ -152,14 +152,14 @@ def test_quicknet_trains_through_a_frozen_prefix_and_updates_batch_norm_statisti
     train_threshold=0.5,
     cache_features=False,
   )
-  run = train_quicknet(model, x, y, vx, vy, config, seed=0, log=lambda m: None)
+  run = train_quicknet(model, (x, y), (vx, vy), config, seed=0, log=lambda m: None)
   assert run.num_trained_blocks >= 2
   init = model.init(jax.random.fold_in(jax.random.PRNGKey(0), 0))
   # block 0's running statistics moved while it trained ...
   assert not np.allclose(
     run.variables[0]["batch_stats"]["subnet"]["bn"]["mean"], init[0]["batch_stats"]["subnet"]["bn"]["mean"]
   )
-  probs, commits = predict_exits(model, run.variables, vx)
+  probs, commits = all_exit_outputs(model, run.variables, vx)
   chex.assert_shape(probs, (run.num_trained_blocks, 64, 4))
   assert np.all(np.isfinite(probs)) and np.all(np.isfinite(commits))
 
@@ -170,7 +170,7 @@ def test_frozen_prefix_runs_with_inference_statistics(tiny_images):
   model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,8", classifier_width=16)
   variables = model.init(jax.random.PRNGKey(0))
   frozen_params, frozen_state = [variables[0]["params"]], [{"batch_stats": variables[0]["batch_stats"]}]
-  loss_fn = losses.block_loss_through_prefix(model, 1, frozen_params, frozen_state)
+  loss_fn = losses.BlockLossThroughPrefix(model, 1)
   _, _, new_state = loss_fn(
     variables[1]["params"],
     {"batch_stats": variables[1]["batch_stats"]},
@@ -178,6 +178,7 @@ def test_frozen_prefix_runs_with_inference_statistics(tiny_images):
     jnp.asarray(y[:16]),
     jax.random.PRNGKey(0),
     True,
+    (frozen_params, frozen_state),
   )
   assert not np.allclose(
     new_state["batch_stats"]["subnet"]["bn"]["mean"], variables[1]["batch_stats"]["subnet"]["bn"]["mean"]
@@ -190,10 +191,8 @@ def test_end_to_end_vgg_trains_through_the_same_trainer(tiny_images):
   model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,8,M,16", classifier_width=16)
   run = train_end_to_end(
     model,
-    x,
-    y,
-    vx,
-    vy,
+    (x, y),
+    (vx, vy),
     FitConfig(batch_size=32, max_epochs=3, learning_rate=3e-3, early_stop_patience=3, augment=True),
     seed=0,
     log=lambda m: None,

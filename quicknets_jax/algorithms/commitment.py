@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.algorithms import forward
-from quicknets_jax.algorithms.config import COMMIT_BALANCES
-from quicknets_jax.core import costs
+from quicknets_jax.algorithms.settings import COMMIT_BALANCES
+from quicknets_jax.core import costs, rng
+from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array
 from quicknets_jax.models.base import COMMIT, Block, MultiExitModel
 from quicknets_jax.training import losses
-from quicknets_jax.training.checkpoint import FitCheckpointer
-from quicknets_jax.training.schedule import FitConfig, FitState
-from quicknets_jax.training.trainer import FitData, Objective, bucket_size, fit, pad_rows
+from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.trainer import FitData, FitHooks, FitState, Objective, bucket_size, fit, pad_rows
 
 Log = Callable[[str], None]
 
@@ -40,83 +40,72 @@ def class_weights(correct) -> tuple[float, float]:
 def train_commitment_head(
   block: Block,
   variables: dict,
-  features,
-  correct,
-  val_features,
-  val_correct,
+  train: Split,
+  val: Split,
   config: FitConfig,
   key: jax.Array,
+  *,
   name: str = "commitment head",
-  pad_rows_to: Optional[int] = None,
-  pad_val_rows_to: Optional[int] = None,
-  on_epoch=None,
-  checkpoint: Optional[FitCheckpointer] = None,
-  log: Optional[Log] = None,
   balance: str = "weighted",
+  pad_to: Optional[tuple[int, int]] = None,
+  hooks: FitHooks = FitHooks(),
 ) -> FitState:
   """Trains δ of a frozen block: BCE of its commitment logit against "the exit was right", balanced.
 
   Args:
     block: the block whose `commit_head` trains (its subnet and exit stay as they are).
     variables: the block's variables; only `params["commit_head"]` changes.
-    features, correct: the block's features on its training set and 0/1 correctness of its exit.
-    val_features, val_correct: the same on the validation set.
-    config: the schedule (`config.commitment_schedule` of the blocks').
-    pad_rows_to, pad_val_rows_to: the lengths the training / validation rows are padded to, so heads
-      of every block and seed share one compiled epoch (default: their buckets).
-    on_epoch: `fit`'s per-epoch callback; checkpoint: resume from it, save to it every epoch.
+    train: the block's features on its training rows and the 0/1 correctness of its exit there.
+    val: the same on the validation rows.
+    config: the schedule (the blocks', without class-balanced sampling: `settings.commitment_schedule`).
+    key: the fit's key.
+    name: what the fit is called in messages.
     balance: "weighted" (each class weighs n / (2·n_class) in the loss; rows drawn as `config` says)
       or "sampled" (the authors' code: unweighted loss, each epoch draws right and wrong predictions
       with equal total probability, with replacement).
+    pad_to: the lengths (training rows, validation rows) are padded to, so heads of every block and seed
+      share one compiled epoch (default: their buckets).
+    hooks: the fit's events, checkpoint and log (`FitHooks`).
+
   Returns:
     The FitState; `best_params` is the block's params tree with the trained commitment head.
+
+  Raises:
+    ValueError: `balance` is not one of `COMMIT_BALANCES`.
   """
   if balance not in COMMIT_BALANCES:
     raise ValueError(f"commit_balance must be one of {', '.join(COMMIT_BALANCES)}, got {balance!r}")
+  correct, val_correct = np.asarray(train.labels), np.asarray(val.labels)
   n = int(correct.shape[0])
-  correct = np.asarray(correct)
   positive_weight, negative_weight = class_weights(correct) if balance == "weighted" else (1.0, 1.0)
   if balance == "sampled":
     config = dataclasses.replace(config, balanced_sampling=True)  # the two classes drawn equally often
   # a head on the exit's logits learns from those logits (computed once), not from the features
-  features = forward.commit_inputs(block, variables, features, config.eval_batch_size)
-  val_features = forward.commit_inputs(block, variables, val_features, config.eval_batch_size)
+  features = forward.commit_inputs(block, variables, train.images, config.eval_batch_size)
+  val_features = forward.commit_inputs(block, variables, val.images, config.eval_batch_size)
   # Only the head's own params enter the fit (the block's subnet and exit stay outside it): heads of
   # blocks with different subnets then share one compiled epoch.
   params = {COMMIT: variables["params"][COMMIT]}
   objective = Objective(
-    losses.commitment_loss(block, config.compute_dtype),
-    None,
-    loss_args=(jnp.float32(positive_weight), jnp.float32(negative_weight)),
+    losses.CommitmentLoss(block, config.compute_dtype),
+    hparams=(jnp.float32(positive_weight), jnp.float32(negative_weight)),
   )
-  rows = pad_rows_to or bucket_size(n)
-  val_rows = pad_val_rows_to or bucket_size(len(val_correct))
+  rows, val_rows = pad_to or (bucket_size(n), bucket_size(len(val_correct)))
   data = FitData(
-    pad_rows(features, rows),
-    pad_rows(correct, rows),
-    jnp.arange(n, dtype=jnp.int32),
-    correct,
-    pad_rows(val_features, val_rows),
-    pad_rows(val_correct, val_rows),
-    num_val=len(val_correct),
-  )
-  result = fit(
-    objective,
-    params,
-    {},
-    data,
-    config,
-    key,
+    Split(pad_rows(features, rows), pad_rows(correct, rows)),
+    Split(pad_rows(val_features, val_rows), pad_rows(val_correct, val_rows)),
+    rows=jnp.arange(n, dtype=jnp.int32),
+    row_classes=correct,
     num_classes=2,
-    name=name,
-    checkpoint=checkpoint,
-    on_epoch=on_epoch,
-    log=log,
-    positions_bucket=rows,
+    num_val=len(val_correct),
+    bucket=rows,
   )
-  result.params = {**variables["params"], **result.params}
-  result.best_params = {**variables["params"], **result.best_params}
-  return result
+  result = fit(objective, params, {}, data, config, key, name=name, hooks=hooks)
+  return dataclasses.replace(
+    result,
+    train=result.train.replace(params={**variables["params"], **result.params}),
+    best_params={**variables["params"], **result.best_params},
+  )
 
 
 @dataclasses.dataclass
@@ -132,10 +121,8 @@ class CommitmentRun:
 def train_commitment_heads(
   model: MultiExitModel,
   variables: Sequence[dict],
-  images,
-  labels,
-  val_images,
-  val_labels,
+  train: Split,
+  val: Split,
   config: FitConfig,
   key: jax.Array,
   log: Log = print,
@@ -146,13 +133,20 @@ def train_commitment_heads(
   training split (validated on the validation split); nothing else changes. Features are computed
   block by block and kept in memory for one block at a time (N × feature size floats).
 
+  Args:
+    model: the multi-exit model; variables: its trained variables, one dict per block.
+    train, val: the training and validation splits.
+    config: the heads' schedule.
+    key: exit j's head trains with `rng.per_item(key, j)`.
+    log: where one line per head goes.
+
   Returns:
     A CommitmentRun; its FLOPs are `costs.commitment_head_flops` per exit.
   """
   start = time.perf_counter()
-  labels = jnp.asarray(labels)
-  val_labels = jnp.asarray(val_labels)
-  x, val_x = device_array(images), device_array(val_images)
+  train, val = Split.of(train), Split.of(val)
+  labels, val_labels = jnp.asarray(train.labels), jnp.asarray(val.labels)
+  x, val_x = device_array(train.images), device_array(val.images)
   n, n_val = int(labels.shape[0]), int(val_labels.shape[0])
   new_variables, records, total_flops = [], [], 0.0
   for j, (block, cost) in enumerate(zip(model.blocks, model.block_costs)):
@@ -162,7 +156,13 @@ def train_commitment_heads(
     correct = (jnp.argmax(probs, -1) == labels).astype(jnp.int32)
     val_correct = (jnp.argmax(val_probs, -1) == val_labels).astype(jnp.int32)
     result = train_commitment_head(
-      block, block_vars, x, correct, val_x, val_correct, config, jax.random.fold_in(key, j), name=f"commitment head {j}"
+      block,
+      block_vars,
+      Split(x, correct),
+      Split(val_x, val_correct),
+      config,
+      rng.per_item(key, j),
+      name=f"commitment head {j}",
     )
     new_variables.append({**block_vars, "params": result.best_params})
     flops = costs.total(costs.commitment_head_flops(cost, epochs=result.epoch, n_train=n, n_val=n_val))
@@ -174,9 +174,9 @@ def train_commitment_heads(
         epochs=result.epoch,
         best_epoch=result.best_epoch,
         positive_rate=positive_rate,
-        best_val_loss=float(result.best_val_loss),
+        best_score=float(result.best_score),  # the monitored score (`FitConfig.monitor`) of its best epoch
         flops=flops,
-        history=result.history,
+        history=list(result.history),
       )
     )
     log(f"commitment head {j}: {result.epoch} epochs, exit right on {positive_rate:.1%} of the training split")

@@ -1,5 +1,5 @@
 """The end-to-end baseline: the QuickNet's backbone with only its final exit, trained as one network by
-the same trainer and schedule (design.md §1), and the test accuracy of such a network after any epoch."""
+the same trainer and schedule, and the test accuracy of such a network after any epoch."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quicknets_jax.algorithms.events import EpochDone, Events
-from quicknets_jax.core import costs
+from quicknets_jax.core import costs, rng
+from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, is_streamed, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, merge_blocks, parts_mask, split_blocks
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import FitCheckpointer
+from quicknets_jax.training.events import Events, InPhase
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import FitData, Objective, fit
+from quicknets_jax.training.trainer import FitData, FitHooks, Objective, fit
 
 Log = Callable[[str], None]
 
@@ -41,63 +42,62 @@ class EndToEndRun:
 
 def fit_whole_network(
   model: MultiExitModel,
-  images,
-  labels,
-  val_images,
-  val_labels,
-  make_objective: Callable[[list], Objective],
+  data: tuple[Split, Split],
+  objective_of: Callable[[list], Objective],
   config: FitConfig,
   seed: int,
   *,
-  forward_cost: float,
   phase: str,
-  name: str,
-  log: Log = print,
-  events: Optional[Events] = None,
-  checkpoint: Optional[FitCheckpointer] = None,
-  annotate: Optional[Callable[[dict], None]] = None,
+  forward_cost: float,
+  hooks: FitHooks = FitHooks(log=print),
 ) -> EndToEndRun:
   """Trains every block of `model` at once on the whole training split: the end-to-end baseline and SDN's
-  joint training differ only in `make_objective(params)` (which parts train, which loss) and in the
+  joint training differ only in `objective_of(params)` (which parts train, which loss) and in the
   forward FLOPs per sample a step costs (`costs.fit_flops`).
 
-  Initialisation follows `train_quicknet` (`model.init(fold_in(PRNGKey(seed), 0))`), so every method of a
-  seed starts from the same weights. `annotate(record)` may add to each epoch's record (its history
-  entry) before the epoch event; `checkpoint`: resume from it and save every epoch.
+  Initialisation follows `train_quicknet` (the seed's `rng.Stream.INIT`), so every method of a seed starts
+  from the same weights.
+
+  Args:
+    model: the multi-exit model.
+    data: the (train, val) splits.
+    objective_of: the per-block params → the fit's `Objective`.
+    config: the schedule.
+    seed: fixes initialisation, batch order and every other random choice.
+    phase: the fit's name in events and messages ("end_to_end", "joint").
+    forward_cost: forward FLOPs per sample of what a step runs.
+    hooks: its listeners (told after every epoch, as epochs of `phase`, with the run's FLOPs so far), its
+      checkpoint (resume from it, save every epoch) and where the summary line goes.
+
+  Returns:
+    The best-validation variables, epochs, FLOPs by part and seconds.
   """
   start = time.perf_counter()
-  key = jax.random.PRNGKey(seed)
-  params, state = split_blocks(model.init(jax.random.fold_in(key, 0)))
-  labels = jnp.asarray(labels)
-  n, n_val = int(labels.shape[0]), int(len(val_labels))
-  data = FitData(
-    device_array(images),
-    labels,
-    jnp.arange(n, dtype=jnp.int32),
-    labels,
-    device_array(val_images),
-    jnp.asarray(val_labels),
+  checkpoint, log = hooks.checkpoint, hooks.log or (lambda message: None)
+  train, val = (Split.of(split) for split in data)
+  key = rng.seed_key(seed)
+  params, state = split_blocks(model.init(rng.stream(key, rng.Stream.INIT)))
+  n, n_val = len(train.labels), len(val.labels)
+  fit_data = FitData.whole(
+    Split(device_array(train.images), jnp.asarray(train.labels)),
+    Split(device_array(val.images), jnp.asarray(val.labels)),
+    model.num_classes,
   )
-
-  def on_epoch(fit_state, record):
-    if annotate is not None:
-      annotate(record)
-    if events is not None:
-      spent = costs.total(costs.fit_flops(record["epoch"], n, n_val, forward_cost))
-      events.epoch_done(EpochDone(phase, None, fit_state, record, spent))
-
+  name = phase.replace("_", "-")
+  epoch_events = InPhase(
+    hooks.events,
+    phase,
+    flops_so_far=lambda record: costs.total(costs.fit_flops(record["epoch"], n, n_val, forward_cost)),
+  )
   result = fit(
-    make_objective(params),
+    objective_of(params),
     params,
     state,
-    data,
+    fit_data,
     config,
-    jax.random.fold_in(key, 1),
-    num_classes=model.num_classes,
+    rng.stream(key, rng.Stream.BLOCKS),
     name=name,
-    checkpoint=checkpoint,
-    log=log,
-    on_epoch=on_epoch,
+    hooks=dataclasses.replace(hooks, events=epoch_events),
   )
   flops = costs.fit_flops(result.epoch, n, n_val, forward_cost)
   seconds = time.perf_counter() - start + (checkpoint.resumed_seconds if checkpoint is not None else 0.0)
@@ -108,49 +108,53 @@ def fit_whole_network(
     result.best_epoch,
     costs.total(flops),
     flops,
-    result.history,
+    list(result.history),
     seconds,
   )
 
 
 def train_end_to_end(
   model: MultiExitModel,
-  images,
-  labels,
-  val_images,
-  val_labels,
+  train: Split,
+  val: Split,
   config: FitConfig,
   seed: int,
+  *,
   log: Log = print,
   events: Optional[Events] = None,
   checkpoint: Optional[FitCheckpointer] = None,
 ) -> EndToEndRun:
   """The baseline: the same backbone with only the final exit, trained end to end by the same trainer.
 
-  Initialisation follows `train_quicknet`, so both start from the same weights. `checkpoint`: resume
-  from it and save every epoch.
+  Initialisation follows `train_quicknet`, so both start from the same weights.
+
+  Args:
+    model: the multi-exit model whose backbone and final exit train.
+    train, val: the training and validation splits (`Split`s or (images, labels) pairs).
+    config: the schedule.
+    seed: fixes initialisation, batch order and every other random choice.
+    log: where the summary line goes.
+    events: told after every epoch (phase "end_to_end").
+    checkpoint: resume from it and save every epoch.
+
+  Returns:
+    The trained network (`EndToEndRun`).
   """
   last = model.num_blocks - 1
-  loss = losses.end_to_end_loss(model, config.augmentation_name, config.compute_dtype)
+  loss = losses.EndToEndLoss(model, config.augmentation_name, config.compute_dtype)
 
   def objective(params):
     return Objective(loss, [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)])
 
   return fit_whole_network(
     model,
-    images,
-    labels,
-    val_images,
-    val_labels,
+    (train, val),
     objective,
     config,
     seed,
-    forward_cost=model.end_to_end_cost(),
     phase="end_to_end",
-    name="end-to-end",
-    log=log,
-    events=events,
-    checkpoint=checkpoint,
+    forward_cost=model.end_to_end_cost(),
+    hooks=FitHooks(events, checkpoint, log),
   )
 
 
@@ -160,7 +164,7 @@ def test_accuracy_fn(model: MultiExitModel, images, labels, batch_size: int):
   The test split is padded once to whole chunks of `batch_size` rows and a masked count runs per
   chunk, so the jitted count compiles once per process, whatever the split's size.
   """
-  loss_fn = losses.end_to_end_loss(model)
+  loss_fn = losses.EndToEndLoss(model)
   n = len(labels)
   batch_size = min(batch_size, n)
   padded = -(-n // batch_size) * batch_size
@@ -177,7 +181,7 @@ def test_accuracy_fn(model: MultiExitModel, images, labels, batch_size: int):
 
   def accuracy(params, model_state):
     correct = sum(
-      _correct_count(loss_fn, params, model_state, x, labels[s : s + batch_size], mask[s : s + batch_size])
+      _correct_count(params, model_state, x, labels[s : s + batch_size], mask[s : s + batch_size], loss=loss_fn)
       for s, x in zip(starts, chunks())
     )
     return float(correct) / n
@@ -185,7 +189,7 @@ def test_accuracy_fn(model: MultiExitModel, images, labels, batch_size: int):
   return accuracy
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _correct_count(loss_fn, params, model_state, x, y, mask):
-  _, correct, _ = loss_fn(params, model_state, x, y, None, False)
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _correct_count(params, model_state, x, y, mask, *, loss):
+  _, correct, _ = loss(params, model_state, x, y, None, False)
   return jnp.sum(correct * mask)

@@ -15,15 +15,16 @@ import numpy as np
 
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.commitment import train_commitment_head
-from quicknets_jax.algorithms.config import QuickNetConfig
-from quicknets_jax.algorithms.events import EpochDone, Events
-from quicknets_jax.core import costs
+from quicknets_jax.algorithms.settings import QuickNetConfig
+from quicknets_jax.core import costs, rng
 from quicknets_jax.data.sampling import seeded_subset
+from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, merge_blocks, parts_mask, split_blocks
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
-from quicknets_jax.training.trainer import FitData, Objective, bucket_size, fit
+from quicknets_jax.training.events import Events, InPhase
+from quicknets_jax.training.trainer import FitData, FitHooks, Objective, bucket_size, fit
 
 Log = Callable[[str], None]
 
@@ -31,12 +32,10 @@ Log = Callable[[str], None]
 def finetune_quicknet(
   model: MultiExitModel,
   variables: Sequence[dict],
-  images,
-  labels,
-  val_images,
-  val_labels,
+  data: tuple[Split, Split],
   config: QuickNetConfig,
   key: jax.Array,
+  *,
   checkpointer: Optional[BlockCheckpointer] = None,
   log: Log = print,
   events: Optional[Events] = None,
@@ -49,13 +48,27 @@ def finetune_quicknet(
   were, with the sum of the exits' cross-entropies at `config.finetune_lr`, keeping the
   best-validation parameters. The features each commitment head reads have moved, so every head then
   retrains on its fine-tuned block's correctness (on the holdout slice when `commit_holdout` > 0, else
-  on the training split). Returns (variables, record: epochs, flops by part, seconds, commitment epochs).
+  on the training split).
+
+  Args:
+    model: the QuickNet's model; variables: its trained blocks' variables.
+    data: the (train, val) splits.
+    config: the QuickNet's settings (fine-tuning epochs and learning rate, holdout, schedule).
+    key: the fine-tuning's key (`rng.Stream.FINETUNE` of the run's).
+    checkpointer: per-epoch checkpoints of the fine-tuning and of each head's refit.
+    log: where the summary line goes; events: told after every epoch ("finetune", "recommit").
+    flops_before: the run's training FLOPs before fine-tuning (the epoch events report the total).
+
+  Returns:
+    (variables, record: epochs, best epoch, flops by part, seconds, commitment epochs, history).
   """
   start = time.perf_counter()
+  train, val = (Split.of(split) for split in data)
   num = len(variables)
   trained = dataclasses.replace(model, blocks=model.blocks[:num], block_costs=model.block_costs[:num])
-  n, n_val = len(labels), len(val_labels)
-  holdout = seeded_subset(n, config.commit_holdout, jax.random.fold_in(key, 7))
+  labels = np.asarray(train.labels)
+  n, n_val = len(labels), len(val.labels)
+  holdout = seeded_subset(n, config.commit_holdout, rng.stream(key, rng.Stream.COMMIT_HOLDOUT))
   fit_pos = np.setdiff1d(np.arange(n, dtype=np.int32), holdout)
   commit_pos = holdout if len(holdout) else np.arange(n)
   ckpt = (
@@ -64,41 +77,29 @@ def finetune_quicknet(
 
   params, state = split_blocks(variables)
   mask = [parts_mask(p, (SUBNET, EXIT)) for p in params]
-  labels_np = np.asarray(labels)
-  data = FitData(
-    device_array(images),
-    jnp.asarray(labels),
-    jnp.asarray(fit_pos),
-    jnp.asarray(labels_np[fit_pos]),
-    device_array(val_images),
-    jnp.asarray(val_labels),
+  fit_data = FitData.whole(
+    Split(device_array(train.images), jnp.asarray(train.labels)),
+    Split(device_array(val.images), jnp.asarray(val.labels)),
+    model.num_classes,
+    rows=fit_pos,
   )
   fit_config = dataclasses.replace(config.fit, learning_rate=config.finetune_lr, max_epochs=config.finetune_epochs)
-
-  def tell(phase, fit_state, record, spent=None):
-    if events is not None:
-      events.epoch_done(EpochDone(phase, num, fit_state, record, spent))
-
   finetune_ckpt = ckpt("finetune")
-  loss = losses.joint_loss(trained, [1.0] * (num - 1), config.fit.augmentation_name, config.fit.compute_dtype)
+  loss = losses.JointLoss(trained, [1.0] * (num - 1), config.fit.augmentation_name, config.fit.compute_dtype)
+
+  def flops_so_far(record):
+    parts = costs.finetune_flops(trained.block_costs, epochs=record["epoch"], n_train=record["samples"], n_val=n_val)
+    return flops_before + costs.total(parts)
+
   result = fit(
     Objective(loss, mask),
     params,
     state,
-    data,
+    fit_data,
     fit_config,
-    jax.random.fold_in(key, 1),
-    num_classes=model.num_classes,
+    rng.stream(key, rng.Stream.BLOCKS),
     name="fine-tune",
-    checkpoint=finetune_ckpt,
-    log=log,
-    on_epoch=lambda s, r: tell(
-      "finetune",
-      s,
-      r,
-      flops_before
-      + costs.total(costs.finetune_flops(trained.block_costs, epochs=r["epoch"], n_train=r["samples"], n_val=n_val)),
-    ),
+    hooks=FitHooks(InPhase(events, "finetune", num, flops_so_far), finetune_ckpt, log),
   )
   flops = costs.finetune_flops(trained.block_costs, epochs=result.epoch, n_train=len(fit_pos), n_val=n_val)
   flops.update(cache=0.0, commit_training=0.0, commit_validation=0.0)
@@ -106,29 +107,24 @@ def finetune_quicknet(
 
   # Commitment heads on the fine-tuned features: "the exit was right" on the rows they learn from.
   eval_bs = config.fit.eval_batch_size
-  h_train, h_val = take(images, commit_pos), val_images
+  h_train, h_val = take(train.images, commit_pos), val.images
   commit_epochs, commit_ckpts = [], []
   for j, block in enumerate(trained.blocks):
     h_train, probs_train, _ = forward.block_outputs(block, tuned[j], h_train, eval_bs)
     h_val, probs_val, _ = forward.block_outputs(block, tuned[j], h_val, eval_bs)
-    correct_train = (np.argmax(probs_train, -1) == labels_np[commit_pos]).astype(np.int32)
-    correct_val = (np.argmax(probs_val, -1) == np.asarray(val_labels)).astype(np.int32)
+    correct_train = (np.argmax(probs_train, -1) == labels[commit_pos]).astype(np.int32)
+    correct_val = (np.argmax(probs_val, -1) == np.asarray(val.labels)).astype(np.int32)
     commit_ckpts.append(ckpt(f"commitment_{j}"))
     commit_result = train_commitment_head(
       block,
       tuned[j],
-      h_train,
-      correct_train,
-      h_val,
-      correct_val,
+      Split(h_train, correct_train),
+      Split(h_val, correct_val),
       config.commitment_fit(),
-      jax.random.fold_in(key, 10 + j),
+      rng.stream(key, rng.Stream.RECOMMIT, j),
       name=f"commitment head {j} (fine-tuned)",
-      pad_rows_to=bucket_size(n),
-      pad_val_rows_to=bucket_size(n_val),
-      on_epoch=lambda s, r: tell("recommit", s, r),
-      checkpoint=commit_ckpts[-1],
-      log=log,
+      pad_to=(bucket_size(n), bucket_size(n_val)),
+      hooks=FitHooks(InPhase(events, "recommit", num), commit_ckpts[-1], log),
     )
     tuned[j] = {"params": commit_result.best_params, **result.best_model_state[j]}
     commit_epochs.append(commit_result.epoch)
@@ -151,5 +147,5 @@ def finetune_quicknet(
     commit_epochs=commit_epochs,
     flops=flops,
     seconds=seconds,
-    history=result.history,
+    history=list(result.history),
   )

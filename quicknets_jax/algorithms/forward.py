@@ -2,9 +2,10 @@
 
 Every algorithm reads its networks through these: the features entering block j (a QuickNet's frozen
 prefix, or its feature cache), a block's outputs (features, exit probabilities, commitment logits),
-the commitment logits alone, and every exit at once (`predict_exits`, what evaluation sweeps). Chunks
-have one shape (the last is padded), so results do not depend on how many rows there are and each
-function compiles once per model and depth.
+the commitment logits alone, and every exit at once (`all_exit_outputs`, what evaluation sweeps).
+Chunks have one shape (the last is padded), so results do not depend on how many rows there are; the
+jitted functions take the model (or block) as a static argument, so each compiles once per model and
+depth.
 """
 
 from __future__ import annotations
@@ -44,25 +45,18 @@ def batched(fn, arrays: Sequence, batch_size: int):
   return jax.tree.map(lambda *o: np.concatenate(o), *outs)
 
 
-@functools.cache  # jitted once per (model, depth) for the whole process
-def feature_fn(model: MultiExitModel, upto: int):
-  """Jitted (variables[:upto], x) -> features entering block `upto` (frozen blocks, inference mode)."""
-
-  @jax.jit
-  def fn(variables, x):
-    for k in range(upto):
-      x = model.blocks[k].apply(variables[k], x, method=Block.features)
-    return x
-
-  return fn
+@functools.partial(jax.jit, static_argnames=("model", "upto"))
+def prefix_apply(variables, x, *, model: MultiExitModel, upto: int):
+  """The features entering block `upto` (frozen blocks 0..upto−1 in inference mode) for inputs `x`."""
+  for k in range(upto):
+    x = model.blocks[k].apply(variables[k], x, method=Block.features)
+  return x
 
 
-@functools.cache
 def feature_elements(model: MultiExitModel, upto: int) -> int:
   """How many numbers one sample's features entering block `upto` hold (shapes only, nothing runs)."""
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
-  return int(np.prod(jax.eval_shape(feature_fn(model, upto), list(variables[:upto]), x).shape[1:]))
+  shapes = model.feature_shapes()
+  return int(np.prod(model.input_shape if upto == 0 else shapes[upto - 1]))
 
 
 def prefix_features(model: MultiExitModel, variables: Sequence[dict], images, rows, upto: int, batch_size: int):
@@ -71,12 +65,10 @@ def prefix_features(model: MultiExitModel, variables: Sequence[dict], images, ro
   gathered = take(images, rows)  # a streamed view stays one: nothing is read here
   if upto == 0:
     return gathered
-  fn = feature_fn(model, upto)
   if gathered.shape[0] == 0:
-    one = jax.ShapeDtypeStruct((1, *gathered.shape[1:]), jnp.float32)
-    shape = jax.eval_shape(fn, list(variables[:upto]), one).shape[1:]
-    return np.zeros((0, *shape), np.float32)
-  return batched(lambda x: fn(list(variables[:upto]), x), [gathered], batch_size)
+    return np.zeros((0, *model.feature_shapes()[upto - 1]), np.float32)
+  prefix = list(variables[:upto])
+  return batched(lambda x: prefix_apply(prefix, x, model=model, upto=upto), [gathered], batch_size)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -123,7 +115,7 @@ def _all_exits(model: MultiExitModel, variables, x):
   return jnp.stack(probs, axis=1), jnp.stack(commits, axis=1)  # batch first, for `batched`
 
 
-def predict_exits(model: MultiExitModel, variables: Sequence[dict], images, batch_size: int = 2048):
+def all_exit_outputs(model: MultiExitModel, variables: Sequence[dict], images, batch_size: int = 2048):
   """All exits on `images`: (probs [E, N, C], commitment logits [E, N]) for the trained blocks."""
   variables = list(variables)
   images = images if is_streamed(images) else jnp.asarray(images)

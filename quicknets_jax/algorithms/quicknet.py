@@ -1,15 +1,16 @@
 """Algorithm 1: a QuickNet trained block by block, each block on what the earlier ones did not learn.
 
 For block j (`train_block`): its inputs (`block_inputs`: the features entering it for the working
-sets T_j, V_j — cached once, or recomputed through the frozen prefix every step), its fit
-(`fit_block`: subnet + exit, cross-entropy, earlier blocks frozen), its commitment head
+sets T_j, V_j — cached once, or recomputed through the frozen prefix every step), its fit (subnet +
+exit, cross-entropy, earlier blocks frozen: `trainer.fit`), its commitment head
 (`fit_commitment_head`: balanced BCE on "the exit was right"), and the learned set (`select_learned`:
 L_j = {correct, confidence > τ, commitment > 0}, T_{j+1} = T_j − L_j). `train_quicknet` loops over
 the blocks and freezes each (`freeze`: an orbax checkpoint of its parameters and the next working
-sets). Working sets are sorted int32 index arrays into the in-memory training arrays. Inside a block,
-both fits checkpoint their whole FitState every epoch, so a stopped run resumes from the last epoch
-with the same result, bit for bit, as an uninterrupted one. Training FLOPs are `costs.
-quicknet_block_flops`, the same formula for the per-epoch events and the block's record.
+sets). `Task` holds what the blocks of one run share. Working sets are sorted int32 index arrays into
+the training arrays. Inside a block, both fits checkpoint their whole FitState every epoch, so a
+stopped run resumes from the last epoch with the same result, bit for bit, as an uninterrupted one.
+Training FLOPs are `costs.quicknet_block_flops`, the same formula for the per-epoch events and the
+block's record.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ import numpy as np
 
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.commitment import train_commitment_head
-from quicknets_jax.algorithms.config import QuickNetConfig
-from quicknets_jax.algorithms.events import BlockFrozen, EpochDone, Events
 from quicknets_jax.algorithms.finetune import finetune_quicknet
-from quicknets_jax.core import costs, exits
+from quicknets_jax.algorithms.settings import QuickNetConfig
+from quicknets_jax.core import costs, exits, rng
 from quicknets_jax.data.sampling import seeded_mask, seeded_subset
+from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, take
-from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask, split_variables
+from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask, split_blocks, split_variables
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
-from quicknets_jax.training.schedule import FitState
-from quicknets_jax.training.trainer import FitData, Objective, bucket_size, fit, pad_rows
+from quicknets_jax.training.events import BlockFrozen, Events, InPhase
+from quicknets_jax.training.trainer import FitData, FitHooks, FitState, Objective, bucket_size, fit, pad_rows
 
 Log = Callable[[str], None]
 
@@ -86,20 +87,33 @@ class QuickNetRun:
     return float(sum(r.seconds for r in self.records) + (self.finetune["seconds"] if self.finetune else 0.0))
 
 
-class Split(NamedTuple):
-  """The in-memory arrays Algorithm 1 reads: the training split and the validation split."""
-
-  images: np.ndarray
-  labels: np.ndarray
-  val_images: np.ndarray
-  val_labels: np.ndarray
-
-
 class WorkingSets(NamedTuple):
   """T_j and V_j: sorted int32 rows of the training and validation splits that block j sees."""
 
   train_idx: np.ndarray
   val_idx: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What every block of one QuickNet run shares.
+
+  Attributes:
+    model: the multi-exit model; train, val: the training and validation splits.
+    config: Algorithm 1's settings and the schedule of every fit.
+    init_variables: the model's initial variables, one dict per block (block j starts from its own).
+    checkpointer: one checkpoint per frozen block and one per epoch of the fits in progress (or None).
+    log: where progress lines go; events: told after every epoch and every frozen block (or None).
+  """
+
+  model: MultiExitModel
+  train: Split
+  val: Split
+  config: QuickNetConfig
+  init_variables: list
+  checkpointer: Optional[BlockCheckpointer] = None
+  log: Log = print
+  events: Optional[Events] = None
 
 
 # ------------------------------------------------------------------------------- feature cache
@@ -127,28 +141,27 @@ def uses_feature_cache(model: MultiExitModel, j: int, config: QuickNetConfig, nu
 # ------------------------------------------------------------------------------ the four steps
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class BlockInputs:
   """What block j trains on (`block_inputs`).
 
   Attributes:
-    data, loss_fn: the block fit's arrays and per-sample loss.
-    positions_bucket: the length its working set is padded to (blocks after the first: the full
-      split's bucket, so that they share one compiled epoch).
+    j: the block; working: its working sets T_j, V_j.
+    data: the block fit's arrays; objective: its loss and the loss's traced inputs (all of the block's
+      params train but the commitment head's: `fit_objective`).
     cached: whether the prefix's features are cached (False: recomputed every step).
-    train_features, val_features: the features entering block j for T_j (None until computed, when
-      not cached) and V_j.
+    train_features: the features entering block j for T_j (None when not cached: they are computed
+      after the fit, for the commitment head); val_features: the same for V_j.
     fit_pos, commit_pos: positions into T_j that the block's fit / its commitment head learn from
       (all of T_j unless QuickNet+ holds some out for the head).
     labels, val_labels: the labels of T_j and V_j.
-    epoch_samples: the samples an epoch of the block's fit draws (`QuickNetConfig.epoch_draws`).
+    epoch_samples: what an epoch of the block's fit trains on (|fit_pos|, or |T_0| for full draws).
   """
 
   j: int
   working: WorkingSets
   data: FitData
-  loss_fn: Callable
-  positions_bucket: Optional[int]
+  objective: Objective
   cached: bool
   train_features: Optional[np.ndarray]
   val_features: np.ndarray
@@ -156,7 +169,7 @@ class BlockInputs:
   commit_pos: np.ndarray
   labels: np.ndarray
   val_labels: np.ndarray
-  epoch_samples: int  # what an epoch of the block's fit trains on (|fit_pos|, or |T_0| for full draws)
+  epoch_samples: int
 
   def block_flops(self, model: MultiExitModel, epochs: int, commit_epochs: int = 0, stage: str = "done") -> dict:
     """Training FLOPs of this block by part at `stage` (`costs.quicknet_block_flops`)."""
@@ -174,127 +187,84 @@ class BlockInputs:
     )
 
 
-def block_inputs(
-  model: MultiExitModel,
-  j: int,
-  frozen: Sequence[dict],
-  split: Split,
-  working: WorkingSets,
-  config: QuickNetConfig,
-  key: jax.Array,
-  log: Log = print,
-) -> BlockInputs:
-  """The features entering block j for its working sets, the fit's arrays and loss."""
+def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSets, key: jax.Array) -> BlockInputs:
+  """The features entering block j for its working sets, the fit's arrays and objective."""
+  model, config, train, val = task.model, task.config, task.train, task.val
   train_idx, val_idx = (np.asarray(a) for a in working)
   n_train, eval_bs = len(train_idx), config.fit.eval_batch_size
-  labels_j, val_labels_j = np.asarray(split.labels)[train_idx], np.asarray(split.val_labels)[val_idx]
+  labels_j, val_labels_j = np.asarray(train.labels)[train_idx], np.asarray(val.labels)[val_idx]
   # QuickNet+ commitment holdout: positions (into T_j) that the block never trains on. The faithful
-  # recipe holds none out, and every draw uses its own fold_in of the block's key, changing nothing else.
-  holdout = seeded_subset(n_train, config.commit_holdout, jax.random.fold_in(key, 7))
-  fit_pos = (
-    np.setdiff1d(np.arange(n_train, dtype=np.int32), holdout) if len(holdout) else np.arange(n_train, dtype=np.int32)
-  )
+  # recipe holds none out, and every draw uses its own stream of the block's key, changing nothing else.
+  holdout = seeded_subset(n_train, config.commit_holdout, rng.stream(key, rng.Stream.COMMIT_HOLDOUT))
+  all_pos = np.arange(n_train, dtype=np.int32)
+  fit_pos = np.setdiff1d(all_pos, holdout) if len(holdout) else all_pos
   commit_pos = holdout if len(holdout) else np.arange(n_train)
   learned_threshold = config.train_threshold if config.budget == "learned_set" else None
-  augment = config.fit.augmentation_name
-  dtype = config.fit.compute_dtype
-  num_train, num_val = len(split.labels), len(split.val_labels)
-  val_features = forward.prefix_features(model, frozen, split.val_images, val_idx, j, eval_bs)
+  augment, dtype = config.fit.augmentation_name, config.fit.compute_dtype
+  num_train, num_val = len(train.labels), len(val.labels)
+  val_features = forward.prefix_features(model, frozen, val.images, val_idx, j, eval_bs)
   cached = uses_feature_cache(model, j, config, num_train, num_val)
   if config.cache_features and not cached:
-    log(
+    task.log(
       f"block {j}: its feature cache would take {feature_cache_bytes(model, j, num_train, num_val) / 2**20:.0f} "
       f"MiB > feature_cache_mb={config.feature_cache_mb:g}: the frozen prefix is recomputed every step instead"
     )
-  train_features = None
-  fit_rows = jnp.asarray(train_idx[fit_pos], jnp.int32)
   # the authors' full-size epochs: a later block draws |T_0| class-balanced samples from T_j every epoch
   draws = num_train if config.epoch_draws == "full" and j > 0 else None
+  # blocks after the first are padded to the full split's bucket: they share one compiled epoch
+  common = dict(
+    rows=jnp.asarray(train_idx[fit_pos], jnp.int32),
+    row_classes=jnp.asarray(labels_j[fit_pos]),
+    num_classes=model.num_classes,
+    epoch_draws=draws,
+    bucket=bucket_size(num_train) if j > 0 else None,
+  )
+  train_features = None
   if cached and j == 0:  # block 0 reads the images themselves through the index array: no copy
-    train_features = take(split.images, train_idx)
+    train_features = take(train.images, train_idx)
     data = FitData(
-      device_array(split.images),
-      jnp.asarray(split.labels),
-      fit_rows,
-      jnp.asarray(labels_j[fit_pos]),
-      device_array(val_features),
-      jnp.asarray(val_labels_j),
+      Split(device_array(train.images), jnp.asarray(train.labels)),
+      Split(device_array(val_features), jnp.asarray(val_labels_j)),
+      **common,
     )
-    loss_fn = losses.block_loss(model.blocks[j], augment, learned_threshold, dtype)
+    objective = Objective(losses.BlockLoss(model.blocks[j], augment, learned_threshold, dtype))
   elif cached:
-    train_features = forward.prefix_features(model, frozen, split.images, train_idx, j, eval_bs)
+    train_features = forward.prefix_features(model, frozen, train.images, train_idx, j, eval_bs)
     # Padded to the full splits' buckets: blocks of one shape share one compiled epoch and validation
     # pass across working-set sizes and seeds (only the first n rows are ever read).
     rows, val_rows = bucket_size(num_train), bucket_size(num_val)
     data = FitData(
-      pad_rows(train_features, rows),
-      pad_rows(labels_j, rows),
-      jnp.asarray(fit_pos),
-      jnp.asarray(labels_j[fit_pos]),
-      pad_rows(val_features, val_rows),
-      pad_rows(val_labels_j, val_rows),
+      Split(pad_rows(train_features, rows), pad_rows(labels_j, rows)),
+      Split(pad_rows(val_features, val_rows), pad_rows(val_labels_j, val_rows)),
+      **dict(common, rows=jnp.asarray(fit_pos)),
       num_val=len(val_idx),
-      epoch_draws=draws,
     )
-    loss_fn = losses.block_loss(model.blocks[j], None, learned_threshold, dtype)
+    objective = Objective(losses.BlockLoss(model.blocks[j], None, learned_threshold, dtype))
   else:
-    frozen_params = [split_variables(v)[0] for v in frozen]
-    frozen_state = [split_variables(v)[1] for v in frozen]
     data = FitData(
-      device_array(split.images),
-      jnp.asarray(split.labels),
-      fit_rows,
-      jnp.asarray(labels_j[fit_pos]),
-      device_array(take(split.val_images, val_idx)),
-      jnp.asarray(val_labels_j),
-      epoch_draws=draws,
+      Split(device_array(train.images), jnp.asarray(train.labels)),
+      Split(device_array(take(val.images, val_idx)), jnp.asarray(val_labels_j)),
+      **common,
     )
-    loss_fn = losses.block_loss_through_prefix(model, j, frozen_params, frozen_state, augment, learned_threshold, dtype)
+    frozen_params, frozen_state = split_blocks(frozen)
+    objective = Objective(
+      losses.BlockLossThroughPrefix(model, j, augment, learned_threshold, dtype),
+      hparams=(frozen_params, frozen_state),
+    )
+  params, _ = split_variables(task.init_variables[j])
   return BlockInputs(
-    j,
-    working,
-    data,
-    loss_fn,
-    bucket_size(num_train) if j > 0 else None,
-    cached,
-    train_features,
-    val_features,
-    fit_pos,
-    commit_pos,
-    labels_j,
-    val_labels_j,
-    len(fit_pos) if draws is None else draws,
-  )
-
-
-def fit_block(
-  model: MultiExitModel,
-  inputs: BlockInputs,
-  init_vars: dict,
-  config: QuickNetConfig,
-  key: jax.Array,
-  *,
-  checkpoint=None,
-  log: Log = print,
-  on_epoch=None,
-) -> FitState:
-  """Trains block j's subnet and exit on its inputs (earlier blocks frozen); the FitState's best
-  params are the block's."""
-  params, state = split_variables(init_vars)
-  objective = Objective(inputs.loss_fn, parts_mask(params, (SUBNET, EXIT)))
-  return fit(
-    objective,
-    params,
-    state,
-    inputs.data,
-    config.block_fit(),
-    key,
-    num_classes=model.num_classes,
-    name=f"block {inputs.j}",
-    checkpoint=checkpoint,
-    log=log,
-    positions_bucket=inputs.positions_bucket,
-    on_epoch=on_epoch,
+    j=j,
+    working=working,
+    data=data,
+    objective=dataclasses.replace(objective, trainable=parts_mask(params, (SUBNET, EXIT))),
+    cached=cached,
+    train_features=train_features,
+    val_features=val_features,
+    fit_pos=fit_pos,
+    commit_pos=commit_pos,
+    labels=labels_j,
+    val_labels=val_labels_j,
+    epoch_samples=len(fit_pos) if draws is None else draws,
   )
 
 
@@ -311,24 +281,17 @@ class Committed(NamedTuple):
 
 
 def fit_commitment_head(
-  model: MultiExitModel,
-  inputs: BlockInputs,
-  fitted: FitState,
-  split: Split,
-  frozen,
-  config: QuickNetConfig,
-  key: jax.Array,
-  *,
-  checkpoint=None,
-  log: Log = print,
-  on_epoch=None,
+  task: Task, inputs: BlockInputs, fitted: FitState, frozen: Sequence[dict], key: jax.Array, hooks: FitHooks
 ) -> Committed:
   """Runs the trained block on T_j and V_j and trains its commitment head on "the exit was right"."""
-  j, block, eval_bs = inputs.j, model.blocks[inputs.j], config.fit.eval_batch_size
+  j, block, eval_bs = inputs.j, task.model.blocks[inputs.j], task.config.fit.eval_batch_size
   variables = {"params": fitted.best_params, **fitted.best_model_state}
-  if inputs.train_features is None:  # not cached: the prefix runs once more, for T_j
-    inputs.train_features = forward.prefix_features(model, frozen, split.images, inputs.working.train_idx, j, eval_bs)
-  h_train, probs_train, _ = forward.block_outputs(block, variables, inputs.train_features, eval_bs)
+  train_features = inputs.train_features
+  if train_features is None:  # not cached: the prefix runs once more, for T_j
+    train_features = forward.prefix_features(
+      task.model, frozen, task.train.images, inputs.working.train_idx, j, eval_bs
+    )
+  h_train, probs_train, _ = forward.block_outputs(block, variables, train_features, eval_bs)
   h_val, probs_val, _ = forward.block_outputs(block, variables, inputs.val_features, eval_bs)
   correct_train = (np.argmax(probs_train, -1) == inputs.labels).astype(np.int32)
   correct_val = (np.argmax(probs_val, -1) == inputs.val_labels).astype(np.int32)
@@ -336,19 +299,14 @@ def fit_commitment_head(
   result = train_commitment_head(
     block,
     variables,
-    h_train[pos],
-    correct_train[pos],
-    h_val,
-    correct_val,
-    config.commitment_fit(),
+    Split(h_train[pos], correct_train[pos]),
+    Split(h_val, correct_val),
+    task.config.commitment_fit(),
     key,
     name=f"commitment head {j}",
-    pad_rows_to=bucket_size(len(split.labels)),
-    pad_val_rows_to=bucket_size(len(split.val_labels)),
-    on_epoch=on_epoch,
-    checkpoint=checkpoint,
-    log=log,
-    balance=config.commit_balance,
+    balance=task.config.commit_balance,
+    pad_to=(bucket_size(len(task.train.labels)), bucket_size(len(task.val.labels))),
+    hooks=hooks,
   )
   variables = {"params": result.best_params, **fitted.best_model_state}
   return Committed(variables, result, h_train, h_val, probs_train, probs_val, int(correct_train[pos].sum()) / len(pos))
@@ -364,26 +322,25 @@ class Learned(NamedTuple):
 
 def learned_mask(probs, commit_logits, labels, train_threshold: float, commit_threshold: float = 0.0):
   """L_j as a mask: correct, confidence above τ, commitment logit above `commit_threshold` (0: positive,
-  design.md §1; `QuickNetConfig.learned_commit_logit`)."""
+  the method page's learned set; `QuickNetConfig.learned_commit_logit`)."""
   correct = np.argmax(probs, -1) == np.asarray(labels)
   return (
     correct & (np.asarray(exits.confidence(probs)) > train_threshold) & (np.asarray(commit_logits) > commit_threshold)
   )
 
 
-def select_learned(
-  model: MultiExitModel, inputs: BlockInputs, committed: Committed, config: QuickNetConfig, key: jax.Array
-) -> Learned:
+def select_learned(task: Task, inputs: BlockInputs, committed: Committed, key: jax.Array) -> Learned:
   """The learned set of block j (its trained commitment head decides), and T_{j+1}, V_{j+1}."""
-  block, eval_bs = model.blocks[inputs.j], config.fit.eval_batch_size
+  config = task.config
+  block, eval_bs = task.model.blocks[inputs.j], config.fit.eval_batch_size
   commit_train = forward.commit_logits(block, committed.variables, committed.h_train, eval_bs)
   commit_val = forward.commit_logits(block, committed.variables, committed.h_val, eval_bs)
   rule = (config.train_threshold, config.learned_commit_logit())
   learned = np.asarray(learned_mask(committed.probs_train, commit_train, inputs.labels, *rule))
   val_learned = np.asarray(learned_mask(committed.probs_val, commit_val, inputs.val_labels, *rule))
   # Soft removal keeps a seeded fraction of the learned samples in the next working sets.
-  kept = seeded_mask(learned, config.keep_learned, jax.random.fold_in(key, 8))
-  val_kept = seeded_mask(val_learned, config.keep_learned, jax.random.fold_in(key, 9))
+  kept = seeded_mask(learned, config.keep_learned, rng.stream(key, rng.Stream.KEEP_LEARNED_TRAIN))
+  val_kept = seeded_mask(val_learned, config.keep_learned, rng.stream(key, rng.Stream.KEEP_LEARNED_VAL))
   train_idx, val_idx = inputs.working
   return Learned(
     learned,
@@ -399,79 +356,80 @@ def select_learned(
 
 
 def train_block(
-  model: MultiExitModel,
-  j: int,
-  frozen: Sequence[dict],
-  init_vars: dict,
-  split: Split,
-  working: WorkingSets,
-  config: QuickNetConfig,
-  key: jax.Array,
-  *,
-  log: Log = print,
-  events: Optional[Events] = None,
-  checkpointer: Optional[BlockCheckpointer] = None,
-  flops_before: float = 0.0,
+  task: Task, j: int, frozen: Sequence[dict], working: WorkingSets, key: jax.Array, flops_before: float = 0.0
 ) -> tuple[dict, BlockRecord, WorkingSets]:
-  """Algorithm 1 for block j: inputs, fit, commitment head, learned set. Returns (block variables, its
-  record, T_{j+1} and V_{j+1}).
+  """Algorithm 1 for block j: inputs, fit, commitment head, learned set.
 
-  `checkpointer`: the block fit and the commitment fit save their FitState every epoch under its
-  `in_progress/` and resume from there. `flops_before`: the run's training FLOPs before this block
-  (the epoch events report the running total).
+  Args:
+    task: the run's model, data, settings and observers.
+    j: the block; frozen: the variables of blocks 0..j−1.
+    working: T_j and V_j.
+    key: the block's key (its fit, its commitment head and its random selections derive from it).
+    flops_before: the run's training FLOPs before this block (the epoch events report the running total).
+
+  Returns:
+    (block variables, its record, T_{j+1} and V_{j+1}). With a checkpointer, the block fit and the
+    commitment fit save their state every epoch under its `in_progress/` and resume from there.
   """
   start = time.perf_counter()
+  checkpointer = task.checkpointer
   block_ckpt = checkpointer.fit_checkpointer("block", j) if checkpointer is not None else None
   commit_ckpt = checkpointer.fit_checkpointer("commitment", j) if checkpointer is not None else None
   fit_key, commit_key = jax.random.split(key)
-  inputs = block_inputs(model, j, frozen, split, working, config, key, log)
+  inputs = block_inputs(task, j, frozen, working, key)
 
-  def tell(phase, fit_state, record, **progress):
-    if events is not None:
-      spent = flops_before + costs.total(inputs.block_flops(model, stage=phase, **progress))
-      events.epoch_done(EpochDone(phase, j, fit_state, record, spent))
+  def spent(stage, **progress):
+    return flops_before + costs.total(inputs.block_flops(task.model, stage=stage, **progress))
 
-  fitted = fit_block(
-    model,
-    inputs,
-    init_vars,
-    config,
+  params, state = split_variables(task.init_variables[j])
+  fitted = fit(
+    inputs.objective,
+    params,
+    state,
+    inputs.data,
+    task.config.block_fit(),
     fit_key,
-    checkpoint=block_ckpt,
-    log=log,
-    on_epoch=lambda s, r: tell("block", s, r, epochs=r["epoch"]),
+    name=f"block {j}",
+    hooks=FitHooks(
+      InPhase(task.events, "block", j, lambda record: spent("block", epochs=record["epoch"])), block_ckpt, task.log
+    ),
   )
   committed = fit_commitment_head(
-    model,
+    task,
     inputs,
     fitted,
-    split,
     frozen,
-    config,
     commit_key,
-    checkpoint=commit_ckpt,
-    log=log,
-    on_epoch=lambda s, r: tell("commitment", s, r, epochs=fitted.epoch, commit_epochs=r["epoch"]),
+    FitHooks(
+      InPhase(
+        task.events,
+        "commitment",
+        j,
+        lambda record: spent("commitment", epochs=fitted.epoch, commit_epochs=record["epoch"]),
+      ),
+      commit_ckpt,
+      task.log,
+    ),
   )
-  learned = select_learned(model, inputs, committed, config, key)
+  learned = select_learned(task, inputs, committed, key)
   n_train = len(working.train_idx)
   record = BlockRecord(
     block=j,
     train_samples=n_train,
     val_samples=len(working.val_idx),
-    class_counts=np.bincount(inputs.labels, minlength=model.num_classes).tolist(),
+    class_counts=np.bincount(inputs.labels, minlength=task.model.num_classes).tolist(),
     epochs=fitted.epoch,
     best_epoch=fitted.best_epoch,
     commit_epochs=committed.commit_state.epoch,
     learned=int(learned.train.sum()),
     val_learned=int(learned.val.sum()),
     positive_rate=committed.positive_rate,
-    flops=inputs.block_flops(model, fitted.epoch, committed.commit_state.epoch),
+    flops=inputs.block_flops(task.model, fitted.epoch, committed.commit_state.epoch),
     seconds=time.perf_counter() - start + sum(c.resumed_seconds for c in (block_ckpt, commit_ckpt) if c),
-    history=fitted.history,
-    commit_history=committed.commit_state.history,
+    history=list(fitted.history),
+    commit_history=list(committed.commit_state.history),
   )
-  log(
+  task.log(
     f"block {j}: trained on {n_train} samples for {record.epochs} epochs (+{record.commit_epochs} commitment), "
     f"learned {record.learned} ({record.learned / n_train:.1%}), {len(learned.next_sets.train_idx)} left, "
     f"{record.training_flops:.3g} FLOPs, {record.seconds:.1f}s"
@@ -484,67 +442,55 @@ def train_block(
 
 def train_quicknet(
   model: MultiExitModel,
-  images,
-  labels,
-  val_images,
-  val_labels,
+  train: Split,
+  val: Split,
   config: QuickNetConfig,
   seed: int,
+  *,
   checkpointer: Optional[BlockCheckpointer] = None,
   log: Log = print,
   events: Optional[Events] = None,
 ) -> QuickNetRun:
-  """Trains a QuickNet (Algorithm 1) on in-memory arrays; resumes from `checkpointer` if it holds blocks.
+  """Trains a QuickNet (Algorithm 1); resumes from `checkpointer` if it holds blocks.
 
   Args:
     model: the multi-exit model (see `quicknets_jax.models`).
-    images, labels: training arrays; val_images, val_labels: the validation split.
+    train: the training split (a `Split` or an (images, labels) pair); val: the validation split.
     config: QuickNetConfig.
-    seed: fixes initialisation, batch order and every other random choice.
+    seed: fixes initialisation, batch order and every other random choice (`core.rng`).
     checkpointer: a `checkpoint.BlockCheckpointer` (or None): one checkpoint per frozen block, and
       one per epoch of the fits in progress, so a killed run loses at most one epoch.
     log: where progress lines go.
-    events: told after every epoch and every frozen block (`events.Events`).
+    events: told after every epoch and every frozen block (`training.events.Events`).
+
+  Returns:
+    The trained blocks' variables and each block's record (`QuickNetRun`).
   """
-  key = jax.random.PRNGKey(seed)
-  init_variables = model.init(jax.random.fold_in(key, 0))
-  split = Split(images, labels, val_images, val_labels)
-  working = WorkingSets(np.arange(len(labels), dtype=np.int32), np.arange(len(val_labels), dtype=np.int32))
-  variables, records, working = restore(checkpointer, init_variables, working, log, events)
+  train, val = Split.of(train), Split.of(val)
+  key = rng.seed_key(seed)
+  task = Task(model, train, val, config, model.init(rng.stream(key, rng.Stream.INIT)), checkpointer, log, events)
+  working = WorkingSets(np.arange(len(train.labels), dtype=np.int32), np.arange(len(val.labels), dtype=np.int32))
+  variables, records, working = restore(task, working)
+  blocks_key = rng.stream(key, rng.Stream.BLOCKS)
   for j in range(len(records), model.num_blocks):
     if len(working.train_idx) == 0:
       log(f"block {j}: every training sample was learned by earlier blocks; blocks {j}.. are skipped")
       break
     if len(working.val_idx) == 0:  # every validation sample learned: validate on the whole split instead
-      working = working._replace(val_idx=np.arange(len(val_labels), dtype=np.int32))
-    block_vars, record, working = train_block(
-      model,
-      j,
-      variables,
-      init_variables[j],
-      split,
-      working,
-      config,
-      jax.random.fold_in(jax.random.fold_in(key, 1), j),
-      log=log,
-      events=events,
-      checkpointer=checkpointer,
-      flops_before=sum(r.training_flops for r in records),
-    )
+      working = working._replace(val_idx=np.arange(len(val.labels), dtype=np.int32))
+    flops_before = sum(r.training_flops for r in records)
+    block_vars, record, working = train_block(task, j, variables, working, rng.per_item(blocks_key, j), flops_before)
     variables.append(block_vars)
     records.append(record)
-    freeze(checkpointer, block_vars, record, working, events)
+    freeze(task, block_vars, record, working)
   if config.finetune_epochs == 0:
     return QuickNetRun(variables, records)
   tuned, finetune = finetune_quicknet(
     model,
     variables,
-    images,
-    labels,
-    val_images,
-    val_labels,
+    (train, val),
     config,
-    jax.random.fold_in(key, 2),
+    rng.stream(key, rng.Stream.FINETUNE),
     checkpointer=checkpointer,
     log=log,
     events=events,
@@ -553,33 +499,26 @@ def train_quicknet(
   return QuickNetRun(tuned, records, finetune)
 
 
-def freeze(
-  checkpointer: Optional[BlockCheckpointer],
-  variables: dict,
-  record: BlockRecord,
-  working: WorkingSets,
-  events: Optional[Events],
-) -> None:
+def freeze(task: Task, variables: dict, record: BlockRecord, working: WorkingSets) -> None:
   """Block `record.block` is final: checkpoint it with the next working sets, drop its per-epoch states."""
-  if checkpointer is not None:
-    checkpointer.save(record.block, variables, dataclasses.asdict(record), *working)
-    checkpointer.clear_in_progress(record.block)
-  if events is not None:
-    events.block_frozen(BlockFrozen(record, variables, len(working.train_idx), len(working.val_idx)))
+  if task.checkpointer is not None:
+    task.checkpointer.save(record.block, variables, dataclasses.asdict(record), *working)
+    task.checkpointer.clear_in_progress(record.block)
+  if task.events is not None:
+    task.events.block_frozen(BlockFrozen(record, variables, len(working.train_idx), len(working.val_idx)))
 
 
-def restore(
-  checkpointer: Optional[BlockCheckpointer], init_variables, working: WorkingSets, log: Log, events: Optional[Events]
-) -> tuple[list, list, WorkingSets]:
-  """The frozen blocks a checkpointer holds (variables, records) and the working sets after them."""
+def restore(task: Task, working: WorkingSets) -> tuple[list, list, WorkingSets]:
+  """The frozen blocks the task's checkpointer holds (variables, records) and the working sets after them."""
+  checkpointer, events = task.checkpointer, task.events
   if checkpointer is None:
     return [], [], working
-  variables, record_dicts, remaining = checkpointer.restore(init_variables)
+  variables, record_dicts, remaining = checkpointer.restore(task.init_variables)
   records = [BlockRecord(**r) for r in record_dicts]
   if not records:
     return variables, records, working
   working = WorkingSets(*remaining)
-  log(f"resumed after block {len(records) - 1}: {len(working.train_idx)} training samples left")
+  task.log(f"resumed after block {len(records) - 1}: {len(working.train_idx)} training samples left")
   checkpointer.clear_in_progress(len(records) - 1)  # left over when a kill came right after a save
   if events is not None:  # listeners count blocks and seconds: replay what the checkpoints hold
     sizes = [(r.train_samples, r.val_samples) for r in records[1:]] + [tuple(map(len, working))]

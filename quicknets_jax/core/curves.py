@@ -144,7 +144,7 @@ def compare_curves(curves: dict, full_cost: float, budgets: Sequence[float] = BU
 
 # ----------------------------------------------------------------------- accuracy during training
 # Fig. 2's last panel: test accuracy against the training FLOPs spent so far, from one seed's entry of
-# results.json (`runs.experiment`). The same points serve the figure and the "FLOPs to first reach x %
+# results.json (`workflows.experiment`). The same points serve the figure and the "FLOPs to first reach x %
 # of the end-to-end accuracy" numbers.
 
 
@@ -161,7 +161,7 @@ def quicknet_after_blocks(seed: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def quicknet_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
   """(training FLOPs so far, test accuracy) after every block epoch (the cascade of the frozen blocks plus
-  the block in training, `runs.deploy.DeployCurve`) merged with the after-block points, in training
+  the block in training, `workflows.deployable_curve.DeployableCurve`) merged with the after-block points, in training
   order; None for a run without `--deploy_curve`."""
   points = [
     (epoch["training_flops_so_far"], epoch["cascade_test_accuracy"])

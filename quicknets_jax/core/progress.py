@@ -126,12 +126,3 @@ def track(
 
 def stderr_log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
-
-
-class Timer:
-  def __enter__(self):
-    self.start = time.perf_counter()
-    return self
-
-  def __exit__(self, *exc):
-    self.seconds = time.perf_counter() - self.start

@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.core.config import option
+from quicknets_jax.core import options
+from quicknets_jax.core.options import option
 from quicknets_jax.data import records, streaming
 from quicknets_jax.data.cifar import LABEL_NAMES as _CIFAR10_NAMES
 from quicknets_jax.data.cifar import load_cifar_tar
@@ -26,6 +26,7 @@ from quicknets_jax.data.download import REMOTE, cached, default_cache_dir, fetch
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import find_idx_files, load_idx_dir
 from quicknets_jax.data.normalisation import STATS_CHUNK, channel_stats, standardise, with_channel
+from quicknets_jax.data.split import Split
 from quicknets_jax.data.tfds_source import RESIZED_SPLITS, default_tfds_dir, load_tfds, load_tfds_resized
 
 KNOWN = ("mnist", "fashion_mnist", "cifar10", "imagenet2012")
@@ -79,19 +80,17 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: == on numpy fields would be ambiguous.
 class Dataset:
-  """A loaded, split and normalised dataset held in memory as numpy arrays.
+  """A loaded, split and normalised dataset: the training, validation and test `Split`s.
 
-  Images are float32 [N, H, W, C], standardised per channel with the training part's `mean` and
-  `std` (in [0, 1] pixel units); labels are int32 [N].
+  Images are float32 [N, H, W, C] numpy arrays (or streamed views, `streaming.StreamedImages`),
+  standardised per channel with the training part's `mean` and `std` (in [0, 1] pixel units); labels
+  are int32 [N].
   """
 
   name: str
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  val_images: np.ndarray
-  val_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
+  train: Split
+  val: Split
+  test: Split
   num_classes: int
   class_names: tuple[str, ...]
   mean: np.ndarray | None = None
@@ -101,7 +100,7 @@ class Dataset:
   @property
   def image_shape(self) -> tuple[int, ...]:
     """Shape of one image, (H, W, C)."""
-    return tuple(self.train_images.shape[1:])
+    return tuple(self.train.images.shape[1:])
 
   def card(self) -> dict:
     """What a trained model needs of its dataset to read new images (JSON-ready): name, image shape,
@@ -120,8 +119,8 @@ class Dataset:
     """One line: name, source, split sizes, image shape and class count."""
     src = f" from {self.source}" if self.source else ""
     return (
-      f"{self.name}{src}: train {len(self.train_labels)}, val {len(self.val_labels)}, "
-      f"test {len(self.test_labels)}, images {'x'.join(map(str, self.image_shape))}, "
+      f"{self.name}{src}: train {len(self.train.labels)}, val {len(self.val.labels)}, "
+      f"test {len(self.test.labels)}, images {'x'.join(map(str, self.image_shape))}, "
       f"{self.num_classes} classes"
     )
 
@@ -282,11 +281,21 @@ def validate_arrays(train_images, train_labels, test_images, test_labels, num_cl
       )
 
 
-def split_validation(images, labels, val_fraction: float = 0.1):
-  """Splits training data into (train_images, train_labels, val_images, val_labels).
+def split_validation(images, labels, val_fraction: float = 0.1) -> tuple[Split, Split]:
+  """Splits training data into (train, validation) `Split`s.
 
   Deterministic: the LAST round(N * val_fraction) samples are the validation split (60,000 ->
   54,000 + 6,000). The results are views, not copies.
+
+  Args:
+    images, labels: the training data, row for row.
+    val_fraction: the fraction of it that becomes the validation split, in (0, 1).
+
+  Returns:
+    (train, val).
+
+  Raises:
+    DataError: the lengths differ, or the fraction leaves either split empty.
   """
   n = len(images)
   if len(labels) != n:
@@ -301,7 +310,7 @@ def split_validation(images, labels, val_fraction: float = 0.1):
       f"val_fraction or use more data"
     )
   cut = n - n_val
-  return images[:cut], labels[:cut], images[cut:], labels[cut:]
+  return Split(images[:cut], labels[:cut]), Split(images[cut:], labels[cut:])
 
 
 def normalise(train, *others, chunk: int = STATS_CHUNK):
@@ -352,16 +361,14 @@ def load_dataset(
     train_x, train_y = train_x[:max_train], train_y[:max_train]
   if max_test is not None:
     test_x, test_y = test_x[:max_test], test_y[:max_test]
-  tr_x, tr_y, va_x, va_y = split_validation(train_x, train_y, val_fraction)
-  (tr_x, va_x, te_x), (mean, std) = normalise(tr_x, va_x, test_x)
+  train, val = split_validation(train_x, train_y, val_fraction)
+  (tr_x, va_x, te_x), (mean, std) = normalise(train.images, val.images, test_x)
+  as_labels = lambda y: np.asarray(y, np.int32)
   return Dataset(
     name=name,
-    train_images=tr_x,
-    train_labels=np.asarray(tr_y, np.int32),
-    val_images=va_x,
-    val_labels=np.asarray(va_y, np.int32),
-    test_images=te_x,
-    test_labels=np.asarray(test_y, np.int32),
+    train=Split(tr_x, as_labels(train.labels)),
+    val=Split(va_x, as_labels(val.labels)),
+    test=Split(te_x, as_labels(test_y)),
     num_classes=num_classes,
     class_names=CLASS_NAMES[name],
     mean=mean,
@@ -432,17 +439,14 @@ def load_streamed_dataset(
     source = f"records:{directory} (streamed)"
   splits = streaming.streamed_splits(train, test, val_fraction, max_train, max_test, options)
   num_classes = len(CLASS_NAMES[name])
-  for split, labels in (("train", splits.train_labels), ("val", splits.val_labels), ("test", splits.test_labels)):
+  for split, labels in (("train", splits.train.labels), ("val", splits.val.labels), ("test", splits.test.labels)):
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
       raise DataError(f"{split} labels fall outside [0, {num_classes}): the records do not belong to {name}")
   return Dataset(
     name=name,
-    train_images=splits.train_images,
-    train_labels=splits.train_labels,
-    val_images=splits.val_images,
-    val_labels=splits.val_labels,
-    test_images=splits.test_images,
-    test_labels=splits.test_labels,
+    train=splits.train,
+    val=splits.val,
+    test=splits.test,
     num_classes=num_classes,
     class_names=CLASS_NAMES[name],
     mean=splits.mean,
@@ -509,7 +513,7 @@ class DataConfig:
   )
 
   def __post_init__(self):
-    config_lib.validate(self)
+    options.validate(self)
 
   def stream_options(self) -> streaming.StreamOptions:
     """The streamed input pipeline's settings."""

@@ -23,6 +23,7 @@ from absl import flags
 
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.normalisation import STATS_CHUNK, channel_stats, standardise
+from quicknets_jax.data.split import Split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,12 +179,9 @@ def take(images, rows):
 class StreamedSplits:
   """The three splits of a streamed dataset: views, labels in memory, and the normalisation."""
 
-  train_images: StreamedImages
-  train_labels: np.ndarray
-  val_images: StreamedImages
-  val_labels: np.ndarray
-  test_images: StreamedImages
-  test_labels: np.ndarray
+  train: Split  # images are `StreamedImages` views, labels in memory
+  val: Split
+  test: Split
   mean: np.ndarray
   std: np.ndarray
 
@@ -217,12 +215,9 @@ def streamed_splits(
   mean, std = channel_stats(train_source.read(np.arange(s, min(s + chunk, cut)))[0] for s in range(0, cut, chunk))
   view = lambda source, rows: StreamedImages(source, rows, mean, std, options)
   return StreamedSplits(
-    view(train_source, np.arange(cut)),
-    labels[:cut],
-    view(train_source, np.arange(cut, n)),
-    labels[cut:],
-    view(test_source, np.arange(n_test)),
-    test_labels,
-    mean,
-    std,
+    train=Split(view(train_source, np.arange(cut)), labels[:cut]),
+    val=Split(view(train_source, np.arange(cut, n)), labels[cut:]),
+    test=Split(view(test_source, np.arange(n_test)), test_labels),
+    mean=mean,
+    std=std,
   )

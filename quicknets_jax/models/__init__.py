@@ -1,9 +1,4 @@
-"""Multi-exit architectures, each a list of blocks (subnet + exit head + commitment head).
-
-Layer 1 (beside `data/`): imports only `core/`. `base` holds the shapes every model shares, `layers`
-the pooling pieces of the conv nets, `registry` the `ModelConfig` that names and sizes one, and
-`xla_check` the cross-check of each model's analytic FLOPs against XLA's count.
-"""
+"""Multi-exit architectures: each a list of blocks (subnet + exit head + commitment head) with its costs."""
 
 from quicknets_jax.models.base import (
   Block,

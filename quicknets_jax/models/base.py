@@ -235,13 +235,17 @@ class MultiExitModel:
 
   def feature_shapes(self) -> list[tuple[int, ...]]:
     """The shape of one sample's features out of each block (shapes only: nothing runs)."""
+    return list(self._feature_shapes)
+
+  @functools.cached_property
+  def _feature_shapes(self) -> tuple[tuple[int, ...], ...]:  # the model is immutable: traced once
     variables = jax.eval_shape(self.init, jax.random.PRNGKey(0))
     x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
     shapes = []
     for block, v in zip(self.blocks, variables):
       x = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), v, x)
       shapes.append(tuple(x.shape[1:]))
-    return shapes
+    return tuple(shapes)
 
   def cascade_costs(self) -> np.ndarray:
     """[E] forward FLOPs per sample to reach and decide at exit e (subnets, exits, commit heads 0..e)."""

@@ -146,12 +146,6 @@ def reduction_kernel(size: int) -> int:
   return kernel if kernel > 1 else 0
 
 
-def pooled_size(size: int) -> int:
-  """Side of the map after the exit's pooling."""
-  kernel = reduction_kernel(size)
-  return size // kernel if kernel else size
-
-
 class MixedPoolClassifier(nn.Module):
   """Mixed max-average pooling (learned α) then Dense(num_classes), on NHWC features."""
 

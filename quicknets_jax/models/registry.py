@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.core.config import option
+from quicknets_jax.core import options
+from quicknets_jax.core.options import option
 from quicknets_jax.models.base import COMMIT_HEADS, MultiExitModel
 from quicknets_jax.models.densenet import densenet
 from quicknets_jax.models.mlp import mlp
@@ -64,7 +64,7 @@ class ModelConfig:
     for name in ("later_width", "hidden"):
       if getattr(self, name) is not None and self.name != "mlp":
         raise ValueError(f"{name} is only implemented for the mlp model, not {self.name!r}: drop --{name}")
-    config_lib.validate(self)
+    options.validate(self)
 
   def kwargs(self) -> dict:
     """Keyword arguments of this config's model builder."""

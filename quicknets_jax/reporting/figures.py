@@ -8,7 +8,7 @@
 - `exits_per_class_figure`: which exit each class's test samples take at the operating threshold.
 - `deploy_while_training_figure`: Fig. 2's claim continuously — the deployable network's test accuracy
   after every epoch of both methods against the training cost so far (`--deploy_curve` runs).
-- `commitment_curves_figure`: Fig. 4 of a commitment study (`runs.study`), mean ± std over seeds.
+- `commitment_curves_figure`: Fig. 4 of a commitment study (`workflows.study`), mean ± std over seeds.
 
 Figures are built on `matplotlib.figure.Figure` directly (no pyplot), so nothing here touches the
 global backend or state of a user's session, and rendering works on machines without a display.
@@ -472,7 +472,7 @@ def deploy_while_training_figure(results: dict, fractions: Sequence[float] = (0.
 
 @_with_style
 def commitment_curves_figure(study: dict, method: str = "joint") -> Figure:
-  """Fig. 4 of a commitment study (`runs.study`): test accuracy against inference cost (fraction of the
+  """Fig. 4 of a commitment study (`workflows.study`): test accuracy against inference cost (fraction of the
   full network's) over exit thresholds, confidence only vs confidence + commitment, mean ± std over seeds."""
   fig = _new_figure(8, 5.2)
   ax = fig.subplots()

@@ -345,16 +345,12 @@ def table1_markdown(rows: list) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _mean_or_dash(stat, fmt: str = "{:.2f}") -> str:
-  return "—" if stat is None else fmt.format(stat["mean"])
-
-
 def _flops_stat(stat) -> str:
   return "never" if stat is None else f"{stat['mean'] / 1e12:.2f} ± {stat['std'] / 1e12:.2f}"
 
 
 def conv_dataset_markdown(row: dict) -> str:
-  """One dataset of the conv study (`runs.conv_study.dataset_row`): QuickNet | end-to-end | ratio."""
+  """One dataset of the conv study (`workflows.conv_study.dataset_row`): QuickNet | end-to-end | ratio."""
   speeds = row["inference_speed"]
   cascade_rate = sum(s["cascade_samples_per_second"] for s in speeds) / len(speeds)
   e2e_rate = sum(s["end_to_end_samples_per_second"] for s in speeds) / len(speeds)
@@ -396,7 +392,7 @@ def conv_dataset_markdown(row: dict) -> str:
 
 
 def conv_study_markdown(summary: dict) -> str:
-  """The conv study's report (`runs.conv_study`): a table per dataset, QuickNet+ variants, the
+  """The conv study's report (`workflows.conv_study`): a table per dataset, QuickNet+ variants, the
   commitment question and the verdict against the paper."""
   out = []
   for row in summary["rows"]:

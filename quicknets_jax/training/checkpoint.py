@@ -4,10 +4,11 @@ They only checkpoint: `trainer.fit(..., checkpoint=FitCheckpointer(...))` resume
 the QuickNet algorithm saves its frozen blocks; nothing here knows what a block's record holds.
 
 `BlockCheckpointer`: step j of its manager is frozen block j, holding its variables and the next
-block's working sets. `FitCheckpointer`: step e is the whole `FitState` of one fit (a block, a
-commitment head or the end-to-end baseline) after e epochs — params, Adam moments, best-validation
-params, learning rate, plateau and early-stop counters, history — so a killed run loses at most one
-epoch and goes on bit-identically (every random key derives from (seed, block, epoch, step)).
+block's working sets. `FitCheckpointer`: step e is the whole `trainer.FitState` of one fit (a block, a
+commitment head or the end-to-end baseline) after e epochs — its train state (params, Adam moments and
+learning rate), best-validation params, schedule (plateau and early-stop counters) and history — so a
+killed run loses at most one epoch and goes on bit-identically (every random key derives from (seed,
+block, epoch, step)).
 
 Arrays are saved from the host (`jax.device_get`) and restored into numpy targets, never with a saved
 sharding: a run checkpointed on 8 devices resumes on 1 or 4 (`trainer.fit` replicates the restored state
@@ -21,8 +22,8 @@ run killed mid-save resumes from the previous step. Unreadable checkpoints and f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
-import logging
 import os
 import shutil
 import signal
@@ -33,24 +34,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from quicknets_jax.training.schedule import FitState
+from quicknets_jax.training.schedule import Schedule
 
-# orbax logs every save at INFO through absl; progress lines are ours to print.
-logging.getLogger("absl").setLevel(logging.WARNING)
+# The arrays of a FitState (its train state's, but the loss's hyperparameters, which each fit sets anew,
+# and its best variables); its schedule and history are stored as JSON beside them.
+_TRAIN_TREES = ("step", "params", "opt_state", "model_state")
+_BEST_TREES = ("best_params", "best_model_state")
+_SCHEDULE = tuple(field.name for field in dataclasses.fields(Schedule))
 
-# Scalar fields of a FitState stored as JSON beside its arrays (history is a list of dicts).
-_FIT_SCALARS = (
-  "best_val_loss",
-  "progress_score",
-  "best_epoch",
-  "learning_rate",
-  "epoch",
-  "epochs_since_best",
-  "plateau_bad_epochs",
-  "stopped",
-  "history",
-)
-_FIT_TREES = ("params", "opt_state", "model_state", "best_params", "best_model_state")
+
+def _trees(state) -> dict:
+  trees = {name: getattr(state.train, name) for name in _TRAIN_TREES}
+  trees.update({name: getattr(state, name) for name in _BEST_TREES})
+  return trees
 
 
 def _nonempty(idx) -> np.ndarray:
@@ -205,7 +201,7 @@ class BlockCheckpointer:
 
 
 class FitCheckpointer:
-  """Per-epoch orbax checkpoints of one fit: step e is its FitState after e epochs.
+  """Per-epoch orbax checkpoints of one fit: step e is its `trainer.FitState` after e epochs.
 
   The two newest steps are kept, so a checkpoint corrupted on disk (not by a kill: saves are atomic)
   can be deleted by hand to resume one epoch earlier.
@@ -223,10 +219,14 @@ class FitCheckpointer:
     """Epochs completed by the newest saved state, or None when nothing is saved."""
     return self._manager.latest_step()
 
-  def save(self, state: FitState) -> None:
-    """Saves `state` as step `state.epoch` and waits until it is on disk."""
-    trees = {k: jax.device_get(getattr(state, k)) for k in _FIT_TREES}
-    scalars = {k: getattr(state, k) for k in _FIT_SCALARS}
+  def save(self, state) -> None:
+    """Saves `state` (a `trainer.FitState`) as step `state.epoch` and waits until it is on disk.
+
+    Raises:
+      CheckpointError: the write failed (the message names what is intact), or the step exists.
+    """
+    trees = jax.device_get(_trees(state))
+    scalars = dict(dataclasses.asdict(state.schedule), history=list(state.history))
     previous = self._manager.latest_step()
     with deferred_interrupts():
       try:
@@ -244,18 +244,22 @@ class FitCheckpointer:
         f"epoch {previous}; delete {self.directory} to retrain {self.name}"
       )
 
-  def restore(self, template: FitState) -> Optional[FitState]:
-    """The newest saved FitState, shaped like `template` (a fresh FitState of the same fit), or None."""
+  def restore(self, template):
+    """The newest saved `trainer.FitState`, shaped like `template` (a fresh state of the same fit), or None.
+
+    Raises:
+      CheckpointError: the newest checkpoint cannot be read (the message names what to delete).
+    """
     step = self._manager.latest_step()
     if step is None:
       return None
     try:
-      target = {k: jax.tree.map(np.asarray, jax.device_get(getattr(template, k))) for k in _FIT_TREES}
+      target = jax.tree.map(np.asarray, jax.device_get(_trees(template)))
       restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), scalars=ocp.args.JsonRestore())
       )
       scalars = dict(restored["scalars"])
-      if set(scalars) != set(_FIT_SCALARS) or scalars["epoch"] != step:
+      if set(scalars) != {*_SCHEDULE, "history"} or scalars["epoch"] != step:
         raise ValueError(f"fields {sorted(scalars)} at epoch {scalars.get('epoch')}")
     except Exception as e:  # orbax raises many types; all mean the same to the user
       earlier = [s for s in self._manager.all_steps() if s < step]
@@ -268,7 +272,14 @@ class FitCheckpointer:
         f"{self.name}: checkpoint of epoch {step} in {self.directory} is unreadable ({_first_line(e)}); {fix}"
       ) from e
     self.resumed_seconds = float(sum(r.get("seconds", 0.0) for r in scalars["history"]))
-    return FitState(**restored["state"], **scalars)
+    trees = restored["state"]
+    return dataclasses.replace(
+      template,
+      train=template.train.replace(**{name: trees[name] for name in _TRAIN_TREES}),
+      **{name: trees[name] for name in _BEST_TREES},
+      schedule=Schedule(**{name: scalars[name] for name in _SCHEDULE}),
+      history=tuple(scalars["history"]),
+    )
 
   def close(self):
     self._manager.close()

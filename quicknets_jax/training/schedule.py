@@ -1,23 +1,20 @@
-"""Appendix A's schedule as data: `FitConfig` (the settings of one fit), `FitState` (where a fit is) and
-`end_epoch`, the host-side rule that turns an epoch's monitored score into best params, learning-rate
-cuts (reduce-on-plateau ×0.5, patience 1) and early stopping (3 epochs without a new minimum).
-
-Kept apart from the trainer so that checkpoints (which store a `FitState`) and the trainer (which
-advances one) both build on it without importing each other.
+"""Appendix A's schedule as data: `FitConfig` (the settings of one fit), `Schedule` (where its
+host-side schedule stands) and `advance`, the pure rule that turns an epoch's monitored score into the
+best epoch, learning-rate cuts (reduce-on-plateau ×0.5, patience 1) and early stopping (3 epochs
+without a new minimum).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.core.config import internal, option
+from quicknets_jax.core import options
+from quicknets_jax.core.options import internal, option
 
-PyTree = Any
 MONITORS = ("val_loss", "val_accuracy", "train_loss")
 AUGMENTATIONS = ("crop_flip", "flip", "affine")
 DTYPES = ("auto", "bfloat16", "float32")
@@ -95,7 +92,7 @@ class FitConfig:
       raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
     if self.augmentation not in AUGMENTATIONS:
       raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
-    config_lib.validate(self)
+    options.validate(self)
 
   @property
   def compute_dtype(self) -> Optional[str]:
@@ -120,26 +117,36 @@ def resolve_dtype(dtype: str, backend: Optional[str] = None) -> Optional[str]:
   return None if dtype == "float32" else dtype
 
 
-@dataclasses.dataclass
-class FitState:
-  """Everything a fit needs to go on after an interruption (all host-side or device arrays)."""
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Where Appendix A's schedule stands after some epochs of a fit (host-side numbers, immutable).
 
-  params: PyTree
-  opt_state: PyTree
-  model_state: PyTree
-  best_params: PyTree
-  best_model_state: PyTree
-  best_val_loss: float = float("inf")  # the best monitored score (val or train loss, or −val accuracy)
-  # The score of the last epoch that counted as progress (beat this by more than min_delta); the
-  # patience counters below count epochs since then. With min_delta = 0 it is best_val_loss.
-  progress_score: float = float("inf")
+  Attributes:
+    learning_rate: the learning rate the next epoch trains at.
+    epoch: epochs completed.
+    best_score: the best monitored score so far (`monitored_score`: lower is better).
+    best_epoch: the epoch that reached it (its parameters are the fit's result).
+    progress_score: the score of the last epoch that counted as progress (beat the one before by more
+      than `FitConfig.min_delta`); the two counters count epochs since then. With min_delta = 0 it is
+      `best_score`.
+    epochs_since_progress: epochs without progress (early stopping after `early_stop_patience`).
+    plateau_epochs: epochs without progress since the last learning-rate cut (a cut after
+      `plateau_patience`).
+    stopped: early stopping has ended the fit.
+  """
+
+  learning_rate: float
+  epoch: int = 0
+  best_score: float = float("inf")
   best_epoch: int = 0
-  learning_rate: float = 0.0
-  epoch: int = 0  # epochs completed
-  epochs_since_best: int = 0
-  plateau_bad_epochs: int = 0
+  progress_score: float = float("inf")
+  epochs_since_progress: int = 0
+  plateau_epochs: int = 0
   stopped: bool = False
-  history: list = dataclasses.field(default_factory=list)
+
+  def finished(self, config: FitConfig) -> bool:
+    """Whether the fit is over: stopped early, or at its epoch cap."""
+    return self.stopped or self.epoch >= config.max_epochs
 
 
 def monitored_score(config: FitConfig, train_loss: float, val_loss: float, val_accuracy: float) -> float:
@@ -147,22 +154,42 @@ def monitored_score(config: FitConfig, train_loss: float, val_loss: float, val_a
   return {"val_loss": val_loss, "train_loss": train_loss, "val_accuracy": -val_accuracy}[config.monitor]
 
 
-def end_epoch(state: FitState, config: FitConfig, score: float) -> bool:
-  """Applies one finished epoch's monitored `score` to the schedule counters of `state` (reduce-on-plateau
-  with torch's ReduceLROnPlateau semantics, early stopping). Returns whether the epoch is the new best
-  (the caller keeps its parameters)."""
-  is_best = score < state.best_val_loss  # best params: the best epoch, however small its gain
-  if is_best:
-    state.best_val_loss, state.best_epoch = score, state.epoch
-  if score < state.progress_score - config.min_delta:  # progress: a gain larger than min_delta
-    state.progress_score = score
-    state.epochs_since_best = state.plateau_bad_epochs = 0
+def advance(schedule: Schedule, config: FitConfig, score: float) -> Schedule:
+  """The schedule after one more epoch whose monitored score is `score`: best epoch, reduce-on-plateau
+  (torch's ReduceLROnPlateau semantics) and early stopping. The epoch is the new best when
+  `result.best_epoch == result.epoch`.
+
+  Args:
+    schedule: the schedule before the epoch.
+    config: the fit's settings (plateau factor and patience, early-stop patience, min_delta).
+    score: the epoch's monitored score (`monitored_score`), lower is better.
+
+  Returns:
+    The new schedule; `schedule` itself is unchanged.
+  """
+  epoch = schedule.epoch + 1
+  best_score, best_epoch = schedule.best_score, schedule.best_epoch
+  if score < best_score:  # best params: the best epoch, however small its gain
+    best_score, best_epoch = score, epoch
+  progress_score, since, plateau, learning_rate = (
+    schedule.progress_score,
+    schedule.epochs_since_progress,
+    schedule.plateau_epochs,
+    schedule.learning_rate,
+  )
+  if score < progress_score - config.min_delta:  # progress: a gain larger than min_delta
+    progress_score, since, plateau = score, 0, 0
   else:
-    state.epochs_since_best += 1
-    state.plateau_bad_epochs += 1
-    if state.plateau_bad_epochs > config.plateau_patience:
-      state.learning_rate *= config.plateau_factor
-      state.plateau_bad_epochs = 0
-  if state.epochs_since_best >= config.early_stop_patience:
-    state.stopped = True
-  return is_best
+    since, plateau = since + 1, plateau + 1
+    if plateau > config.plateau_patience:
+      learning_rate, plateau = learning_rate * config.plateau_factor, 0
+  return Schedule(
+    learning_rate=learning_rate,
+    epoch=epoch,
+    best_score=best_score,
+    best_epoch=best_epoch,
+    progress_score=progress_score,
+    epochs_since_progress=since,
+    plateau_epochs=plateau,
+    stopped=since >= config.early_stop_patience,
+  )

@@ -7,9 +7,8 @@ import dataclasses
 import math
 from typing import Optional
 
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.core import exits
-from quicknets_jax.core.config import internal, nested, option
+from quicknets_jax.core import exits, options
+from quicknets_jax.core.options import internal, nested, option
 from quicknets_jax.training.schedule import FitConfig
 
 BUDGETS = ("val_loss", "learned_set")
@@ -125,7 +124,7 @@ class QuickNetConfig:
         "augment needs --nocache_features: cached features are computed once, without "
         "augmentation, so blocks after the first would never see it"
       )
-    config_lib.validate(self)
+    options.validate(self)
 
   def block_fit(self) -> FitConfig:
     """The schedule of a block's own fit (the learned-set budget changes what it monitors)."""
@@ -161,7 +160,7 @@ class SDNConfig:
       raise ValueError(f"ramp_epochs must be ≥ 1 (got {self.ramp_epochs}); leave it unset to ramp over max_epochs")
     if self.max_weights is not None and any(not w >= 0 for w in self.max_weights):
       raise ValueError(f"max_weights must be non-negative, got {self.max_weights}")
-    config_lib.validate(self)
+    options.validate(self)
 
   def weights_for(self, num_internal: int, model_name: str = "the model") -> tuple[float, ...]:
     """τ^max of each of `num_internal` internal exits."""

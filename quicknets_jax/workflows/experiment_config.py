@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from quicknets_jax.algorithms.config import QuickNetConfig, SDNConfig
-from quicknets_jax.core import config as config_lib
-from quicknets_jax.core import exits
-from quicknets_jax.core.config import nested, option
+from quicknets_jax.algorithms.settings import QuickNetConfig, SDNConfig
+from quicknets_jax.core import exits, options
 from quicknets_jax.core.curves import BUDGETS
+from quicknets_jax.core.options import nested, option
 from quicknets_jax.data.datasets import DataConfig
 from quicknets_jax.models.registry import ModelConfig
 
@@ -45,12 +44,12 @@ class ExitRuleConfig:
       raise ValueError(f"fallback must be one of {exits.FALLBACKS}, got {self.fallback!r}")
     if not 0 <= self.threshold_tolerance < 1:
       raise ValueError(f"threshold_tolerance must be in [0, 1), got {self.threshold_tolerance}")
-    config_lib.validate(self)
+    options.validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """A QuickNet vs end-to-end comparison on one dataset (`runs.experiment.train_and_evaluate`)."""
+  """A QuickNet vs end-to-end comparison on one dataset (`workflows.experiment.train_and_evaluate`)."""
 
   data: DataConfig = nested(DataConfig)
   model: ModelConfig = nested(ModelConfig)
@@ -63,13 +62,13 @@ class ExperimentConfig:
   deploy_curve: bool = option(
     False,
     "After every block epoch, measure the test accuracy of the QuickNet deployable then (the frozen blocks "
-    "+ the block in training; Fig. 2 continuous, `runs.deploy`).",
+    "+ the block in training; Fig. 2 continuous, `workflows.deployable_curve`).",
   )
 
   def __post_init__(self):
     if not self.seeds:
       raise ValueError("seeds is empty: pass --seeds=0 (or 0,1,2)")
-    config_lib.validate(self)
+    options.validate(self)
 
   @property
   def fit(self):
@@ -78,20 +77,20 @@ class ExperimentConfig:
 
   def to_json(self) -> dict:
     """The flat dict config.json and results.json hold."""
-    return config_lib.flat_dict(self)
+    return options.flat_dict(self)
 
   @classmethod
   def from_json(cls, flat: dict) -> ExperimentConfig:
-    return config_lib.from_flat(cls, flat)
+    return options.from_flat(cls, flat)
 
   def replace(self, **flat) -> ExperimentConfig:
     """This config with the named settings changed (flat names, e.g. `replace(max_epochs=2)`)."""
-    return config_lib.replace(self, **flat)
+    return options.replace(self, **flat)
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """One commitment study (`runs.study.run_study`): which data, which networks, which seeds, which
+  """One commitment study (`workflows.study.run_study`): which data, which networks, which seeds, which
   schedule, which budgets.
 
   `methods`: "joint" (a multi-exit network trained end to end with SDN's weighted loss, then a
@@ -106,7 +105,7 @@ class StudyConfig:
   seeds: tuple[int, ...] = option((0, 1, 2), "Seeds; results are mean ± std over them.", resumable=True)
   budgets: tuple[float, ...] = option(BUDGETS, "Budgets, as fractions of the full network's cost.")
   calibration_thresholds: tuple[float, ...] = option((0.5, 0.9), "Thresholds of the over-confident-wrong rate.")
-  smoke: bool = config_lib.internal(False, "A pipeline check on stand-in data: its numbers mean nothing.")
+  smoke: bool = options.internal(False, "A pipeline check on stand-in data: its numbers mean nothing.")
 
   def __post_init__(self):
     unknown = set(self.methods) - {"joint", "quicknet"}
@@ -118,14 +117,14 @@ class StudyConfig:
       raise ValueError(f"budgets are fractions of the full cost in (0, 1], got {self.budgets}")
     for t in self.calibration_thresholds:
       exits.check_threshold(t, "calibration threshold")
-    config_lib.validate(self)
+    options.validate(self)
 
   @property
   def fit(self):
     return self.quicknet.fit
 
   def to_json(self) -> dict:
-    return dict(config_lib.flat_dict(self), smoke=self.smoke)
+    return dict(options.flat_dict(self), smoke=self.smoke)
 
   def replace(self, **flat) -> StudyConfig:
-    return config_lib.replace(self, **flat)
+    return options.replace(self, **flat)

@@ -2,7 +2,7 @@
 
 `operating_threshold` picks the exit threshold (the run's own, one given, or the one that meets a
 compute, accuracy or early-exit target on the run's validation split, with what to expect on its test
-split); `predict` runs the real early-exit cascade (`algorithms.cascade`) on new images in chunks with a
+split); `predict_pixels` runs the real early-exit cascade (`algorithms.cascade`) on new images in chunks with a
 progress line; `prediction_rows` / `write_predictions` turn its answers into JSON lines or CSV.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from quicknets_jax.algorithms.cascade import CascadeResult, cascade_flops, cascade_predict
 from quicknets_jax.core import exits
 from quicknets_jax.core.progress import Progress
-from quicknets_jax.runs.trained import TrainedQuickNet
+from quicknets_jax.workflows.trained import TrainedQuickNet
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = ("image", "class", "class_name", "exit", "confidence", "commitment_logit", "qualified")
@@ -56,13 +56,13 @@ def operating_threshold(
     return trained.threshold(dataset), dict(source=source)
   dataset = trained.load_dataset()
   rule, costs = trained.config.exit_rule, trained.cascade_costs()
-  val_probs, val_commits = trained.exit_outputs(dataset.val_images)
+  val_probs, val_commits = trained.exit_outputs(dataset.val.images)
   chosen = exits.threshold_for_target(
-    val_probs, val_commits, dataset.val_labels, costs, fallback=rule.fallback, **targets
+    val_probs, val_commits, dataset.val.labels, costs, fallback=rule.fallback, **targets
   )
-  test_probs, test_commits = trained.exit_outputs(dataset.test_images)
+  test_probs, test_commits = trained.exit_outputs(dataset.test.images)
   accuracy, flops, _ = exits.evaluate_rule(
-    test_probs, test_commits, dataset.test_labels, chosen.threshold, costs, rule.fallback
+    test_probs, test_commits, dataset.test.labels, chosen.threshold, costs, rule.fallback
   )
   info = dict(
     source="target",
@@ -71,16 +71,16 @@ def operating_threshold(
     end_to_end_flops=float(trained.model.end_to_end_cost()),
   )
   log(
-    f"threshold {chosen.threshold:.4g} (chosen on {len(dataset.val_labels)} validation images: accuracy "
+    f"threshold {chosen.threshold:.4g} (chosen on {len(dataset.val.labels)} validation images: accuracy "
     f"{chosen.accuracy:.4f}, {chosen.inference_flops / 1e6:.4g} MFLOPs/image, {chosen.early_exit_fraction:.1%} "
-    f"leave before the last exit) — expected on the {len(dataset.test_labels)} test images: accuracy "
+    f"leave before the last exit) — expected on the {len(dataset.test.labels)} test images: accuracy "
     f"{float(accuracy):.4f} at {float(flops) / 1e6:.4g} MFLOPs/image (end-to-end network "
     f"{trained.model.end_to_end_cost() / 1e6:.4g})"
   )
   return chosen.threshold, info
 
 
-def predict(
+def predict_pixels(
   trained: TrainedQuickNet,
   pixels: np.ndarray,
   threshold: float,

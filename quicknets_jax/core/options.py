@@ -3,7 +3,7 @@
 Every setting of the library is a field of a frozen dataclass (`FitConfig`, `QuickNetConfig`,
 `DataConfig`, …), declared with `option(default, help, ...)`: its doc, its valid range or choices, and
 whether changing it between a run and its resumption changes any result. Configs nest (`nested(...)`):
-`runs.ExperimentConfig` holds a `DataConfig`, a `ModelConfig`, a `QuickNetConfig` (which holds the
+`workflows.ExperimentConfig` holds a `DataConfig`, a `ModelConfig`, a `QuickNetConfig` (which holds the
 `FitConfig`), … Each leaf's name is unique within the tree it belongs to, so a tree reads and writes
 as one flat dict of leaf names (`flat_dict`, `replace`, `from_flat`): that is what config.json stores
 and what `experiments/flags.py` turns into absl flags. Nothing here imports absl: the library knows

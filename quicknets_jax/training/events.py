@@ -1,7 +1,9 @@
 """What a training run tells its observers: "an epoch is done" and "a block is frozen".
 
-The algorithms (`train_quicknet`, `train_end_to_end`, `train_joint`, fine-tuning) call an `Events`
-object at these two moments and carry on; progress lines, the metrics log and TensorBoard (`runs/`)
+The one observer mechanism of the package. `trainer.fit` tells its `Events` after every epoch; the
+algorithms (`train_quicknet`, `train_end_to_end`, `train_joint`, fine-tuning) hand each fit their
+listeners wrapped in `InPhase`, which says which fit the epoch belongs to and how many training FLOPs
+the run has spent, and tell `block_frozen` themselves; progress lines, the metrics log and TensorBoard (`workflows/`)
 listen. An epoch event carries the run's training FLOPs spent so far, counted by the same cost model
 (`core.costs`) as the run's final totals, so the per-epoch log ends where the results end. A resumed
 run replays `block_frozen` for every block its checkpoints bring back (`restored=True`), so a
@@ -11,6 +13,7 @@ listener that counts blocks or seconds stays in step.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Optional
 
 
@@ -23,7 +26,7 @@ class EpochDone:
       (SDN), "finetune" and "recommit" (QuickNet+ fine-tuning and the heads retrained after it).
     block: the QuickNet block being trained (the number of frozen blocks for "finetune"); None for
       whole-network fits.
-    state: the fit's `FitState` after the epoch.
+    state: the fit's `trainer.FitState` after the epoch.
     record: the trainer's record of the epoch (its history entry: a listener may add keys to it,
       e.g. a test accuracy, before it is checkpointed).
     training_flops: the run's training FLOPs spent so far (None where the run does not count them
@@ -78,3 +81,30 @@ class AllOf(Events):
   def block_frozen(self, event: BlockFrozen) -> None:
     for listener in self.listeners:
       listener.block_frozen(event)
+
+
+class InPhase(Events):
+  """A fit's epochs passed on to `listener` as epochs of `phase` (and `block`) of the run, with the run's
+  training FLOPs so far: `flops_so_far(record)` of the epoch's record (None: not counted per epoch).
+
+  `trainer.fit` knows only its own epochs; the algorithm that starts it knows where in the run they are.
+  """
+
+  def __init__(
+    self,
+    listener: Optional[Events],
+    phase: str,
+    block: Optional[int] = None,
+    flops_so_far: Optional[Callable[[dict], float]] = None,
+  ):
+    self.listener, self.phase, self.block, self.flops_so_far = listener, phase, block, flops_so_far
+
+  def epoch_done(self, event: EpochDone) -> None:
+    if self.listener is None:
+      return
+    flops = None if self.flops_so_far is None else self.flops_so_far(event.record)
+    self.listener.epoch_done(dataclasses.replace(event, phase=self.phase, block=self.block, training_flops=flops))
+
+  def block_frozen(self, event: BlockFrozen) -> None:
+    if self.listener is not None:
+      self.listener.block_frozen(event)

@@ -8,10 +8,11 @@ import os
 import platform
 import shutil
 from collections.abc import Callable
+from typing import Optional
 
 import jax
 
-from quicknets_jax.core import config as config_lib
+from quicknets_jax.core import options
 from quicknets_jax.training import parallel
 
 
@@ -53,11 +54,16 @@ def write_results(workdir: str, name: str, results: dict, markdown: str, log: Ca
   log(f"wrote {os.path.join(workdir, name + '.json')} and {name}.md")
 
 
-def load_or_run(path: str, fn: Callable[[], dict]) -> dict:
-  """The JSON at `path` if a finished earlier run wrote it, else `fn()`, written there first."""
-  if os.path.exists(path):
-    return read_json(path)
-  result = fn()
+def finished(path: str) -> Optional[dict]:
+  """The result a finished earlier run wrote at `path` (a seed's JSON), or None: it is still to be done.
+
+  Used as `finished(path) or saved(path, compute())`, so a stopped run redoes only what is missing.
+  """
+  return read_json(path) if os.path.exists(path) else None
+
+
+def saved(path: str, result: dict) -> dict:
+  """`result`, written to `path` first (atomically: `write_json`)."""
   write_json(path, result)
   return result
 
@@ -78,7 +84,7 @@ def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
     stored = read_json(path)
     current = config.to_json()
     defaults = type(config)().to_json()
-    resumable = config_lib.resumable_names(type(config))
+    resumable = options.resumable_names(type(config))
     differing = sorted(
       k for k in set(stored) | set(current) if k not in resumable and stored.get(k, defaults.get(k)) != current.get(k)
     )

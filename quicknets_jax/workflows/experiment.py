@@ -19,20 +19,27 @@ import numpy as np
 
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.end_to_end import test_accuracy_fn, train_end_to_end
-from quicknets_jax.algorithms.events import AllOf
 from quicknets_jax.algorithms.quicknet import train_quicknet
 from quicknets_jax.core import curves, exits, stats
 from quicknets_jax.core.progress import format_seconds
 from quicknets_jax.data.datasets import Dataset
 from quicknets_jax.models.base import EXIT, SUBNET
 from quicknets_jax.reporting.tables import results_markdown
-from quicknets_jax.runs import metrics as metrics_lib
-from quicknets_jax.runs.aggregate import aggregate, ratios
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.deploy import DeployCurve
-from quicknets_jax.runs.workdir import guard_workdir, load_or_run, machine_description, write_json, write_results
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
 from quicknets_jax.training.compilation import CompileMeter, cache_entries, compile_summary, fit_compile_seconds
+from quicknets_jax.training.events import AllOf
+from quicknets_jax.workflows import metrics as metrics_lib
+from quicknets_jax.workflows.aggregate import aggregate, ratios
+from quicknets_jax.workflows.deployable_curve import DeployableCurve
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.workdir import (
+  finished,
+  guard_workdir,
+  machine_description,
+  saved,
+  write_json,
+  write_results,
+)
 
 Log = Callable[[str], None]
 
@@ -57,27 +64,27 @@ def evaluate_quicknet(model, variables, dataset: Dataset, config: ExperimentConf
   num = len(variables)
   rule = config.exit_rule
   cascade = model.cascade_costs()[:num]
-  val_probs, val_commit = forward.predict_exits(model, variables, dataset.val_images, config.fit.eval_batch_size)
-  test_probs, test_commit = forward.predict_exits(model, variables, dataset.test_images, config.fit.eval_batch_size)
-  val_sweep = exits.sweep_thresholds(val_probs, val_commit, dataset.val_labels, cascade, fallback=rule.fallback)
+  val_probs, val_commit = forward.all_exit_outputs(model, variables, dataset.val.images, config.fit.eval_batch_size)
+  test_probs, test_commit = forward.all_exit_outputs(model, variables, dataset.test.images, config.fit.eval_batch_size)
+  val_sweep = exits.sweep_thresholds(val_probs, val_commit, dataset.val.labels, cascade, fallback=rule.fallback)
   if rule.exit_threshold is None:
     threshold = exits.choose_threshold(val_sweep, rule.threshold_tolerance)
   else:
     threshold = rule.exit_threshold
   accuracy, cost, fractions = exits.evaluate_rule(
-    test_probs, test_commit, dataset.test_labels, threshold, cascade, rule.fallback
+    test_probs, test_commit, dataset.test.labels, threshold, cascade, rule.fallback
   )
-  test_sweep = exits.sweep_thresholds(test_probs, test_commit, dataset.test_labels, cascade, fallback=rule.fallback)
+  test_sweep = exits.sweep_thresholds(test_probs, test_commit, dataset.test.labels, cascade, fallback=rule.fallback)
   confidence_only = exits.sweep_thresholds(
-    test_probs, test_commit, dataset.test_labels, cascade, fallback=rule.fallback, use_commitment=False
+    test_probs, test_commit, dataset.test.labels, cascade, fallback=rule.fallback, use_commitment=False
   )
-  per_exit_accuracy = np.mean(np.argmax(np.asarray(test_probs), -1) == dataset.test_labels[None], axis=1)
+  per_exit_accuracy = np.mean(np.argmax(np.asarray(test_probs), -1) == dataset.test.labels[None], axis=1)
   fractions = [float(f) for f in fractions] + [0.0] * (model.num_blocks - num)
   macs = {}
   if model.block_macs is not None:  # the same decisions, costed in the paper's convention
     macs["inference_macs"] = float(
       exits.evaluate_rule(
-        test_probs, test_commit, dataset.test_labels, threshold, model.cascade_macs()[:num], rule.fallback
+        test_probs, test_commit, dataset.test.labels, threshold, model.cascade_macs()[:num], rule.fallback
       )[1]
     )
   return dict(
@@ -108,16 +115,16 @@ def _figure_data(
     t = threshold
     if j < num - 1 and rule.exit_threshold is None:
       sweep = exits.sweep_thresholds(
-        val_probs[: j + 1], val_commit[: j + 1], dataset.val_labels, cascade[: j + 1], fallback=rule.fallback
+        val_probs[: j + 1], val_commit[: j + 1], dataset.val.labels, cascade[: j + 1], fallback=rule.fallback
       )
       t = exits.choose_threshold(sweep, rule.threshold_tolerance)
     accuracy, _, _ = exits.evaluate_rule(
-      test_probs[: j + 1], test_commit[: j + 1], dataset.test_labels, t, cascade[: j + 1], rule.fallback
+      test_probs[: j + 1], test_commit[: j + 1], dataset.test.labels, t, cascade[: j + 1], rule.fallback
     )
     after_block.append(float(accuracy))
     thresholds.append(float(t))
   decision = exits.select_exits(test_probs, test_commit, threshold, rule.fallback)
-  exit_index, labels = np.asarray(decision.exit_index), np.asarray(dataset.test_labels)
+  exit_index, labels = np.asarray(decision.exit_index), np.asarray(dataset.test.labels)
   correct = np.asarray(decision.prediction) == labels
   counts = np.zeros((dataset.num_classes, model.num_blocks), np.int64)
   right = np.zeros_like(counts)
@@ -150,12 +157,10 @@ def run_quicknet_seed(
   deploy = None
   if config.deploy_curve:  # first: it adds the deployable cascade's accuracy to each epoch's record
     rule = config.exit_rule
-    deploy = DeployCurve(
+    deploy = DeployableCurve(
       model,
-      dataset.val_images,
-      dataset.val_labels,
-      dataset.test_images,
-      dataset.test_labels,
+      dataset.val,
+      dataset.test,
       exit_threshold=rule.exit_threshold,
       threshold_tolerance=rule.threshold_tolerance,
       fallback=rule.fallback,
@@ -164,10 +169,8 @@ def run_quicknet_seed(
   events = AllOf(deploy, metrics_lib.ProgressLines(tag, config.fit.max_epochs, log), tracker)
   run = train_quicknet(
     model,
-    dataset.train_images,
-    dataset.train_labels,
-    dataset.val_images,
-    dataset.val_labels,
+    dataset.train,
+    dataset.val,
     config.quicknet,
     seed,
     checkpointer=checkpointer,
@@ -219,7 +222,7 @@ def run_end_to_end_seed(
   tracker = None
   if metrics is not None:
     tracker = metrics_lib.EndToEndMetrics(
-      metrics, seed, test_accuracy_fn(model, dataset.test_images, dataset.test_labels, config.fit.eval_batch_size)
+      metrics, seed, test_accuracy_fn(model, dataset.test.images, dataset.test.labels, config.fit.eval_batch_size)
     )
   # the tracker first: it adds the test accuracy to the epoch's record before anything reads it
   events = AllOf(tracker, metrics_lib.ProgressLines(f"[seed {seed} end-to-end]", config.fit.max_epochs, log))
@@ -228,10 +231,8 @@ def run_end_to_end_seed(
   )
   run = train_end_to_end(
     model,
-    dataset.train_images,
-    dataset.train_labels,
-    dataset.val_images,
-    dataset.val_labels,
+    dataset.train,
+    dataset.val,
     config.fit,
     seed,
     log=lambda m: log(f"[seed {seed}] {m}"),
@@ -242,8 +243,8 @@ def run_end_to_end_seed(
     checkpointer.close()
   if tracker is not None:
     run.seconds -= tracker.seconds
-  probs, _ = forward.predict_exits(model, run.variables, dataset.test_images, config.fit.eval_batch_size)
-  accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == dataset.test_labels))
+  probs, _ = forward.all_exit_outputs(model, run.variables, dataset.test.images, config.fit.eval_batch_size)
+  accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == dataset.test.labels))
   last = model.num_blocks - 1
   params = [v["params"][SUBNET] for v in run.variables] + [run.variables[last]["params"][EXIT]]
   macs = {} if model.block_macs is None else dict(inference_macs=model.end_to_end_macs())
@@ -280,10 +281,10 @@ def train_and_evaluate(
   if dataset is None:
     dataset = config.data.load(log=log)
   log(f"data: {dataset.summary()}")
-  # what `runs.trained` needs to read new images with this run's blocks, even while it still trains
+  # what `workflows.trained` needs to read new images with this run's blocks, even while it still trains
   write_json(os.path.join(workdir, "data.json"), dataset.card(), indent=1)
-  check_batch_size(config.fit.batch_size, len(dataset.train_labels))
-  model = config.model.build(dataset.train_images.shape[1:], dataset.num_classes)
+  check_batch_size(config.fit.batch_size, len(dataset.train.labels))
+  model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
   quicknet_seeds, e2e_seeds = [], []
   start = time.perf_counter()
   writer = metrics_lib.MetricsWriter(workdir) if metrics else None
@@ -295,18 +296,15 @@ def train_and_evaluate(
       elapsed = time.perf_counter() - start
       eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
       log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
+      path = os.path.join(seed_dir, "quicknet.json")
       quicknet_seeds.append(
-        load_or_run(
-          os.path.join(seed_dir, "quicknet.json"),
-          lambda: run_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer),
-        )
+        finished(path) or saved(path, run_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer))
       )
+      path = os.path.join(seed_dir, "end_to_end.json")
       if config.end_to_end:
         e2e_seeds.append(
-          load_or_run(
-            os.path.join(seed_dir, "end_to_end.json"),
-            lambda: run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer),
-          )
+          finished(path)
+          or saved(path, run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer))
         )
   if writer is not None:
     writer.close()
@@ -319,9 +317,9 @@ def train_and_evaluate(
     exit_threshold_chosen_on="validation" if rule.exit_threshold is None else "flag",
     train_threshold=config.quicknet.train_threshold,
     fallback=rule.fallback,
-    num_train=int(len(dataset.train_labels)),
-    num_val=int(len(dataset.val_labels)),
-    num_test=int(len(dataset.test_labels)),
+    num_train=int(len(dataset.train.labels)),
+    num_val=int(len(dataset.val.labels)),
+    num_test=int(len(dataset.test.labels)),
     config=config.to_json(),
     class_names=list(dataset.class_names),
     machine=machine_description(),

@@ -1,6 +1,6 @@
 """A trained QuickNet read back from its workdir — for prediction, thresholds for a target, and export.
 
-A workdir written by `runs.experiment.train_and_evaluate` holds config.json (the run's settings),
+A workdir written by `workflows.experiment.train_and_evaluate` holds config.json (the run's settings),
 data.json (the dataset's image shape, class names and normalisation) and, per seed,
 seed_<s>/quicknet_checkpoints/ (one checkpoint per frozen block). Those are enough to rebuild the
 model and its frozen blocks without the data, also while the run is still training: the blocks frozen
@@ -21,9 +21,9 @@ from quicknets_jax.algorithms import forward
 from quicknets_jax.core import exits
 from quicknets_jax.data.datasets import Dataset
 from quicknets_jax.models.base import MultiExitModel
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.workdir import read_json
 from quicknets_jax.training.checkpoint import BlockCheckpointer
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.workdir import read_json
 
 
 class TrainedRunError(ValueError):
@@ -85,7 +85,7 @@ class TrainedQuickNet:
 
   def exit_outputs(self, images: np.ndarray, batch_size: int = 2048):
     """(probs [E, N, C], commitment logits [E, N]) of every block in use on normalised `images`."""
-    return forward.predict_exits(self.model, self.variables, images, batch_size)
+    return forward.all_exit_outputs(self.model, self.variables, images, batch_size)
 
   def cascade_costs(self) -> np.ndarray:
     """Inference FLOPs per sample of leaving after block 0, 1, … of the blocks in use."""
@@ -102,8 +102,8 @@ class TrainedQuickNet:
         "pass the run's dataset (or a threshold) to choose one on validation"
       )
     rule = self.config.exit_rule
-    probs, commits = self.exit_outputs(dataset.val_images, self.config.fit.eval_batch_size)
-    sweep = exits.sweep_thresholds(probs, commits, dataset.val_labels, self.cascade_costs(), fallback=rule.fallback)
+    probs, commits = self.exit_outputs(dataset.val.images, self.config.fit.eval_batch_size)
+    sweep = exits.sweep_thresholds(probs, commits, dataset.val.labels, self.cascade_costs(), fallback=rule.fallback)
     return exits.choose_threshold(sweep, rule.threshold_tolerance)
 
   def load_dataset(self) -> Dataset:

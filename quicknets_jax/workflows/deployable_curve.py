@@ -4,11 +4,11 @@ one could deploy after every epoch of its training (Fig. 2, bottom right, with a
 After each epoch of block j's fit, the deployable network is the cascade of the frozen blocks 0..j−1
 (with their commitment heads) plus block j as it is now. Block j has no commitment head yet, so it
 commits whenever it is confident; the exit threshold is chosen on the validation split, as for the
-finished QuickNet (`runs.experiment.evaluate_quicknet`). The point is written into the epoch's record
+finished QuickNet (`workflows.experiment.evaluate_quicknet`). The point is written into the epoch's record
 (`cascade_test_accuracy`, `cascade_threshold`, `training_flops_so_far`: its history entry and its
 metrics line); the frozen blocks' outputs are computed once and kept, so an epoch costs one forward
 pass of block j over the validation and test splits. None of this is counted as training cost: it is
-measurement (its FLOPs are not counted, and its seconds, `DeployCurve.seconds`, come off the run's
+measurement (its FLOPs are not counted, and its seconds, `DeployableCurve.seconds`, come off the run's
 `train_seconds`).
 """
 
@@ -19,28 +19,28 @@ import time
 import numpy as np
 
 from quicknets_jax.algorithms import forward
-from quicknets_jax.algorithms.events import BlockFrozen, EpochDone, Events
 from quicknets_jax.core import exits
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import MultiExitModel, merge_variables
+from quicknets_jax.training.events import BlockFrozen, EpochDone, Events
 
 
-class DeployCurve(Events):
+class DeployableCurve(Events):
   """Adds the deployable cascade's test accuracy to every block epoch's record (see the module doc).
 
   Args:
-    model: the QuickNet's model; val_images/labels, test_images/labels: the splits it is measured on.
+    model: the QuickNet's model.
+    val, test: the splits it is measured on (the threshold is chosen on `val`).
     exit_threshold: a fixed exit threshold, or None to choose it on validation at every point.
-    threshold_tolerance, fallback: the exit rule's settings (`runs.config.ExitRuleConfig`).
+    threshold_tolerance, fallback: the exit rule's settings (`workflows.experiment_config.ExitRuleConfig`).
     batch_size: the evaluation batch size.
   """
 
   def __init__(
     self,
     model: MultiExitModel,
-    val_images,
-    val_labels,
-    test_images,
-    test_labels,
+    val: Split,
+    test: Split,
     *,
     exit_threshold=None,
     threshold_tolerance: float = 0.0,
@@ -48,8 +48,9 @@ class DeployCurve(Events):
     batch_size: int = 2048,
   ):
     self.model, self.batch_size = model, batch_size
-    self.labels = dict(val=np.asarray(val_labels), test=np.asarray(test_labels))
-    self.features = dict(val=np.asarray(val_images), test=np.asarray(test_images))  # entering the next block
+    val, test = Split.of(val), Split.of(test)
+    self.labels = dict(val=np.asarray(val.labels), test=np.asarray(test.labels))
+    self.features = dict(val=np.asarray(val.images), test=np.asarray(test.images))  # entering the next block
     self.outputs = dict(val=[], test=[])  # (probs, commit logits) of each frozen block
     self.exit_threshold, self.tolerance, self.fallback = exit_threshold, threshold_tolerance, fallback
     self.seconds = 0.0  # spent measuring inside the training's clock (in this process)

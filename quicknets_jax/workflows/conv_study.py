@@ -2,12 +2,12 @@
 CIFAR-10 claims, tested on the datasets these machines have.
 
 `run_conv_study` runs, each as an ordinary resumable run under WORKDIR/:
-- per dataset, the comparison (`runs.experiment.train_and_evaluate`, WORKDIR/<dataset>/) with the
-  deployable cascade measured after every block epoch (`runs.deploy.DeployCurve`), then the trained
-  cascade's wall-clock inference against the end-to-end network (`runs.inference`, per seed);
+- per dataset, the comparison (`workflows.experiment.train_and_evaluate`, WORKDIR/<dataset>/) with the
+  deployable cascade measured after every block epoch (`workflows.deployable_curve.DeployableCurve`), then the trained
+  cascade's wall-clock inference against the end-to-end network (`workflows.inference_timing`, per seed);
 - QuickNet+ variants of the first dataset's QuickNet (WORKDIR/<dataset>_<variant>/, no baseline of
   their own), one chosen on the validation split only (`choose_variant`);
-- the commitment study of a jointly trained (SDN-style) multi-exit conv net (`runs.study`,
+- the commitment study of a jointly trained (SDN-style) multi-exit conv net (`workflows.study`,
   WORKDIR/commitment/);
 and writes WORKDIR/conv_study.json and conv_study.md: a table per dataset, the "deploy while
 training" numbers (training FLOPs each method spends before it first reaches 95 % / 99 % of the
@@ -17,7 +17,6 @@ differences, and the verdict against the paper's numbers.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Optional
@@ -25,19 +24,19 @@ from typing import Optional
 from quicknets_jax.core import curves, stats
 from quicknets_jax.reporting import figures
 from quicknets_jax.reporting.tables import conv_study_markdown, table1_row
-from quicknets_jax.runs.config import ExperimentConfig, StudyConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
-from quicknets_jax.runs.inference import cascade_speedup
-from quicknets_jax.runs.study import run_study
-from quicknets_jax.runs.trained import frozen_blocks
-from quicknets_jax.runs.workdir import load_or_run, machine_description, read_json, write_results
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig, StudyConfig
+from quicknets_jax.workflows.inference_timing import cascade_speedup
+from quicknets_jax.workflows.study import run_study
+from quicknets_jax.workflows.trained import frozen_blocks
+from quicknets_jax.workflows.workdir import finished, machine_description, read_json, saved, write_results
 
 # The paper's VGG-11 / CIFAR-10 row (Table 1) and its figures' claims.
 PAPER = dict(training_flops_ratio=1.58, inference_flops_ratio=2.21, accuracy_delta=-1.34)
 REACH_FRACTIONS = (0.95, 0.99)
 TARGET_TRAIN_SECONDS_RATIO = 2.0  # ours, beyond the paper: wall-clock, at accuracy ≥ end-to-end's
 # The QuickNet+ variant aimed at the training cost, fixed before any run (cached prefixes are on in the
-# faithful QuickNet already): the learned-set budget at the ablation's setting (`runs.ablation`) ends a
+# faithful QuickNet already): the learned-set budget at the ablation's setting (`workflows.ablation`) ends a
 # block when its validation learned set (correct, confidence > τ) grows by less than 1 point for 2 epochs.
 VARIANTS = {"budget": dict(budget="learned_set", budget_min_delta=0.01, budget_patience=2)}
 
@@ -79,31 +78,26 @@ def measure_inference(config: ExperimentConfig, workdir: str, log: Log, repeats:
   """The trained cascade of every seed against the end-to-end network, on the clock, on the test split
   at the seed's validation-chosen threshold (cached in WORKDIR/seed_<s>/inference_speed.json)."""
   dataset = config.data.load()
-  model = config.model.build(dataset.train_images.shape[1:], dataset.num_classes)
+  model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
   out = []
   for seed in config.seeds:
     seed_dir = os.path.join(workdir, f"seed_{seed}")
-    with open(os.path.join(seed_dir, "quicknet.json")) as f:
-      threshold = json.load(f)["exit_threshold"]
-
-    def measure(seed_dir=seed_dir, threshold=threshold, seed=seed):
-      log(f"timing seed {seed}'s cascade against the end-to-end network ({repeats} rounds)")
-      variables = frozen_blocks(model, seed_dir)
-      return dict(
-        seed=seed,
-        **cascade_speedup(
-          model,
-          variables,
-          dataset.test_images,
-          dataset.test_labels,
-          threshold,
-          config.exit_rule.fallback,
-          batch_size=config.fit.eval_batch_size,
-          repeats=repeats,
-        ),
-      )
-
-    out.append(load_or_run(os.path.join(seed_dir, "inference_speed.json"), measure))
+    path = os.path.join(seed_dir, "inference_speed.json")
+    if finished(path):
+      out.append(finished(path))
+      continue
+    threshold = read_json(os.path.join(seed_dir, "quicknet.json"))["exit_threshold"]
+    log(f"timing seed {seed}'s cascade against the end-to-end network ({repeats} rounds)")
+    speed = cascade_speedup(
+      model,
+      frozen_blocks(model, seed_dir),
+      dataset.test,
+      threshold,
+      config.exit_rule.fallback,
+      batch_size=config.fit.eval_batch_size,
+      repeats=repeats,
+    )
+    out.append(saved(path, dict(seed=seed, **speed)))
   return out
 
 

@@ -27,17 +27,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from quicknets_jax.algorithms import forward, quicknet, sdn
 from quicknets_jax.algorithms.commitment import train_commitment_heads
-from quicknets_jax.core import calibration, costs, curves, exits, stats
+from quicknets_jax.core import calibration, costs, curves, exits, rng, stats
 from quicknets_jax.core.curves import BUDGETS
 from quicknets_jax.reporting.tables import study_markdown
-from quicknets_jax.runs.aggregate import average_curves
-from quicknets_jax.runs.config import StudyConfig
-from quicknets_jax.runs.workdir import guard_workdir, machine_description, write_json, write_results
+from quicknets_jax.workflows.aggregate import average_curves
+from quicknets_jax.workflows.experiment_config import StudyConfig
+from quicknets_jax.workflows.workdir import guard_workdir, machine_description, write_json, write_results
 
 RULES = {  # name: (fallback, use_commitment)
   "confidence": ("most_confident", False),
@@ -173,25 +172,15 @@ def run_method_seed(method: str, model, dataset, config: StudyConfig, seed: int,
   start = time.perf_counter()
   if method == "joint":
     joint = sdn.train_joint(
-      model,
-      dataset.train_images,
-      dataset.train_labels,
-      dataset.val_images,
-      dataset.val_labels,
-      config.fit,
-      seed,
-      config.sdn,
-      log=lambda m: log(f"{tag} {m}"),
+      model, dataset.train, dataset.val, config.fit, seed, config=config.sdn, log=lambda m: log(f"{tag} {m}")
     )
     heads = train_commitment_heads(
       model,
       joint.variables,
-      dataset.train_images,
-      dataset.train_labels,
-      dataset.val_images,
-      dataset.val_labels,
+      dataset.train,
+      dataset.val,
       config.quicknet.commitment_fit(),
-      jax.random.fold_in(jax.random.PRNGKey(seed), 7),
+      rng.stream(rng.seed_key(seed), rng.Stream.HEADS_AFTER_JOINT),
       log=lambda m: log(f"{tag} {m}"),
     )
     variables = heads.variables
@@ -207,14 +196,7 @@ def run_method_seed(method: str, model, dataset, config: StudyConfig, seed: int,
     )
   else:
     run = quicknet.train_quicknet(
-      model,
-      dataset.train_images,
-      dataset.train_labels,
-      dataset.val_images,
-      dataset.val_labels,
-      config.quicknet,
-      seed,
-      log=lambda m: log(f"{tag} {m}"),
+      model, dataset.train, dataset.val, config.quicknet, seed, log=lambda m: log(f"{tag} {m}")
     )
     variables = run.variables
     training = dict(
@@ -225,11 +207,11 @@ def run_method_seed(method: str, model, dataset, config: StudyConfig, seed: int,
       train_samples_per_block=[r.train_samples for r in run.records],
     )
   seconds = time.perf_counter() - start
-  probs, commits = forward.predict_exits(model, variables, dataset.test_images, config.fit.eval_batch_size)
+  probs, commits = forward.all_exit_outputs(model, variables, dataset.test.images, config.fit.eval_batch_size)
   result = analyse(
     probs,
     commits,
-    dataset.test_labels,
+    dataset.test.labels,
     model.block_costs,
     model.end_to_end_cost(),
     budgets=config.budgets,
@@ -249,15 +231,15 @@ def run_study(config: StudyConfig, workdir: str, log: Log = print, overwrite: bo
   if dataset is None:
     dataset = config.data.load()
   log(f"data: {dataset.summary()}")
-  model = config.model.build(dataset.train_images.shape[1:], dataset.num_classes)
+  model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
   results = dict(
     dataset=config.data.dataset,
     model=config.model.name,
     seeds=list(config.seeds),
     smoke=config.smoke,
-    num_train=int(len(dataset.train_labels)),
-    num_val=int(len(dataset.val_labels)),
-    num_test=int(len(dataset.test_labels)),
+    num_train=int(len(dataset.train.labels)),
+    num_val=int(len(dataset.val.labels)),
+    num_test=int(len(dataset.test.labels)),
     data_source=dataset.source,
     config=config.to_json(),
     machine=machine_description(),

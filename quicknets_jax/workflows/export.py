@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.core import exits
-from quicknets_jax.core import exported_cascade as loader
-from quicknets_jax.runs.trained import TrainedQuickNet
-from quicknets_jax.runs.workdir import write_json
+from quicknets_jax.workflows import cascade_loader as loader
+from quicknets_jax.workflows.trained import TrainedQuickNet
+from quicknets_jax.workflows.workdir import write_json
 
 LOADER_FILE = "cascade_loader.py"
 

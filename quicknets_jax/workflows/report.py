@@ -12,8 +12,8 @@ import os
 from quicknets_jax.data.datasets import CLASS_NAMES
 from quicknets_jax.reporting import figures
 from quicknets_jax.reporting.tables import figures_markdown, results_markdown
-from quicknets_jax.runs.aggregate import aggregate, ratios
-from quicknets_jax.runs.workdir import read_json
+from quicknets_jax.workflows.aggregate import aggregate, ratios
+from quicknets_jax.workflows.workdir import read_json
 
 
 def load_workdir(workdir: str) -> dict:

@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.algorithms.cascade import cascade_flops, cascade_predict_batches
-from quicknets_jax.algorithms.forward import predict_exits
+from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.core import exits
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import Block, MultiExitModel
 
 
-def end_to_end_predict_fn(model: MultiExitModel) -> Callable:
+def end_to_end_classifier(model: MultiExitModel) -> Callable:
   """jit(variables, x) -> the last exit's predicted class: the network without its early exits."""
 
   @jax.jit
@@ -51,25 +52,31 @@ def interleaved_seconds(calls: dict, repeats: int, warmup: int = 2) -> dict:
 def cascade_speedup(
   model: MultiExitModel,
   variables: Sequence[dict],
-  images,
-  labels,
+  test: Split,
   threshold: float,
   fallback: str = "most_confident",
   batch_size: int = 1024,
   repeats: int = 11,
 ) -> dict:
-  """Times the cascade and the end-to-end network on `images` (see the module doc).
+  """Times the cascade and the end-to-end network on the images of `test` (see the module doc).
 
-  Returns throughputs (samples/s, medians), `speedup` (end-to-end / cascade time), the cascade's mean
-  FLOPs per sample and `flop_ratio`, its accuracy on `labels`, and `mismatches`: answers that differ
-  from the vectorized evaluator's (`exits.select_exits`; 0 when the cascade is right).
+  Args:
+    model, variables: the trained QuickNet.
+    test: the images timed, and their labels (for the accuracy).
+    threshold, fallback: the exit rule.
+    batch_size: images per device batch; repeats: timed rounds.
+
+  Returns:
+    Throughputs (samples/s, medians), `speedup` (end-to-end / cascade time), the cascade's mean FLOPs
+    per sample and `flop_ratio`, its accuracy on the labels, and `mismatches`: answers that differ from
+    the vectorized evaluator's (`exits.select_exits`; 0 when the cascade is right).
   """
-  images = jnp.asarray(images)
+  images, labels = jnp.asarray(test.images), test.labels
   # cut once outside the timed region: slicing copies, a cost that is data loading's, not the network's
   batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-  predict = end_to_end_predict_fn(model)
+  predict = end_to_end_classifier(model)
   result = cascade_predict_batches(model, variables, batches, threshold, fallback)
-  probs, commits = predict_exits(model, variables, images)
+  probs, commits = all_exit_outputs(model, variables, images)
   want = exits.select_exits(probs, commits, threshold, fallback)
   mismatches = int(
     np.sum((result.prediction != np.asarray(want.prediction)) | (result.exit_index != np.asarray(want.exit_index)))

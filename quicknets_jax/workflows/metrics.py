@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from quicknets_jax.algorithms.events import BlockFrozen, EpochDone, Events
 from quicknets_jax.core import costs
 from quicknets_jax.core.progress import EpochProgress
 from quicknets_jax.training import parallel
+from quicknets_jax.training.events import BlockFrozen, EpochDone, Events
 
 # Keys every line of metrics.jsonl has (issue 7); `val_*`, `test_accuracy`, `phase`, ... come on top.
 REQUIRED_KEYS = (

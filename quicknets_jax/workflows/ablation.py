@@ -16,8 +16,8 @@ import numpy as np
 
 from quicknets_jax.core import curves
 from quicknets_jax.reporting.tables import ablation_markdown
-from quicknets_jax.runs.config import ExperimentConfig
-from quicknets_jax.runs.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 # Each lever alone, at a setting fixed before any run (none was tuned on the test split).
 LEVERS = {

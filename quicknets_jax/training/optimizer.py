@@ -1,0 +1,91 @@
+"""The optimizer every fit uses: Adam on the trainable leaves, nothing on the frozen ones.
+
+Frozen leaves are masked out with `optax.multi_transform` (big_vision's frozen-by-mask), and the
+learning rate lives in the optimizer state (`optax.inject_hyperparams`), so a plateau schedule
+changes a value of the state between epochs and never recompiles a step. `Adam` is a hashable
+description of the transform: equal descriptions build equal transforms, so jitted steps that take it
+as a static argument compile once for every fit that trains the same leaves the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Mask:
+  """A bool pytree (True: the leaf trains) in a hashable form: its structure and its leaves."""
+
+  treedef: Any
+  leaves: tuple[bool, ...]
+
+  @classmethod
+  def of(cls, tree: PyTree) -> Optional[Mask]:
+    """The mask of a bool tree (None stays None: every leaf trains)."""
+    if tree is None or isinstance(tree, Mask):
+      return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    return cls(treedef, tuple(bool(leaf) for leaf in leaves))
+
+  def tree(self) -> PyTree:
+    """The bool tree again."""
+    return jax.tree.unflatten(self.treedef, list(self.leaves))
+
+
+@dataclasses.dataclass(frozen=True)
+class Adam:
+  """Adam (optax's moments) on the leaves `trainable` marks, with PyTorch's L2 `weight_decay`.
+
+  Attributes:
+    trainable: which leaves train (`Mask`); None: every leaf.
+    weight_decay: wd·param added to the gradient before the moments (L2, as PyTorch's Adam; not
+      AdamW's decoupled decay).
+  """
+
+  trainable: Optional[Mask] = None
+  weight_decay: float = 0.0
+
+  def transform(self) -> optax.GradientTransformation:
+    """The optax transform; its state holds the learning rate (`learning_rate_of`, `with_learning_rate`)."""
+    return optax.inject_hyperparams(self._build)(learning_rate=0.0)
+
+  def _build(self, learning_rate) -> optax.GradientTransformation:
+    adam = optax.scale_by_adam()
+    if self.weight_decay:
+      adam = optax.chain(optax.add_decayed_weights(self.weight_decay), adam)
+    adam = optax.chain(adam, optax.scale_by_learning_rate(learning_rate))
+    if self.trainable is None:
+      return adam
+    labels = jax.tree.map(lambda t: "train" if t else "freeze", self.trainable.tree())
+    return optax.multi_transform({"train": adam, "freeze": optax.set_to_zero()}, labels)
+
+  def init(self, params: PyTree, learning_rate: float) -> optax.OptState:
+    """The optimizer state of `params`: zero moments, the given learning rate.
+
+    Raises:
+      ValueError: the trainable mask is not shaped like `params`.
+    """
+    if self.trainable is not None:
+      try:  # fails early, naming both structures, on a mask that does not fit
+        jax.tree.map(lambda _, __: None, params, self.trainable.tree())
+      except ValueError as e:
+        raise ValueError(f"the trainable mask does not have the structure of the params: {e}") from None
+    return with_learning_rate(self.transform().init(params), learning_rate)
+
+
+def learning_rate_of(opt_state: optax.OptState) -> jax.Array:
+  """The learning rate an `Adam` optimizer state applies."""
+  return opt_state.hyperparams["learning_rate"]
+
+
+def with_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.OptState:
+  """`opt_state` with its learning rate set to `learning_rate` (as float32, what the step applies)."""
+  hyperparams = dict(opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+  return opt_state._replace(hyperparams=hyperparams)

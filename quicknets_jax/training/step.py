@@ -1,0 +1,142 @@
+"""The one training step every fit takes: `train_step(state, batch, key) -> (state, metrics)`.
+
+`TrainState` is a `flax.struct` pytree (step count, params, optimizer state with the learning rate
+inside it, model state such as batch-norm statistics, and the loss's traced hyperparameters). What
+does not change during a fit is bound once as `Statics` (scenic's `functools.partial` idiom): the
+loss, the optimizer (`optimizer.Adam`: which leaves train), the device mesh and how convolutions are
+lowered. `Statics` is hashable by value, so every fit with the same loss and mask reuses one
+compiled step — blocks of one shape, the commitment heads of every block and every seed.
+
+A `Batch` is padded to a fixed size and carries a 0/1 `mask`: the loss averages over the real rows
+only, and the returned metrics are masked sums, so an epoch's mean is exact whatever its last batch
+holds. The drivers that run the step (one jit per epoch, a Python loop, a streamed loop) are in
+`trainer`; `eval_sums` is the validation counterpart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from quicknets_jax.models import layers
+from quicknets_jax.training import parallel
+from quicknets_jax.training.optimizer import Adam, with_learning_rate
+
+PyTree = Any
+# loss(params, model_state, x, y, rng, train, hparams) -> (per-sample loss [B], per-sample correct [B],
+# new model_state). `rng` is None outside training; `hparams` is the state's (None for most losses).
+Loss = Callable[..., tuple[jax.Array, jax.Array, PyTree]]
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes (a pytree: jit donates and checkpoints save it).
+
+  Attributes:
+    step: optimizer steps taken (int32).
+    params: the parameters (trainable and frozen leaves alike; the optimizer's mask tells them apart).
+    opt_state: the optimizer's state; the learning rate is inside it (`optimizer.learning_rate_of`).
+    model_state: non-trained variables the model updates, e.g. batch-norm statistics ({} if none).
+    hparams: values the loss reads that may change between epochs or fits without recompiling (SDN's
+      per-epoch exit weights, a commitment head's class weights); None when the loss reads none.
+  """
+
+  step: jax.Array
+  params: PyTree
+  opt_state: optax.OptState
+  model_state: PyTree
+  hparams: PyTree = None
+
+  @classmethod
+  def create(
+    cls, optimizer: Adam, params: PyTree, model_state: PyTree, learning_rate: float, hparams: PyTree = None
+  ) -> TrainState:
+    """A fresh state: step 0, zero Adam moments, `learning_rate` in the optimizer state.
+
+    Raises:
+      ValueError: the optimizer's trainable mask is not shaped like `params`.
+    """
+    return cls(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params, learning_rate),
+      model_state=model_state,
+      hparams=hparams,
+    )
+
+  def with_learning_rate(self, learning_rate: float) -> TrainState:
+    """This state with the optimizer's learning rate set to `learning_rate`."""
+    return self.replace(opt_state=with_learning_rate(self.opt_state, learning_rate))
+
+
+class Batch(NamedTuple):
+  """One padded batch: inputs, targets, and a float 0/1 mask of the rows that are real."""
+
+  x: jax.Array
+  y: jax.Array
+  mask: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Statics:
+  """What a step needs that is not an array: bound once per fit, hashable, the jit cache's key.
+
+  Attributes:
+    loss: the per-sample loss (`losses`; a frozen dataclass, equal when its settings are).
+    optimizer: Adam and the mask of the leaves that train.
+    mesh: a data-parallel device mesh (`parallel.make_mesh`), or None for one device.
+    conv: how convolutions are lowered while the step is traced (`models.layers.IMPLEMENTATIONS`).
+  """
+
+  loss: Loss
+  optimizer: Adam = Adam()
+  mesh: Optional[Any] = None
+  conv: str = "auto"
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array, *, statics: Statics) -> tuple[TrainState, dict]:
+  """One optimizer step on the masked mean of the loss over `batch`.
+
+  Args:
+    state: the train state before the step.
+    batch: the padded batch; rows whose `mask` is 0 add nothing to the loss or the metrics.
+    key: this step's key (augmentation, dropout).
+    statics: the loss, optimizer and mesh (bind with `functools.partial`).
+
+  Returns:
+    (the state after the step, {"loss_sum", "correct_sum"}: masked sums over the batch).
+  """
+  x, y, mask = batch
+  if statics.mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
+    x, y, mask = parallel.shard_batch((x, y, mask), statics.mesh)
+
+  def mean_loss(params):
+    with layers.conv_implementation(statics.conv):
+      losses, correct, new_model_state = statics.loss(params, state.model_state, x, y, key, True, state.hparams)
+    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0), (losses, correct, new_model_state)
+
+  (_, (losses, correct, new_model_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+  updates, opt_state = statics.optimizer.transform().update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    opt_state=opt_state,
+    model_state=new_model_state,
+  )
+  return new_state, dict(loss_sum=jnp.sum(losses * mask), correct_sum=jnp.sum(correct * mask))
+
+
+def eval_sums(state: TrainState, batch: Batch, *, statics: Statics) -> tuple[jax.Array, jax.Array]:
+  """(loss sum, correct sum) over the rows of `batch` whose `mask` is set, in inference mode."""
+  x, y, mask = batch
+  if statics.mesh is not None:
+    x, y, mask = parallel.shard_batch((x, y, mask), statics.mesh)
+  with layers.conv_implementation(statics.conv):
+    losses, correct, _ = statics.loss(state.params, state.model_state, x, y, None, False, state.hparams)
+  return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(jnp.where(mask, correct, 0.0))

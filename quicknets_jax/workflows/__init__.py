@@ -1,0 +1,1 @@
+"""Whole runs in a working directory: comparisons, studies, metrics, aggregation, and using what was trained."""
