@@ -19,7 +19,7 @@ from benchmarks import common
 from quicknets_jax.algorithms.cascade import cascade_predict
 from quicknets_jax.data.datasets import load_arrays
 from quicknets_jax.workflows import cascade_loader as exported_cascade
-from quicknets_jax.workflows.export import export_cascade
+from quicknets_jax.workflows.export import export_trained
 from quicknets_jax.workflows.inference_timing import end_to_end_classifier, interleaved_seconds
 from quicknets_jax.workflows.trained import load_trained
 
@@ -43,7 +43,7 @@ def main(argv):
   pixels = load_arrays(data.dataset, data.data_source, data.data_dir)[2]
   pixels = pixels[..., None] if pixels.ndim == 3 else pixels
   out = tempfile.mkdtemp(prefix="quicknets_export_")
-  export_cascade(trained, out, threshold)
+  export_trained(trained, out, threshold)
   exported = exported_cascade.load(out)
   model, variables = trained.model, trained.variables
   end_to_end = end_to_end_classifier(model)

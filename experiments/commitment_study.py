@@ -46,7 +46,7 @@ def run_from_flags(config: StudyConfig) -> None:
 
 def main(argv) -> None:
   del argv
-  start_process(interruptible=True)
+  start_process(interruptible=True, output_dirs=("workdir",))
   run_from_flags(study_config_from_flags())
 
 

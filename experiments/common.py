@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
 from absl import flags
 
+import experiments
+from experiments import supervise
 from experiments.flags import config_from_flags as _from_flags
-from experiments.flags import define_config_flags, fail, one_line_errors, start_process
+from experiments.flags import define_config_flags, fail, one_line_errors, resume_command, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.datasets import CLASS_NAMES
 from quicknets_jax.models.xla_check import flops_check
@@ -56,6 +59,13 @@ def define_flags(dataset: str, flops_check: bool = False) -> None:
     "With --distributed: seconds without a heartbeat after which a process counts as dead and the others stop.",
     lower_bound=1,
   )
+  flags.DEFINE_integer(
+    "coordinator_timeout",
+    60,
+    "With --distributed: seconds to wait for the coordinator (on process 0: for every process to join) before "
+    "stopping with a line that says what to check.",
+    lower_bound=1,
+  )
   flags.DEFINE_bool("print_config", False, "Print the settings the flags make (config.json's form) and exit.")
   flags.DEFINE_bool(
     "flops_check",
@@ -70,12 +80,44 @@ def config_from_flags() -> ExperimentConfig:
   return _from_flags(ExperimentConfig)
 
 
+def check_distributed_flags() -> None:
+  """Exits with one line when the --distributed flags cannot describe a run: an address that is not
+  host:port, or one without --num_processes and a --process_id below it."""
+  address, n, pid = FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+  if address is None:  # jax finds all three (Cloud TPU, SLURM, Open MPI), or none
+    return
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    fail(f"--coordinator_address={address} is not host:port (e.g. 10.0.0.2:8476): process 0's address and a free port")
+  if n is None or pid is None:
+    fail("--distributed with --coordinator_address needs --num_processes=N and --process_id (0..N-1) too")
+  if pid >= n:
+    fail(f"--process_id={pid} is not below --num_processes={n}: number the processes 0..{n - 1}")
+
+
+def _connect() -> None:
+  """Joins the distributed run (in the supervised child); its parent stops it when this takes longer
+  than --coordinator_timeout (jax itself would abort without a word after `initialization_timeout`)."""
+  pid, n, address = FLAGS.process_id, FLAGS.num_processes, FLAGS.coordinator_address
+  who = "this process" if pid is None else f"process {pid} of {n}"
+  where = "the coordinator jax finds" if address is None else f"the coordinator at {address}"
+  stderr_log(f"{who}: joining {where} (at most {FLAGS.coordinator_timeout} s, --coordinator_timeout)")
+  supervise.mark("connecting")
+  try:
+    parallel.initialize_distributed(address, n, pid, FLAGS.heartbeat_timeout, FLAGS.coordinator_timeout)
+  except RuntimeError as e:  # the coordinator's own server did not start
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(
+      f"{who} cannot start the coordinator at {address} ({reason}): is its port in use? pass another port in "
+      "--coordinator_address (the same on every process)"
+    )
+  supervise.mark("connected")
+
+
 def devices_from_flags():
   """Starts the distributed runtime when --distributed, then the mesh of --num_devices (None: one device)."""
   if FLAGS.distributed:
-    parallel.initialize_distributed(
-      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout
-    )
+    _connect()
   num_devices = jax.device_count() if FLAGS.num_devices is None else FLAGS.num_devices
   try:
     return parallel.make_mesh(num_devices) if FLAGS.data_parallel and num_devices > 1 else None
@@ -84,13 +126,41 @@ def devices_from_flags():
 
 
 def main(argv) -> None:
-  """absl main: flags → config → `train_and_evaluate`; anything that stops it is one line on stderr."""
+  """absl main: flags → config → `train_and_evaluate`; anything that stops it is one line on stderr.
+
+  With --distributed, the command runs itself again as a supervised child (experiments/supervise.py):
+  jax ends a process whose peer died, or whose coordinator never answered, from C++ with a stack trace,
+  and only a parent process can turn that into the line.
+  """
   del argv
-  start_process(interruptible=True)
+  if supervise.is_child():
+    supervise.attach_child()
+    supervise.run_child(_run)
+  else:
+    _run()
+
+
+def _run() -> None:
+  start_process(interruptible=True, output_dirs=("workdir",))
   config = config_from_flags()
   if FLAGS.print_config:
     print(json.dumps(config.to_json(), indent=1))
     return
+  if FLAGS.distributed and not supervise.is_child():
+    check_distributed_flags()
+    if experiments.EARLY_SIGTERM:
+      print("interrupted by SIGTERM during start-up; nothing was written", file=sys.stderr, flush=True)
+      raise SystemExit(143)
+    raise SystemExit(
+      supervise.run(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        FLAGS.coordinator_timeout,
+        FLAGS.workdir,
+        resume_command(),
+      )
+    )
   mesh = devices_from_flags()
   with one_line_errors(stderr_log) as log, parallel.data_parallel(mesh):
     train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)

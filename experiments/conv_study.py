@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   del argv
-  start_process(interruptible=True)
+  start_process(interruptible=True, output_dirs=("workdir", "figures_dir"))
   seeds = seeds_from_flag(FLAGS.seeds)
   check_known(FLAGS.parts, PARTS, "parts")
   experiments = {}

@@ -14,7 +14,7 @@ from absl import app, flags
 from experiments.flags import define_trained_run_flags, fail, start_process, trained_run_from_flags
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
-from quicknets_jax.workflows.export import export_cascade
+from quicknets_jax.workflows.export import export_trained
 
 flags.DEFINE_string("out", None, "Directory the cascade is written to.", required=True)
 flags.DEFINE_list("platforms", [], "Backends the artifacts run on, e.g. cpu,cuda (default: this machine's).")
@@ -24,10 +24,10 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   del argv
-  start_process()
+  start_process(output_dirs=("out",))
   try:
     trained, threshold = trained_run_from_flags(stderr_log)
-    path = export_cascade(trained, FLAGS.out, threshold, FLAGS.platforms or None)
+    path = export_trained(trained, FLAGS.out, threshold, FLAGS.platforms or None)
   except (DataError, ValueError, OSError) as e:
     fail(str(e))
   stderr_log(

@@ -14,8 +14,9 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 from absl import flags, logging
@@ -40,14 +41,18 @@ flags.DEFINE_string(
 )
 
 
-def start_process(interruptible: bool = False) -> None:
+def start_process(interruptible: bool = False, output_dirs: Sequence[str] = ()) -> None:
   """What every entry point's main does first, before JAX starts: the XLA:CPU flags the project's steps
   run faster with (`quicknets_jax.configure_cpu`), quiet absl logging (orbax and jax log every save and
-  backend probe at INFO) and the persistent compilation cache of `--compile_cache`.
+  backend probe at INFO) and the persistent compilation cache of `--compile_cache`; and, before any work,
+  a check that every folder the run will write can be written (`check_output_dirs`).
 
-  `interruptible`: the entry point trains inside `one_line_errors`, which acts on a SIGTERM noted
-  during start-up (`experiments.EARLY_SIGTERM`). Other entry points stop here on one, with a line, and
-  get SIGTERM's default action back.
+  Args:
+    interruptible: the entry point trains inside `one_line_errors`, which acts on a SIGTERM noted
+      during start-up (`experiments.EARLY_SIGTERM`). Other entry points stop here on one, with a line,
+      and get SIGTERM's default action back.
+    output_dirs: the entry point's own flags that name a folder it writes (e.g. "workdir", "out");
+      `--records_dir`, `--data_cache` and `--compile_cache` are checked wherever they are defined.
   """
   if not interruptible:
     if experiments.EARLY_SIGTERM:
@@ -55,6 +60,7 @@ def start_process(interruptible: bool = False) -> None:
       raise SystemExit(143)
     if signal.getsignal(signal.SIGTERM) is experiments._note_sigterm:
       signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  check_output_dirs((*output_dirs, *_SHARED_OUTPUT_DIRS))
   configure_cpu()
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger("absl").setLevel(std_logging.WARNING)  # orbax logs every save through it
@@ -62,6 +68,63 @@ def start_process(interruptible: bool = False) -> None:
     compilation.enable_persistent_cache(FLAGS.compile_cache)
   except ValueError as e:
     fail(str(e))
+
+
+# Folder flags that mean the same wherever they are defined (by `define_config_flags` or here). The
+# first two are only read when they already hold their data, so an existing one need not be writable.
+_SHARED_OUTPUT_DIRS = ("records_dir", "data_cache", "compile_cache")
+_READ_IF_PRESENT = ("records_dir", "data_cache")
+
+
+def unwritable_folder(path: str) -> Optional[str]:
+  """Why the folder `path` cannot be written, or None when it can.
+
+  It can when it exists and takes a new file, or when it can be created: its nearest existing parent
+  is a folder that takes a new file. The check writes (and removes) one empty file and creates nothing
+  else, so a run refused later (or `--print_config`) leaves no empty folder behind.
+
+  Args:
+    path: the folder (`~` is expanded).
+
+  Returns:
+    None, or the reason in words (e.g. "/a/b is a file, not a folder").
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  what = "" if existing == path else " (the nearest part of it that exists)"
+  if not os.path.isdir(existing):
+    return f"{existing}{what} is {'a file, ' if os.path.isfile(existing) else ''}not a folder"
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".quicknets_write_check_", dir=existing)
+  except OSError as e:
+    return f"{existing}{what} does not take new files ({e.strerror or e})"
+  os.close(fd)
+  os.remove(probe)
+  return None
+
+
+def check_output_dirs(names: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+  """Exits with one line naming the flag when a folder that one of the flags `names` names (those that
+  are defined and set) cannot be created or written — before any work, not after the first epoch.
+
+  Args:
+    names: flag names, e.g. ("workdir", "records_dir"); `compile_cache`'s words count as their folders
+      ("auto": `compilation.default_cache_dir()`; "none": nothing to check).
+    flag_values: where the flags are (absl's global FLAGS).
+  """
+  for name in names:
+    value = flag_values[name].value if name in flag_values else None
+    folder = value
+    if name == "compile_cache":
+      folder = None if value == "none" else compilation.default_cache_dir() if value == "auto" else value
+    if not folder or (name in _READ_IF_PRESENT and os.path.isdir(folder)):
+      continue
+    problem = unwritable_folder(folder)
+    if problem:
+      other = " or --compile_cache=none" if name == "compile_cache" else ""
+      fail(f"--{name}={value} cannot be written: {problem}; pass a --{name} folder you can write to{other}")
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:
@@ -191,11 +254,16 @@ def fail(message: str) -> None:
 
 
 def seeds_from_flag(values) -> tuple:
-  """--seeds as a tuple of ints; anything else exits with one line."""
+  """--seeds as a tuple of distinct non-negative ints; anything else (a repeat too) exits with one line."""
   try:
-    return tuple(int(s) for s in values)
+    seeds = tuple(int(s) for s in values)
   except ValueError:
     fail(f"--seeds must be integers separated by commas, got {','.join(values)!r}")
+  try:
+    options.check_seeds(seeds, "--seeds")
+  except ValueError as e:
+    fail(str(e))
+  return seeds
 
 
 def check_known(values, known, flag: str) -> None:
@@ -259,6 +327,9 @@ def one_line_errors(log: Callable[[str], None]) -> Iterator[Callable[[str], None
     log(message)
 
   def on_sigterm(signum, frame):
+    # one notice is enough: a second (a scheduler signalling every process of the job) must not cut
+    # the line that the first is printing short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Preempted()
 
   previous = signal.signal(signal.SIGTERM, on_sigterm)

@@ -35,14 +35,15 @@ def main(argv) -> None:
   start_process()
   fmt = FLAGS.format or ("csv" if FLAGS.out.endswith(".csv") else "jsonl")
   try:
-    pixels, names = read_images(FLAGS.images)
     trained, threshold = trained_run_from_flags(stderr_log)
+    # a built-in dataset's model reads pixel values; one trained on arrays reads them as they are
+    pixels, names = read_images(FLAGS.images, pixels=trained.normalisation.divisor == 255.0)
     check_image_shape(pixels, trained.image_shape, FLAGS.images)
     stderr_log(
       f"{FLAGS.workdir} seed {trained.seed}: {trained.num_blocks} of {trained.model.num_blocks} blocks, "
       f"threshold {threshold:.4g}; {len(pixels)} images from {FLAGS.images}"
     )
-    result = predict_lib.predict_pixels(trained, pixels, threshold, FLAGS.batch_size)
+    result = trained.predict(pixels, threshold, FLAGS.batch_size)
     predict_lib.write_predictions(predict_lib.prediction_rows(result, names, trained.class_names), FLAGS.out, fmt)
   except (DataError, ValueError, OSError) as e:
     fail(str(e))

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  start_process(interruptible=True)
+  start_process(interruptible=True, output_dirs=("workdir",))
   seeds = seeds_from_flag(FLAGS.seeds)
   with one_line_errors(stderr_log) as log:
     run_ablation(FLAGS.workdir, seeds, FLAGS.data_dir, log=log)

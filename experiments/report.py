@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import fail
+from experiments.flags import check_output_dirs, fail
 from quicknets_jax.workflows.report import write_report
 
 FLAGS = flags.FLAGS
@@ -22,6 +22,7 @@ flags.DEFINE_string("results_md", None, "Where results.md goes (default: WORKDIR
 def main(argv) -> None:
   """Loads the run, renders every figure it allows, writes results.md with them; errors in one line."""
   del argv
+  check_output_dirs(("figures_dir",))
   try:
     out = write_report(FLAGS.workdir, FLAGS.figures_dir, FLAGS.results_md)
   except (ValueError, OSError) as e:

@@ -37,7 +37,7 @@ def write_smoke_tarball(path: str, num_train: int = 240, num_test: int = 80, see
 
 def main(argv) -> None:
   del argv
-  start_process(interruptible=True)
+  start_process(interruptible=True, output_dirs=("workdir",))
   overrides = dict(methods=("joint",))
   if FLAGS.smoke_tarball:
     if not os.path.exists(FLAGS.smoke_tarball) and not FLAGS.print_config:

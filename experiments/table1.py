@@ -57,7 +57,7 @@ def cells(mnist: bool, mnist_networks) -> list:
 
 def main(argv) -> None:
   del argv
-  start_process(interruptible=True)
+  start_process(interruptible=True, output_dirs=("workdir",))
   seeds = seeds_from_flag(FLAGS.seeds)
   check_known(FLAGS.mnist_networks, NETWORKS, "mnist_networks")
   os.makedirs(FLAGS.workdir, exist_ok=True)

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   del argv
-  start_process(interruptible=False)
+  start_process(interruptible=False, output_dirs=("out",))
   start = time.perf_counter()
   try:
     meta = datasets.write_dataset_records(FLAGS.dataset, FLAGS.out, FLAGS.data_source, FLAGS.data_dir)

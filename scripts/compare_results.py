@@ -2,8 +2,8 @@
 
     python scripts/compare_results.py BEFORE/results.json AFTER/results.json
 
-Every number must be equal exactly (floats bit for bit); keys holding seconds, timestamps and the machine
-line are skipped. Settings that only the newer file's `config` block has are listed apart ("added
+Every number must be equal exactly (floats bit for bit); keys holding seconds or rates per second,
+timestamps and the machine line are skipped. Settings that only the newer file's `config` block has are listed apart ("added
 settings"): a new setting at its default changes no result. Exit status 0 when nothing differs, 1 otherwise.
 """
 
@@ -13,7 +13,17 @@ import json
 import sys
 
 # Keys whose values are wall-clock measurements or describe the machine, not results.
-TIMING_KEYS = frozenset({"train_seconds", "seconds", "epoch_seconds", "wall_seconds", "time", "machine"})
+TIMING_KEYS = frozenset(
+  {
+    "train_seconds",
+    "seconds",
+    "epoch_seconds",
+    "wall_seconds",
+    "time",
+    "machine",
+    "training_flops_per_second_efficiency",
+  }
+)
 
 
 def compare(before, after, path: str = "") -> tuple[list, list]:
@@ -21,7 +31,7 @@ def compare(before, after, path: str = "") -> tuple[list, list]:
   differences, added = [], []
   if isinstance(before, dict) and isinstance(after, dict):
     for key in list(before) + [k for k in after if k not in before]:
-      if key in TIMING_KEYS or "seconds" in key:  # compile_seconds, compile_seconds_per_block, ...
+      if key in TIMING_KEYS or "seconds" in key or "per_second" in key:  # compile_seconds, flops_per_second, ...
         continue
       where = f"{path}/{key}"
       if key not in after:

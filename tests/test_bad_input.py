@@ -26,7 +26,7 @@ from quicknets_jax.training.events import Events
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.trainer import NonFiniteLossError
 from quicknets_jax.workflows.experiment import train_and_evaluate
-from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.experiment_config import ExperimentConfig, StudyConfig
 from quicknets_jax.workflows.workdir import guard_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,6 +244,21 @@ def exit_threshold_out_of_range(tmp, blobs, interrupted, mp):
   ExperimentConfig().replace(exit_threshold=1.5)
 
 
+@case("a repeated seed (its std over two copies of one run is 0)", ValueError, "seeds repeats 0")
+def seeds_repeated(tmp, blobs, interrupted, mp):
+  ExperimentConfig().replace(seeds=(0, 1, 0))
+
+
+@case("a negative seed", ValueError, "seeds must be non-negative integers, got -1")
+def seeds_negative(tmp, blobs, interrupted, mp):
+  ExperimentConfig().replace(seeds=(0, -1))
+
+
+@case("a seed that is not an integer", ValueError, "seeds must be non-negative integers, got 1.5")
+def seeds_not_integers(tmp, blobs, interrupted, mp):
+  StudyConfig().replace(seeds=(0, 1.5))
+
+
 @case("workdir holding a run with another config", ValueError, "--overwrite")
 def workdir_other_config(tmp, blobs, interrupted, mp):
   guard_workdir(ExperimentConfig().replace(width=32), tmp)
@@ -392,6 +407,89 @@ def run_cli_cases(tmp):
   return [(c, p.communicate(timeout=300)[1], p.returncode) for c, p in zip(CLI_CASES, procs)]
 
 
+# Refused by the entry point itself, after the flags parse but before any work: exit status 1 and one
+# line, `error: ...`, naming the flag. {file} is a regular file, so no folder can be made under it.
+REFUSED = [
+  ("a repeated seed", "fashion_mnist", ["--workdir={tmp}/w", "--seeds=0,0"], "error: seeds repeats 0"),
+  ("a negative seed (table1's --seeds)", "table1", ["--workdir={tmp}/w", "--seeds=0,-1"], "error: --seeds must be non"),
+  ("a workdir that cannot be created", "fashion_mnist", ["--workdir={file}/run"], "error: --workdir={file}/run"),
+  (
+    "a record directory that cannot be created",
+    "fashion_mnist",
+    ["--workdir={tmp}/w", "--input=stream", "--records_dir={file}/r"],
+    "error: --records_dir={file}/r",
+  ),
+  ("export to a path that cannot be created", "export", ["--workdir={tmp}/w", "--out={nope}"], "error: --out={nope}"),
+  ("records to a path that cannot be created", "write_records", ["--out={file}/r"], "error: --out={file}/r"),
+  (
+    "figures to a path that cannot be created",
+    "report",
+    ["--workdir={tmp}/w", "--figures_dir={file}/f"],
+    "error: --figures_dir={file}/f",
+  ),
+]
+
+
+def run_refused_cases(tmp):
+  """Runs every REFUSED case at once; returns [(case, stderr, exit status)] with the paths filled in."""
+  blocked = os.path.join(tmp, "a_file")
+  with open(blocked, "w"):
+    pass
+  # the issue's own example where /proc refuses new entries; elsewhere a path through a file
+  names = dict(tmp=tmp, file=blocked, nope="/proc/nope" if os.path.isdir("/proc/self") else f"{blocked}/out")
+  cases = [
+    (what, module, [a.format(**names) for a in args], line.format(**names)) for what, module, args, line in REFUSED
+  ]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", f"experiments.{module}", *args],
+      cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": ROOT},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for _, module, args, _ in cases
+  ]
+  return [(c, p.communicate(timeout=600)[1], p.returncode) for c, p in zip(cases, procs)]
+
+
+def test_bad_seeds_and_unwritable_folders_are_one_line_before_any_work(tmp_path):
+  for (what, _, _, line), stderr, code in run_refused_cases(str(tmp_path)):
+    assert code == 1, (what, code, stderr)
+    assert stderr.strip().splitlines() == [stderr.strip()] and stderr.startswith(line), (what, stderr)
+    assert "cannot be written" in stderr or "seeds" in stderr, (what, stderr)
+  assert not os.path.exists(tmp_path / "w")  # refused before anything was written
+
+
+def test_every_folder_flag_is_checked_and_nothing_is_created(tmp_path, capsys):
+  from absl import flags as absl_flags
+
+  from experiments import flags as flags_lib
+
+  names = ("workdir", "out", "records_dir", "data_cache", "figures_dir", "compile_cache")
+  values = absl_flags.FlagValues()
+  for name in names:
+    absl_flags.DEFINE_string(name, None, "", flag_values=values)
+  values(["prog"])
+  (tmp_path / "a_file").write_text("")
+  for name in names:
+    values[name].value = str(tmp_path / "a_file" / "x")
+    with pytest.raises(SystemExit) as e:
+      flags_lib.check_output_dirs(names, values)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+      err.startswith(f"error: --{name}={tmp_path}/a_file/x cannot be written: {tmp_path}/a_file")
+      and err.count("\n") == 1
+    ), err
+    values[name].value = str(tmp_path / "new" / name)  # creatable: passes, and is not created by the check
+  flags_lib.check_output_dirs(names, values)
+  values["compile_cache"].value = "none"
+  flags_lib.check_output_dirs(names, values)
+  assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
 def test_flag_errors_are_one_line_before_anything_runs(tmp_path):
   for (what, _, phrase), stderr, code in run_cli_cases(str(tmp_path)):
     assert code != 0, what
@@ -421,6 +519,12 @@ if __name__ == "__main__":  # prints BUILD.md's table with the exact messages
       print(
         f"| {row} | {what} | `{message.replace(root, '<tmp>').replace('|', '/')}` | "
         f"test_bad_input.py::test_refused_with_one_line[{name}] |"
+      )
+    for (what, _, _, _), stderr, _ in run_refused_cases(root):
+      row += 1
+      print(
+        f"| {row} | {what} | `{stderr.strip().replace(root, '<tmp>')}` | "
+        "test_bad_input.py::test_bad_seeds_and_unwritable_folders_are_one_line_before_any_work |"
       )
     for (what, _, _), stderr, _ in run_cli_cases(root):
       row += 1

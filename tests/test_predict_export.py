@@ -23,12 +23,13 @@ from quicknets_jax.core import exits
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import read_idx, write_idx
 from quicknets_jax.data.images import check_image_shape, read_images
+from quicknets_jax.data.normalisation import Normalisation
 from quicknets_jax.workflows import cascade_loader as loader
 from quicknets_jax.workflows import predict as predict_lib
 from quicknets_jax.workflows.experiment import train_and_evaluate
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
-from quicknets_jax.workflows.export import export_cascade
-from quicknets_jax.workflows.trained import TrainedQuickNet, TrainedRunError, load_trained
+from quicknets_jax.workflows.export import export_cascade, export_trained
+from quicknets_jax.workflows.trained import TrainedRunError, load_trained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -158,7 +159,7 @@ def test_predictions_from_a_workdir_equal_the_vectorized_rule(workdir):
   with open(os.path.join(workdir, "seed_0", "quicknet.json")) as f:
     assert trained.threshold() == json.load(f)["exit_threshold"]  # the run's own
   pixels = _test_pixels(700)
-  result = predict_lib.predict_pixels(trained, pixels, trained.threshold(), batch_size=128, chunk=300)
+  result = trained.predict(pixels, trained.threshold(), batch_size=128, chunk=300)
   probs, commits = trained.exit_outputs(trained.normalise(pixels))
   want = exits.select_exits(probs, commits, trained.threshold())
   np.testing.assert_array_equal(result.prediction, np.asarray(want.prediction))
@@ -197,7 +198,7 @@ def test_a_workdir_still_training_serves_the_blocks_frozen_so_far(workdir, tmp_p
   assert trained.num_blocks == 1 and trained.run_threshold is None  # chosen on validation instead
   threshold, info = predict_lib.operating_threshold(trained, log=lambda m: None)
   assert info["source"] == "chosen on validation" and 0.0 <= threshold <= 1.0
-  result = predict_lib.predict_pixels(trained, _test_pixels(50), threshold)
+  result = trained.predict(_test_pixels(50), threshold)
   assert set(result.exit_index) == {0}
   with pytest.raises(TrainedRunError, match="choose 1 to 1 blocks"):
     load_trained(str(running), blocks=3)
@@ -257,7 +258,7 @@ np.savez(sys.argv[3], **answers)
 def test_the_exported_cascade_decides_like_the_in_process_one_with_jax_alone(workdir, tmp_path):
   trained = load_trained(workdir)
   out = tmp_path / "exported"
-  export_cascade(trained, str(out), trained.threshold())
+  export_trained(trained, str(out), trained.threshold())
   assert sorted(os.listdir(out)) == ["block_0.jax", "block_1.jax", "block_2.jax", "cascade_loader.py", "manifest.json"]
   pixels = _test_pixels(1000)
   np.save(tmp_path / "pixels.npy", pixels)
@@ -294,12 +295,11 @@ def test_an_exported_conv_cascade_runs_any_batch_size(tmp_path, num_blocks):
   for v in variables:  # spread the confidences so that every exit is used
     head = v["params"]["exit_head"]["out"]
     head["kernel"] = head["kernel"] * 30.0
-  card = dict(image_shape=[8, 8, 1], num_classes=3, class_names=["a", "b", "c"], mean=[0.5], std=[0.25])
-  trained = TrainedQuickNet("w", 0, ExperimentConfig(), model, list(variables), card, 0.4)
-  export_cascade(trained, str(tmp_path), 0.4)
+  normalisation = Normalisation.of([0.5], [0.25])
+  export_cascade(model, variables, 0.4, normalisation, str(tmp_path), class_names=["a", "b", "c"])
   cascade = loader.load(str(tmp_path))
   pixels = np.random.default_rng(0).integers(0, 256, (37, 8, 8, 1), dtype=np.uint8)
-  want = cascade_predict(model, variables, trained.normalise(pixels), 0.4)
+  want = cascade_predict(model, variables, normalisation.apply(pixels), 0.4)
   for batch_size in (1, 7, 64):
     got = cascade.predict(pixels, batch_size=batch_size)
     np.testing.assert_array_equal(got["class"], want.prediction)

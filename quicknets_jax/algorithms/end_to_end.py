@@ -17,7 +17,7 @@ from quicknets_jax.core import costs, rng
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, is_streamed, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, merge_blocks, parts_mask, split_blocks
-from quicknets_jax.training import losses
+from quicknets_jax.training import losses, timing
 from quicknets_jax.training.checkpoint import FitCheckpointer
 from quicknets_jax.training.events import Events, InPhase
 from quicknets_jax.training.schedule import FitConfig
@@ -38,6 +38,7 @@ class EndToEndRun:
   flops: dict
   history: list
   seconds: float
+  phase_seconds: dict = dataclasses.field(default_factory=dict)  # `training.timing.fit_seconds` + "other"
 
 
 def fit_whole_network(
@@ -110,6 +111,7 @@ def fit_whole_network(
     flops,
     list(result.history),
     seconds,
+    timing.with_other(timing.fit_seconds(result.history), seconds),
   )
 
 

@@ -33,7 +33,7 @@ from quicknets_jax.data.sampling import seeded_mask, seeded_subset
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask, split_blocks, split_variables
-from quicknets_jax.training import losses
+from quicknets_jax.training import losses, timing
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.events import BlockFrozen, Events, InPhase
 from quicknets_jax.training.trainer import FitData, FitHooks, FitState, Objective, bucket_size, fit, pad_rows
@@ -59,6 +59,9 @@ class BlockRecord:
   seconds: float
   history: list
   commit_history: list
+  # seconds by phase (`training.timing`): feature_cache, block_epochs, block_validation, commit_epochs,
+  # commit_validation, selection, checkpoints, compile (inside the others), other
+  phase_seconds: dict = dataclasses.field(default_factory=dict)
 
   @property
   def training_flops(self) -> float:
@@ -278,12 +281,14 @@ class Committed(NamedTuple):
   probs_train: np.ndarray  # its exit's probabilities
   probs_val: np.ndarray
   positive_rate: float  # the fraction of the head's training rows on which the exit was right
+  outputs_seconds: float  # computing what the head learns from (the block's outputs on T_j and V_j)
 
 
 def fit_commitment_head(
   task: Task, inputs: BlockInputs, fitted: FitState, frozen: Sequence[dict], key: jax.Array, hooks: FitHooks
 ) -> Committed:
   """Runs the trained block on T_j and V_j and trains its commitment head on "the exit was right"."""
+  start = time.perf_counter()
   j, block, eval_bs = inputs.j, task.model.blocks[inputs.j], task.config.fit.eval_batch_size
   variables = {"params": fitted.best_params, **fitted.best_model_state}
   train_features = inputs.train_features
@@ -296,6 +301,7 @@ def fit_commitment_head(
   correct_train = (np.argmax(probs_train, -1) == inputs.labels).astype(np.int32)
   correct_val = (np.argmax(probs_val, -1) == inputs.val_labels).astype(np.int32)
   pos = inputs.commit_pos
+  outputs_seconds = time.perf_counter() - start
   result = train_commitment_head(
     block,
     variables,
@@ -309,7 +315,8 @@ def fit_commitment_head(
     hooks=hooks,
   )
   variables = {"params": result.best_params, **fitted.best_model_state}
-  return Committed(variables, result, h_train, h_val, probs_train, probs_val, int(correct_train[pos].sum()) / len(pos))
+  positive_rate = int(correct_train[pos].sum()) / len(pos)
+  return Committed(variables, result, h_train, h_val, probs_train, probs_val, positive_rate, outputs_seconds)
 
 
 class Learned(NamedTuple):
@@ -377,6 +384,7 @@ def train_block(
   commit_ckpt = checkpointer.fit_checkpointer("commitment", j) if checkpointer is not None else None
   fit_key, commit_key = jax.random.split(key)
   inputs = block_inputs(task, j, frozen, working, key)
+  inputs_seconds = time.perf_counter() - start
 
   def spent(stage, **progress):
     return flops_before + costs.total(inputs.block_flops(task.model, stage=stage, **progress))
@@ -411,8 +419,16 @@ def train_block(
       task.log,
     ),
   )
+  selecting = time.perf_counter()
   learned = select_learned(task, inputs, committed, key)
+  selection_seconds = time.perf_counter() - selecting
   n_train = len(working.train_idx)
+  seconds = time.perf_counter() - start + sum(c.resumed_seconds for c in (block_ckpt, commit_ckpt) if c)
+  phases = timing.add(
+    dict(feature_cache=inputs_seconds + committed.outputs_seconds, selection=selection_seconds),
+    timing.fit_seconds(fitted.history, "block_"),
+    timing.fit_seconds(committed.commit_state.history, "commit_"),
+  )
   record = BlockRecord(
     block=j,
     train_samples=n_train,
@@ -425,9 +441,10 @@ def train_block(
     val_learned=int(learned.val.sum()),
     positive_rate=committed.positive_rate,
     flops=inputs.block_flops(task.model, fitted.epoch, committed.commit_state.epoch),
-    seconds=time.perf_counter() - start + sum(c.resumed_seconds for c in (block_ckpt, commit_ckpt) if c),
+    seconds=seconds,
     history=list(fitted.history),
     commit_history=list(committed.commit_state.history),
+    phase_seconds=timing.with_other(phases, seconds),
   )
   task.log(
     f"block {j}: trained on {n_train} samples for {record.epochs} epochs (+{record.commit_epochs} commitment), "

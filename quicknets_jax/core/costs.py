@@ -222,6 +222,16 @@ def finetune_flops(block_costs: Sequence[BlockCost], *, epochs: int, n_train: in
   return dict(finetune_training=epochs * (3 * n_train) * forward, finetune_validation=epochs * n_val * forward)
 
 
+def add_parts(*parts: dict) -> dict:
+  """Parts dicts summed part by part (their non-numeric entries, e.g. "block", left out)."""
+  out: dict = {}
+  for p in parts:
+    for key, value in p.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[key] = out.get(key, 0.0) + float(value)
+  return out
+
+
 def total(parts: dict) -> float:
   """The sum of a parts dict (its non-numeric entries, e.g. "block", left out)."""
   return float(sum(v for v in parts.values() if isinstance(v, (int, float)) and not isinstance(v, bool)))

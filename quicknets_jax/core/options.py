@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from typing import Any, Optional
 
@@ -185,3 +186,35 @@ def check_range(value, name: str, lower=None, upper=None, lower_open: bool = Fal
     low = "" if lower is None else (f"> {lower}" if lower_open else f"≥ {lower}")
     high = "" if upper is None else f"≤ {upper}"
     raise ValueError(f"{name} must be a number {' and '.join(x for x in (low, high) if x)}, got {value!r}")
+
+
+def check_seeds(seeds, name: str = "seeds") -> None:
+  """Refuses a list of seeds that is empty, holds anything but non-negative integers, or repeats one.
+
+  Each seed is one independent run, and results are the mean ± std over them: a repeated seed would
+  count one run twice (and two copies of one seed give a std of exactly 0).
+
+  Args:
+    seeds: the seeds, e.g. a config's `seeds` tuple.
+    name: what the message calls them ("seeds", or "--seeds" for the flag).
+
+  Raises:
+    ValueError: one line naming `name`, what is wrong and the fix.
+  """
+  try:
+    values = tuple(seeds)
+  except TypeError:
+    raise ValueError(
+      f"{name} must be a list of non-negative integers, got {seeds!r}: pass e.g. --seeds=0,1,2"
+    ) from None
+  if not values:
+    raise ValueError(f"{name} is empty: pass --seeds=0 (or 0,1,2)")
+  for s in values:
+    if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+      raise ValueError(f"{name} must be non-negative integers, got {s!r} in {list(values)}: pass e.g. --seeds=0,1,2")
+  repeated = sorted({int(s) for s in values if values.count(s) > 1})
+  if repeated:
+    raise ValueError(
+      f"{name} repeats {', '.join(map(str, repeated))}: each seed is one independent run and results are the "
+      "mean ± std over them; pass distinct seeds, e.g. --seeds=0,1,2"
+    )

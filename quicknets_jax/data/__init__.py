@@ -19,6 +19,7 @@ from quicknets_jax.data.datasets import (
 )
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import load_idx_dir, read_idx, write_idx
+from quicknets_jax.data.normalisation import Normalisation
 from quicknets_jax.data.sampling import class_counts, draw_epoch
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.tfds_source import load_tfds, load_tfds_resized

@@ -25,11 +25,12 @@ from quicknets_jax.data.cifar import load_cifar_tar
 from quicknets_jax.data.download import REMOTE, cached, default_cache_dir, fetch, on_process_zero
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.idx import find_idx_files, load_idx_dir
-from quicknets_jax.data.normalisation import STATS_CHUNK, channel_stats, standardise, with_channel
+from quicknets_jax.data.normalisation import STATS_CHUNK, Normalisation, channel_stats, standardise, with_channel
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.tfds_source import RESIZED_SPLITS, default_tfds_dir, load_tfds, load_tfds_resized
 
 KNOWN = ("mnist", "fashion_mnist", "cifar10", "imagenet2012")
+ARRAYS = "arrays"  # the dataset of a run on arrays a user passed (`quicknets_jax.train`)
 SOURCES = ("auto", "idx", "tfds", "cifar_tar")
 # Local copies `auto` looks at before TFDS (Debian/Ubuntu: apt-get install dataset-fashion-mnist).
 DEFAULT_LOCAL_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
@@ -96,23 +97,31 @@ class Dataset:
   mean: np.ndarray | None = None
   std: np.ndarray | None = None
   source: str = ""
+  divisor: float = 255.0  # raw inputs are divided by it before the mean and std apply (`Normalisation`)
+  # arrays a user passed: where their run's workdir keeps the validation and test splits (for thresholds)
+  kept_splits: Optional[dict] = None
 
   @property
   def image_shape(self) -> tuple[int, ...]:
     """Shape of one image, (H, W, C)."""
     return tuple(self.train.images.shape[1:])
 
+  @property
+  def normalisation(self) -> Optional[Normalisation]:
+    """How raw images become this dataset's inputs (None when it was passed in already normalised)."""
+    return None if self.mean is None else Normalisation.of(self.mean, self.std, self.divisor)
+
   def card(self) -> dict:
     """What a trained model needs of its dataset to read new images (JSON-ready): name, image shape,
-    class names and the per-channel normalisation, `(pixels / 255 − mean) / std`."""
-    as_list = lambda a: None if a is None else [float(v) for v in np.asarray(a).reshape(-1)]
+    class names and the per-channel normalisation, `(raw / divisor − mean) / std`."""
+    norm = self.normalisation
     return dict(
       name=self.name,
       image_shape=list(self.image_shape),
       num_classes=int(self.num_classes),
       class_names=list(self.class_names),
-      mean=as_list(self.mean),
-      std=as_list(self.std),
+      **(dict(mean=None, std=None) if norm is None else norm.card()),
+      **({} if self.kept_splits is None else dict(splits=dict(self.kept_splits))),
     )
 
   def summary(self) -> str:
@@ -459,7 +468,9 @@ def load_streamed_dataset(
 class DataConfig:
   """Which dataset, from where, and how much of it."""
 
-  dataset: str = option("fashion_mnist", "Dataset.", choices=KNOWN)
+  dataset: str = option(
+    "fashion_mnist", f"Dataset ({ARRAYS}: the arrays passed to quicknets_jax.train).", choices=(*KNOWN, ARRAYS)
+  )
   data_source: str = option(
     "auto",
     "auto: a local IDX copy if found (--data_dir, or Debian's dataset-fashion-mnist), else TFDS.",
@@ -532,6 +543,11 @@ class DataConfig:
       download=self.download,
       cache_dir=self.data_cache,
     )
+    if self.dataset == ARRAYS:
+      raise DataError(
+        f"dataset {ARRAYS!r} is the arrays a run was given: pass them again (quicknets_jax.train(train=..., "
+        "test=...)), or read the run with quicknets_jax.load(workdir)"
+      )
     if self.input == "stream":
       return load_streamed_dataset(self.dataset, self.records_dir, options=self.stream_options(), log=log, **common)
     return load_dataset(self.dataset, **common)

@@ -61,10 +61,22 @@ def _read_folder(path: str) -> tuple[np.ndarray, list]:
   return np.stack(images), names
 
 
-def read_images(path: str) -> tuple[np.ndarray, list]:
-  """(uint8 pixels [N, H, W, C], a name per image) from an IDX image file, a .npy array of pixel values
-  ([N, H, W] or [N, H, W, C]) or a folder of PNG/JPEG files (sorted by name; names are the file names,
-  else the row numbers). Raises DataError naming the fix for anything else."""
+def read_images(path: str, pixels: bool = True) -> tuple[np.ndarray, list]:
+  """(images [N, H, W, C], a name per image) from an IDX image file, a .npy array ([N, H, W] or
+  [N, H, W, C]) or a folder of PNG/JPEG files (sorted by name; names are the file names, else the row
+  numbers).
+
+  Args:
+    path: the file or folder.
+    pixels: read uint8 pixel values 0..255 (what the built-in datasets' models read), refusing other
+      values; False: a .npy array's values as they are (float32), for a model trained on arrays.
+
+  Returns:
+    (images, names).
+
+  Raises:
+    DataError: one line naming the fix for anything else.
+  """
   if not os.path.exists(path):
     raise DataError(f"{path} does not exist: pass {_FORMATS}")
   if os.path.isdir(path):
@@ -82,7 +94,12 @@ def read_images(path: str) -> tuple[np.ndarray, list]:
       f"{where} holds an array of shape {array.shape}: images are [N, H, W] or [N, H, W, C] (an IDX label "
       "file or a single image?)"
     )
-  images = _with_channels(_pixels(array, where))
+  if pixels:
+    images = _with_channels(_pixels(array, where))
+  elif np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating):
+    images = _with_channels(np.asarray(array, np.float32))
+  else:
+    raise DataError(f"{where} holds {array.dtype} values: give a numeric array")
   return images, [str(i) for i in range(len(images))]
 
 

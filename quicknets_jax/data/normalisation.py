@@ -4,7 +4,8 @@ the same float32 images, bit for bit: statistics summed in float64 over 4096-ima
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -46,3 +47,46 @@ def standardise(x: np.ndarray, mean32: np.ndarray, std32: np.ndarray) -> np.ndar
   out -= mean32
   out /= std32
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+  """How raw inputs become the network's: `(raw / divisor − mean) / std`, per channel, in float32.
+
+  The built-in datasets read uint8 pixels (divisor 255, their training split's mean and std); arrays a
+  user trains on as they are have the identity (`Normalisation.identity`). Prediction and the exported
+  cascade apply it to what they are given.
+
+  Attributes:
+    mean, std: per channel (one value each for all channels alike).
+    divisor: what raw values are divided by first.
+  """
+
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  divisor: float = 255.0
+
+  @classmethod
+  def identity(cls, channels: int = 1) -> Normalisation:
+    """Inputs used as they are: divisor 1, mean 0, std 1 (exact in float32)."""
+    return cls((0.0,) * channels, (1.0,) * channels, 1.0)
+
+  @classmethod
+  def of(cls, mean: Sequence[float], std: Sequence[float], divisor: float = 255.0) -> Normalisation:
+    """From array-likes (e.g. a dataset's float32 statistics)."""
+    flat = lambda a: tuple(float(v) for v in np.asarray(a, np.float64).reshape(-1))
+    return cls(flat(mean), flat(std), float(divisor))
+
+  def apply(self, raw) -> np.ndarray:
+    """float32 inputs for `raw` ([N, H, W, C], any numeric dtype)."""
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    return ((np.asarray(raw, np.float32) / np.float32(self.divisor)) - mean) / std
+
+  def card(self) -> dict:
+    """The JSON form (a workdir's data.json, an exported cascade's manifest)."""
+    return dict(mean=list(self.mean), std=list(self.std), divisor=self.divisor)
+
+  @classmethod
+  def from_card(cls, card: dict) -> Normalisation:
+    """From `card()`'s form; a card without a divisor is of uint8 pixels (255)."""
+    return cls.of(card["mean"], card["std"], card.get("divisor", 255.0))

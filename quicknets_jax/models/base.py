@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -106,10 +107,22 @@ def commitment_head_flops(kind: str, feature_elements: int, num_classes: int) ->
   return costs.dense_flops(feature_elements, num_classes, activation=True) + costs.dense_flops(num_classes, 1)
 
 
+def takes_train(module: nn.Module) -> bool:
+  """Whether a Linen module's `__call__` accepts a `train` keyword (or any keyword)."""
+  parameters = inspect.signature(type(module).__call__).parameters.values()
+  return any(p.name == "train" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def call_part(module: nn.Module, x, train: bool):
+  """`module(x, train=train)`, or `module(x)` for a module whose `__call__` takes no `train`."""
+  return module(x, train=train) if takes_train(module) else module(x)
+
+
 class Block(nn.Module):
   """One QuickNet block: subnet → (exit logits, commitment logit).
 
-  The commitment head reads the block's features, or (a `LogitsCommitmentHead`) the exit's logits.
+  The commitment head reads the block's features, or (a `LogitsCommitmentHead`) the exit's logits. The
+  subnet and the exit are called with `train=` where their `__call__` takes it (`call_part`).
   """
 
   subnet: nn.Module
@@ -117,8 +130,8 @@ class Block(nn.Module):
   commit_head: nn.Module
 
   def __call__(self, x, train: bool = False):
-    features = self.subnet(x, train=train)
-    logits = self.exit_head(features, train=train)
+    features = call_part(self.subnet, x, train)
+    logits = call_part(self.exit_head, features, train)
     return features, logits, self.commit_head(logits if self._reads_logits else features)
 
   @property
@@ -126,17 +139,17 @@ class Block(nn.Module):
     return isinstance(self.commit_head, LogitsCommitmentHead)
 
   def features(self, x, train: bool = False):
-    return self.subnet(x, train=train)
+    return call_part(self.subnet, x, train)
 
   def classify(self, features, train: bool = False):
-    return self.exit_head(features, train=train)
+    return call_part(self.exit_head, features, train)
 
   def commit(self, features):
     return self.commit_head(self.commit_inputs(features))
 
   def commit_inputs(self, features):
     """What the commitment head reads: the features, or the exit's logits on them (inference mode)."""
-    return self.exit_head(features, train=False) if self._reads_logits else features
+    return call_part(self.exit_head, features, False) if self._reads_logits else features
 
   def commit_from_inputs(self, inputs, train: bool = False):
     """The commitment logit from the head's own inputs (`commit_inputs`): only the head's params needed."""
@@ -144,8 +157,8 @@ class Block(nn.Module):
     return self.commit_head(inputs)
 
   def features_and_logits(self, x, train: bool = False):
-    features = self.subnet(x, train=train)
-    return features, self.exit_head(features, train=train)
+    features = call_part(self.subnet, x, train)
+    return features, call_part(self.exit_head, features, train)
 
 
 def spec_items(spec, named: dict) -> list:

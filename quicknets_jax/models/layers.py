@@ -35,14 +35,54 @@ SMALL_MAP = 3  # "auto" on CPU: patch products for output maps this wide or narr
 @contextlib.contextmanager
 def conv_implementation(name: str):
   """Within this block, `Conv` layers traced use `name`: "auto" (see the module doc), "native" (XLA's
-  convolution) or "patches" (im2col + matrix product). A jitted function keeps what its first trace saw."""
+  convolution) or "patches" (im2col + matrix product) — and so do the plain `flax.linen.Conv` layers of
+  a user's own network (`flax_conv_interceptor`). A jitted function keeps what its first trace saw.
+
+  Raises:
+    ValueError: `name` is not one of `IMPLEMENTATIONS`.
+  """
   if name not in IMPLEMENTATIONS:
     raise ValueError(f"conv implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
   token = _IMPLEMENTATION.set(name)
   try:
-    yield
+    with nn.intercept_methods(flax_conv_interceptor):
+      yield
   finally:
     _IMPLEMENTATION.reset(token)
+
+
+def _flax_padding(padding, kernel_size):
+  """`nn.Conv`'s padding in the form `convolve` takes, or None where it is one `convolve` does not do."""
+  if isinstance(padding, str):
+    return padding if padding in ("SAME", "VALID") else None
+  if isinstance(padding, int):
+    return ((padding, padding),) * len(kernel_size)
+  pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+  return tuple(pairs) if all(len(p) == 2 for p in pairs) else None
+
+
+def flax_conv_interceptor(next_fun, args, kwargs, context):
+  """Runs a plain 2-D `flax.linen.Conv` (the layer a user's own network is built from) through `convolve`,
+  so it too becomes a patch product where the trainer's loops want one: the same params, the same
+  numbers up to float round-off. Anything else — initialisation, dilation, groups, masks, 1-D or 3-D
+  convolutions, circular padding — runs as flax runs it."""
+  module = context.module
+  if type(module) is not nn.Conv or context.method_name != "__call__" or module.is_initializing():
+    return next_fun(*args, **kwargs)
+  (x,) = args
+  kernel_size = tuple(module.kernel_size)
+  padding = _flax_padding(module.padding, kernel_size)
+  plain = all(getattr(module, name) in (None, 1) for name in ("input_dilation", "kernel_dilation"))
+  plain = plain and module.feature_group_count == 1 and module.mask is None and module.shared_weights
+  if kwargs or x.ndim != 4 or len(kernel_size) != 2 or padding is None or not plain:
+    return next_fun(*args, **kwargs)
+  kernel = module.get_variable("params", "kernel")
+  bias = module.get_variable("params", "bias") if module.use_bias else None
+  x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  strides = module.strides or (1, 1)
+  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  y = convolve(x, kernel, strides, padding)
+  return y if bias is None else y + bias.reshape((1, 1, 1, -1))
 
 
 def _use_patches(out_side: int) -> bool:
@@ -88,6 +128,16 @@ def patch_conv(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
   )
 
 
+def convolve(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
+  """The NHWC × HWIO convolution, as a patch product or XLA's own as `conv_implementation` says."""
+  kh, kw = kernel.shape[:2]
+  pads = _explicit_padding(padding, x.shape[1:3], (kh, kw), strides)
+  out_side = min((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(x.shape[1:3], pads, (kh, kw), strides))
+  if _use_patches(out_side):
+    return patch_conv(x, kernel, tuple(strides), padding)
+  return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class Conv(nn.Module):
   """`nn.Conv` for NHWC images (same params and initialisation), convolving as `conv_implementation` says."""
 
@@ -104,14 +154,7 @@ class Conv(nn.Module):
     kh, kw = self.kernel_size
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
     padding = self.padding if isinstance(self.padding, str) else tuple(tuple(p) for p in self.padding)
-    pads = _explicit_padding(padding, x.shape[1:3], (kh, kw), self.strides)
-    out_side = min((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(x.shape[1:3], pads, (kh, kw), self.strides))
-    if _use_patches(out_side):
-      y = patch_conv(x, kernel, tuple(self.strides), padding)
-    else:
-      y = jax.lax.conv_general_dilated(
-        x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-      )
+    y = convolve(x, kernel, tuple(self.strides), padding)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
     return y

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
 from typing import Optional
 
 from quicknets_jax.core import options
@@ -14,12 +20,73 @@ from quicknets_jax.models.resnet_sdn import resnet_sdn
 from quicknets_jax.models.vgg import vgg
 
 MODELS = {"mlp": mlp, "vgg": vgg, "resnet_sdn": resnet_sdn, "densenet": densenet}
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_factory_path(name: str) -> bool:
+  """Whether `name` names a model factory by import path, `package.module:function`."""
+  return bool(_FACTORY.match(name))
+
+
+def factory_path(factory: Callable) -> str:
+  """The import path (`package.module:function`) another process can rebuild `factory` from.
+
+  A factory defined in the script being run (`__main__`) is named by the script's module: rerun the
+  commands that read the run from the script's folder (or install it as a package).
+
+  Raises:
+    ValueError: the function cannot be imported by name (a lambda or a function defined inside another).
+  """
+  module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
+  if module is None or "<" in qualname:
+    raise ValueError(
+      f"the model factory {qualname or factory!r} cannot be imported by name: define it at the top level of a "
+      "module (def small_cnn(input_shape, num_classes): ...)"
+    )
+  if module == "__main__":
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    module = spec.name if spec is not None else os.path.splitext(os.path.basename(getattr(main, "__file__", "")))[0]
+  return f"{module}:{qualname}"
+
+
+def resolve_factory(path: str) -> Callable:
+  """The function `package.module:function` names.
+
+  Raises:
+    ValueError: one line naming the path and the fix, when it cannot be imported.
+  """
+  module_name, _, qualname = path.partition(":")
+  try:
+    target = importlib.import_module(module_name)
+    for attribute in qualname.split("."):
+      target = getattr(target, attribute)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(
+      f"cannot import the model factory {path} ({type(e).__name__}: {str(e)[:120]}): install its package or run "
+      f"from the folder that holds {module_name.split('.')[0]}"
+    ) from None
+  if not callable(target):
+    raise ValueError(f"{path} is not a function: point --model at a factory (input_shape, num_classes, **kwargs)")
+  return target
 
 
 def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExitModel:
-  """Builds a registered model by name; unknown names raise with the list of known ones."""
+  """Builds a registered model by name, or the one a `package.module:function` factory returns.
+
+  Raises:
+    ValueError: the name is neither registered nor an importable factory, or the factory does not
+      return a `MultiExitModel`.
+  """
+  if is_factory_path(name):
+    model = resolve_factory(name)(tuple(input_shape), num_classes, **kwargs)
+    if not isinstance(model, MultiExitModel):
+      raise ValueError(
+        f"{name} returned a {type(model).__name__}, not a MultiExitModel: return quicknets_jax.multi_exit_model(...)"
+      )
+    return model
   if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
+    raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)} or a package.module:function factory")
   return MODELS[name](tuple(input_shape), num_classes, **kwargs)
 
 
@@ -27,7 +94,15 @@ def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExit
 class ModelConfig:
   """Which multi-exit architecture, and its sizes (each model reads the fields that concern it)."""
 
-  name: str = option("mlp", "Architecture.", choices=tuple(MODELS), flag_name="model")
+  name: str = option(
+    "mlp",
+    f"Architecture: one of {', '.join(MODELS)}, or your own as package.module:function (a factory "
+    "(input_shape, num_classes, **model_args) returning quicknets_jax.multi_exit_model(...)).",
+    flag_name="model",
+  )
+  model_args: Optional[str] = option(
+    None, "With --model=package.module:function: its keyword arguments as JSON, e.g. '{\"width\": 32}'."
+  )
   width: int = option(
     150, "Units per hidden layer (vgg: channels of the first conv; densenet: the growth rate).", lower=1
   )
@@ -59,8 +134,20 @@ class ModelConfig:
   )
 
   def __post_init__(self):
-    if self.name not in MODELS:
-      raise ValueError(f"unknown model {self.name!r}: choose one of {sorted(MODELS)}")
+    if self.name not in MODELS and not is_factory_path(self.name):
+      raise ValueError(
+        f"unknown model {self.name!r}: choose one of {sorted(MODELS)} or name your own as package.module:function"
+      )
+    if self.model_args is not None:
+      if not is_factory_path(self.name):
+        raise ValueError(f"model_args is for --model=package.module:function factories; {self.name} takes its flags")
+      try:
+        if not isinstance(json.loads(self.model_args), dict):
+          raise ValueError
+      except ValueError:
+        raise ValueError(
+          f"model_args must be a JSON object such as '{{\"width\": 32}}', got {self.model_args!r}"
+        ) from None
     for name in ("later_width", "hidden"):
       if getattr(self, name) is not None and self.name != "mlp":
         raise ValueError(f"{name} is only implemented for the mlp model, not {self.name!r}: drop --{name}")
@@ -68,6 +155,8 @@ class ModelConfig:
 
   def kwargs(self) -> dict:
     """Keyword arguments of this config's model builder."""
+    if is_factory_path(self.name):
+      return {} if self.model_args is None else json.loads(self.model_args)
     extra = {} if self.commit_head == "features" else dict(commit_head=self.commit_head)
     if self.name == "resnet_sdn":
       return dict(blocks_per_stage=self.blocks_per_stage, channels=self.stage_channels, **extra)

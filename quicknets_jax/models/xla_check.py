@@ -1,6 +1,6 @@
-"""Each block's analytic forward FLOPs (`core.costs`, summed in the model builders) beside XLA's count.
-
-The experiments write `flops_check(model)` into results.json, and the tests hold every model to it.
+"""Each block's forward FLOPs as XLA counts them: the costs of a user's own network (`measured_costs`),
+and the check of the built-in models' analytic counts (`core.costs`, summed in the model builders)
+against XLA's (`flops_check`), which the experiments write into results.json.
 """
 
 from __future__ import annotations
@@ -8,9 +8,40 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from quicknets_jax.core.costs import xla_flops
+from quicknets_jax.core.costs import BlockCost, xla_flops
 from quicknets_jax.models import layers
 from quicknets_jax.models.base import Block, MultiExitModel
+
+
+def measured_costs(blocks, input_shape, variables) -> list[BlockCost]:
+  """XLA's count (`cost_analysis`) of each block's parts, forward FLOPs per sample: the subnet on the
+  block's input, the exit on its features, and the commitment head on what it reads (the features, or
+  the exit's logits). Each part compiles alone, on abstract inputs of batch 1 (nothing runs), with XLA's
+  own convolutions (the network's work, not a patch product's).
+
+  Args:
+    blocks: the model's `Block`s, in order.
+    input_shape: one sample's input shape.
+    variables: the blocks' variables (or their shapes, `jax.eval_shape` of the model's init).
+
+  Returns:
+    One `BlockCost` per block.
+  """
+  with layers.conv_implementation("native"):
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    out = []
+    for block, v in zip(blocks, variables):
+      h = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.features), v, x)
+      read = jax.eval_shape(lambda v, a, b=block: b.apply(v, a, method=Block.commit_inputs), v, h)
+      out.append(
+        BlockCost(
+          subnet=xla_flops(lambda v, a, b=block: b.apply(v, a, method=Block.features), v, x),
+          exit_head=xla_flops(lambda v, a, b=block: b.apply(v, a, method=Block.classify), v, h),
+          commit_head=xla_flops(lambda v, a, b=block: b.apply(v, a, method=Block.commit_from_inputs), v, read),
+        )
+      )
+      x = h
+    return out
 
 
 def flops_check(model: MultiExitModel) -> dict:

@@ -35,19 +35,34 @@ def initialize_distributed(
   num_processes: Optional[int] = None,
   process_id: Optional[int] = None,
   heartbeat_timeout_seconds: int = 100,
+  initialization_timeout: int = 60,
 ) -> None:
   """Multi-process setup: `jax.distributed.initialize(...)`. Call before anything touches a device.
 
   On Cloud TPU (and SLURM, Open MPI) jax finds the coordinator itself: leave the arguments None.
   Elsewhere give the coordinator's host:port, the number of processes and this one's id (0..n−1).
-  CPU processes exchange collectives through gloo. A process that stops sending heartbeats for
-  `heartbeat_timeout_seconds` is declared dead and the others stop with an error instead of waiting.
+  CPU processes exchange collectives through gloo.
+
+  Both timeouts end the process from C++ (jax aborts it: no Python exception, nothing to catch), which
+  is why the entry points run a `--distributed` run under a supervising parent (experiments/supervise.py).
+
+  Args:
+    coordinator_address: process 0's host:port (None: found by jax).
+    num_processes: how many processes (None: found by jax).
+    process_id: this process's id, 0..num_processes−1 (None: found by jax).
+    heartbeat_timeout_seconds: a process that stops sending heartbeats this long is declared dead, and
+      the others stop instead of waiting for it.
+    initialization_timeout: seconds to wait for every process to join the coordinator.
+
+  Raises:
+    RuntimeError: the coordinator could not be started (e.g. its port is in use).
   """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPU/TPU keep theirs
   jax.distributed.initialize(
     coordinator_address=coordinator_address,
     num_processes=num_processes,
     process_id=process_id,
+    initialization_timeout=initialization_timeout,
     heartbeat_timeout_seconds=heartbeat_timeout_seconds,
   )
 

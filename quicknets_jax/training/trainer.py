@@ -519,10 +519,12 @@ def fit(
       train = train.replace(hparams=jax.tree.map(jnp.asarray, objective.hparams_at(schedule.epoch + 1)))
     with CompileMeter() as compiled:
       train, (train_loss, train_acc) = run_epoch(train, arrays, jax.random.fold_in(key, schedule.epoch), plan=plan)
+      train_loss, train_acc = float(train_loss), float(train_acc)  # waits for the epoch: its seconds end here
+      trained_at = time.perf_counter()
       # validation reads the loss's fixed hyperparameters, not an epoch's
       val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
-      val_loss, val_acc = evaluate(val_state, val, jnp.int32(num_val), plan=eval_plan)
-    train_loss, train_acc, val_loss, val_acc = (float(v) for v in (train_loss, train_acc, val_loss, val_acc))
+      val_loss, val_acc = (float(v) for v in evaluate(val_state, val, jnp.int32(num_val), plan=eval_plan))
+    validated_at = time.perf_counter()
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
       raise NonFiniteLossError(
         f"{name}: non-finite loss at epoch {schedule.epoch + 1} (train {train_loss}, val {val_loss}); "
@@ -538,7 +540,9 @@ def fit(
       val_accuracy=val_acc,
       learning_rate=schedule.learning_rate,
       samples=num_samples,
-      seconds=time.perf_counter() - start,
+      seconds=validated_at - start,
+      train_seconds=trained_at - start,  # the epoch's steps (and their compile, in the first epoch)
+      val_seconds=validated_at - trained_at,
       compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
     )
     if num_samples != num_rows:
@@ -554,7 +558,10 @@ def fit(
         events.epoch_done(EpochDone("fit", None, state, record, None))
     finally:
       if checkpoint is not None:
+        saving = time.perf_counter()
         checkpoint.save(state)
+        # kept in memory only (the record on disk was written before the save could be timed)
+        record["checkpoint_seconds"] = time.perf_counter() - saving
   return state
 
 

@@ -53,6 +53,8 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
       continue
     if stats.is_number(value):
       out[key] = stats.mean(values)
+    elif isinstance(value, dict) and value and all(stats.is_number(v) for v in value.values()):
+      out[key] = {k: stats.mean([v.get(k, 0.0) for v in values]) for k in value}  # e.g. seconds by phase
     elif (
       isinstance(value, list)
       and value

@@ -58,13 +58,14 @@ class ExportedCascade:
     self.image_shape = tuple(self.manifest["image_shape"])
     self._mean = np.asarray(self.manifest["mean"], np.float32)
     self._std = np.asarray(self.manifest["std"], np.float32)
+    self._divisor = np.float32(self.manifest.get("divisor", 255.0))  # absent: uint8 pixels
 
   def normalise(self, pixels) -> np.ndarray:
-    """uint8 pixels [N, H, W, C] → the network's inputs: (pixels / 255 − mean) / std per channel."""
+    """Raw images [N, H, W, C] → the network's inputs: (raw / divisor − mean) / std per channel."""
     pixels = np.asarray(pixels)
     if tuple(pixels.shape[1:]) != self.image_shape:
       raise ValueError(f"images are {pixels.shape[1:]}, the cascade reads {self.image_shape} (H, W, C)")
-    return ((pixels.astype(np.float32) / np.float32(255.0)) - self._mean) / self._std
+    return ((pixels.astype(np.float32) / self._divisor) - self._mean) / self._std
 
   def _batch(self, x, threshold: float, use_commitment: bool) -> dict:
     n = x.shape[0]

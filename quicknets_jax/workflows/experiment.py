@@ -20,11 +20,12 @@ import numpy as np
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.end_to_end import test_accuracy_fn, train_end_to_end
 from quicknets_jax.algorithms.quicknet import train_quicknet
-from quicknets_jax.core import curves, exits, stats
+from quicknets_jax.core import costs, curves, exits, stats
 from quicknets_jax.core.progress import format_seconds
 from quicknets_jax.data.datasets import Dataset
-from quicknets_jax.models.base import EXIT, SUBNET
+from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel
 from quicknets_jax.reporting.tables import results_markdown
+from quicknets_jax.training import timing
 from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
 from quicknets_jax.training.compilation import CompileMeter, cache_entries, compile_summary, fit_compile_seconds
 from quicknets_jax.training.events import AllOf
@@ -180,12 +181,21 @@ def run_quicknet_seed(
   checkpointer.close()
   result = evaluate_quicknet(model, run.variables, dataset, config)
   records = run.records
+  measuring = deploy.seconds if deploy is not None else 0.0  # inside the training's clock, not training
+  train_seconds = run.train_seconds - measuring
+  phases = timing.add(*(r.phase_seconds for r in records))
+  if phases:
+    phases["other"] = max(phases.get("other", 0.0) - measuring, 0.0)
   result.update(
     seed=seed,
     params=param_count([v["params"] for v in run.variables]),
     training_flops=run.training_flops,
-    # the deploy curve measures inside the training's clock; its seconds are not training
-    train_seconds=run.train_seconds - (deploy.seconds if deploy is not None else 0.0),
+    train_seconds=train_seconds,
+    training_flops_per_second=run.training_flops / max(train_seconds, 1e-9),
+    # where the seconds go (`training.timing`), and the FLOP rate of each phase that computes
+    seconds_by_phase=phases,
+    seconds_by_phase_per_block=[r.phase_seconds for r in records],
+    flops_per_second_by_phase=timing.flops_per_second(costs.add_parts(*(r.flops for r in records)), phases),
     # per block: its fit and its commitment head's fit (epochs restored from a checkpoint keep theirs)
     compile_seconds_per_block=[fit_compile_seconds(r.history) + fit_compile_seconds(r.commit_history) for r in records],
     trained_blocks=run.num_trained_blocks,
@@ -241,8 +251,10 @@ def run_end_to_end_seed(
   )
   if checkpointer is not None:
     checkpointer.close()
-  if tracker is not None:
+  phases = dict(run.phase_seconds)
+  if tracker is not None:  # the test accuracy after each epoch is measurement, not training
     run.seconds -= tracker.seconds
+    phases["other"] = max(phases.get("other", 0.0) - tracker.seconds, 0.0)
   probs, _ = forward.all_exit_outputs(model, run.variables, dataset.test.images, config.fit.eval_batch_size)
   accuracy = float(np.mean(np.argmax(np.asarray(probs[-1]), -1) == dataset.test.labels))
   last = model.num_blocks - 1
@@ -257,6 +269,9 @@ def run_end_to_end_seed(
     training_flops=run.training_flops,
     training_flops_parts=run.flops,
     train_seconds=run.seconds,
+    training_flops_per_second=run.training_flops / max(run.seconds, 1e-9),
+    seconds_by_phase=phases,
+    flops_per_second_by_phase=timing.flops_per_second(run.flops, phases),
     compile_seconds=fit_compile_seconds(run.history),
     epochs=run.epochs,
     best_epoch=run.best_epoch,
@@ -271,11 +286,27 @@ def train_and_evaluate(
   overwrite: bool = False,
   dataset: Optional[Dataset] = None,
   metrics: bool = True,
+  model: Optional[MultiExitModel] = None,
 ) -> dict:
   """Runs the comparison for every seed and writes WORKDIR/results.json and results.md; returns the dict.
 
   Finished seeds (WORKDIR/seed_<s>/quicknet.json, end_to_end.json) are read back, not redone.
-  `metrics`: log every epoch to WORKDIR/metrics.jsonl and TensorBoard events under WORKDIR/tensorboard/.
+
+  Args:
+    config: the run's settings (data, model, QuickNet, exit rule, seeds).
+    workdir: where checkpoints, metrics and results go (a run resumes there).
+    log: where progress lines go.
+    overwrite: start over in a workdir that holds a run with another config.
+    dataset: the data (default: what `config.data` names, loaded).
+    metrics: log every epoch to WORKDIR/metrics.jsonl and TensorBoard events under WORKDIR/tensorboard/.
+    model: the model (default: `config.model` built for the data); it must be what `config.model`
+      builds, so that the workdir can rebuild it.
+
+  Returns:
+    The results dict (results.json).
+
+  Raises:
+    ValueError: another run's config in `workdir`, a batch larger than the training split, bad data.
   """
   guard_workdir(config, workdir, overwrite)
   if dataset is None:
@@ -284,7 +315,8 @@ def train_and_evaluate(
   # what `workflows.trained` needs to read new images with this run's blocks, even while it still trains
   write_json(os.path.join(workdir, "data.json"), dataset.card(), indent=1)
   check_batch_size(config.fit.batch_size, len(dataset.train.labels))
-  model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
+  if model is None:
+    model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
   quicknet_seeds, e2e_seeds = [], []
   start = time.perf_counter()
   writer = metrics_lib.MetricsWriter(workdir) if metrics else None
@@ -310,7 +342,7 @@ def train_and_evaluate(
     writer.close()
   rule = config.exit_rule
   results = dict(
-    dataset=config.data.dataset,
+    dataset=dataset.name,
     model=config.model.name,
     seeds=list(config.seeds),
     exit_threshold=stats.mean([s["exit_threshold"] for s in quicknet_seeds]),
@@ -333,5 +365,9 @@ def train_and_evaluate(
   if e2e_seeds:
     results["end_to_end"] = aggregate(e2e_seeds)
     results["ratios"] = ratios(results["quicknet"], results["end_to_end"])
+    # QuickNet's training FLOP rate as a fraction of end-to-end's (1: it spends its FLOPs as fast)
+    results["training_flops_per_second_efficiency"] = (
+      results["quicknet"]["training_flops_per_second"] / results["end_to_end"]["training_flops_per_second"]
+    )
   write_results(workdir, "results", results, results_markdown(results), log)
   return results

@@ -66,8 +66,7 @@ class ExperimentConfig:
   )
 
   def __post_init__(self):
-    if not self.seeds:
-      raise ValueError("seeds is empty: pass --seeds=0 (or 0,1,2)")
+    options.check_seeds(self.seeds)
     options.validate(self)
 
   @property
@@ -111,8 +110,7 @@ class StudyConfig:
     unknown = set(self.methods) - {"joint", "quicknet"}
     if unknown or not self.methods:
       raise ValueError(f"methods must be a non-empty subset of joint,quicknet; got {','.join(self.methods)}")
-    if not self.seeds:
-      raise ValueError("seeds is empty: pass --seeds=0 (or 0,1,2)")
+    options.check_seeds(self.seeds)
     if any(not 0 < b <= 1 for b in self.budgets):
       raise ValueError(f"budgets are fractions of the full cost in (0, 1], got {self.budgets}")
     for t in self.calibration_thresholds:

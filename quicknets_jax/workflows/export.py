@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.core import exits
+from quicknets_jax.data.normalisation import Normalisation
+from quicknets_jax.models.base import MultiExitModel
 from quicknets_jax.workflows import cascade_loader as loader
 from quicknets_jax.workflows.trained import TrainedQuickNet
 from quicknets_jax.workflows.workdir import write_json
@@ -34,46 +36,88 @@ def _block_fn(block, variables):
 
 
 def export_cascade(
-  trained: TrainedQuickNet, out_dir: str, threshold: float, platforms: Optional[Sequence[str]] = None
+  model: MultiExitModel,
+  variables: Sequence[dict],
+  threshold: float,
+  normalisation: Normalisation,
+  out_dir: str,
+  *,
+  class_names: Optional[Sequence[str]] = None,
+  platforms: Optional[Sequence[str]] = None,
+  source: Optional[dict] = None,
 ) -> str:
-  """Writes the cascade of `trained`'s blocks to OUT_DIR (block_<j>.jax, manifest.json,
-  cascade_loader.py) with the exit `threshold`; returns the manifest's path.
+  """Writes the early-exit cascade of `variables`' blocks to OUT_DIR: block_<j>.jax, manifest.json and
+  cascade_loader.py, which runs it with JAX alone. Its fallback is the most confident exit.
 
-  `platforms`: the backends the artifacts can run on (e.g. ("cpu", "cuda")); default this machine's.
+  Args:
+    model: the multi-exit model; variables: the trained blocks' variables (the first K blocks cascade).
+    threshold: the exit threshold in [0, 1].
+    normalisation: how raw images become inputs (`TrainedQuickNet.normalisation`; identity for arrays
+      used as they are).
+    out_dir: the directory written (made if missing).
+    class_names: names of the classes (default "0", "1", ...).
+    platforms: the backends the artifacts can run on (e.g. ("cpu", "cuda")); default this machine's.
+    source: what the manifest says it was exported from (e.g. the workdir and seed).
+
+  Returns:
+    The manifest's path.
+
+  Raises:
+    ValueError: the threshold is out of range.
   """
-  if trained.config.exit_rule.fallback != "most_confident":
-    raise ValueError("the exported cascade implements the most_confident fallback only; the run uses 'last'")
+  exits.check_threshold(threshold)
   os.makedirs(out_dir, exist_ok=True)
-  model = trained.model
-  input_shapes = [trained.image_shape, *model.feature_shapes()[: trained.num_blocks - 1]]
+  num_blocks = len(variables)
+  input_shapes = [tuple(model.input_shape), *model.feature_shapes()[: num_blocks - 1]]
+  cascade = model.cascade_costs()
   (batch,) = jax.export.symbolic_shape("b")
   platforms = tuple(platforms) if platforms else (jax.default_backend(),)
   blocks = []
-  for j, (variables, shape) in enumerate(zip(trained.variables, input_shapes)):
-    fn = jax.jit(_block_fn(model.blocks[j], jax.tree.map(np.asarray, variables)))
+  for j, (block_vars, shape) in enumerate(zip(variables, input_shapes)):
+    fn = jax.jit(_block_fn(model.blocks[j], jax.tree.map(np.asarray, block_vars)))
     exported = jax.export.export(fn, platforms=platforms)(jax.ShapeDtypeStruct((batch, *shape), jnp.float32))
     name = f"block_{j}.jax"
     with open(os.path.join(out_dir, name), "wb") as f:
       f.write(exported.serialize())
-    blocks.append(dict(file=name, input_shape=list(shape), flops_after=float(trained.cascade_costs()[j])))
-  card = trained.data_card
+    blocks.append(dict(file=name, input_shape=list(shape), flops_after=float(cascade[j])))
   manifest = dict(
     format=loader.FORMAT,
     version=loader.VERSION,
     blocks=blocks,
     threshold=float(threshold),
     fallback="most_confident",
-    class_names=list(card["class_names"]),
-    image_shape=list(card["image_shape"]),
-    mean=card["mean"],
-    std=card["std"],
-    normalisation="(pixels / 255 - mean) / std, per channel",
+    class_names=[str(c) for c in class_names]
+    if class_names is not None
+    else [str(c) for c in range(model.num_classes)],
+    image_shape=list(model.input_shape),
+    **normalisation.card(),
+    normalisation="(raw / divisor - mean) / std, per channel",
     end_to_end_flops=float(model.end_to_end_cost()),
     platforms=list(platforms),
     jax_version=jax.__version__,
-    source=dict(workdir=os.path.abspath(trained.workdir), seed=trained.seed, model_blocks=model.num_blocks),
+    source=dict(source or {}, model_blocks=model.num_blocks),
   )
   path = os.path.join(out_dir, loader.MANIFEST)
   write_json(path, manifest, indent=1)
   shutil.copyfile(loader.__file__, os.path.join(out_dir, LOADER_FILE))
   return path
+
+
+def export_trained(trained: TrainedQuickNet, out_dir: str, threshold: float, platforms=None) -> str:
+  """`export_cascade` of a run read back from its workdir (`trained.load_trained`).
+
+  Raises:
+    ValueError: the run's exit rule falls back to the last exit, which the exported cascade does not do.
+  """
+  if trained.config.exit_rule.fallback != "most_confident":
+    raise ValueError("the exported cascade implements the most_confident fallback only; the run uses 'last'")
+  return export_cascade(
+    trained.model,
+    trained.variables,
+    threshold,
+    trained.normalisation,
+    out_dir,
+    class_names=trained.class_names,
+    platforms=platforms,
+    source=dict(workdir=os.path.abspath(trained.workdir), seed=trained.seed),
+  )

@@ -2,8 +2,8 @@
 
 `operating_threshold` picks the exit threshold (the run's own, one given, or the one that meets a
 compute, accuracy or early-exit target on the run's validation split, with what to expect on its test
-split); `predict_pixels` runs the real early-exit cascade (`algorithms.cascade`) on new images in chunks with a
-progress line; `prediction_rows` / `write_predictions` turn its answers into JSON lines or CSV.
+split); `TrainedQuickNet.predict` runs the real early-exit cascade on new images;
+`prediction_rows` / `write_predictions` turn its answers into JSON lines or CSV.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from quicknets_jax.algorithms.cascade import CascadeResult, cascade_flops, cascade_predict
+from quicknets_jax.algorithms.cascade import CascadeResult, cascade_flops
 from quicknets_jax.core import exits
-from quicknets_jax.core.progress import Progress
 from quicknets_jax.workflows.trained import TrainedQuickNet
 
 FORMATS = ("jsonl", "csv")
@@ -78,31 +77,6 @@ def operating_threshold(
     f"{trained.model.end_to_end_cost() / 1e6:.4g})"
   )
   return chosen.threshold, info
-
-
-def predict_pixels(
-  trained: TrainedQuickNet,
-  pixels: np.ndarray,
-  threshold: float,
-  batch_size: int = 1024,
-  chunk: int = 16384,
-  progress: Optional[bool] = None,
-) -> CascadeResult:
-  """The cascade's answers for uint8 `pixels` [N, H, W, C] (normalised here, `chunk` images at a time,
-  with a progress line on a terminal; `progress=True` forces it)."""
-  rule = trained.config.exit_rule
-  parts = []
-  with Progress(len(pixels), "predict", unit="images", enabled=progress) as bar:
-    for start in range(0, len(pixels), chunk):
-      images = trained.normalise(pixels[start : start + chunk])
-      parts.append(
-        cascade_predict(trained.model, trained.variables, images, threshold, rule.fallback, batch_size=batch_size)
-      )
-      bar.update(len(images))
-  if not parts:
-    empty = np.zeros(0, np.int32)
-    return CascadeResult(empty, empty, empty.astype(bool), empty, empty.astype(np.float32), empty.astype(np.float32))
-  return CascadeResult(*(np.concatenate(column) for column in zip(*parts)))
 
 
 def prediction_rows(result: CascadeResult, names, class_names) -> list[dict]:

@@ -1,10 +1,13 @@
 """A trained QuickNet read back from its workdir — for prediction, thresholds for a target, and export.
 
-A workdir written by `workflows.experiment.train_and_evaluate` holds config.json (the run's settings),
-data.json (the dataset's image shape, class names and normalisation) and, per seed,
+A workdir written by `workflows.experiment.train_and_evaluate` (or `quicknets_jax.train`) holds
+config.json (the run's settings, the model among them: a registered name or a `package.module:function`
+factory with its arguments), data.json (the data's image shape, class names, normalisation and, for
+arrays a user passed, where their validation and test splits are kept) and, per seed,
 seed_<s>/quicknet_checkpoints/ (one checkpoint per frozen block). Those are enough to rebuild the
-model and its frozen blocks without the data, also while the run is still training: the blocks frozen
-so far form a deployable cascade (the paper: each block can be deployed as soon as it is trained).
+model and its frozen blocks without the training data, also while the run is still training: the
+blocks frozen so far form a deployable cascade (the paper: each block can be deployed as soon as it is
+trained).
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.algorithms import forward
+from quicknets_jax.algorithms.cascade import CascadeResult, cascade_predict
 from quicknets_jax.core import exits
+from quicknets_jax.core.progress import Progress
 from quicknets_jax.data.datasets import Dataset
+from quicknets_jax.data.normalisation import Normalisation
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import MultiExitModel
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
@@ -61,8 +68,13 @@ class TrainedQuickNet:
   config: ExperimentConfig
   model: MultiExitModel
   variables: list  # per frozen block (only the first `len(variables)` of the model's blocks)
-  data_card: dict  # `Dataset.card()` of the run's dataset
+  data_card: dict  # `Dataset.card()` of the run's dataset (data.json)
   run_threshold: Optional[float]  # the run's operating threshold, when it is known (see `threshold`)
+
+  @property
+  def normalisation(self) -> Normalisation:
+    """How raw images become the network's inputs (data.json's)."""
+    return Normalisation.from_card(self.data_card)
 
   @property
   def num_blocks(self) -> int:
@@ -78,14 +90,46 @@ class TrainedQuickNet:
     return tuple(self.data_card["image_shape"])
 
   def normalise(self, pixels: np.ndarray) -> np.ndarray:
-    """[N, H, W, C] pixel values in 0..255 → the float32 inputs the network was trained on."""
-    mean = np.asarray(self.data_card["mean"], np.float32)
-    std = np.asarray(self.data_card["std"], np.float32)
-    return ((np.asarray(pixels, np.float32) / np.float32(255.0)) - mean) / std
+    """Raw [N, H, W, C] images (pixel values 0..255 for the built-in datasets) → the float32 inputs the
+    network was trained on (`normalisation`)."""
+    return self.normalisation.apply(pixels)
 
   def exit_outputs(self, images: np.ndarray, batch_size: int = 2048):
     """(probs [E, N, C], commitment logits [E, N]) of every block in use on normalised `images`."""
     return forward.all_exit_outputs(self.model, self.variables, images, batch_size)
+
+  def predict(
+    self,
+    pixels: np.ndarray,
+    threshold: Optional[float] = None,
+    batch_size: int = 1024,
+    chunk: int = 16384,
+    progress: Optional[bool] = None,
+  ) -> CascadeResult:
+    """The early-exit cascade's answers for raw images [N, H, W, C] (normalised here, `chunk` at a time).
+
+    Args:
+      pixels: raw images (pixel values 0..255 for a built-in dataset's model; arrays as trained on for a
+        model trained on arrays).
+      threshold: the exit threshold (default: the run's operating threshold).
+      batch_size: images entering block 0 together.
+      chunk: images normalised and run at a time (memory).
+      progress: a progress line (default: on a terminal only).
+
+    Returns:
+      Per image: class, exit, whether the rule fired there, blocks run, confidence, commitment logit.
+    """
+    threshold = self.threshold() if threshold is None else threshold
+    fallback, parts = self.config.exit_rule.fallback, []
+    with Progress(len(pixels), "predict", unit="images", enabled=progress) as bar:
+      for start in range(0, len(pixels), chunk):
+        images = self.normalise(pixels[start : start + chunk])
+        parts.append(cascade_predict(self.model, self.variables, images, threshold, fallback, batch_size=batch_size))
+        bar.update(len(images))
+    if not parts:
+      empty = np.zeros(0, np.int32)
+      return CascadeResult(empty, empty, empty.astype(bool), empty, empty.astype(np.float32), empty.astype(np.float32))
+    return CascadeResult(*(np.concatenate(column) for column in zip(*parts)))
 
   def cascade_costs(self) -> np.ndarray:
     """Inference FLOPs per sample of leaving after block 0, 1, … of the blocks in use."""
@@ -107,8 +151,35 @@ class TrainedQuickNet:
     return exits.choose_threshold(sweep, rule.threshold_tolerance)
 
   def load_dataset(self) -> Dataset:
-    """The run's own dataset (its validation split chooses thresholds), as its config names it."""
-    return self.config.data.load()
+    """The run's own data (its validation split chooses thresholds): the arrays kept in the workdir for a
+    run on arrays a user passed, else the dataset its config names.
+
+    Raises:
+      TrainedRunError: the kept arrays are missing.
+    """
+    splits = self.data_card.get("splits")
+    if splits is None:
+      return self.config.data.load()
+    loaded = {}
+    for name in ("val", "test"):
+      path = os.path.join(self.workdir, splits[name])
+      if not os.path.exists(path):
+        raise TrainedRunError(f"{self.workdir}: its {name} split ({path}) is missing: restore it or retrain the run")
+      with np.load(path) as f:
+        loaded[name] = Split(f["images"], f["labels"])
+    card, norm = self.data_card, self.normalisation
+    return Dataset(
+      name=card.get("name", "arrays"),
+      train=Split(np.zeros((0, *self.image_shape), np.float32), np.zeros(0, np.int32)),
+      val=loaded["val"],
+      test=loaded["test"],
+      num_classes=int(card["num_classes"]),
+      class_names=tuple(card["class_names"]),
+      mean=np.asarray(norm.mean, np.float32),
+      std=np.asarray(norm.std, np.float32),
+      source=f"arrays kept in {self.workdir}",
+      divisor=norm.divisor,
+    )
 
 
 def _seeds_with_blocks(workdir: str, seeds) -> list:
@@ -118,9 +189,17 @@ def _seeds_with_blocks(workdir: str, seeds) -> list:
 def load_trained(workdir: str, seed: Optional[int] = None, blocks: Optional[int] = None) -> TrainedQuickNet:
   """The frozen blocks of one seed of the run in WORKDIR (by default its first seed with a frozen block).
 
-  `blocks`: use only the first K blocks (default: every block frozen so far). The workdir may still be
-  training. Raises `TrainedRunError` naming the fix when WORKDIR holds no run, the seed has no frozen
-  block, or fewer than K blocks are frozen.
+  Args:
+    workdir: the run's directory (config.json, data.json, seed_<s>/).
+    seed: which seed's blocks (default: the first seed with a frozen block).
+    blocks: use only the first K blocks (default: every block frozen so far; the run may still train).
+
+  Returns:
+    The `TrainedQuickNet`.
+
+  Raises:
+    TrainedRunError: one line naming the fix, when WORKDIR holds no run, has no data.json, names a model
+      factory that cannot be imported, the seed has no frozen block, or fewer than K blocks are frozen.
   """
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
@@ -132,9 +211,22 @@ def load_trained(workdir: str, seed: Optional[int] = None, blocks: Optional[int]
     config = ExperimentConfig.from_json(read_json(config_path))
   except (TypeError, ValueError) as e:
     raise TrainedRunError(
-      f"{config_path} is not a QuickNet run's ({e}): pass the workdir of experiments.fashion_mnist, mnist, "
-      "cifar10 or imagenet"
+      f"{config_path} is not a QuickNet run's ({e}): pass the workdir of an experiments.<dataset> command or of "
+      "quicknets_jax.train"
     ) from None
+  card_path = os.path.join(workdir, "data.json")
+  if not os.path.exists(card_path):
+    raise TrainedRunError(
+      f"{workdir} has no data.json (the data's shape, classes and normalisation), so new images cannot be read: "
+      "rerun the training command in this workdir (finished seeds are kept) to write it"
+    )
+  card = read_json(card_path)
+  if card.get("mean") is None:
+    raise TrainedRunError(f"{workdir}: its dataset was passed in unnormalised, so new images cannot be read")
+  try:
+    model = config.model.build(tuple(card["image_shape"]), int(card["num_classes"]))
+  except ValueError as e:  # an unimportable factory, or one that no longer builds this model
+    raise TrainedRunError(f"{workdir}: {e}") from None
   seeds = list(config.seeds)
   if seed is None:
     with_blocks = _seeds_with_blocks(workdir, seeds)
@@ -143,14 +235,6 @@ def load_trained(workdir: str, seed: Optional[int] = None, blocks: Optional[int]
     seed = with_blocks[0]
   elif seed not in seeds:
     raise TrainedRunError(f"{workdir} trains seeds {seeds}, not {seed}: pass one of them as --seed")
-  card_path = os.path.join(workdir, "data.json")
-  if os.path.exists(card_path):
-    card = read_json(card_path)
-  else:  # a workdir from before data.json: the dataset itself gives the card
-    card = config.data.load().card()
-  if card.get("mean") is None:
-    raise TrainedRunError(f"{workdir}: its dataset was passed in unnormalised, so new images cannot be read")
-  model = config.model.build(tuple(card["image_shape"]), int(card["num_classes"]))
   seed_dir = os.path.join(workdir, f"seed_{seed}")
   variables = frozen_blocks(model, seed_dir, require_all=False)
   if blocks is not None:

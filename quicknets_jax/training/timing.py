@@ -1,0 +1,63 @@
+"""Where a run's seconds go, phase by phase, beside the FLOPs each phase computes.
+
+A fit's epoch records (`trainer.fit`) hold the seconds of its steps (`train_seconds`), of its validation
+pass (`val_seconds`), of writing its checkpoint (`checkpoint_seconds`) and the compile seconds within
+them; the algorithms add what happens between fits (feature caches, the learned-set selection). Dividing
+each phase's FLOPs (`core.costs`) by its seconds gives the rate at which the run spends its arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The phase of the seconds that compute each part of `costs.QUICKNET_BLOCK_PARTS` (and of `fit_flops`).
+FLOP_PHASES = {
+  "block_training": "block_epochs",
+  "block_validation": "block_validation",
+  "cache": "feature_cache",
+  "commit_training": "commit_epochs",
+  "commit_validation": "commit_validation",
+  "selection": "selection",
+  "training": "epochs",
+  "validation": "validation",
+}
+
+
+def fit_seconds(history: Sequence[dict], prefix: str = "") -> dict:
+  """{PREFIXepochs, PREFIXvalidation, checkpoints, compile}: seconds summed over a fit's epoch records
+  (compile seconds are also inside the epochs and validation passes they happened in)."""
+
+  def total(key):
+    return float(sum(record.get(key, 0.0) for record in history))
+
+  return {
+    f"{prefix}epochs": total("train_seconds"),
+    f"{prefix}validation": total("val_seconds"),
+    "checkpoints": total("checkpoint_seconds"),
+    "compile": total("compile_seconds"),
+  }
+
+
+def add(*phases: dict) -> dict:
+  """The phases summed key by key."""
+  out: dict = {}
+  for part in phases:
+    for key, value in part.items():
+      out[key] = out.get(key, 0.0) + float(value)
+  return out
+
+
+def with_other(phases: dict, total_seconds: float) -> dict:
+  """`phases` plus "other": what `total_seconds` holds beyond them (compile seconds are inside the others)."""
+  listed = sum(v for k, v in phases.items() if k != "compile")
+  return dict(phases, other=max(total_seconds - listed, 0.0))
+
+
+def flops_per_second(flops: dict, seconds: dict) -> dict:
+  """{phase: FLOP/s} for each phase that computes FLOPs (`FLOP_PHASES`) and took time."""
+  out: dict = {}
+  for part, value in flops.items():
+    phase = FLOP_PHASES.get(part)
+    if phase is not None and seconds.get(phase, 0.0) > 0 and isinstance(value, (int, float)):
+      out[phase] = out.get(phase, 0.0) + float(value)
+  return {phase: value / seconds[phase] for phase, value in out.items()}

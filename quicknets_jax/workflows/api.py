@@ -1,0 +1,193 @@
+"""Your own network on your own data: `train` (a QuickNet and its end-to-end baseline, into a workdir),
+then `load` it back to choose thresholds, predict and export — what `import quicknets_jax as qn` offers.
+
+A run is a directory that knows its model and its data: config.json names the model's factory by import
+path (`package.module:function` with its keyword arguments), data.json the data's shape, classes and
+normalisation, and the workdir keeps the validation and test splits, so `experiments.predict`,
+`experiments.export` and thresholds for a target work on it in another process exactly as on a
+built-in experiment's workdir. Calling `train` again with the same arguments resumes a stopped run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Optional, Union
+
+import numpy as np
+
+from quicknets_jax.algorithms.settings import QuickNetConfig
+from quicknets_jax.data.datasets import ARRAYS, DataConfig, Dataset, split_validation
+from quicknets_jax.data.normalisation import Normalisation
+from quicknets_jax.data.split import Split
+from quicknets_jax.models.base import MultiExitModel
+from quicknets_jax.models.registry import ModelConfig, factory_path
+from quicknets_jax.training import parallel
+from quicknets_jax.workflows.experiment import train_and_evaluate
+from quicknets_jax.workflows.experiment_config import ExperimentConfig
+from quicknets_jax.workflows.export import export_trained
+from quicknets_jax.workflows.predict import operating_threshold
+from quicknets_jax.workflows.trained import TrainedQuickNet, load_trained
+
+KEPT = {"val": os.path.join("arrays", "val.npz"), "test": os.path.join("arrays", "test.npz")}
+
+Factory = Callable[..., MultiExitModel]
+
+
+def _factory_and_args(model: Factory) -> tuple[Callable, dict]:
+  if isinstance(model, functools.partial):
+    if model.args:
+      raise ValueError("bind the factory's arguments by keyword: functools.partial(small_cnn, width=32)")
+    return model.func, dict(model.keywords)
+  return model, {}
+
+
+def _labels(y) -> np.ndarray:
+  labels = np.asarray(y)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+  return labels.astype(np.int32)
+
+
+def arrays_dataset(
+  train: Split,
+  test: Split,
+  val: Union[Split, float] = 0.1,
+  class_names: Optional[Sequence[str]] = None,
+) -> Dataset:
+  """A `Dataset` of arrays used as they are (identity normalisation).
+
+  Args:
+    train, test: (images, labels) pairs; images float [N, ...], labels int [N].
+    val: an (images, labels) pair, or the fraction of `train` (its last rows) to hold out for validation.
+    class_names: one name per class (default "0", "1", ...).
+
+  Returns:
+    The dataset (name "arrays").
+
+  Raises:
+    ValueError: mismatched lengths or shapes, labels that are not integers, or an empty split.
+  """
+  train, test = Split.of(train), Split.of(test)
+  if isinstance(val, (int, float)) and not isinstance(val, bool):
+    train, val = split_validation(np.asarray(train.images), _labels(train.labels), float(val))
+  val = Split.of(val)
+  splits = {
+    name: Split(np.asarray(s.images, np.float32), _labels(s.labels))
+    for name, s in (("train", train), ("val", val), ("test", test))
+  }
+  shape = splits["train"].images.shape[1:]
+  for name, split in splits.items():
+    if split.images.shape[1:] != shape:
+      raise ValueError(f"{name} images are {split.images.shape[1:]} per sample, train images {shape}: pass one shape")
+    if not len(split.labels):
+      raise ValueError(f"the {name} split is empty")
+  num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
+  if min(int(s.labels.min()) for s in splits.values()) < 0:
+    raise ValueError("labels must be class indices ≥ 0")
+  names = tuple(str(c) for c in range(num_classes)) if class_names is None else tuple(class_names)
+  if len(names) < num_classes:
+    raise ValueError(f"{len(names)} class names for labels up to {num_classes - 1}: give one name per class")
+  identity = Normalisation.identity(shape[-1] if len(shape) else 1)
+  return Dataset(
+    name=ARRAYS,
+    **splits,
+    num_classes=len(names),
+    class_names=names,
+    mean=np.asarray(identity.mean, np.float32),
+    std=np.asarray(identity.std, np.float32),
+    source="arrays",
+    divisor=identity.divisor,
+    kept_splits=dict(KEPT),
+  )
+
+
+def train(
+  model: Factory,
+  *,
+  train: Split,
+  test: Split,
+  val: Union[Split, float] = 0.1,
+  config: Union[QuickNetConfig, ExperimentConfig, None] = None,
+  seeds: Optional[Sequence[int]] = None,
+  workdir: str,
+  log: Callable[[str], None] = print,
+) -> dict:
+  """Trains your network as a QuickNet and as its end-to-end baseline, on your arrays, into `workdir`.
+
+  Args:
+    model: a factory `(input_shape, num_classes, **kwargs) -> MultiExitModel` defined at the top level of
+      a module (`multi_exit_model` builds one from your modules), or `functools.partial(factory, **kwargs)`.
+    train, test: (images, labels) pairs, used as they are (identity normalisation).
+    val: an (images, labels) pair, or the fraction of `train` to hold out (its last rows).
+    config: the QuickNet's settings and schedule (`QuickNetConfig`), or a whole `ExperimentConfig` (exit
+      rule, end-to-end baseline on or off, ...); default: the paper's MLP schedule.
+    seeds: the runs (results are mean ± std over them); default: an `ExperimentConfig`'s seeds, else (0,).
+    workdir: where the run goes; calling again with the same arguments resumes it.
+    log: where progress lines go.
+
+  Returns:
+    The results dict (WORKDIR/results.json): QuickNet and end-to-end accuracy, inference and training
+    FLOPs, exit fractions, per seed and their mean.
+
+  Raises:
+    ValueError: a factory another process could not import, bad arrays, or another run in `workdir`.
+  """
+  factory, kwargs = _factory_and_args(model)
+  name = factory_path(factory)
+  experiment = config if isinstance(config, ExperimentConfig) else ExperimentConfig(quicknet=config or QuickNetConfig())
+  experiment = dataclasses.replace(
+    experiment,
+    data=DataConfig(dataset=ARRAYS),
+    model=ModelConfig(name=name, model_args=json.dumps(kwargs, sort_keys=True) if kwargs else None),
+    seeds=experiment.seeds if seeds is None and isinstance(config, ExperimentConfig) else tuple(seeds or (0,)),
+  )
+  dataset = arrays_dataset(train, test, val)
+  built = factory(tuple(dataset.image_shape), dataset.num_classes, **kwargs)
+  if not isinstance(built, MultiExitModel):
+    raise ValueError(f"{name} returned a {type(built).__name__}, not a MultiExitModel: return multi_exit_model(...)")
+  if parallel.is_writer():
+    os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
+    for split in ("val", "test"):
+      kept = getattr(dataset, split)
+      np.savez(os.path.join(workdir, KEPT[split]), images=kept.images, labels=kept.labels)
+  return train_and_evaluate(experiment, workdir, log=log, dataset=dataset, model=built)
+
+
+def load(workdir: str, seed: Optional[int] = None, blocks: Optional[int] = None) -> TrainedQuickNet:
+  """A trained run read back from its workdir (`workflows.trained.load_trained`): its frozen blocks, with
+  what `predict`, `threshold_for` and `export` need.
+
+  Raises:
+    TrainedRunError: one line naming the fix (no run, no data.json, an unimportable factory, ...).
+  """
+  return load_trained(workdir, seed, blocks)
+
+
+def threshold_for(
+  trained: TrainedQuickNet,
+  *,
+  target_mflops: Optional[float] = None,
+  target_accuracy: Optional[float] = None,
+  target_exit_fraction: Optional[float] = None,
+  log: Callable[[str], None] = print,
+) -> float:
+  """The exit threshold that meets one target on the run's validation split (then measured on its test
+  split and logged): at most `target_mflops` MFLOPs per image (the most accurate such threshold), at least
+  `target_accuracy` (the cheapest), or at least `target_exit_fraction` of the images leaving before the
+  last exit; with no target, the run's own operating threshold.
+
+  Raises:
+    ValueError: more than one target, or a target no threshold meets (the message says what is reachable).
+  """
+  threshold, _ = operating_threshold(trained, None, target_mflops, target_accuracy, target_exit_fraction, log=log)
+  return threshold
+
+
+def export(trained: TrainedQuickNet, out_dir: str, threshold: Optional[float] = None) -> str:
+  """The run's cascade at `threshold` (default: its operating threshold) as a deployable directory that
+  runs with JAX alone (`workflows.export.export_cascade`); returns the manifest's path."""
+  return export_trained(trained, out_dir, trained.threshold() if threshold is None else threshold)
