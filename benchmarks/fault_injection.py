@@ -44,6 +44,7 @@ from typing import Optional
 import numpy as np
 
 from quicknets_jax.data import idx
+from quicknets_jax.workflows.workdir import is_wall_clock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_FLAGS = os.path.join(ROOT, "experiments", "configs", "fashion_mnist_smoke.flags")
@@ -110,11 +111,17 @@ def _started(log_path: str, offset: int) -> bool:
     return any(line.startswith(b"data: ") for line in f)
 
 
+def _finished(name: str) -> Optional[int]:
+  """The step a finished checkpoint is named by: a frozen block's orbax directory `<j>`, or an epoch's
+  file `<e>.npz` (ones still being written are `<j>.orbax-checkpoint-tmp...` and `<e>.npz.tmp`)."""
+  stem = name[: -len(".npz")] if name.endswith(".npz") else name
+  return int(stem) if stem.isdigit() else None
+
+
 def has_checkpoint(workdir: str) -> bool:
-  """Whether some orbax manager under `workdir` (`*_checkpoints/...`) holds a finished step: a directory
-  named by its number (one still being written is `<step>.orbax-checkpoint-tmp...`)."""
-  for parent, dirs, _ in os.walk(workdir):
-    if "checkpoints" in os.path.relpath(parent, workdir) and any(d.isdigit() for d in dirs):
+  """Whether some checkpoint under `workdir` (`*_checkpoints/...`) is finished."""
+  for parent, dirs, files in os.walk(workdir):
+    if "checkpoints" in os.path.relpath(parent, workdir) and any(_finished(n) is not None for n in dirs + files):
       return True
   return False
 
@@ -126,7 +133,8 @@ def disk_state(workdir: str) -> str:
     base = os.path.join(workdir, seed_dir)
 
     def steps(path):
-      return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
+      names = os.listdir(path) if os.path.isdir(path) else []
+      return sorted(step for step in map(_finished, names) if step is not None)
 
     blocks = steps(os.path.join(base, "quicknet_checkpoints"))
     if blocks:
@@ -245,9 +253,9 @@ def _stop_once(
 
 
 def untimed(obj):
-  """`obj` without wall-clock fields ("seconds" in the key), which differ between any two runs."""
+  """`obj` without wall-clock fields (`workdir.is_wall_clock`: seconds, rates), which differ between any two runs."""
   if isinstance(obj, dict):
-    return {k: untimed(v) for k, v in obj.items() if "seconds" not in k}
+    return {k: untimed(v) for k, v in obj.items() if not is_wall_clock(k)}
   if isinstance(obj, list):
     return [untimed(v) for v in obj]
   return obj
@@ -257,7 +265,7 @@ def saved_arrays(workdir: str) -> dict:
   """Every parameter array a finished run leaves: {"<seed dir>/<checkpoint>/<path>": array}.
 
   The frozen blocks' variables (quicknet_checkpoints/<j>/variables) and the newest FitState of the
-  end-to-end fit (end_to_end_checkpoints/<epoch>/state: params, Adam moments, best params).
+  end-to-end fit (end_to_end_checkpoints/<epoch>.npz: params, Adam moments, best params).
   """
   import jax
   import orbax.checkpoint as ocp
@@ -277,10 +285,11 @@ def saved_arrays(workdir: str) -> dict:
       else []
     )
     e2e = os.path.join(base, "end_to_end_checkpoints")
-    if os.path.isdir(e2e):
-      steps = sorted(int(s) for s in os.listdir(e2e) if s.isdigit())
-      if steps:
-        items.append((f"{seed_dir}/end_to_end", os.path.join(e2e, str(steps[-1]), "state")))
+    steps = sorted(s for s in map(_finished, os.listdir(e2e)) if s is not None) if os.path.isdir(e2e) else []
+    if steps:
+      with np.load(os.path.join(e2e, f"{steps[-1]}.npz")) as f:
+        paths = json.loads(str(f["meta"]))["paths"]
+        out.update({f"{seed_dir}/end_to_end{path}": np.asarray(f[f"a{i}"]) for i, path in enumerate(paths)})
     for name, path in items:
       tree = checkpointer.restore(path)
       for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:

@@ -14,6 +14,7 @@ from experiments.flags import config_from_flags as _from_flags
 from experiments.flags import define_config_flags, fail, one_line_errors, resume_command, start_process
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.datasets import CLASS_NAMES
+from quicknets_jax.models.registry import is_factory_path, resolve_factory
 from quicknets_jax.models.xla_check import flops_check
 from quicknets_jax.training import parallel
 from quicknets_jax.workflows.experiment import train_and_evaluate
@@ -41,8 +42,9 @@ def define_flags(dataset: str, flops_check: bool = False) -> None:
   flags.DEFINE_bool(
     "distributed",
     False,
-    "Multi-host (e.g. a TPU pod slice): call "
-    "jax.distributed.initialize() first; the mesh then spans every host's devices.",
+    "Multi-host (e.g. a TPU pod slice): call jax.distributed.initialize() first; the mesh then spans every "
+    "host's devices. Training runs in a child process, so that a dead peer or an unreachable coordinator ends "
+    "this one with a line (jax's own report: WORKDIR/process_<id>.log).",
   )
   flags.DEFINE_string(
     "coordinator_address",
@@ -161,6 +163,11 @@ def _run() -> None:
         resume_command(),
       )
     )
+  if is_factory_path(config.model.name):  # before any data is read: an unimportable factory is one line now
+    try:
+      resolve_factory(config.model.name)
+    except ValueError as e:
+      fail(str(e))
   mesh = devices_from_flags()
   with one_line_errors(stderr_log) as log, parallel.data_parallel(mesh):
     train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)

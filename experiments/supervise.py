@@ -160,24 +160,26 @@ class _Watch:
       self.partial = b""
 
 
-def dead_processes(diagnostics: str, own_id: int) -> list:
-  """The ids of the other processes jax's diagnostics say died: those "unhealthy (stopped sending
-  heartbeats)", or process 0 when this one lost the coordinator it hosts ("the leader task")."""
+def dead_processes(diagnostics: str, own_id: int) -> tuple:
+  """(the ids of the other processes jax's diagnostics say died, how it knows): those "unhealthy
+  (stopped sending heartbeats)", or process 0 when the coordinator it hosts stopped answering ("the
+  leader task"); ([], "") when they name none."""
   found = re.search(r"unhealthy \(stopped sending heartbeats\):\s*((?:\S*?\d+\s*)+)", diagnostics)
   if found:
     ids = {int(i) for i in re.findall(r"(?:task:)?(\d+)(?=\s|$)", found.group(1))}
-    return sorted(ids - {own_id})
+    return sorted(ids - {own_id}), "it stopped sending heartbeats"
   if "leader task was preempted/died" in diagnostics and own_id != 0:
-    return [0]
-  return []
+    return [0], "the coordinator it hosts stopped answering"
+  return [], ""
 
 
 def unreachable_line(address: Optional[str], process_id: int, num_processes: int, timeout: float) -> str:
   """The line for a coordinator not reached (or, on process 0, peers that never joined) in time."""
   if process_id == 0:
+    others = "process 1" if num_processes == 2 else f"processes 1..{num_processes - 1}"
     return (
       f"error: process 0 of {num_processes} hosts the coordinator at {address}, but the other processes did not "
-      f"all join within {timeout:g} s: start processes 1..{num_processes - 1} with --coordinator_address={address} "
+      f"all join within {timeout:g} s: start {others} with --coordinator_address={address} "
       "(an address of this host they can reach), or raise --coordinator_timeout"
     )
   return (
@@ -188,13 +190,20 @@ def unreachable_line(address: Optional[str], process_id: int, num_processes: int
 
 
 def stopped_line(
-  dead: list, process_id: int, num_processes: int, returncode: int, last: Optional[str], log_path: str, command: str
+  diagnostics: str,
+  process_id: int,
+  num_processes: int,
+  returncode: int,
+  last: Optional[str],
+  log_path: str,
+  command: str,
 ) -> str:
-  """The line for a child that died after connecting: which process died, where this one was, and how
-  to resume."""
+  """The line for a child that died after connecting: which process died (from jax's `diagnostics`),
+  where this one was, and how to resume."""
+  dead, why = dead_processes(diagnostics, process_id)
   if dead:
     names = ", ".join(map(str, dead))
-    what = f"process {names} of {num_processes} died (it stopped sending heartbeats), so process {process_id} stopped"
+    what = f"process {names} of {num_processes} died ({why}), so process {process_id} stopped"
   elif returncode < 0:
     what = f"process {process_id} of {num_processes} was ended by {signal.Signals(-returncode).name}"
   else:
@@ -237,28 +246,32 @@ def run(
   _append(log_path, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n".encode())
   messages_r, messages_w = os.pipe()
   diagnostics_r, diagnostics_w = os.pipe()
-  child = subprocess.Popen(
-    _child_command(),
-    stderr=diagnostics_w,
-    pass_fds=(messages_w,),
-    env={**os.environ, CHILD_ENV: f"{messages_w}:{os.getpid()}"},
-    start_new_session=True,  # a Ctrl-C at the terminal reaches the parent only, which passes it on once
-  )
-  os.close(messages_w)
-  os.close(diagnostics_w)
-  received = []
+  received, children = [], []
   watch = _Watch(log_path)
 
   def forward(signum, frame):
     received.append(signum)
-    try:  # before it has connected, the child is not yet where a signal ends it with its line
-      child.send_signal(signum) if watch.connected else child.kill()
-    except ProcessLookupError:
-      pass
+    for child in children:  # before it has connected, a signal would not end the child with its line
+      try:
+        child.send_signal(signum) if watch.connected else child.kill()
+      except ProcessLookupError:
+        pass
 
   previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-  timed_out = False
   try:
+    child = subprocess.Popen(
+      _child_command(),
+      stderr=diagnostics_w,
+      pass_fds=(messages_w,),
+      env={**os.environ, CHILD_ENV: f"{messages_w}:{os.getpid()}"},
+      start_new_session=True,  # a Ctrl-C at the terminal reaches the parent only, which passes it on once
+    )
+    children.append(child)
+    if received:  # it came while the child was being started
+      child.kill()
+    os.close(messages_w)
+    os.close(diagnostics_w)
+    timed_out = False
     selector = selectors.DefaultSelector()
     selector.register(messages_r, selectors.EVENT_READ, watch.messages)
     selector.register(diagnostics_r, selectors.EVENT_READ, watch.diagnostic)
@@ -285,10 +298,10 @@ def run(
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  return _conclude(watch, code, received, timed_out, address, pid, n, timeout, log_path, command)
+  return _conclude(watch, code, received, address, pid, n, timeout, log_path, command)
 
 
-def _conclude(watch, code, received, timed_out, address, pid, n, timeout, log_path, command) -> int:
+def _conclude(watch, code, received, address, pid, n, timeout, log_path, command) -> int:
   """The exit status the parent ends with, after the line the child did not write itself."""
   if code == 0:
     return 0
@@ -310,8 +323,7 @@ def _conclude(watch, code, received, timed_out, address, pid, n, timeout, log_pa
   elif own:
     status = code if code > 0 else 1
   elif watch.connected and (code < 0 or "Terminating process" in diagnostics):
-    dead = dead_processes(diagnostics, pid)
-    line, status = stopped_line(dead, pid, n, code, watch.last, log_path, command), 1
+    line, status = stopped_line(diagnostics, pid, n, code, watch.last, log_path, command), 1
   else:  # the child's own failure (a bug): its traceback, as an unsupervised run would show it
     for held in watch.held:
       print(held, file=sys.stderr)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
+from quicknets_jax.workflows.workdir import is_wall_clock
+
 # Keys whose values are wall-clock measurements or describe the machine, not results.
 TIMING_KEYS = frozenset(
   {
@@ -31,7 +33,7 @@ def compare(before, after, path: str = "") -> tuple[list, list]:
   differences, added = [], []
   if isinstance(before, dict) and isinstance(after, dict):
     for key in list(before) + [k for k in after if k not in before]:
-      if key in TIMING_KEYS or "seconds" in key or "per_second" in key:  # compile_seconds, flops_per_second, ...
+      if is_wall_clock(key):  # compile_seconds, flops_per_second_by_phase, the machine line, ...
         continue
       where = f"{path}/{key}"
       if key not in after:

@@ -111,8 +111,10 @@ def _files(directory):
 
 
 def _disk_full(monkeypatch_target):
-  """Makes every text write orbax does (metadata, JSON) fail as on a full disk."""
+  """Makes every text write orbax does (metadata, JSON) and every epoch file's write fail as on a full disk."""
   from etils import epath
+
+  from quicknets_jax.training import checkpoint
 
   cls = type(epath.Path(tempfile.gettempdir()))
 
@@ -120,6 +122,7 @@ def _disk_full(monkeypatch_target):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
   monkeypatch_target.setattr(cls, "write_text", full)
+  monkeypatch_target.setattr(checkpoint.np, "savez", lambda f, **arrays: full(getattr(f, "name", "?")))
 
 
 # --- data files ----------------------------------------------------------------------------------
@@ -291,9 +294,9 @@ def truncated_block_checkpoint(tmp, blobs, interrupted, mp):
 @case("truncated per-epoch checkpoint inside a block", CheckpointError, "block 1: checkpoint of epoch 1")
 def truncated_epoch_checkpoint(tmp, blobs, interrupted, mp):
   directory = _copy(interrupted, tmp)
-  for f in _files(os.path.join(directory, "in_progress", "block_1", "1", "state")):
-    with open(f, "r+b") as out:
-      out.truncate(os.path.getsize(f) // 2)
+  f = os.path.join(directory, "in_progress", "block_1", "1.npz")
+  with open(f, "r+b") as out:
+    out.truncate(os.path.getsize(f) // 2)
   _resume(directory, blobs)
 
 

@@ -122,7 +122,7 @@ def test_one_compiled_epoch_serves_every_fit_with_equal_settings(blobs):
     params, state = split_variables(model.init(jax.random.PRNGKey(seed))[0])
     objective = Objective(losses.BlockLoss(model.blocks[0], learned_threshold=0.321))
     fit(objective, params, state, data, config, jax.random.PRNGKey(seed))
-    return trainer.epoch_on_device._cache_size(), trainer.evaluate_on_device._cache_size()
+    return trainer._steps_on_device._cache_size(), trainer.evaluate_on_device._cache_size()
 
   first = one_fit(0)
   assert one_fit(1) == first

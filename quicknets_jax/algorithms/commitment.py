@@ -87,14 +87,14 @@ def train_commitment_head(
   # blocks with different subnets then share one compiled epoch.
   params = {COMMIT: variables["params"][COMMIT]}
   objective = Objective(
-    losses.CommitmentLoss(block, config.compute_dtype),
-    hparams=(jnp.float32(positive_weight), jnp.float32(negative_weight)),
+    losses.CommitmentLoss.of(block, config.compute_dtype),
+    hparams=(device_array(np.float32(positive_weight)), device_array(np.float32(negative_weight))),
   )
   rows, val_rows = pad_to or (bucket_size(n), bucket_size(len(val_correct)))
   data = FitData(
     Split(pad_rows(features, rows), pad_rows(correct, rows)),
     Split(pad_rows(val_features, val_rows), pad_rows(val_correct, val_rows)),
-    rows=jnp.arange(n, dtype=jnp.int32),
+    rows=device_array(np.arange(n, dtype=np.int32)),
     row_classes=correct,
     num_classes=2,
     num_val=len(val_correct),
@@ -145,7 +145,7 @@ def train_commitment_heads(
   """
   start = time.perf_counter()
   train, val = Split.of(train), Split.of(val)
-  labels, val_labels = jnp.asarray(train.labels), jnp.asarray(val.labels)
+  labels, val_labels = device_array(train.labels), device_array(val.labels)
   x, val_x = device_array(train.images), device_array(val.images)
   n, n_val = int(labels.shape[0]), int(val_labels.shape[0])
   new_variables, records, total_flops = [], [], 0.0

@@ -80,8 +80,8 @@ def fit_whole_network(
   params, state = split_blocks(model.init(rng.stream(key, rng.Stream.INIT)))
   n, n_val = len(train.labels), len(val.labels)
   fit_data = FitData.whole(
-    Split(device_array(train.images), jnp.asarray(train.labels)),
-    Split(device_array(val.images), jnp.asarray(val.labels)),
+    Split(device_array(train.images), device_array(train.labels)),
+    Split(device_array(val.images), device_array(val.labels)),
     model.num_classes,
   )
   name = phase.replace("_", "-")

@@ -21,10 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from quicknets_jax.algorithms import forward
+from quicknets_jax.algorithms import decoupled, forward
 from quicknets_jax.algorithms.commitment import train_commitment_head
 from quicknets_jax.algorithms.finetune import finetune_quicknet
 from quicknets_jax.algorithms.settings import QuickNetConfig
@@ -35,6 +34,7 @@ from quicknets_jax.data.streaming import device_array, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask, split_blocks, split_variables
 from quicknets_jax.training import losses, timing
 from quicknets_jax.training.checkpoint import BlockCheckpointer
+from quicknets_jax.training.compilation import CompileMeter
 from quicknets_jax.training.events import BlockFrozen, Events, InPhase
 from quicknets_jax.training.trainer import FitData, FitHooks, FitState, Objective, bucket_size, fit, pad_rows
 
@@ -75,6 +75,8 @@ class QuickNetRun:
   variables: list
   records: list
   finetune: Optional[dict] = None  # QuickNet+ joint fine-tuning: epochs, flops by part, seconds
+  schedule: str = "sequential"  # or "decoupled" (`decoupled.train_decoupled`)
+  phase_seconds: Optional[dict] = None  # the run's seconds by phase, where blocks did not train apart
 
   @property
   def num_trained_blocks(self) -> int:
@@ -216,8 +218,8 @@ def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSet
   draws = num_train if config.epoch_draws == "full" and j > 0 else None
   # blocks after the first are padded to the full split's bucket: they share one compiled epoch
   common = dict(
-    rows=jnp.asarray(train_idx[fit_pos], jnp.int32),
-    row_classes=jnp.asarray(labels_j[fit_pos]),
+    rows=device_array(train_idx[fit_pos], np.int32),
+    row_classes=device_array(labels_j[fit_pos]),
     num_classes=model.num_classes,
     epoch_draws=draws,
     bucket=bucket_size(num_train) if j > 0 else None,
@@ -226,8 +228,8 @@ def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSet
   if cached and j == 0:  # block 0 reads the images themselves through the index array: no copy
     train_features = take(train.images, train_idx)
     data = FitData(
-      Split(device_array(train.images), jnp.asarray(train.labels)),
-      Split(device_array(val_features), jnp.asarray(val_labels_j)),
+      Split(device_array(train.images), device_array(train.labels)),
+      Split(device_array(val_features), device_array(val_labels_j)),
       **common,
     )
     objective = Objective(losses.BlockLoss(model.blocks[j], augment, learned_threshold, dtype))
@@ -239,14 +241,14 @@ def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSet
     data = FitData(
       Split(pad_rows(train_features, rows), pad_rows(labels_j, rows)),
       Split(pad_rows(val_features, val_rows), pad_rows(val_labels_j, val_rows)),
-      **dict(common, rows=jnp.asarray(fit_pos)),
+      **dict(common, rows=device_array(fit_pos)),
       num_val=len(val_idx),
     )
     objective = Objective(losses.BlockLoss(model.blocks[j], None, learned_threshold, dtype))
   else:
     data = FitData(
-      Split(device_array(train.images), jnp.asarray(train.labels)),
-      Split(device_array(take(val.images, val_idx)), jnp.asarray(val_labels_j)),
+      Split(device_array(train.images), device_array(train.labels)),
+      Split(device_array(take(val.images, val_idx)), device_array(val_labels_j)),
       **common,
     )
     frozen_params, frozen_state = split_blocks(frozen)
@@ -281,7 +283,8 @@ class Committed(NamedTuple):
   probs_train: np.ndarray  # its exit's probabilities
   probs_val: np.ndarray
   positive_rate: float  # the fraction of the head's training rows on which the exit was right
-  outputs_seconds: float  # computing what the head learns from (the block's outputs on T_j and V_j)
+  outputs_seconds: float  # computing what the head learns from (the block's outputs on T_j and V_j)...
+  outputs_compile_seconds: float  # ...of which compiling
 
 
 def fit_commitment_head(
@@ -292,12 +295,12 @@ def fit_commitment_head(
   j, block, eval_bs = inputs.j, task.model.blocks[inputs.j], task.config.fit.eval_batch_size
   variables = {"params": fitted.best_params, **fitted.best_model_state}
   train_features = inputs.train_features
-  if train_features is None:  # not cached: the prefix runs once more, for T_j
-    train_features = forward.prefix_features(
-      task.model, frozen, task.train.images, inputs.working.train_idx, j, eval_bs
-    )
-  h_train, probs_train, _ = forward.block_outputs(block, variables, train_features, eval_bs)
-  h_val, probs_val, _ = forward.block_outputs(block, variables, inputs.val_features, eval_bs)
+  with CompileMeter() as compiled:
+    if train_features is None:  # not cached: the prefix runs once more, for T_j
+      train_idx = inputs.working.train_idx
+      train_features = forward.prefix_features(task.model, frozen, task.train.images, train_idx, j, eval_bs)
+    h_train, probs_train, _ = forward.block_outputs(block, variables, train_features, eval_bs)
+    h_val, probs_val, _ = forward.block_outputs(block, variables, inputs.val_features, eval_bs)
   correct_train = (np.argmax(probs_train, -1) == inputs.labels).astype(np.int32)
   correct_val = (np.argmax(probs_val, -1) == inputs.val_labels).astype(np.int32)
   pos = inputs.commit_pos
@@ -316,7 +319,9 @@ def fit_commitment_head(
   )
   variables = {"params": result.best_params, **fitted.best_model_state}
   positive_rate = int(correct_train[pos].sum()) / len(pos)
-  return Committed(variables, result, h_train, h_val, probs_train, probs_val, positive_rate, outputs_seconds)
+  return Committed(
+    variables, result, h_train, h_val, probs_train, probs_val, positive_rate, outputs_seconds, compiled.seconds
+  )
 
 
 class Learned(NamedTuple):
@@ -383,7 +388,8 @@ def train_block(
   block_ckpt = checkpointer.fit_checkpointer("block", j) if checkpointer is not None else None
   commit_ckpt = checkpointer.fit_checkpointer("commitment", j) if checkpointer is not None else None
   fit_key, commit_key = jax.random.split(key)
-  inputs = block_inputs(task, j, frozen, working, key)
+  with CompileMeter() as inputs_compiled:
+    inputs = block_inputs(task, j, frozen, working, key)
   inputs_seconds = time.perf_counter() - start
 
   def spent(stage, **progress):
@@ -420,12 +426,18 @@ def train_block(
     ),
   )
   selecting = time.perf_counter()
-  learned = select_learned(task, inputs, committed, key)
+  with CompileMeter() as selection_compiled:
+    learned = select_learned(task, inputs, committed, key)
   selection_seconds = time.perf_counter() - selecting
   n_train = len(working.train_idx)
   seconds = time.perf_counter() - start + sum(c.resumed_seconds for c in (block_ckpt, commit_ckpt) if c)
+  features_compile = inputs_compiled.seconds + committed.outputs_compile_seconds
   phases = timing.add(
-    dict(feature_cache=inputs_seconds + committed.outputs_seconds, selection=selection_seconds),
+    dict(
+      feature_cache=inputs_seconds + committed.outputs_seconds - features_compile,
+      selection=selection_seconds - selection_compiled.seconds,
+      compile=features_compile + selection_compiled.seconds,
+    ),
     timing.fit_seconds(fitted.history, "block_"),
     timing.fit_seconds(committed.commit_state.history, "commit_"),
   )
@@ -484,6 +496,8 @@ def train_quicknet(
     The trained blocks' variables and each block's record (`QuickNetRun`).
   """
   train, val = Split.of(train), Split.of(val)
+  if config.schedule == "decoupled":
+    return _decoupled_quicknet(model, train, val, config, seed, checkpointer=checkpointer, log=log, events=events)
   key = rng.seed_key(seed)
   task = Task(model, train, val, config, model.init(rng.stream(key, rng.Stream.INIT)), checkpointer, log, events)
   working = WorkingSets(np.arange(len(train.labels), dtype=np.int32), np.arange(len(val.labels), dtype=np.int32))
@@ -542,3 +556,90 @@ def restore(task: Task, working: WorkingSets) -> tuple[list, list, WorkingSets]:
     for record, block_vars, (train_left, val_left) in zip(records, variables, sizes):
       events.block_frozen(BlockFrozen(record, block_vars, train_left, val_left, restored=True))
   return variables, records, working
+
+
+def _decoupled_quicknet(
+  model, train: Split, val: Split, config: QuickNetConfig, seed: int, *, checkpointer, log, events
+):
+  """`train_quicknet` under `config.schedule == "decoupled"`: every block at once (`decoupled`), then the
+  blocks frozen as the sequential schedule freezes them, each with its record, so that what reads a run
+  (results, predict, export) reads this one alike."""
+  init = model.init(rng.stream(rng.seed_key(seed), rng.Stream.INIT))
+  frozen_before = len(checkpointer.restore(init)[0]) if checkpointer is not None else 0
+  fit_checkpoint = checkpointer.fit_checkpointer("decoupled", 0) if checkpointer is not None else None
+  variables, state, flops, seconds = decoupled.train_decoupled(
+    model, train, val, config, seed, checkpoint=fit_checkpoint, log=log, events=events
+  )
+  records, sets = _decoupled_records(model, variables, state, flops, seconds, (train, val), config)
+  for j, (block_vars, record) in enumerate(zip(variables, records)):
+    if j >= frozen_before and checkpointer is not None:
+      checkpointer.save(j, block_vars, dataclasses.asdict(record), *sets[j + 1])
+    if events is not None:
+      events.block_frozen(BlockFrozen(record, block_vars, *map(len, sets[j + 1]), restored=j < frozen_before))
+  if fit_checkpoint is not None:
+    fit_checkpoint.close()
+  phases = timing.with_other(timing.fit_seconds(state.history, "block_"), seconds)
+  log(
+    f"decoupled: {state.epoch} epochs, every block frozen; {sum(r.training_flops for r in records):.3g} FLOPs, {seconds:.1f}s"
+  )
+  return QuickNetRun(variables, records, schedule="decoupled", phase_seconds=phases)
+
+
+def _decoupled_records(model, variables, state, flops, seconds: float, data, config: QuickNetConfig):
+  """A `BlockRecord` per block of a decoupled run, and the working sets T_j, V_j (j = 0..E) its final blocks
+  give: the samples no earlier block learns. The passes over the splits that find them are bookkeeping
+  (like the records), not training: their time is not in `seconds`."""
+  train, val = data
+  rule = (config.train_threshold, config.learned_commit_logit())
+  eval_bs = config.fit.eval_batch_size
+  outputs = [forward.all_exit_outputs(model, variables, split.images, eval_bs) for split in (train, val)]
+  sets = [WorkingSets(np.arange(len(train.labels), dtype=np.int32), np.arange(len(val.labels), dtype=np.int32))]
+  learned_counts, positive_rates, class_counts = [], [], []
+  for j in range(model.num_blocks):
+    masks = []
+    for (probs, commits), split, rows in zip(outputs, (train, val), sets[-1]):
+      labels = np.asarray(split.labels)[rows]
+      masks.append(learned_mask(np.asarray(probs[j])[rows], np.asarray(commits[j])[rows], labels, *rule))
+      if split is train:
+        correct = np.argmax(np.asarray(probs[j])[rows], -1) == labels
+        positive_rates.append(float(correct.mean()) if len(rows) else 0.0)
+        class_counts.append(np.bincount(labels, minlength=model.num_classes).tolist())
+    learned_counts.append((int(masks[0].sum()), int(masks[1].sum())))
+    sets.append(WorkingSets(*(rows[~m].astype(np.int32) for rows, m in zip(sets[-1], masks))))
+  total = sum(costs.total(f) for f in flops) or 1.0
+  records = []
+  for j in range(model.num_blocks):
+    active = [r["active"][j] for r in state.history]
+    parts = dict.fromkeys(costs.QUICKNET_BLOCK_PARTS, 0.0)
+    parts.update(flops[j])
+    history = [
+      dict(
+        epoch=r["epoch"],
+        train_loss=r["train_loss"],
+        train_accuracy=r["train_accuracy"],
+        val_loss=r["val_loss_per_block"][j],
+        learning_rate=r["learning_rate_per_block"][j],
+        seconds=r["seconds"],
+      )
+      for r, a in zip(state.history, active)
+      if a
+    ]
+    records.append(
+      BlockRecord(
+        block=j,
+        train_samples=len(sets[j].train_idx),
+        val_samples=len(sets[j].val_idx),
+        class_counts=class_counts[j],
+        epochs=int(sum(active)),
+        best_epoch=state.schedules[j].best_epoch,
+        commit_epochs=int(sum(active)),  # the heads train alongside their blocks
+        learned=learned_counts[j][0],
+        val_learned=learned_counts[j][1],
+        positive_rate=positive_rates[j],
+        flops=parts,
+        seconds=seconds * costs.total(flops[j]) / total,  # one clock for all: shared by FLOPs
+        history=history,
+        commit_history=[],
+      )
+    )
+  return records, sets

@@ -14,6 +14,8 @@ from quicknets_jax.training.schedule import FitConfig
 BUDGETS = ("val_loss", "learned_set")
 EPOCH_DRAWS = ("working_set", "full")
 COMMIT_BALANCES = ("weighted", "sampled")
+SCHEDULES = ("sequential", "decoupled")
+REFRESHES = ("step", "epoch")
 
 
 def commitment_schedule(fit_config: FitConfig) -> FitConfig:
@@ -85,6 +87,24 @@ class QuickNetConfig:
     "(the authors': drawn with equal total probability).",
     choices=COMMIT_BALANCES,
   )
+  schedule: str = option(
+    "sequential",
+    "sequential: Algorithm 1, one block after another, each frozen before the next starts; decoupled: every "
+    "block trains from the first epoch on its own losses, the input of each stop-gradiented, each on the samples "
+    "earlier blocks do not learn under their current parameters (the paper's future work).",
+    choices=SCHEDULES,
+  )
+  decoupled_refresh: str = option(
+    "step",
+    "With --schedule=decoupled: when the learned rule is decided — every step (by the step's own forward pass) "
+    "or at the start of every epoch (one more forward pass over the training split).",
+    choices=REFRESHES,
+  )
+  pipeline_stages: int = option(
+    1,
+    "With --schedule=decoupled: run the blocks as this many pipeline stages, one device each (1: no pipeline).",
+    lower=1,
+  )
   learned_commit_prob: float = option(
     0.5,
     "A learned sample's commitment probability sigmoid(d) must exceed this "
@@ -119,6 +139,20 @@ class QuickNetConfig:
       raise ValueError(f"commit_balance must be one of {', '.join(COMMIT_BALANCES)}, got {self.commit_balance!r}")
     if not 0 < self.learned_commit_prob < 1:
       raise ValueError(f"learned_commit_prob must be in (0, 1), got {self.learned_commit_prob}")
+    if self.pipeline_stages > 1 and self.schedule != "decoupled":
+      raise ValueError("--pipeline_stages pipelines the decoupled schedule: add --schedule=decoupled")
+    if self.schedule == "decoupled":
+      levers = dict(
+        commit_holdout=self.commit_holdout > 0,
+        keep_learned=self.keep_learned > 0,
+        finetune_epochs=self.finetune_epochs > 0,
+        budget=self.budget != "val_loss",
+        epoch_draws=self.epoch_draws != "working_set",
+        commit_balance=self.commit_balance != "weighted",
+      )
+      if any(levers.values()):
+        used = ", ".join(f"--{name}" for name, on in levers.items() if on)
+        raise ValueError(f"{used} apply to the sequential schedule only: drop them, or use --schedule=sequential")
     if self.fit.augment and self.cache_features:
       raise ValueError(
         "augment needs --nocache_features: cached features are computed once, without "

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from absl import flags
 
@@ -165,9 +165,12 @@ def is_streamed(x) -> bool:
   return isinstance(x, StreamedImages)
 
 
-def device_array(images):
-  """`jnp.asarray(images)`, except that a streamed view stays a view (the trainer streams it)."""
-  return images if is_streamed(images) else jnp.asarray(images)
+def device_array(images, dtype=None):
+  """`images` on the default device (a device array stays as it is; a streamed view stays a view: the
+  trainer streams it). `jax.device_put`, not `jnp.asarray`: the latter compiles a program per new shape."""
+  if is_streamed(images) or (isinstance(images, jax.Array) and dtype in (None, images.dtype)):
+    return images
+  return jax.device_put(np.asarray(images, dtype))
 
 
 def take(images, rows):

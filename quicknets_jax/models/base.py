@@ -147,8 +147,9 @@ class Block(nn.Module):
   def commit(self, features):
     return self.commit_head(self.commit_inputs(features))
 
-  def commit_inputs(self, features):
+  def commit_inputs(self, features, train: bool = False):
     """What the commitment head reads: the features, or the exit's logits on them (inference mode)."""
+    del train  # the exit runs in inference mode here: it is trained through its own loss
     return call_part(self.exit_head, features, False) if self._reads_logits else features
 
   def commit_from_inputs(self, inputs, train: bool = False):

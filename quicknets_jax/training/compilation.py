@@ -24,9 +24,10 @@ COMPILE_EVENTS = (
   "/jax/core/compile/backend_compile_duration",
 )
 _HIT, _MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
-# Programs that compile faster than this are not written to the cache (jax's default is 1 s; most of a
-# small run's compile time is in programs of 0.2–1 s, e.g. the commitment heads' epochs).
-MIN_COMPILE_SECONDS = 0.2
+# Programs that compile faster than this are not written to the cache (jax's default is 1 s). Every
+# program is kept: a QuickNet compiles dozens of small ones (each block's forward passes, its commitment
+# head's epoch), each a fraction of a second, which together are seconds of every rerun.
+MIN_COMPILE_SECONDS = 0.0
 CACHE_WORDS = ("auto", "none")
 
 
@@ -66,7 +67,7 @@ def cache_dir() -> Optional[str]:
   return jax.config.jax_compilation_cache_dir or None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: meters nest, and two open ones may hold equal counts
 class CompileMeter:
   """Compile seconds and cache hits/misses seen while it is open (`with CompileMeter() as meter:`).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ import optax
 
 from quicknets_jax.core import exits
 from quicknets_jax.data.augment import augment as augment_images
-from quicknets_jax.models.base import Block, MultiExitModel, run_block
+from quicknets_jax.models.base import COMMIT, Block, MultiExitModel, cast_floating, run_block
 
 
 def augment_inputs(augment: Optional[str], x, rng, train):
@@ -112,18 +113,30 @@ class CommitmentLoss:
   """Weighted binary CE of the commitment logit against "the exit was right" (targets in {0, 1}), on the
   head's own inputs (`Block.commit_inputs` of the frozen block's features).
 
-  `hparams` = (positive weight, negative weight) balances the classes (most targets are 1); they are
-  traced, so every block's commitment head shares one compiled epoch. `correct` reports whether the
-  sign of the logit matches the target.
+  Only the head is part of the loss (its params are `params["commit_head"]`), so heads of the same
+  shape — the logits heads of every block, a block's head in every seed — are equal losses and share
+  one compiled epoch. `hparams` = (positive weight, negative weight) balances the classes (most targets
+  are 1); they are traced, so heads that differ only in them share it too. `correct` reports whether
+  the sign of the logit matches the target.
   """
 
-  block: Block
+  head: nn.Module
   compute_dtype: Optional[str] = None
+
+  @classmethod
+  def of(cls, block: Block, compute_dtype: Optional[str] = None) -> CommitmentLoss:
+    """The commitment loss of `block`'s head."""
+    return cls(block.commit_head, compute_dtype)
 
   def __call__(self, params, state, features, target, rng, train, hparams):
     del rng, train
     positive_weight, negative_weight = hparams
-    logit, _ = run_block(self.block, params, state, features, False, Block.commit_from_inputs, self.compute_dtype)
+    head_params, x = params[COMMIT], features
+    if self.compute_dtype is not None:
+      head_params, x = cast_floating(head_params, self.compute_dtype), jnp.asarray(x).astype(self.compute_dtype)
+    logit = self.head.apply({"params": head_params}, x)
+    if self.compute_dtype is not None:
+      logit = logit.astype(jnp.float32)
     target = target.astype(jnp.float32)
     weights = jnp.where(target > 0.5, positive_weight, negative_weight)
     losses = weights * optax.sigmoid_binary_cross_entropy(logit, target)

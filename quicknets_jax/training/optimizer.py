@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -77,7 +77,11 @@ class Adam:
         jax.tree.map(lambda _, __: None, params, self.trainable.tree())
       except ValueError as e:
         raise ValueError(f"the trainable mask does not have the structure of the params: {e}") from None
-    return with_learning_rate(self.transform().init(params), learning_rate)
+    # Adam's moments and counts start at zero: made on the host and put on the device, which compiles
+    # nothing (optax's eager init compiles a small program per new parameter shape)
+    shapes = jax.eval_shape(self.transform().init, params)
+    zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), shapes)
+    return with_learning_rate(zeros, learning_rate)
 
 
 def learning_rate_of(opt_state: optax.OptState) -> jax.Array:
@@ -87,5 +91,47 @@ def learning_rate_of(opt_state: optax.OptState) -> jax.Array:
 
 def with_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.OptState:
   """`opt_state` with its learning rate set to `learning_rate` (as float32, what the step applies)."""
-  hyperparams = dict(opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+  # put, not jnp.asarray: a device array from host data compiles nothing
+  hyperparams = dict(opt_state.hyperparams, learning_rate=jax.device_put(np.float32(learning_rate)))
   return opt_state._replace(hyperparams=hyperparams)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockwiseAdam:
+  """Adam per block of a list-of-blocks params tree, each block with its own learning rate (its own
+  plateau schedule), the frozen ones untouched: the optimizer of blocks that train side by side.
+
+  Attributes:
+    frozen: one flag per block; a frozen block's params get no update (and its gradients are never
+      computed: the mask is static).
+    weight_decay: as `Adam`'s.
+  """
+
+  frozen: tuple[bool, ...]
+  weight_decay: float = 0.0
+
+  def transform(self) -> optax.GradientTransformation:
+    """optax's multi_transform of one `Adam` (learning rate in its state) per block."""
+    transforms = {f"block_{j}": Adam(None, self.weight_decay).transform() for j in range(len(self.frozen))}
+    transforms["frozen"] = optax.set_to_zero()
+    return optax.multi_transform(transforms, self._labels)
+
+  def _labels(self, params):
+    return [
+      jax.tree.map(lambda _: "frozen" if f else f"block_{j}", p) for j, (p, f) in enumerate(zip(params, self.frozen))
+    ]
+
+  def init(self, params: PyTree, learning_rates) -> optax.OptState:
+    """The optimizer state of per-block `params`: zero moments, block j at `learning_rates[j]`."""
+    shapes = jax.eval_shape(self.transform().init, params)
+    zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), shapes)
+    return with_block_learning_rates(zeros, learning_rates)
+
+
+def with_block_learning_rates(opt_state: optax.OptState, learning_rates) -> optax.OptState:
+  """A `BlockwiseAdam` state with block j's learning rate set to `learning_rates[j]`."""
+  inner = dict(opt_state.inner_states)
+  for j, rate in enumerate(learning_rates):
+    masked = inner[f"block_{j}"]
+    inner[f"block_{j}"] = masked._replace(inner_state=with_learning_rate(masked.inner_state, rate))
+  return opt_state._replace(inner_states=inner)

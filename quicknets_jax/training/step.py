@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -30,7 +31,8 @@ from quicknets_jax.training.optimizer import Adam, with_learning_rate
 
 PyTree = Any
 # loss(params, model_state, x, y, rng, train, hparams) -> (per-sample loss [B], per-sample correct [B],
-# new model_state). `rng` is None outside training; `hparams` is the state's (None for most losses).
+# new model_state). `rng` is None outside training; `hparams` is the state's (None for most losses). A
+# loss with a true `reads_mask` attribute also gets the batch's 0/1 mask as the keyword `mask` in training.
 Loss = Callable[..., tuple[jax.Array, jax.Array, PyTree]]
 
 
@@ -63,7 +65,7 @@ class TrainState:
       ValueError: the optimizer's trainable mask is not shaped like `params`.
     """
     return cls(
-      step=jnp.zeros((), jnp.int32),
+      step=jax.device_put(np.zeros((), np.int32)),
       params=params,
       opt_state=optimizer.init(params, learning_rate),
       model_state=model_state,
@@ -116,9 +118,14 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, statics: Stat
   if statics.mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
     x, y, mask = parallel.shard_batch((x, y, mask), statics.mesh)
 
+  # a loss whose per-sample values depend on the whole batch (e.g. per-block means) asks for the mask
+  extra = dict(mask=mask) if getattr(statics.loss, "reads_mask", False) else {}
+
   def mean_loss(params):
     with layers.conv_implementation(statics.conv):
-      losses, correct, new_model_state = statics.loss(params, state.model_state, x, y, key, True, state.hparams)
+      losses, correct, new_model_state = statics.loss(
+        params, state.model_state, x, y, key, True, state.hparams, **extra
+      )
     return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0), (losses, correct, new_model_state)
 
   (_, (losses, correct, new_model_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)

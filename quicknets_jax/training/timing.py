@@ -2,7 +2,8 @@
 
 A fit's epoch records (`trainer.fit`) hold the seconds of its steps (`train_seconds`), of its validation
 pass (`val_seconds`), of writing its checkpoint (`checkpoint_seconds`) and the compile seconds within
-them; the algorithms add what happens between fits (feature caches, the learned-set selection). Dividing
+them; the algorithms add what happens between fits (feature caches, the learned-set selection). The
+phases are disjoint: compile seconds are counted once, as "compile", and taken out of where they fell. Dividing
 each phase's FLOPs (`core.costs`) by its seconds gives the rate at which the run spends its arithmetic.
 """
 
@@ -24,15 +25,16 @@ FLOP_PHASES = {
 
 
 def fit_seconds(history: Sequence[dict], prefix: str = "") -> dict:
-  """{PREFIXepochs, PREFIXvalidation, checkpoints, compile}: seconds summed over a fit's epoch records
-  (compile seconds are also inside the epochs and validation passes they happened in)."""
+  """{PREFIXepochs, PREFIXvalidation, checkpoints, compile}: seconds summed over a fit's epoch records,
+  each phase without the compiles that happened in it (they are "compile")."""
 
   def total(key):
     return float(sum(record.get(key, 0.0) for record in history))
 
+  val_compile = total("compile_seconds") - total("train_compile_seconds")
   return {
-    f"{prefix}epochs": total("train_seconds"),
-    f"{prefix}validation": total("val_seconds"),
+    f"{prefix}epochs": total("train_seconds") - total("train_compile_seconds"),
+    f"{prefix}validation": total("val_seconds") - val_compile,
     "checkpoints": total("checkpoint_seconds"),
     "compile": total("compile_seconds"),
   }
@@ -48,9 +50,8 @@ def add(*phases: dict) -> dict:
 
 
 def with_other(phases: dict, total_seconds: float) -> dict:
-  """`phases` plus "other": what `total_seconds` holds beyond them (compile seconds are inside the others)."""
-  listed = sum(v for k, v in phases.items() if k != "compile")
-  return dict(phases, other=max(total_seconds - listed, 0.0))
+  """`phases` plus "other": what `total_seconds` holds beyond them (the phases are disjoint)."""
+  return dict(phases, other=max(total_seconds - sum(phases.values()), 0.0))
 
 
 def flops_per_second(flops: dict, seconds: dict) -> dict:

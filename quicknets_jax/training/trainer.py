@@ -36,7 +36,7 @@ import numpy as np
 
 from quicknets_jax.data.sampling import draw_epoch_padded
 from quicknets_jax.data.split import Split
-from quicknets_jax.data.streaming import is_streamed
+from quicknets_jax.data.streaming import device_array, is_streamed
 from quicknets_jax.models import layers
 from quicknets_jax.training import parallel
 from quicknets_jax.training.checkpoint import FitCheckpointer
@@ -102,7 +102,7 @@ class FitData:
     """A fit on `rows` of `train` (default: every row), validated on all of `val`."""
     labels = np.asarray(train.labels, np.int32)
     rows = np.arange(len(labels), dtype=np.int32) if rows is None else np.asarray(rows, np.int32)
-    return cls(train, val, jnp.asarray(rows), jnp.asarray(labels[rows]), num_classes)
+    return cls(train, val, device_array(rows), device_array(labels[rows]), num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +167,24 @@ class FitState:
   def stopped(self) -> bool:
     return self.schedule.stopped
 
+  def checkpoint(self) -> tuple[dict, dict]:
+    """(the arrays a checkpoint holds, its JSON meta): the train state but the loss's hyperparameters,
+    which each fit sets anew; the best variables; the schedule and the history."""
+    train = {name: getattr(self.train, name) for name in ("step", "params", "opt_state", "model_state")}
+    tree = dict(train=train, best_params=self.best_params, best_model_state=self.best_model_state)
+    return tree, dict(schedule=dataclasses.asdict(self.schedule), history=list(self.history))
+
+  def restored(self, tree: dict, meta: dict) -> FitState:
+    """This (fresh) state with what a checkpoint holds (`checkpoint`'s form)."""
+    return dataclasses.replace(
+      self,
+      train=self.train.replace(**tree["train"]),
+      best_params=tree["best_params"],
+      best_model_state=tree["best_model_state"],
+      schedule=Schedule(**meta["schedule"]),
+      history=tuple(meta["history"]),
+    )
+
 
 class NonFiniteLossError(FloatingPointError, ValueError):
   """A fit met a NaN/inf loss; also a ValueError, so entry points print it as their one-line error."""
@@ -187,7 +205,7 @@ def pad_rows(array, rows: int, value=0):
   missing = rows - array.shape[0]
   if missing > 0:
     array = np.concatenate([array, np.full((missing, *array.shape[1:]), value, array.dtype)])
-  return jnp.asarray(array)
+  return device_array(array)
 
 
 # ------------------------------------------------------------------------------------ training
@@ -214,11 +232,26 @@ class EpochArrays(NamedTuple):
   num_valid: Any  # int32: rows of `positions` that exist
 
 
-def _draw(key, sample_classes, num_valid, plan: EpochPlan):
-  """The epoch's order of working-set positions (with room for the last padded batch) and its step key."""
+@functools.partial(jax.jit, static_argnames=("num_classes", "balanced", "batch_size"))
+def draw_order(key, sample_classes, num_valid, *, num_classes: int, balanced: bool, batch_size: int):
+  """The epoch's order of working-set positions (with room for the last padded batch) and its step key.
+
+  Its own program, shared by every fit with the same bucket, class count and batch size (the blocks
+  after the first and their commitment heads draw from the full split's bucket)."""
   draw_key, step_key = jax.random.split(key)
-  order = draw_epoch_padded(draw_key, sample_classes, num_valid, plan.num_classes, plan.balanced)
-  return jnp.concatenate([order, jnp.zeros((plan.batch_size,), order.dtype)]), step_key
+  order = draw_epoch_padded(draw_key, sample_classes, num_valid, num_classes, balanced)
+  return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key
+
+
+def _draw(key, arrays, plan: EpochPlan):
+  return draw_order(
+    key,
+    arrays.sample_classes,
+    arrays.num_valid,
+    num_classes=plan.num_classes,
+    balanced=plan.balanced,
+    batch_size=plan.batch_size,
+  )
 
 
 def _batch_mask(i, num_samples, batch_size: int):
@@ -235,14 +268,12 @@ def _gathered_step(state: TrainState, sums, arrays: EpochArrays, order, step_key
 
 
 def _zero_sums():
-  return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+  return device_array(np.float32(0.0)), device_array(np.float32(0.0))
 
 
 # params, optimizer and model state are donated: XLA writes the new ones into their buffers
 @functools.partial(jax.jit, static_argnames=("plan",), donate_argnames=("state",))
-def epoch_on_device(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
-  """One epoch inside one jit. Returns (state, (mean loss, accuracy)) over the samples it trained on."""
-  order, step_key = _draw(key, arrays.sample_classes, arrays.num_valid, plan)
+def _steps_on_device(state: TrainState, arrays: EpochArrays, order, step_key, *, plan: EpochPlan):
   num_steps = (arrays.num_samples + plan.batch_size - 1) // plan.batch_size
   state, (loss_sum, correct_sum) = jax.lax.fori_loop(
     0,
@@ -253,16 +284,22 @@ def epoch_on_device(state: TrainState, arrays: EpochArrays, key, *, plan: EpochP
   return state, (loss_sum / arrays.num_samples, correct_sum / arrays.num_samples)
 
 
-_draw_jitted = jax.jit(_draw, static_argnames=("plan",))
+def epoch_on_device(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
+  """One epoch: its order drawn (`draw_order`), then every step inside one jit. Returns (state, (mean
+  loss, accuracy)) over the samples it trained on."""
+  order, step_key = _draw(key, arrays, plan)
+  return _steps_on_device(state, arrays, order, step_key, plan=plan)
+
+
 _step_jitted = jax.jit(_gathered_step, static_argnames=("plan",), donate_argnames=("state", "sums"))
 
 
 def epoch_from_host(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
   """`epoch_on_device`'s steps, each a jitted call from a Python loop (same draws, same keys)."""
-  order, step_key = _draw_jitted(key, arrays.sample_classes, arrays.num_valid, plan=plan)
+  order, step_key = _draw(key, arrays, plan)
   sums = _zero_sums()
   for i in range(-(-int(arrays.num_samples) // plan.batch_size)):
-    state, sums = _step_jitted(state, sums, arrays, order, step_key, jnp.int32(i), plan=plan)
+    state, sums = _step_jitted(state, sums, arrays, order, step_key, device_array(np.int32(i)), plan=plan)
   return state, (sums[0] / arrays.num_samples, sums[1] / arrays.num_samples)
 
 
@@ -284,7 +321,7 @@ def epoch_streamed(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPl
   (`parallel.local_batch_rows`) and assembles the global batch from every process's part.
   """
   mesh, batch_size = plan.statics.mesh, plan.batch_size
-  order, step_key = _draw_jitted(key, arrays.sample_classes, arrays.num_valid, plan=plan)
+  order, step_key = _draw(key, arrays, plan)
   order, host_positions = np.asarray(order), np.asarray(arrays.positions)
   num_steps = -(-int(arrays.num_samples) // batch_size)
   batch_rows = [host_positions[order[i * batch_size : (i + 1) * batch_size]] for i in range(num_steps)]
@@ -296,7 +333,15 @@ def epoch_streamed(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPl
     if len(running) == 2:
       running.pop(0).block_until_ready()
     state, sums, done = _streamed_step_jitted(
-      state, sums, x, jnp.asarray(batch_rows[i]), arrays.targets, arrays.num_samples, step_key, jnp.int32(i), plan=plan
+      state,
+      sums,
+      x,
+      device_array(batch_rows[i]),
+      arrays.targets,
+      arrays.num_samples,
+      step_key,
+      device_array(np.int32(i)),
+      plan=plan,
     )
     running.append(done)
   return state, (sums[0] / arrays.num_samples, sums[1] / arrays.num_samples)
@@ -328,11 +373,18 @@ def _chunk_sums(state: TrainState, inputs, targets, rows, mask, plan: EvalPlan):
 @functools.partial(jax.jit, static_argnames=("plan",))
 def evaluate_on_device(state: TrainState, val: Split, num_rows, *, plan: EvalPlan):
   """(mean loss, accuracy) over the first `num_rows` rows of `val`, in fixed-size masked chunks inside
-  one jit (`lax.scan`), so padded inputs of any `num_rows` up to their length share one compile."""
+  one jit, so padded inputs of any `num_rows` up to their length share one compile. Chunks wholly past
+  `num_rows` would add exact zeros: they are not computed (a later block's V_j is a fraction of the
+  split its arrays are padded for)."""
   rows, mask = _chunks(val.images.shape[0], num_rows, plan.batch_size, jnp)
-  _, (loss_sums, correct_sums) = jax.lax.scan(
-    lambda carry, xs: (carry, _chunk_sums(state, val.images, val.labels, *xs, plan)), None, (rows, mask)
-  )
+  live = (num_rows + plan.batch_size - 1) // plan.batch_size
+
+  def chunk(k, sums):
+    loss_sum, correct_sum = _chunk_sums(state, val.images, val.labels, rows[k], mask[k], plan)
+    return sums[0].at[k].set(loss_sum), sums[1].at[k].set(correct_sum)
+
+  zeros = jnp.zeros((rows.shape[0],), jnp.float32)
+  loss_sums, correct_sums = jax.lax.fori_loop(0, live, chunk, (zeros, zeros))
   return jnp.sum(loss_sums) / num_rows, jnp.sum(correct_sums) / num_rows
 
 
@@ -342,7 +394,8 @@ _chunk_sums_jitted = jax.jit(_chunk_sums, static_argnames=("plan",))
 def evaluate_from_host(state: TrainState, val: Split, num_rows, *, plan: EvalPlan):
   """`evaluate_on_device`'s chunks, each a jitted call from a Python loop (see `epoch_from_host`)."""
   rows, mask = _chunks(val.images.shape[0], int(num_rows), plan.batch_size, np)
-  sums = [_chunk_sums_jitted(state, val.images, val.labels, r, m, plan=plan) for r, m in zip(rows, mask)]
+  live = [(r, m) for r, m in zip(rows, mask) if m.any()]  # chunks past num_rows add exact zeros: not run
+  sums = [_chunk_sums_jitted(state, val.images, val.labels, r, m, plan=plan) for r, m in live]
   return (sum(float(l) for l, _ in sums) / int(num_rows), sum(float(c) for _, c in sums) / int(num_rows))
 
 
@@ -367,8 +420,8 @@ def evaluate_streamed(state: TrainState, val: Split, num_rows, *, plan: EvalPlan
   loss_sums = np.zeros(len(rows), np.float32)
   correct_sums = np.zeros(len(rows), np.float32)
   for k, r, x in zip(live, read, val.images.stream(read, put)):
-    loss_sums[k], correct_sums[k] = _streamed_chunk_sums(state, x, val.labels, jnp.asarray(r), mask[k], plan=plan)
-  return _mean_of_sums(loss_sums, correct_sums, jnp.int32(n))
+    loss_sums[k], correct_sums[k] = _streamed_chunk_sums(state, x, val.labels, device_array(r), mask[k], plan=plan)
+  return _mean_of_sums(loss_sums, correct_sums, device_array(np.int32(n)))
 
 
 # ------------------------------------------------------------------------- where steps run
@@ -504,8 +557,8 @@ def fit(
     targets,
     pad_rows(np.asarray(data.rows, np.int32), bucket),
     pad_rows(np.asarray(data.row_classes, np.int32), bucket),
-    jnp.int32(num_samples),
-    jnp.int32(num_rows),
+    device_array(np.int32(num_samples)),
+    device_array(np.int32(num_rows)),
   )
   val_rows = bucket_size(int(data.val.images.shape[0]))
   val_images = data.val.images if streamed_val else pad_rows(data.val.images, val_rows)
@@ -516,14 +569,15 @@ def fit(
     schedule = state.schedule
     train = state.train.with_learning_rate(schedule.learning_rate)
     if objective.hparams_at is not None:
-      train = train.replace(hparams=jax.tree.map(jnp.asarray, objective.hparams_at(schedule.epoch + 1)))
+      train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(schedule.epoch + 1)))
     with CompileMeter() as compiled:
-      train, (train_loss, train_acc) = run_epoch(train, arrays, jax.random.fold_in(key, schedule.epoch), plan=plan)
-      train_loss, train_acc = float(train_loss), float(train_acc)  # waits for the epoch: its seconds end here
+      with CompileMeter() as train_compiled:
+        train, (train_loss, train_acc) = run_epoch(train, arrays, jax.random.fold_in(key, schedule.epoch), plan=plan)
+        train_loss, train_acc = float(train_loss), float(train_acc)  # waits for the epoch: its seconds end here
       trained_at = time.perf_counter()
       # validation reads the loss's fixed hyperparameters, not an epoch's
       val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
-      val_loss, val_acc = (float(v) for v in evaluate(val_state, val, jnp.int32(num_val), plan=eval_plan))
+      val_loss, val_acc = (float(v) for v in evaluate(val_state, val, device_array(np.int32(num_val)), plan=eval_plan))
     validated_at = time.perf_counter()
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
       raise NonFiniteLossError(
@@ -541,9 +595,10 @@ def fit(
       learning_rate=schedule.learning_rate,
       samples=num_samples,
       seconds=validated_at - start,
-      train_seconds=trained_at - start,  # the epoch's steps (and their compile, in the first epoch)
+      train_seconds=trained_at - start,  # the epoch's steps, their compile included
       val_seconds=validated_at - trained_at,
       compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
+      train_compile_seconds=train_compiled.seconds,
     )
     if num_samples != num_rows:
       record["working_set"] = num_rows

@@ -183,7 +183,7 @@ def run_quicknet_seed(
   records = run.records
   measuring = deploy.seconds if deploy is not None else 0.0  # inside the training's clock, not training
   train_seconds = run.train_seconds - measuring
-  phases = timing.add(*(r.phase_seconds for r in records))
+  phases = dict(run.phase_seconds) if run.phase_seconds else timing.add(*(r.phase_seconds for r in records))
   if phases:
     phases["other"] = max(phases.get("other", 0.0) - measuring, 0.0)
   result.update(

@@ -26,6 +26,15 @@ def machine_description() -> str:
   )
 
 
+# Entries of results files that are wall-clock measurements or describe the machine: no rerun reproduces them.
+WALL_CLOCK_KEYS = frozenset({"time", "machine", "training_flops_per_second_efficiency"})
+
+
+def is_wall_clock(key: str) -> bool:
+  """Whether a results entry named `key` is a wall-clock measurement (seconds, rates per second, the machine)."""
+  return key in WALL_CLOCK_KEYS or "seconds" in key or "per_second" in key
+
+
 def read_json(path: str):
   with open(path) as f:
     return json.load(f)

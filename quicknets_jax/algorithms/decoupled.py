@@ -1,0 +1,438 @@
+"""Decoupled QuickNet training: every block trains from the first epoch, each on its own exit's loss.
+
+The paper leaves this as future work (§2): Belilovsky et al.'s decoupled greedy learning applied to
+QuickNets. Each step runs the batch through all blocks; the input of every block (and of every
+commitment head) is stop-gradiented, so block j is updated by its own losses only:
+
+- its exit's cross-entropy over the samples of the batch that blocks < j do not learn under their
+  current parameters (the learned rule of Algorithm 1: correct, confidence > τ, commitment logit above
+  the learned threshold); block 0 takes the (class-balanced) draws as they are, a later block weighs
+  each class present among its samples the same (the sequential schedule's class-balanced draws from
+  T_j, per batch);
+- its commitment head's binary cross-entropy on "the exit was right", over the same samples, right and
+  wrong predictions weighing the same (as the sequential heads' class weights, per batch).
+
+The learned rule is refreshed every step (`refresh="step"`: the step's own forward pass decides, at no
+extra cost) or once per epoch (`"epoch"`: a forward pass over the training split at the start of each
+epoch; counted in the training FLOPs). Each block has its own Appendix A schedule on its own validation
+loss (its exit's cross-entropy over the validation samples earlier blocks do not learn): plateau cuts
+of its own learning rate (`optimizer.BlockwiseAdam`), and early stopping, after which the block goes
+back to its best epoch's parameters and is frozen while the others go on. A block stops only after the
+blocks before it have (until then what it learns from keeps moving), and when they have, its best epoch
+and patience start again from there, so that the parameters it keeps were chosen on the frozen prefix. Blocks past the deepest one
+still training are not run at all. The step is the trainer's own (`step.train_step`) and the epoch
+drivers too; the state is checkpointed after every epoch, so a killed run resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from quicknets_jax.algorithms import forward
+from quicknets_jax.algorithms.pipeline import Carried, PipelinePlan, block_stages, pipelined_epoch, stage_mesh
+from quicknets_jax.algorithms.settings import QuickNetConfig
+from quicknets_jax.core import costs, exits, rng
+from quicknets_jax.data.split import Split
+from quicknets_jax.data.streaming import device_array
+from quicknets_jax.models.base import Block, MultiExitModel, merge_blocks, run_block, split_blocks
+from quicknets_jax.training import parallel
+from quicknets_jax.training.compilation import CompileMeter
+from quicknets_jax.training.events import EpochDone, Events
+from quicknets_jax.training.losses import augment_inputs, cross_entropy
+from quicknets_jax.training.optimizer import BlockwiseAdam, with_block_learning_rates
+from quicknets_jax.training.schedule import Schedule, advance, monitored_score
+from quicknets_jax.training.step import Statics, TrainState
+from quicknets_jax.training.trainer import (
+  EpochArrays,
+  EpochPlan,
+  NonFiniteLossError,
+  bucket_size,
+  epoch_from_host,
+  epoch_on_device,
+  loop_conv_implementation,
+  loop_convolutions,
+  pad_rows,
+  steps_from_host,
+  uses_convolution,
+)
+
+Log = Callable[[str], None]
+
+
+def _class_balanced(weights, labels, num_classes: int):
+  """`weights` (0/1 [B]) rescaled so that each class present weighs the same in total."""
+  counts = jnp.zeros((num_classes,), jnp.float32).at[labels].add(weights)
+  present = jnp.sum(counts > 0)
+  return weights / jnp.maximum(counts[labels], 1.0) / jnp.maximum(present, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoupledLoss:
+  """The decoupled step's loss over every block that runs (see the module doc).
+
+  Attributes:
+    model: the multi-exit model.
+    depth: blocks 0..depth−1 run (the deepest block still training and those before it).
+    frozen: per block, whether it has stopped: it still decides what later blocks learn from, but adds
+      nothing to the loss (so no gradient of its parameters is computed).
+    train_threshold: τ of the learned rule; commit_logit: the commitment logit a learned sample exceeds.
+    refresh: "step" (the learned rule decided in this step) or "epoch" (read from the targets: column 0 the
+      label, column 1 + j whether block j learned the sample at the start of the epoch).
+    augment, compute_dtype: as the other losses'.
+
+  The per-sample losses it returns all hold the step's total, so the trainer's masked mean is that
+  total; `reads_mask` asks the trainer for the batch mask, which the per-block means need.
+  """
+
+  model: MultiExitModel
+  depth: int
+  frozen: tuple[bool, ...]
+  train_threshold: float
+  commit_logit: float
+  refresh: str = "step"
+  augment: Optional[str] = None
+  compute_dtype: Optional[str] = None
+  reads_mask = True
+
+  def __call__(self, params, state, x, y, rng, train, hparams=None, mask=None):
+    del hparams
+    mask = jnp.ones(y.shape[:1], jnp.float32) if mask is None else mask
+    x = augment_inputs(self.augment, x, rng, train)
+    carry = Carried(x, y, mask, jnp.zeros(mask.shape, bool), jnp.zeros(mask.shape, jnp.float32))
+    total, carry, new_state = self.blocks_pass(params, state, carry, range(self.depth), train)
+    return jnp.full(mask.shape, total), carry.answer, new_state
+
+  def blocks_pass(self, params, state, carry: Carried, blocks: range, train: bool):
+    """Blocks `blocks` on what `carry` brings (the features entering the first of them, the rows still
+    not learned): (their loss, what they pass on, the new model state of every block)."""
+    labels = carry.y if self.refresh == "step" else carry.y[:, 0]
+    x, still, decided, answer = carry.x, carry.still, carry.decided, carry.answer
+    total = jnp.zeros((), jnp.float32)
+    new_state = list(state)
+    num_classes = self.model.num_classes
+    for j in blocks:
+      block = self.model.blocks[j]
+      (features, logits), new_state[j] = run_block(
+        block, params[j], state[j], jax.lax.stop_gradient(x), train, Block.features_and_logits, self.compute_dtype
+      )
+      head_inputs = jax.lax.stop_gradient(
+        run_block(block, params[j], state[j], features, False, Block.commit_inputs, self.compute_dtype)[0]
+      )
+      commit, _ = run_block(
+        block, params[j], state[j], head_inputs, False, Block.commit_from_inputs, self.compute_dtype
+      )
+      ce, correct = cross_entropy(logits, labels)
+      if not self.frozen[j]:
+        # block 0 sees the class-balanced draws as they are (as the sequential block 0); a later block the
+        # rows left, each class among them weighing the same (as the sequential block j's draws from T_j)
+        weights = still if j == 0 else _class_balanced(still, labels, num_classes)
+        total = total + jnp.sum(weights * ce) / jnp.maximum(jnp.sum(weights), 1e-12)
+        positives = jnp.sum(still * correct)
+        negatives = jnp.sum(still) - positives
+        commit_weights = still * jnp.where(
+          correct > 0.5, 0.5 / jnp.maximum(positives, 1.0), 0.5 / jnp.maximum(negatives, 1.0)
+        )
+        total = total + jnp.sum(commit_weights * optax.sigmoid_binary_cross_entropy(commit, correct))
+      if self.refresh == "step":
+        confident = exits.confidence(jax.nn.softmax(logits)) > self.train_threshold
+        learned = (correct > 0.5) & confident & (commit > self.commit_logit)
+      else:
+        learned = carry.y[:, 1 + j] > 0
+      now = ~decided & (learned | (j == self.depth - 1))
+      answer = jnp.where(now, correct, answer)
+      decided = decided | now
+      still = still * (1.0 - learned.astype(jnp.float32))
+      x = features
+    return total, Carried(x, carry.y, still, decided, answer), new_state
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoupledState:
+  """Where a decoupled run is after some epochs: the train state of every block, each block's schedule,
+  its best parameters and whether it is frozen, and the history (one record per epoch)."""
+
+  train: TrainState
+  schedules: tuple
+  best_params: list
+  best_model_state: list
+  frozen: tuple
+  history: tuple = ()
+
+  @property
+  def epoch(self) -> int:
+    return len(self.history)
+
+  def checkpoint(self) -> tuple[dict, dict]:
+    """(arrays, JSON meta) of a checkpoint (`checkpoint.FitCheckpointer`'s protocol)."""
+    train = {name: getattr(self.train, name) for name in ("step", "params", "opt_state", "model_state")}
+    meta = dict(
+      schedules=[dataclasses.asdict(s) for s in self.schedules], frozen=list(self.frozen), history=list(self.history)
+    )
+    return dict(train=train, best_params=self.best_params, best_model_state=self.best_model_state), meta
+
+  def restored(self, tree: dict, meta: dict) -> DecoupledState:
+    """This (fresh) state with what a checkpoint holds."""
+    return dataclasses.replace(
+      self,
+      train=self.train.replace(**tree["train"]),
+      best_params=tree["best_params"],
+      best_model_state=tree["best_model_state"],
+      schedules=tuple(Schedule(**s) for s in meta["schedules"]),
+      frozen=tuple(meta["frozen"]),
+      history=tuple(meta["history"]),
+    )
+
+
+def _learned_flags(model, variables, images, labels, depth, rule, batch_size):
+  """[N, 1 + E] int32: the labels, then whether block j learns each sample under `variables` (blocks
+  at or past `depth` learn nothing)."""
+  probs, commits = forward.all_exit_outputs(model, variables[:depth], images, batch_size)
+  probs, commits = np.asarray(probs), np.asarray(commits)
+  flags = np.zeros((len(labels), 1 + model.num_blocks), np.int32)
+  flags[:, 0] = labels
+  for j in range(depth):
+    correct = np.argmax(probs[j], -1) == labels
+    flags[:, 1 + j] = correct & (np.asarray(exits.confidence(probs[j])) > rule[0]) & (commits[j] > rule[1])
+  return flags
+
+
+@functools.partial(jax.jit, static_argnames=("model", "depth", "rule", "compute_dtype"))
+def _val_chunk(params, model_state, x, labels, mask, *, model, depth, rule, compute_dtype):
+  """Per block j < depth: (CE sum, count, correct sum) over the chunk's rows that blocks < j do not learn."""
+  still, out = mask, []
+  for j in range(depth):
+    block = model.blocks[j]
+    (features, logits), _ = run_block(
+      block, params[j], model_state[j], x, False, Block.features_and_logits, compute_dtype
+    )
+    head_inputs, _ = run_block(block, params[j], model_state[j], features, False, Block.commit_inputs, compute_dtype)
+    commit, _ = run_block(block, params[j], model_state[j], head_inputs, False, Block.commit_from_inputs, compute_dtype)
+    ce, correct = cross_entropy(logits, labels)
+    out.append(jnp.stack([jnp.sum(still * ce), jnp.sum(still), jnp.sum(still * correct)]))
+    learned = (correct > 0.5) & (exits.confidence(jax.nn.softmax(logits)) > rule[0]) & (commit > rule[1])
+    still = still * (1.0 - learned.astype(jnp.float32))
+    x = features
+  return jnp.stack(out)
+
+
+def validate(model, params, model_state, val: Split, depth: int, rule, config) -> np.ndarray:
+  """[depth, 3] float64: per block (CE sum, count, correct sum) over the validation samples earlier
+  blocks do not learn, in the trainer's fixed-size masked chunks (the split padded to its bucket)."""
+  batch = config.fit.eval_batch_size
+  n = len(val.labels)
+  rows = bucket_size(n)
+  images, labels = pad_rows(val.images, rows), pad_rows(val.labels, rows)
+  total = np.zeros((depth, 3))
+  for start in range(0, min(n, rows), batch):  # chunks past n would add exact zeros
+    index = np.minimum(np.arange(start, start + batch), rows - 1)
+    mask = device_array((index < n) & (np.arange(start, start + batch) < rows), np.float32)
+    sums = _val_chunk(
+      params,
+      model_state,
+      images[index],
+      labels[index],
+      mask,
+      model=model,
+      depth=depth,
+      rule=rule,
+      compute_dtype=config.fit.compute_dtype,
+    )
+    total += np.asarray(sums, np.float64)
+  return total
+
+
+def decoupled_epoch_flops(model: MultiExitModel, *, depth: int, active, n_train: int, n_val: int, refresh: str) -> dict:
+  """One epoch's training FLOPs by block and part: every sample drawn runs blocks 0..depth−1 forward
+  (masked-out samples included: they still cost their forward pass), the blocks still training 2× that
+  again backward; the validation split runs them forward once, and an epoch-refreshed learned rule
+  costs one more forward pass over the training split."""
+  out = []
+  for j in range(model.num_blocks):
+    forward_cost = model.block_costs[j].total if j < depth else 0.0
+    out.append(
+      dict(
+        block_training=n_train * forward_cost * (3 if active[j] else 1),
+        block_validation=n_val * forward_cost,
+        cache=(n_train * forward_cost) if refresh == "epoch" else 0.0,
+      )
+    )
+  return out
+
+
+def train_decoupled(
+  model: MultiExitModel,
+  train: Split,
+  val: Split,
+  config: QuickNetConfig,
+  seed: int,
+  *,
+  checkpoint=None,
+  log: Log = print,
+  events: Optional[Events] = None,
+):
+  """Trains every block of a QuickNet at once (see the module doc); returns (variables, the state of the
+  run, its FLOPs by block and part, its seconds by phase).
+
+  Args:
+    model: the multi-exit model.
+    train, val: the training and validation splits.
+    config: the QuickNet's settings: τ, the learned commitment threshold, the schedule of every block
+      (Appendix A's, per block), `decoupled_refresh`.
+    seed: initialisation (the sequential schedule's: `rng.Stream.INIT`) and every draw.
+    checkpoint: a `checkpoint.FitCheckpointer`: resume from its newest epoch, save after every epoch.
+    log: progress lines; events: told after every epoch (phase "decoupled").
+
+  Raises:
+    NonFiniteLossError: a NaN/inf loss.
+  """
+  start = time.perf_counter()
+  train, val = Split.of(train), Split.of(val)
+  fit_config, refresh = config.fit, config.decoupled_refresh
+  num_blocks, n_train, n_val = model.num_blocks, len(train.labels), len(val.labels)
+  key = rng.seed_key(seed)
+  params, model_state = split_blocks(model.init(rng.stream(key, rng.Stream.INIT)))
+  rule = (config.train_threshold, config.learned_commit_logit())
+  # the key of the sequential schedule's block-0 fit: a one-block decoupled run is that fit
+  fit_key = jax.random.split(rng.per_item(rng.stream(key, rng.Stream.BLOCKS), 0))[0]
+  lrs = [fit_config.learning_rate] * num_blocks
+  optimizer = BlockwiseAdam((False,) * num_blocks, fit_config.weight_decay)
+  state = DecoupledState(
+    train=TrainState.create(optimizer, params, model_state, lrs),
+    schedules=tuple(Schedule(learning_rate=fit_config.learning_rate) for _ in range(num_blocks)),
+    best_params=params,
+    best_model_state=model_state,
+    frozen=(False,) * num_blocks,
+  )
+  if checkpoint is not None:
+    resumed = checkpoint.restore(state)
+    if resumed is not None:
+      state = resumed
+      log(f"decoupled: resumed after epoch {state.epoch}")
+  mesh = parallel.current_mesh()
+  labels = np.asarray(train.labels, np.int32)
+  images = device_array(train.images)
+  batch_size = parallel.round_up_batch(min(fit_config.batch_size, n_train), mesh)
+  bucket = bucket_size(n_train)
+  positions, classes = pad_rows(np.arange(n_train, dtype=np.int32), bucket), pad_rows(labels, bucket)
+  host_loop = fit_config.host_loop
+  probe = DecoupledLoss(model, num_blocks, (False,) * num_blocks, *rule, refresh="step")
+  if host_loop is None and jax.default_backend() == "cpu":
+    with loop_convolutions():
+      host_loop = steps_from_host(
+        "cpu", uses_convolution(probe, state.train.params, state.train.model_state, images, labels)
+      )
+  run_epoch = epoch_from_host if host_loop else epoch_on_device
+  if config.pipeline_stages > 1:  # the blocks as stages, one device each (`pipeline`)
+    stages_mesh, stages = stage_mesh(config.pipeline_stages), block_stages(num_blocks, config.pipeline_stages)
+    run_epoch = lambda st, arr, k, plan: pipelined_epoch(
+      st, arr, k, plan=PipelinePlan(plan, stages_mesh, stages, plan.batch_size)
+    )
+  train_state = jax.tree.map(lambda x: jax.device_put(x), state.train)
+  total_flops = [dict.fromkeys(("block_training", "block_validation", "cache"), 0.0) for _ in range(num_blocks)]
+  for record in state.history:
+    for j, part in enumerate(record["flops_by_block"]):
+      for k, v in part.items():
+        total_flops[j][k] += v
+  while not all(state.frozen) and state.epoch < fit_config.max_epochs:
+    epoch_start = time.perf_counter()
+    active = [not f for f in state.frozen]
+    depth = max(j for j in range(num_blocks) if active[j]) + 1
+    frozen = tuple(state.frozen)
+    loss = DecoupledLoss(model, depth, frozen, *rule, refresh, fit_config.augmentation_name, fit_config.compute_dtype)
+    # one optimizer for the whole run (its state keeps its shape); a frozen block's learning rate is 0
+    statics = Statics(loss, optimizer, mesh, loop_conv_implementation())
+    plan = EpochPlan(statics, batch_size, model.num_classes, fit_config.balanced_sampling)
+    targets = device_array(labels)
+    with CompileMeter() as compiled:
+      if refresh == "epoch":  # the learned rule of the epoch's starting parameters
+        variables = merge_blocks(train_state.params, train_state.model_state)
+        targets = device_array(
+          _learned_flags(model, variables, train.images, labels, depth, rule, fit_config.eval_batch_size)
+        )
+      rates = [0.0 if f else sc.learning_rate for sc, f in zip(state.schedules, frozen)]
+      train_state = train_state.replace(opt_state=with_block_learning_rates(train_state.opt_state, rates))
+      arrays = EpochArrays(
+        images, targets, positions, classes, device_array(np.int32(n_train)), device_array(np.int32(n_train))
+      )
+      train_state, (train_loss, train_acc) = run_epoch(
+        train_state, arrays, jax.random.fold_in(fit_key, state.epoch), plan=plan
+      )
+      train_loss, train_acc = float(train_loss), float(train_acc)
+      trained_at = time.perf_counter()
+      sums = validate(model, train_state.params, train_state.model_state, val, depth, rule, config)
+    validated_at = time.perf_counter()
+    if not math.isfinite(train_loss) or not np.all(np.isfinite(sums)):
+      raise NonFiniteLossError(
+        f"decoupled: non-finite loss at epoch {state.epoch + 1}; lower --learning_rate (now {fit_config.learning_rate:g})"
+      )
+    schedules, frozen = list(state.schedules), list(state.frozen)
+    best_params, best_state = list(state.best_params), list(state.best_model_state)
+    params, model_state = list(train_state.params), list(train_state.model_state)
+    val_losses = [float(sums[j, 0] / sums[j, 1]) if j < depth and sums[j, 1] > 0 else 0.0 for j in range(num_blocks)]
+    for j in range(num_blocks):
+      if frozen[j]:
+        continue
+      val_accuracy = float(sums[j, 2] / sums[j, 1]) if sums[j, 1] > 0 else 1.0
+      schedules[j] = advance(
+        schedules[j], fit_config, monitored_score(fit_config, train_loss, val_losses[j], val_accuracy)
+      )
+      if schedules[j].best_epoch == schedules[j].epoch:
+        best_params[j], best_state[j] = jax.tree.map(jnp.copy, (params[j], model_state[j]))
+      # A block stops only once the blocks before it have: while they still move, what it sees moves.
+      settled = not any(active[:j])
+      if (schedules[j].stopped and settled) or schedules[j].epoch >= fit_config.max_epochs:
+        frozen[j] = True  # back to its best epoch, and frozen while the others go on
+        params[j], model_state[j] = jax.tree.map(jnp.copy, (best_params[j], best_state[j]))
+    for j in range(num_blocks):
+      if not frozen[j] and any(active[:j]) and all(frozen[:j]):
+        # its prefix has just frozen: its best epoch and patience count from here, on what it will keep seeing
+        schedules[j] = Schedule(learning_rate=schedules[j].learning_rate, epoch=schedules[j].epoch)
+    train_state = train_state.replace(params=params, model_state=model_state)
+    flops = decoupled_epoch_flops(model, depth=depth, active=active, n_train=n_train, n_val=n_val, refresh=refresh)
+    for j, part in enumerate(flops):
+      for k, v in part.items():
+        total_flops[j][k] += v
+    record = dict(
+      epoch=state.epoch + 1,
+      train_loss=train_loss,
+      train_accuracy=train_acc,
+      val_loss=float(sum(val_losses[j] for j in range(num_blocks) if active[j])),
+      val_accuracy=float(sums[depth - 1, 2] / max(sums[depth - 1, 1], 1.0)),
+      learning_rate=max(s.learning_rate for s, a in zip(state.schedules, active) if a),
+      samples=n_train,
+      seconds=validated_at - epoch_start,
+      train_seconds=trained_at - epoch_start,
+      val_seconds=validated_at - trained_at,
+      compile_seconds=compiled.seconds,
+      active=active,
+      depth=depth,
+      val_loss_per_block=val_losses,
+      learning_rate_per_block=[s.learning_rate for s in state.schedules],
+      flops_by_block=flops,
+      stopped=all(frozen),
+    )
+    state = DecoupledState(
+      train_state, tuple(schedules), best_params, best_state, tuple(frozen), (*state.history, record)
+    )
+    try:
+      if events is not None:
+        spent = float(sum(costs.total(part) for part in total_flops))
+        events.epoch_done(EpochDone("decoupled", None, state, record, spent))
+    finally:
+      if checkpoint is not None:
+        saving = time.perf_counter()
+        checkpoint.save(state)
+        record["checkpoint_seconds"] = time.perf_counter() - saving
+  seconds = time.perf_counter() - start + (checkpoint.resumed_seconds if checkpoint is not None else 0.0)
+  variables = merge_blocks(state.best_params, state.best_model_state)
+  return variables, state, total_flops, seconds
