@@ -1,12 +1,12 @@
 """`python -m benchmarks.accelerator`: what one GPU/TPU (or this CPU) does with the CIFAR-10 VGG-11 QuickNet.
 
-In one run, ≤ 5 minutes on one GPU at the default size (issue 17):
+In one run, ≤ 5 minutes on one GPU at the default size:
   * the device's measured matmul peak in bf16 and f32 (a large square matmul, median of 10);
   * training samples/s of VGG-11 (experiments/configs/cifar10.flags: width 64, classifier 4096, 8
     blocks) on CIFAR-10-shaped inputs (32×32×3), end to end and per QuickNet block (each block on
     its cached input features, as Algorithm 1 trains it), in bf16 and f32 (`--dtype`), through the
     trainer's own epoch function on the path `fit` takes on this backend; the training FLOP rate (3 ×
-    forward FLOPs per trained sample, design.md §2) as a fraction of the measured peak of the same
+    forward FLOPs per trained sample, docs/method.md, FLOP accounting) as a fraction of the measured peak of the same
     dtype; and the compile seconds of each epoch function;
   * cascade inference images/s against the end-to-end network at 3 thresholds (inference runs in f32,
     as the library deploys), with the mean exit and the FLOP ratio at each.
@@ -70,7 +70,7 @@ def training_rows(model, dtype: str, batch_size: int, steps: int, max_blocks, pe
   def row(step, objective, p, s, x, forward_flops):
     with loop_convolutions():
       rate, compile_seconds = common.epoch_rate(objective, p, s, x, labels, batch_size, steps)
-    flop_rate = 3.0 * forward_flops * rate  # design.md §2: a trained sample costs 3 forwards
+    flop_rate = 3.0 * forward_flops * rate  # a trained sample costs 3 forwards (docs/method.md, FLOP accounting)
     rows.append(
       dict(
         dtype=dtype,

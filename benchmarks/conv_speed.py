@@ -1,6 +1,6 @@
 """`python -m benchmarks.conv_speed`: training and inference speed of the convolutional QuickNets on CPU.
 
-Rows (issue 16): the reduced VGG-11 of experiments/configs/fashion_mnist_conv.flags (channels 16..128,
+Rows: the reduced VGG-11 of experiments/configs/fashion_mnist_conv.flags (channels 16..128,
 classifier 128, 28×28×1 inputs) end to end and per QuickNet block (each block on its cached input
 features, as Algorithm 1 trains it) at batch 128 and 512; the full-width VGG-11 on 32×32×3 end to end
 at batch 128; forward-only images/s of each network; and the compile seconds of each training step.
@@ -43,7 +43,7 @@ flags.DEFINE_enum(
   "trainer",
   ["trainer", "native", "patches"],
   "How training steps convolve: trainer (what `fit` does: patch products in its loops on CPU), native "
-  "(XLA's convolution, which on CPU makes the trainer step from a Python loop: the code before issue 16) or "
+  "(XLA's convolution, which on CPU makes the trainer step from a Python loop: the trainer before its patch-product convolutions) or "
   "patches. Forward rows always use the default (XLA's convolution).",
 )
 flags.DEFINE_string("out_dir", common.DEFAULT_OUT, "Where conv_speed.json/.md go.")
@@ -149,7 +149,7 @@ def torch_vgg(shape, sizes: dict):
 
 
 def torch_rows(shape, sizes: dict, batch_sizes, steps: int, name: str) -> list:
-  """The same VGG end to end as a plain PyTorch CPU training loop (the reference of issue 16)."""
+  """The same VGG end to end as a plain PyTorch CPU training loop (the reference these timings are compared with)."""
   import torch  # optional: only with --torch
 
   h, w, c = shape

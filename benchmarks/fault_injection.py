@@ -9,13 +9,14 @@ smoke (experiments/configs/cifar10_smoke.flags: 8 conv blocks with batch norm) o
 in the CIFAR-10 format that the benchmark writes itself.
 
 Every stop hits a run that already has a checkpoint: the benchmark waits until the workdir holds a
-finished orbax step (a directory named by its number), then a random delay drawn uniformly from the rest
-of the reference run — alternately stopping there, or at the next moment an orbax checkpoint is being
-written (a `*.orbax-checkpoint-tmp` directory exists). The first N trials stop the run with SIGKILL; the
-next M with SIGTERM (a preemption notice; drawn once the process has also printed its first line, since
-a rerun finds its checkpoints before it is past start-up), which must end the run within 30 s, exit 143,
-with its last line `interrupted by SIGTERM ...; ... resume with: <command>` naming this very command
-(and no traceback); that command is then run to the end. A trial whose run finishes before its stop
+finished checkpoint (a frozen block's orbax directory or an epoch's `.npz` file) and the process has
+printed its first line (a resumed run finds its checkpoints before it is past start-up). A fresh run is
+then stopped at the next moment a checkpoint is being written (a `*.orbax-checkpoint-tmp` directory or a
+`*.npz.tmp` file exists) after a random delay; a resumed run at a random moment within what is left of
+the reference run. The first N trials stop the run with SIGKILL; the next M with SIGTERM (a preemption
+notice), which must end the run within 30 s, exit 143, with its last line
+`interrupted by SIGTERM ...; ... resume with: <command>` naming this very command (and no traceback);
+that command is then run to the end. A trial whose run finishes before its stop
 starts over with a shorter horizon, so every trial is stopped. Each trial's line says what the stopped
 run had left on disk (frozen blocks, the newest epoch of each fit in progress, finished parts). The runs
 share a persistent XLA compilation cache, filled by the reference run. A trial is identical when its
@@ -95,9 +96,10 @@ def _start(flags: Sequence[str], workdir: str, log_path: str, cache_dir: Optiona
 
 
 def _saving(workdir: str) -> bool:
-  """Whether an orbax save is under way: its tmp directory exists until the atomic rename."""
-  for _, dirs, _ in os.walk(workdir):
-    if any(TMP_MARK in d for d in dirs):
+  """Whether a checkpoint save is under way: a frozen block's orbax tmp directory, or an epoch's
+  `<e>.npz.tmp` file, exists until its atomic rename."""
+  for _, dirs, files in os.walk(workdir):
+    if any(TMP_MARK in d for d in dirs) or any(f.endswith(".npz.tmp") for f in files):
       return True
   return False
 
@@ -199,11 +201,11 @@ def _stop_once(
   start = time.monotonic()
   while proc.poll() is None and not has_checkpoint(workdir) and time.monotonic() - start < 600:
     time.sleep(0.005)
-  if sig == signal.SIGTERM:  # a rerun finds its checkpoints at once: also wait until it is past start-up
-    while proc.poll() is None and not _started(log_path, offset) and time.monotonic() - start < 600:
-      time.sleep(0.005)
+  # a resumed run finds its checkpoints at once: the stop moments count from when it is past start-up
+  while proc.poll() is None and not _started(log_path, offset) and time.monotonic() - start < 600:
+    time.sleep(0.005)
   checkpointed = time.monotonic()
-  wait = rng.uniform(0.0, 0.98 * span) if mode == "random" else rng.uniform(0.0, 0.7 * span)
+  wait = rng.uniform(0.0, 0.98 * span) if mode == "random" else rng.uniform(0.0, 0.5 * span)
   while time.monotonic() - checkpointed < wait and proc.poll() is None:
     time.sleep(0.005)
   if mode == "save":  # from a random moment on, wait for the next save to start
@@ -378,14 +380,16 @@ def run_trials(
     log_path = os.path.join(root, f"trial_{trial}.log")
     events, attempts = [], 0
     while len(events) < kills_per_trial:
-      mode = "random" if (trial + len(events)) % 2 == 0 else "save"
-      event = _stop_once(flags, workdir, log_path, sig, mode, span, rng, cache_dir, signal_timeout)
+      # a fresh run has every save ahead of it; a resumed one is stopped within what is left of it
+      mode = "save" if len(events) % 2 == 0 else "random"
+      left = max(span - sum(e["after_checkpoint"] for e in events), 0.05 * span)
+      event = _stop_once(flags, workdir, log_path, sig, mode, left, rng, cache_dir, signal_timeout)
       if event["finished_first"]:  # no stop happened: the machine got faster; start the trial over
-        span = 0.9 * event["after_checkpoint"]
+        span = 0.9 * (event["after_checkpoint"] + sum(e["after_checkpoint"] for e in events))
         attempts += 1
         shutil.rmtree(workdir, ignore_errors=True)
         events = []
-        if attempts > 5:
+        if attempts > 10:
           raise RuntimeError(f"trial {trial}: the run kept finishing before the stop; rerun on a quieter machine")
         continue
       events.append(dict(event, mode=mode))

@@ -2,7 +2,7 @@
 
 A whole epoch runs inside one jit (the trainer's own `epoch_on_device`), so the numbers include the
 on-device batch gathering and the class-balanced draw, not Python dispatch. Utilisation = model FLOP/s
-(3 × forward FLOPs per trained sample, design.md §2) / the f32 matmul peak measured in the same run.
+(3 × forward FLOPs per trained sample, docs/method.md, FLOP accounting) / the f32 matmul peak measured in the same run.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each method runs in its own fresh Python process (so neither inherits the other's compiled code or
 warm caches) with the default flags of experiments/configs/fashion_mnist.flags and one seed; the
 clock covers everything from model init to the trained network, compilation included. Reports
-seconds, training FLOPs (design.md §2), their ratios, and seconds per training FLOP. With
+seconds, training FLOPs (docs/method.md, FLOP accounting), their ratios, and seconds per training FLOP. With
 `--plus_flagfile=experiments/configs/fashion_mnist_plus.flags`, QuickNet+ (those levers) runs too.
 """
 

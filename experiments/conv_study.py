@@ -1,6 +1,5 @@
 """`python -m experiments.conv_study --workdir=runs/conv --mnist_dir=/tmp/mnist_idx`: the convolutional
-QuickNet against its end-to-end VGG on the real Fashion-MNIST and MNIST (issue 15, README "Convolutional
-QuickNets").
+QuickNet against its end-to-end VGG on the real Fashion-MNIST and MNIST (docs/results_conv.md).
 
 Every setting comes from flagfiles fixed before any run: `configs/fashion_mnist_vgg.flags` and
 `configs/mnist_vgg.flags` (the comparison, deploy curve on), `configs/commitment_study_vgg.flags` (the

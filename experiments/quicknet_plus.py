@@ -1,4 +1,4 @@
-"""`python -m experiments.quicknet_plus --workdir=runs/quicknet_plus`: the QuickNet+ ablation (issue 8).
+"""`python -m experiments.quicknet_plus --workdir=runs/quicknet_plus`: the QuickNet+ ablation.
 
 Trains, on the real Fashion-MNIST and the same seeds, the end-to-end baseline, the faithful QuickNet,
 each QuickNet+ lever alone and the combination chosen on validation (`quicknets_jax.workflows.ablation`),

@@ -20,6 +20,7 @@ def _tiny_vgg():
   return models.build_model("vgg", accelerator.SHAPE, 10, cfg="4,M,8", classifier_width=16)
 
 
+@pytest.mark.slow  # the benchmark's full row set
 def test_training_rows_cover_end_to_end_and_each_block_in_each_dtype():
   model = _tiny_vgg()
   for dtype in accelerator.DTYPES:

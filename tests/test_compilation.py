@@ -68,6 +68,7 @@ def _run(folder):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two processes; the CLI test covers the cache state
 def test_a_second_process_reads_its_compiles_back_from_the_cache(tmp_path):
   folder = str(tmp_path / "xla")
   cold, warm = _run(folder), _run(folder)

@@ -1,4 +1,4 @@
-"""The conv study (issue 15) end to end on a slice of the real Fashion-MNIST with a tiny VGG (a pipeline
+"""The conv study end to end on a slice of the real Fashion-MNIST with a tiny VGG (a pipeline
 check, never a result): the deployable cascade measured after every block epoch, the reach costs, the
 cascade on the clock, QuickNet+ variants chosen on validation, the jointly trained conv net's commitment
 study, the report and its figures; and the study's flagfiles say what the README says they do."""

@@ -139,7 +139,7 @@ arrays = trainer.EpochArrays(
 fresh = lambda: TrainState.create(optimizer, jax.tree.map(jnp.copy, params), state, [1e-2] * 8)
 key = jax.random.PRNGKey(4)
 want, want_metrics = trainer.epoch_on_device(fresh(), arrays, key, plan=plan)
-for stages in (1, 2, 4, 8):
+for stages in STAGES:
   pplan = pipeline.PipelinePlan(plan, pipeline.stage_mesh(stages), pipeline.block_stages(8, stages), 64)
   got, metrics = pipeline.pipelined_epoch(fresh(), arrays, key, plan=pplan)
   worst = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)))
@@ -148,23 +148,110 @@ for stages in (1, 2, 4, 8):
   )
   print("stages", stages, "params", worst, "optimizer", moments, "loss", float(metrics[0]), float(want_metrics[0]))
   assert worst < 1e-5 and moments < 1e-5, (stages, worst, moments)
+  assert float(metrics[2]) == 0.0  # the whole batch fits: nothing dropped
   assert abs(float(metrics[0]) - float(want_metrics[0])) < 1e-4 and float(metrics[1]) == float(want_metrics[1])
+# a buffer of 8 rows of 64: the first stage sends on only 8 of the rows later blocks still need
+if 2 not in STAGES:
+  print("ok")
+  raise SystemExit(0)
+small = pipeline.PipelinePlan(plan, pipeline.stage_mesh(2), pipeline.block_stages(8, 2), 8)
+got, metrics = pipeline.pipelined_epoch(fresh(), arrays, key, plan=small)
+assert float(metrics[2]) > 0 and all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(got.params))
 moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want.params)))
 assert moved > 1e-3, moved
 print("ok")
 """
 
 
-def test_the_pipelined_epoch_is_the_decoupled_epoch_on_1_2_4_and_8_host_devices():
-  """Eight blocks as 1, 2, 4 or 8 pipeline stages (8 host devices, in their own process): the epoch trains
-  what the one-device decoupled epoch trains, parameters and optimizer state within float round-off."""
+def _pipeline_check(stages: tuple) -> None:
   import os
   import subprocess
   import sys
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", PIPELINE_CHECK], cwd=root, env=env, capture_output=True, text=True, timeout=900
-  )
+  code = f"STAGES = {stages!r}\n" + PIPELINE_CHECK
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_the_pipelined_epoch_is_the_decoupled_epoch_on_1_and_4_host_devices():
+  """Eight blocks as 1 or 4 pipeline stages (8 host devices, in their own process): the epoch trains what
+  the one-device decoupled epoch trains, parameters and optimizer state within float round-off."""
+  _pipeline_check((1, 4))
+
+
+@pytest.mark.slow  # two more meshes to compile
+def test_the_pipelined_epoch_is_the_decoupled_epoch_on_2_and_8_host_devices_and_a_small_buffer_drops_rows():
+  """The same on 2 and 8 stages; with a stage buffer of 8 rows the first stage drops rows, and says so."""
+  _pipeline_check((2, 8))
+
+
+def _steps(block_train, block_forward, **kw):
+  from quicknets_jax.algorithms.pipeline_cost import MeasuredSteps
+
+  args = dict(
+    batch_size=100,
+    block_train=block_train,
+    block_forward=block_forward,
+    end_to_end_train={100: 1.0, 50: 0.6, 34: 0.45, 25: 0.4},
+    end_to_end_forward=0.3,
+    feature_bytes=(400, 400, 400, 400)[: len(block_train)],
+    param_bytes=1_000_000,
+    device="test",
+  )
+  return MeasuredSteps(**{**args, **kw})
+
+
+def test_the_wall_clock_model_counts_ticks_bubbles_transfers_and_the_all_reduce():
+  from quicknets_jax.algorithms.pipeline_cost import Interconnect, data_parallel_seconds, pipelined_seconds
+
+  steps = _steps((0.4, 0.2, 0.2, 0.1), (0.1, 0.05, 0.05, 0.02))
+  free = Interconnect(bytes_per_second=float("inf"), latency_seconds=0.0)
+  epochs = [[True] * 4, [False, True, True, True]]  # block 0 frozen in the second epoch: only its forward
+  one = pipelined_seconds(steps, epochs, num_train=1000, num_val=200, num_devices=1, link=free)
+  val = 2 * (0.1 + 0.05 + 0.05 + 0.02)  # 2 validation batches through every block
+  assert one["seconds"] == pytest.approx(10 * 0.9 + val + 10 * 0.6 + val) and one["bubble_seconds"] == 0.0
+  two = pipelined_seconds(steps, epochs, num_train=1000, num_val=200, num_devices=2, link=free)
+  assert two["stages"] == [[0, 2], [2, 4]] and two["tick_seconds"] == pytest.approx([0.6, 0.3])
+  assert two["seconds"] == pytest.approx(11 * 0.6 + val / 2 + 11 * 0.3 + val / 2)  # T + K - 1 ticks
+  assert two["bubble_seconds"] == pytest.approx(0.6 + 0.3)
+  slow = Interconnect(bytes_per_second=4e5, latency_seconds=0.01)  # 100 rows x 400 bytes: 0.1 s + 0.01 s
+  linked = pipelined_seconds(steps, epochs[:1], num_train=1000, num_val=200, num_devices=2, link=slow)
+  assert linked["tick_seconds"] == pytest.approx([0.6 + 0.11]) and linked["transfer_seconds"] == pytest.approx(1.1)
+  eight = pipelined_seconds(steps, epochs[:1], num_train=1000, num_val=200, num_devices=8, link=free)
+  assert len(eight["stages"]) == 4  # one stage per block at most
+  assert data_parallel_seconds(steps, 3, 1000, 200, 1, free)["seconds"] == pytest.approx(3 * (10 * 1.0 + 2 * 0.3))
+  dp = data_parallel_seconds(steps, 3, 1000, 200, 2, slow)
+  assert dp["all_reduce_seconds"] == pytest.approx(2 * 0.01 + 1e6 / 4e5)
+  assert dp["seconds"] == pytest.approx(3 * (10 * (0.6 + dp["all_reduce_seconds"]) + 2 * 0.3 / 2))
+  with pytest.raises(KeyError, match="per-device batch of 15"):
+    data_parallel_seconds(steps, 3, 1000, 200, 7, free)
+
+
+def test_measured_steps_cover_every_block_and_the_end_to_end_network_and_read_back():
+  from quicknets_jax.algorithms.pipeline_cost import MeasuredSteps, measure_steps, per_device_batches
+
+  model = _model()
+  assert per_device_batches(64, 4) == [64, 32, 22, 16]
+  steps = measure_steps(model, 64, per_device_batches(64, 2), repeats=2)
+  assert len(steps.block_train) == len(steps.block_forward) == 3 and set(steps.end_to_end_train) == {64, 32}
+  assert all(t > 0 for t in (*steps.block_train, *steps.block_forward, steps.end_to_end_forward))
+  assert steps.feature_bytes == (4 * 16 + 12, 4 * 12 + 12, 4 * 8 + 12)
+  params, _ = split_blocks(model.init(jax.random.PRNGKey(0)))
+  e2e = [p["subnet"] for p in params] + [params[-1]["exit_head"]]  # every subnet and the last exit
+  assert steps.param_bytes == 4 * (36 * 16 + 16 + 16 * 12 + 12 + 12 * 8 + 8 + 8 * 4 + 4)
+  assert steps.param_bytes == 4 * sum(x.size for x in jax.tree.leaves(e2e))
+  assert MeasuredSteps.from_json(steps.to_json()) == steps
+
+
+def test_a_smaller_stage_buffer_shortens_the_later_stages_in_the_model():
+  from quicknets_jax.algorithms.pipeline_cost import Interconnect, pipelined_seconds
+
+  steps = _steps((0.4, 0.2, 0.2, 0.1), (0.1, 0.05, 0.05, 0.02))
+  free = Interconnect(bytes_per_second=float("inf"), latency_seconds=0.0)
+  full = pipelined_seconds(steps, [[True] * 4], 1000, 200, num_devices=4, link=free)
+  half = pipelined_seconds(steps, [[True] * 4], 1000, 200, num_devices=4, link=free, capacity=0.5)
+  assert full["tick_seconds"] == pytest.approx([0.4]) and half["tick_seconds"] == pytest.approx([0.4])  # block 0
+  two = pipelined_seconds(steps, [[False, True, True, True]], 1000, 200, num_devices=2, link=free, capacity=0.5)
+  assert two["tick_seconds"] == pytest.approx([max(0.1 + 0.2, 0.5 * (0.2 + 0.1))])

@@ -123,6 +123,7 @@ def mock_imagenet():
     return data.load_dataset("imagenet2012", data_source="tfds", image_size=16, max_train=40, max_test=12)
 
 
+@pytest.mark.slow  # DenseNet compiles
 def test_quicknet_trains_on_mock_imagenet_through_a_frozen_prefix(mock_imagenet):
   """A few steps of a 2-block DenseNet through the one trainer: block 1 trains on block 0 run in inference
   mode (recomputed every step), and batch-norm statistics of subnets and exits move while they train."""

@@ -129,3 +129,27 @@ def test_every_validation_sample_learned_falls_back_to_the_whole_split(split, mo
   monkeypatch.setattr(quicknet, "train_block", spy)
   run = quicknet.train_quicknet(_model(2), (x, y), (vx, vy), CONFIG, seed=0, log=lambda m: None)
   assert seen == [len(vy), len(vy)] and run.num_trained_blocks == 2
+
+
+def test_seeds_whose_cascades_kept_different_numbers_of_blocks_average_their_curves():
+  """An early block that learns every training sample leaves a one-block cascade: averaged with seeds that
+  kept three blocks, it sends no samples to the exits it lacks."""
+  from quicknets_jax.workflows.aggregate import average_curves
+
+  three = [dict(threshold=0.5, test_accuracy=0.9, exit_fractions=[0.5, 0.3, 0.2])]
+  one = [dict(threshold=0.5, test_accuracy=0.8, exit_fractions=[1.0])]
+  (point,) = average_curves([three, one])
+  assert point["threshold"] == 0.5 and abs(point["test_accuracy"] - 0.85) < 1e-12
+  assert point["exit_fractions"] == [0.75, 0.15, 0.1]
+
+
+def test_per_block_numbers_of_a_shorter_cascade_aggregate_by_what_they_mean():
+  """Amounts (epochs, samples) count 0 for a block the seed does not have; accuracies average over the
+  seeds that have the block."""
+  from quicknets_jax.workflows.aggregate import aggregate
+
+  three = dict(test_accuracy=0.9, epochs_per_block=[30, 20, 10], per_exit_test_accuracy=[0.8, 0.85, 0.9])
+  one = dict(test_accuracy=0.8, epochs_per_block=[100], per_exit_test_accuracy=[0.7])
+  out = aggregate([three, one])
+  assert out["epochs_per_block"] == [65.0, 10.0, 5.0]
+  assert out["per_exit_test_accuracy"] == [0.75, 0.85, 0.9]

@@ -1,4 +1,4 @@
-"""The per-epoch metrics log: valid JSON lines with the keys issue 7 asks for, TensorBoard event files
+"""The per-epoch metrics log: valid JSON lines with the keys every line must carry, TensorBoard event files
 readable without TensorFlow, cumulative FLOPs that end where the results' totals end, and the
 progress line that stays quiet off a terminal.
 

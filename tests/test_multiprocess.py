@@ -230,6 +230,7 @@ def test_the_supervisor_reads_which_process_died_from_jax(diagnostics, own, dead
   assert supervise.dead_processes(diagnostics, own)[0] == dead
 
 
+@pytest.mark.slow  # two processes and a streamed run (about a minute)
 def test_two_processes_streaming_their_halves_of_each_batch_give_the_in_memory_results(tmp_path, one_process_run):
   # each process reads its own half of every batch from the records (parallel.local_batch_rows)
   _, single, pair, both = _one_process_then_two(
@@ -240,6 +241,20 @@ def test_two_processes_streaming_their_halves_of_each_batch_give_the_in_memory_r
   assert both["quicknet"]["test_accuracy"] == single["quicknet"]["test_accuracy"]
   assert "writing MNIST as array_record files" in open(f"{pair}.p0.err").read()
   assert "writing" not in open(f"{pair}.p1.err").read()  # process 0 wrote them; process 1 waited
+
+
+@pytest.mark.slow  # two processes, decoupled (about a minute)
+def test_a_decoupled_run_on_two_processes_is_the_one_process_run(tmp_path, one_process_run):
+  # every block at once, data-parallel over the 4 devices of 2 processes as over 1 process's 4
+  args, _, _ = one_process_run
+  args = [*args, "--schedule=decoupled"]
+  single = _run_single("experiments.mnist", args, tmp_path / "one")
+  procs = _start_pair("experiments.mnist", args, tmp_path / "pair")
+  assert [p.wait(timeout=900) for p in procs] == [0, 0], (tmp_path / "pair.p0.err").read_text()[-3000:]
+  both = json.loads((tmp_path / "pair" / "results.json").read_text())
+  assert single["quicknet"]["per_seed"][0]["schedule"] == "decoupled"
+  assert _numbers_close(single, both) == []
+  assert both["quicknet"]["test_accuracy"] == single["quicknet"]["test_accuracy"]
 
 
 def test_only_process_zero_writes_the_run_files(tmp_path, monkeypatch):

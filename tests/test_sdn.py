@@ -268,6 +268,7 @@ def test_resnet_sdn_refuses_bad_exits():
   assert "resnet_sdn" in models.MODELS
 
 
+@pytest.mark.slow  # a whole study run
 def test_sdn_study_runs_on_a_stand_in_cifar_tarball(tmp_path):
   """experiments.sdn_cifar10's pipeline with no network: tarball in the real cifar-10-python format →
   load_dataset → joint training → commitment heads → study, on a tiny ResNet SDN (one block per stage)."""

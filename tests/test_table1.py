@@ -1,4 +1,4 @@
-"""The Table-1 network and the authors' schedule (issue 14): parameter counts, the commitment head on the
+"""The Table-1 network and the authors' schedule: parameter counts, the commitment head on the
 exit's logits, and each switch of the authors' code doing exactly what it says (and refusing bad values
 with the fix in the message)."""
 
@@ -179,7 +179,7 @@ def test_the_learned_commitment_probability_raises_the_bar():
   np.testing.assert_array_equal(
     learned_mask(probs, commit, labels, 0.5, strict.learned_commit_logit()), [False, False, True]
   )
-  assert QuickNetConfig().learned_commit_logit() == 0.0  # 0.5 is design.md's "positive commitment"
+  assert QuickNetConfig().learned_commit_logit() == 0.0  # 0.5 is "positive commitment" (docs/method.md)
   for bad in (0.0, 1.0):
     with pytest.raises(ValueError, match="learned_commit_prob"):
       QuickNetConfig(learned_commit_prob=bad)
@@ -211,7 +211,21 @@ def test_the_authors_schedule_is_the_flagfiles_switches():
   )
   assert config.model.hidden == (150, 100, 50) and config.model.commit_head == "logits"
   assert table1.cell_config("fashion_mnist", "150-150-150", "appendix", (0,)) == ExperimentConfig().replace(seeds=(0,))
-  assert [c[0] for c in table1.cells(True, ["150-100-50"])] == ["fashion_mnist"] * 4 + ["mnist"] * 2
+  assert [c[0] for c in table1.cells(True, ["150-100-50"])] == ["fashion_mnist"] * 7 + ["mnist"] * 5
+  assert table1.cells(False, [], ("appendix", "authors")) == [
+    ("fashion_mnist", n, r) for n in ("150-150-150", "150-100-50") for r in ("appendix", "authors")
+  ]
+
+
+def test_the_recipes_that_separate_stopping_from_augmentation_change_one_thing_each():
+  cell = lambda recipe: table1.cell_config("mnist", "150-100-50", recipe, (0, 1, 2))
+  authors, no_affine = cell("authors"), cell("authors_no_affine")
+  assert authors.fit.augmentation_name == "affine" and no_affine.fit.augmentation_name is None
+  assert no_affine.replace(augment=True, augmentation="affine", cache_features=False) == authors
+  appendix = cell("appendix")
+  assert cell("appendix_train_loss") == appendix.replace(monitor="train_loss")
+  assert cell("appendix_train_loss_wd") == appendix.replace(monitor="train_loss", weight_decay=5e-4)
+  assert appendix.fit.monitor == "val_loss" and appendix.fit.weight_decay == 0.0
 
 
 def test_table1_rows_and_markdown():
@@ -239,5 +253,5 @@ def test_table1_rows_and_markdown():
   row = table1_row(results, "150-100-50", "authors")
   assert row["inference_macs_ratio"] == 1.38 and row["quicknet_accuracy"] == 0.88
   text = table1_markdown([row])
-  assert "| Fashion-MNIST | 150-100-50 | authors | 88.00 ± 0.10 |" in text
+  assert "| Fashion-MNIST | 150-100-50 | authors' code | 88.00 ± 0.10 |" in text
   assert "*Fashion-MNIST, paper*" in text and "87.53 ± 0.07" in text and "(1.14)" in text and "| 1.56 |" in text

@@ -1,1 +1,2 @@
-"""The training algorithms built on the one trainer (QuickNet, end-to-end, SDN, fine-tuning) and inference."""
+"""The training algorithms built on the one trainer (QuickNet: sequential, decoupled or pipelined; end-to-end;
+SDN; fine-tuning) and early-exit inference."""

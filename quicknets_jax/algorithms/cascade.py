@@ -1,11 +1,12 @@
 """Cascade inference with real exits: later blocks run only on the samples that have not left yet.
 
-Block 0 runs on each input batch; the exit rule (design.md §1) is applied; the samples that continue
+Block 0 runs on each input batch; the exit rule (docs/method.md) is applied; the samples that continue
 are compacted and handed to block 1, and so on. Predictions equal `exits.select_exits` on all exits (a
 test checks it); unlike that vectorized evaluator, the FLOPs a sample does not need are never computed.
 
 How it is kept cheap on the clock (a naive loop's per-block host syncs, numpy bookkeeping and separate
 gather dispatches cost more than the later blocks of a small network save):
+
 - one step per block does everything for it on device: it picks the continuing rows out of
   the previous block's outputs (a cumsum-based stable compaction and a gather), runs the block and its
   heads (the MLP's two Dense heads share one matmul), applies the exit rule and records the answer of
@@ -83,6 +84,13 @@ def bucket(n: int, per_octave: int = 8) -> int:
 
   `per_octave` must be a power of two; 1 gives plain powers of two. A block therefore compiles for at
   most per_octave·log2(batch) + 2·per_octave sizes and wastes under 1/per_octave of its rows on padding.
+
+  Args:
+    n: the number of samples.
+    per_octave: sizes per octave, a power of two.
+
+  Returns:
+    The padded size, at least n (and at least 1).
   """
   if n <= 2 * per_octave:
     return max(n, 1)
@@ -287,7 +295,12 @@ def cascade_predict_batches(
   from, the first window reads its counts: the host waits for each block's count of continuing rows.
 
   Args:
+    model: the multi-exit model.
+    variables: the trained blocks' variables (only the first len(variables) blocks run).
     batches: an iterable of [B_i, ...] input arrays.
+    threshold: the confidence threshold t.
+    fallback: which exit answers when none qualifies, as in `exits.select_exits`.
+    use_commitment: whether the rule reads the commitment logits.
     buckets_per_octave: granularity of the later blocks' batch sizes (see `bucket`; 1 = powers of two).
     pool: input batches per window (1: each batch goes through the cascade on its own).
     reuse_guesses: guess from the fractions that the previous call with the same model, threshold and
@@ -295,6 +308,9 @@ def cascade_predict_batches(
 
   Returns:
     A `CascadeResult` of host arrays, the batches' rows concatenated.
+
+  Raises:
+    ValueError: `fallback` is not one of `exits.FALLBACKS`, or `buckets_per_octave` is not a power of two.
   """
   if fallback not in exits.FALLBACKS:
     raise ValueError(f"fallback must be one of {exits.FALLBACKS}, got {fallback!r}")
@@ -397,6 +413,14 @@ def cascade_predict_batches(
 
 
 def cascade_flops(result: CascadeResult, model: MultiExitModel) -> np.ndarray:
-  """FLOPs per sample actually spent by the cascade: every block and head each sample ran through."""
+  """FLOPs per sample actually spent by the cascade: every block and head each sample ran through.
+
+  Args:
+    result: the cascade's answers (`blocks_run` says how far each sample went).
+    model: the model whose blocks ran (its `block_costs`).
+
+  Returns:
+    [N] float64 FLOPs per sample.
+  """
   cumulative = np.concatenate([[0.0], costs.cascade_costs(model.block_costs)])
   return cumulative[result.blocks_run]

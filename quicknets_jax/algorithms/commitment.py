@@ -31,7 +31,16 @@ Log = Callable[[str], None]
 
 
 def class_weights(correct) -> tuple[float, float]:
-  """(positive, negative) weights n / (2·n_class) of the commitment BCE for 0/1 targets `correct`."""
+  """(positive, negative) weights n / (2·n_class) of the commitment BCE for 0/1 targets `correct`.
+
+  Both classes then weigh the same in the loss; a class with no sample counts as one.
+
+  Args:
+    correct: [n] 0/1 targets: whether the exit was right.
+
+  Returns:
+    (weight of a 1, weight of a 0).
+  """
   n = int(correct.shape[0])
   n_pos = int(np.sum(correct))
   return n / (2.0 * max(n_pos, 1)), n / (2.0 * max(n - n_pos, 1))

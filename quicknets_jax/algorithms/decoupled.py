@@ -113,8 +113,19 @@ class DecoupledLoss:
     return jnp.full(mask.shape, total), carry.answer, new_state
 
   def blocks_pass(self, params, state, carry: Carried, blocks: range, train: bool):
-    """Blocks `blocks` on what `carry` brings (the features entering the first of them, the rows still
-    not learned): (their loss, what they pass on, the new model state of every block)."""
+    """Runs blocks `blocks` on what `carry` brings and adds up their losses.
+
+    Args:
+      params: per block, its parameters (only the blocks in `blocks` are read).
+      state: per block, its model state (batch statistics).
+      carry: the features entering the first of the blocks, the targets, the rows no earlier block has
+        learned, and which rows an earlier block has answered for.
+      blocks: the consecutive blocks to run.
+      train: whether batch statistics update.
+
+    Returns:
+      (the blocks' summed loss, what they pass on to the next block, the new model state of every block).
+    """
     labels = carry.y if self.refresh == "step" else carry.y[:, 0]
     x, still, decided, answer = carry.x, carry.still, carry.decided, carry.answer
     total = jnp.zeros((), jnp.float32)
@@ -181,7 +192,15 @@ class DecoupledState:
     return dict(train=train, best_params=self.best_params, best_model_state=self.best_model_state), meta
 
   def restored(self, tree: dict, meta: dict) -> DecoupledState:
-    """This (fresh) state with what a checkpoint holds."""
+    """This (fresh) state with what a checkpoint holds.
+
+    Args:
+      tree: the checkpoint's arrays (`checkpoint()`'s first value).
+      meta: its JSON part (the second).
+
+    Returns:
+      The state the checkpoint describes.
+    """
     return dataclasses.replace(
       self,
       train=self.train.replace(**tree["train"]),
@@ -226,8 +245,23 @@ def _val_chunk(params, model_state, x, labels, mask, *, model, depth, rule, comp
 
 
 def validate(model, params, model_state, val: Split, depth: int, rule, config) -> np.ndarray:
-  """[depth, 3] float64: per block (CE sum, count, correct sum) over the validation samples earlier
-  blocks do not learn, in the trainer's fixed-size masked chunks (the split padded to its bucket)."""
+  """Each block's validation sums over the validation samples earlier blocks do not learn.
+
+  The split is read in the trainer's fixed-size masked chunks (padded to its bucket), so the programs
+  compile once per bucket.
+
+  Args:
+    model: the multi-exit model.
+    params: per block, its parameters.
+    model_state: per block, its model state.
+    val: the validation split.
+    depth: blocks 0..depth−1 are validated.
+    rule: (τ, commitment logit) of the learned rule.
+    config: the QuickNet's settings (`fit.eval_batch_size`, `fit.compute_dtype`).
+
+  Returns:
+    [depth, 3] float64: per block (cross-entropy sum, count, correct sum).
+  """
   batch = config.fit.eval_batch_size
   n = len(val.labels)
   rows = bucket_size(n)
@@ -251,11 +285,24 @@ def validate(model, params, model_state, val: Split, depth: int, rule, config) -
   return total
 
 
-def decoupled_epoch_flops(model: MultiExitModel, *, depth: int, active, n_train: int, n_val: int, refresh: str) -> dict:
-  """One epoch's training FLOPs by block and part: every sample drawn runs blocks 0..depth−1 forward
-  (masked-out samples included: they still cost their forward pass), the blocks still training 2× that
-  again backward; the validation split runs them forward once, and an epoch-refreshed learned rule
-  costs one more forward pass over the training split."""
+def decoupled_epoch_flops(model: MultiExitModel, *, depth: int, active, n_train: int, n_val: int, refresh: str) -> list:
+  """One decoupled epoch's training FLOPs by block and part.
+
+  Every sample drawn runs blocks 0..depth−1 forward (masked-out samples included: they still cost their
+  forward pass), the blocks still training 2× that again backward; the validation split runs them
+  forward once, and an epoch-refreshed learned rule costs one more forward pass over the training split.
+
+  Args:
+    model: the multi-exit model (its `block_costs`).
+    depth: the blocks that run.
+    active: per block, whether it still trains.
+    n_train: training samples drawn in the epoch.
+    n_val: validation samples.
+    refresh: "step" or "epoch" (`QuickNetConfig.decoupled_refresh`).
+
+  Returns:
+    Per block, {"block_training", "block_validation", "cache"}: FLOPs.
+  """
   out = []
   for j in range(model.num_blocks):
     forward_cost = model.block_costs[j].total if j < depth else 0.0
@@ -280,8 +327,7 @@ def train_decoupled(
   log: Log = print,
   events: Optional[Events] = None,
 ):
-  """Trains every block of a QuickNet at once (see the module doc); returns (variables, the state of the
-  run, its FLOPs by block and part, its seconds by phase).
+  """Trains every block of a QuickNet at once (see the module doc).
 
   Args:
     model: the multi-exit model.
@@ -291,6 +337,10 @@ def train_decoupled(
     seed: initialisation (the sequential schedule's: `rng.Stream.INIT`) and every draw.
     checkpoint: a `checkpoint.FitCheckpointer`: resume from its newest epoch, save after every epoch.
     log: progress lines; events: told after every epoch (phase "decoupled").
+
+  Returns:
+    (the final variables of every block, the run's `DecoupledState`, its FLOPs by block and part
+    (`decoupled_epoch_flops` summed), its training seconds).
 
   Raises:
     NonFiniteLossError: a NaN/inf loss.
@@ -331,12 +381,19 @@ def train_decoupled(
       host_loop = steps_from_host(
         "cpu", uses_convolution(probe, state.train.params, state.train.model_state, images, labels)
       )
-  run_epoch = epoch_from_host if host_loop else epoch_on_device
+  one_device_epoch = epoch_from_host if host_loop else epoch_on_device
+
+  def run_epoch(train_state, arrays, key, plan):  # (state, (loss, accuracy, rows a stage dropped))
+    state, (loss, accuracy) = one_device_epoch(train_state, arrays, key, plan=plan)
+    return state, (loss, accuracy, 0.0)
+
   if config.pipeline_stages > 1:  # the blocks as stages, one device each (`pipeline`)
     stages_mesh, stages = stage_mesh(config.pipeline_stages), block_stages(num_blocks, config.pipeline_stages)
-    run_epoch = lambda st, arr, k, plan: pipelined_epoch(
-      st, arr, k, plan=PipelinePlan(plan, stages_mesh, stages, plan.batch_size)
-    )
+    capacity = max(1, math.ceil(config.pipeline_capacity * batch_size))
+
+    def run_epoch(train_state, arrays, key, plan):
+      return pipelined_epoch(train_state, arrays, key, plan=PipelinePlan(plan, stages_mesh, stages, capacity))
+
   train_state = jax.tree.map(lambda x: jax.device_put(x), state.train)
   total_flops = [dict.fromkeys(("block_training", "block_validation", "cache"), 0.0) for _ in range(num_blocks)]
   for record in state.history:
@@ -364,10 +421,10 @@ def train_decoupled(
       arrays = EpochArrays(
         images, targets, positions, classes, device_array(np.int32(n_train)), device_array(np.int32(n_train))
       )
-      train_state, (train_loss, train_acc) = run_epoch(
-        train_state, arrays, jax.random.fold_in(fit_key, state.epoch), plan=plan
+      train_state, (train_loss, train_acc, dropped) = run_epoch(
+        train_state, arrays, jax.random.fold_in(fit_key, state.epoch), plan
       )
-      train_loss, train_acc = float(train_loss), float(train_acc)
+      train_loss, train_acc, dropped = float(train_loss), float(train_acc), int(dropped)
       trained_at = time.perf_counter()
       sums = validate(model, train_state.params, train_state.model_state, val, depth, rule, config)
     validated_at = time.perf_counter()
@@ -421,6 +478,13 @@ def train_decoupled(
       flops_by_block=flops,
       stopped=all(frozen),
     )
+    if config.pipeline_stages > 1:
+      record["pipeline_dropped_rows"] = dropped
+      if dropped:
+        log(
+          f"decoupled: epoch {record['epoch']}: {dropped} rows later blocks needed did not fit in a stage's "
+          f"buffer (--pipeline_capacity={config.pipeline_capacity:g}) and were dropped for their step"
+        )
     state = DecoupledState(
       train_state, tuple(schedules), best_params, best_state, tuple(frozen), (*state.history, record)
     )

@@ -165,6 +165,15 @@ def test_accuracy_fn(model: MultiExitModel, images, labels, batch_size: int):
 
   The test split is padded once to whole chunks of `batch_size` rows and a masked count runs per
   chunk, so the jitted count compiles once per process, whatever the split's size.
+
+  Args:
+    model: the multi-exit model (its final exit answers).
+    images: [N, ...] test inputs, in memory or streamed.
+    labels: [N] their classes.
+    batch_size: rows per chunk (at most N are used).
+
+  Returns:
+    A function of (params, model_state) that returns the test accuracy as a float.
   """
   loss_fn = losses.EndToEndLoss(model)
   n = len(labels)

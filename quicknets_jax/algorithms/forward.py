@@ -23,7 +23,19 @@ from quicknets_jax.models.base import Block, MultiExitModel
 
 def batched(fn, arrays: Sequence, batch_size: int):
   """Applies a jitted `fn` to fixed-size chunks of `arrays` (the last one padded) and concatenates the
-  outputs (numpy); None for zero rows."""
+  outputs.
+
+  Args:
+    fn: a function of one chunk of each array, returning a pytree of arrays with the chunk's rows first.
+    arrays: arrays with the same number of rows, or one streamed view (read chunk by chunk).
+    batch_size: rows per chunk.
+
+  Returns:
+    `fn`'s outputs over all rows as numpy arrays (the padding dropped); None for zero rows.
+
+  Raises:
+    ValueError: a streamed view is given together with other arrays.
+  """
   # Slicing, padding and concatenating happen in numpy on the host: eager jnp ops on arrays of a new
   # length would each compile a small XLA program, and those add up to seconds per block.
   if any(is_streamed(a) for a in arrays):  # images left on disk: read chunk by chunk (data.streaming)
@@ -47,21 +59,51 @@ def batched(fn, arrays: Sequence, batch_size: int):
 
 @functools.partial(jax.jit, static_argnames=("model", "upto"))
 def prefix_apply(variables, x, *, model: MultiExitModel, upto: int):
-  """The features entering block `upto` (frozen blocks 0..upto−1 in inference mode) for inputs `x`."""
+  """The features entering block `upto` (frozen blocks 0..upto−1 in inference mode) for inputs `x`.
+
+  Args:
+    variables: the variables of blocks 0..upto−1.
+    x: [B, ...] inputs.
+    model: the multi-exit model (static).
+    upto: the block whose input is wanted (static).
+
+  Returns:
+    [B, ...] the features entering block `upto`.
+  """
   for k in range(upto):
     x = model.blocks[k].apply(variables[k], x, method=Block.features)
   return x
 
 
 def feature_elements(model: MultiExitModel, upto: int) -> int:
-  """How many numbers one sample's features entering block `upto` hold (shapes only, nothing runs)."""
+  """How many numbers one sample's features entering block `upto` hold (shapes only, nothing runs).
+
+  Args:
+    model: the multi-exit model.
+    upto: the block.
+
+  Returns:
+    The number of elements per sample.
+  """
   shapes = model.feature_shapes()
   return int(np.prod(model.input_shape if upto == 0 else shapes[upto - 1]))
 
 
 def prefix_features(model: MultiExitModel, variables: Sequence[dict], images, rows, upto: int, batch_size: int):
-  """Features entering block `upto` for `images[rows]`, computed in fixed-size chunks (numpy); for
-  `upto == 0` the images themselves (a streamed view of those rows when `images` is streamed)."""
+  """Features entering block `upto` for `images[rows]`, computed in fixed-size chunks.
+
+  Args:
+    model: the multi-exit model.
+    variables: the frozen blocks' variables (at least `upto` of them).
+    images: [N, ...] inputs, in memory or streamed.
+    rows: the rows of `images` wanted.
+    upto: the block whose input is wanted.
+    batch_size: rows per chunk.
+
+  Returns:
+    [len(rows), ...] features as numpy; for `upto == 0` the images themselves (a streamed view of those
+    rows when `images` is streamed).
+  """
   gathered = take(images, rows)  # a streamed view stays one: nothing is read here
   if upto == 0:
     return gathered
@@ -88,20 +130,49 @@ def _apply_commit_inputs(block: Block, variables, features):
 
 
 def commit_inputs(block: Block, variables: dict, features, batch_size: int):
-  """What the block's commitment head reads for `features`: the features themselves (returned as they
-  are) or, for a head on the exit's logits, those logits (numpy)."""
+  """What the block's commitment head reads for `features`.
+
+  Args:
+    block: the block.
+    variables: its variables.
+    features: [N, ...] the block's output features.
+    batch_size: rows per chunk.
+
+  Returns:
+    The features themselves (as they are) or, for a head on the exit's logits, those logits (numpy).
+  """
   if not block._reads_logits:
     return features
   return batched(lambda h: _apply_commit_inputs(block, variables, h), [features], batch_size)
 
 
 def block_outputs(block: Block, variables: dict, features, batch_size: int):
-  """(features out, exit probs, commitment logits) of one block on its input features (numpy)."""
+  """One block's outputs on its input features.
+
+  Args:
+    block: the block.
+    variables: its variables.
+    features: [N, ...] the features entering it.
+    batch_size: rows per chunk.
+
+  Returns:
+    (output features, exit probabilities [N, C], commitment logits [N]) as numpy arrays.
+  """
   return batched(lambda x: _apply_block(block, variables, x), [features], batch_size)
 
 
 def commit_logits(block: Block, variables: dict, features, batch_size: int):
-  """The commitment logits of one block on its output features (numpy)."""
+  """The commitment logits of one block on its output features.
+
+  Args:
+    block: the block.
+    variables: its variables.
+    features: [N, ...] the block's output features.
+    batch_size: rows per chunk.
+
+  Returns:
+    [N] commitment logits (numpy).
+  """
   return batched(lambda h: _apply_commit(block, variables, h), [features], batch_size)
 
 
@@ -116,7 +187,17 @@ def _all_exits(model: MultiExitModel, variables, x):
 
 
 def all_exit_outputs(model: MultiExitModel, variables: Sequence[dict], images, batch_size: int = 2048):
-  """All exits on `images`: (probs [E, N, C], commitment logits [E, N]) for the trained blocks."""
+  """Every trained exit on `images`.
+
+  Args:
+    model: the multi-exit model.
+    variables: the trained blocks' variables (E of them).
+    images: [N, ...] inputs, in memory or streamed.
+    batch_size: rows per chunk.
+
+  Returns:
+    (probabilities [E, N, C], commitment logits [E, N]) as jax arrays.
+  """
   variables = list(variables)
   images = images if is_streamed(images) else jnp.asarray(images)
   probs, commits = batched(lambda x: _all_exits(model, variables, x), [images], batch_size)

@@ -39,9 +39,15 @@ AXIS = "stages"
 
 
 class Carried(NamedTuple):
-  """What passes from block to block (and from stage to stage): the features entering the next block,
-  the targets, the rows no block so far has learned (0/1, padding rows 0), which rows a block has
-  already answered for and whether that answer was right."""
+  """What passes from block to block (and from stage to stage), one row per sample of the batch.
+
+  Attributes:
+    x: the features entering the next block, [R, ...].
+    y: the targets, [R, ...] (class labels, with more columns where the loss reads them).
+    still: float 0/1 [R], the rows no block so far has learned (padding rows 0).
+    decided: bool [R], the rows a block has already answered for.
+    answer: float 0/1 [R], whether that answer was right (0 where no block has answered).
+  """
 
   x: jax.Array
   y: jax.Array
@@ -52,6 +58,13 @@ class Carried(NamedTuple):
 
 def block_stages(num_blocks: int, num_stages: int) -> tuple[tuple[int, int], ...]:
   """Contiguous blocks per stage, as even as counts allow: ((start, stop), ...).
+
+  Args:
+    num_blocks: the model's number of blocks.
+    num_stages: the number of pipeline stages.
+
+  Returns:
+    One `(start, stop)` pair of block indices per stage, covering 0..num_blocks−1 in order.
 
   Raises:
     ValueError: more stages than blocks, or fewer than one.
@@ -64,6 +77,12 @@ def block_stages(num_blocks: int, num_stages: int) -> tuple[tuple[int, int], ...
 
 def stage_mesh(num_stages: int) -> Mesh:
   """A 1-D mesh named "stages" over the first `num_stages` devices.
+
+  Args:
+    num_stages: the number of pipeline stages, one device each.
+
+  Returns:
+    The mesh, with the one axis `AXIS`.
 
   Raises:
     ValueError: fewer devices than stages (the message names the fix).
@@ -83,7 +102,8 @@ class PipelinePlan:
 
   Attributes:
     epoch: the one-device plan (its statics hold the `DecoupledLoss` and the optimizer).
-    mesh: the "stages" mesh; stages: the blocks of each stage.
+    mesh: the "stages" mesh (`stage_mesh`).
+    stages: the blocks of each stage, `(start, stop)` pairs (`block_stages`).
     capacity: rows a stage sends on (the whole batch by default: nothing dropped).
   """
 
@@ -101,15 +121,27 @@ class PipelinePlan:
 
 def pipelined_epoch(state: TrainState, arrays: EpochArrays, key, *, plan: PipelinePlan):
   """One decoupled epoch on the pipeline: the same draws and step keys as `trainer.epoch_on_device`.
-  Returns (state, (mean loss, accuracy))."""
+
+  Args:
+    state: the train state of every block (replicated).
+    arrays: the epoch's inputs, targets and row positions.
+    key: the epoch's random key.
+    plan: the epoch's static plan and its layout over the devices.
+
+  Returns:
+    (the new state, (mean loss, accuracy, rows still needed by later blocks that did not fit in a stage's
+    buffer — 0 at full capacity)).
+  """
   order, step_key = _draw(key, arrays, plan.epoch)
   return _pipelined_steps(state, arrays, order, step_key, plan=plan)
 
 
 def _compact(carry: Carried, mask, capacity: int):
-  """The rows still not learned first (stable), the first `capacity` kept: (carry, mask)."""
+  """The rows still not learned first (stable), the first `capacity` kept: (carry, mask, rows still
+  needed that did not fit)."""
   keep = jnp.argsort(1.0 - carry.still, stable=True)[:capacity]
-  return jax.tree.map(lambda a: a[keep], carry), mask[keep]
+  kept = jax.tree.map(lambda a: a[keep], carry)
+  return kept, mask[keep], jnp.sum(carry.still) - jnp.sum(kept.still)
 
 
 @functools.partial(jax.jit, static_argnames=("plan",), donate_argnames=("state",))
@@ -148,10 +180,11 @@ def _pipelined_steps(state: TrainState, arrays: EpochArrays, order, step_key, *,
       new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state)
       loss_sum = total * jnp.sum(mask)  # the one-device step's masked sum of per-sample totals
       correct_sum = jnp.sum(out.answer * mask) if last else jnp.zeros(())
-      out, mask = _compact(out, mask, capacity)
+      out, mask, dropped = _compact(out, mask, capacity)
+      dropped = dropped if k < num_stages - 1 and stop < loss.depth else jnp.zeros(())
       flat = out.x.reshape(capacity, -1)
       flat = jnp.pad(flat, ((0, 0), (0, plan.feature_size - flat.shape[1])))
-      return new, (flat, out.y, out.still, out.decided, out.answer, mask), jnp.stack([loss_sum, correct_sum])
+      return new, (flat, out.y, out.still, out.decided, out.answer, mask), jnp.stack([loss_sum, correct_sum, dropped])
 
     return run
 
@@ -178,7 +211,7 @@ def _pipelined_steps(state: TrainState, arrays: EpochArrays, order, step_key, *,
       sent = jax.lax.ppermute(out, AXIS, [(i, i + 1) for i in range(num_stages - 1)])
       return state, sent, sums
 
-    state, _, sums = jax.lax.fori_loop(0, num_steps + num_stages - 1, tick, (state, empty, jnp.zeros((2,))))
+    state, _, sums = jax.lax.fori_loop(0, num_steps + num_stages - 1, tick, (state, empty, jnp.zeros((3,))))
     owner = jnp.asarray(
       [next(k for k, (a, z) in enumerate(plan.stages) if a <= j < z) for j in range(model.num_blocks)]
     )
@@ -204,4 +237,4 @@ def _pipelined_steps(state: TrainState, arrays: EpochArrays, order, step_key, *,
   state, sums = jax.shard_map(
     per_device, mesh=plan.mesh, in_specs=(P(), P(), P(), P()), out_specs=(P(), P()), check_vma=False
   )(state, arrays, order, step_key)
-  return state, (sums[0] / arrays.num_samples, sums[1] / arrays.num_samples)
+  return state, (sums[0] / arrays.num_samples, sums[1] / arrays.num_samples, sums[2])

@@ -77,6 +77,7 @@ class QuickNetRun:
   finetune: Optional[dict] = None  # QuickNet+ joint fine-tuning: epochs, flops by part, seconds
   schedule: str = "sequential"  # or "decoupled" (`decoupled.train_decoupled`)
   phase_seconds: Optional[dict] = None  # the run's seconds by phase, where blocks did not train apart
+  epochs: Optional[list] = None  # the decoupled run's record of every epoch (all blocks at once)
 
   @property
   def num_trained_blocks(self) -> int:
@@ -126,13 +127,35 @@ class Task:
 
 def feature_cache_bytes(model: MultiExitModel, j: int, num_train: int, num_val: int) -> int:
   """Bytes block j's feature cache takes: float32 features of the training and validation splits,
-  each padded to its bucket (the cache is laid out so every block and seed shares compiled code)."""
+  each padded to its bucket (the cache is laid out so every block and seed shares compiled code).
+
+  Args:
+    model: the multi-exit model.
+    j: the block whose input features are cached.
+    num_train: rows of its training working set.
+    num_val: rows of its validation working set.
+
+  Returns:
+    The cache's size in bytes.
+  """
   return 4 * forward.feature_elements(model, j) * (bucket_size(num_train) + bucket_size(num_val))
 
 
 def uses_feature_cache(model: MultiExitModel, j: int, config: QuickNetConfig, num_train: int, num_val: int) -> bool:
-  """Whether block j trains on cached prefix features (True) or recomputes the frozen prefix every
-  step (False). Block 0 has no prefix; the FLOP accounting follows whichever path this picks."""
+  """Whether block j trains on cached prefix features or recomputes the frozen prefix every step.
+
+  Block 0 has no prefix; the FLOP accounting follows whichever path this picks.
+
+  Args:
+    model: the multi-exit model.
+    j: the block.
+    config: the QuickNet's settings (`cache_features`, `feature_cache_mb`).
+    num_train: rows of its training working set.
+    num_val: rows of its validation working set.
+
+  Returns:
+    True: cached features; False: the prefix runs every step.
+  """
   if j == 0:
     return True
   if not config.cache_features:
@@ -177,7 +200,17 @@ class BlockInputs:
   epoch_samples: int
 
   def block_flops(self, model: MultiExitModel, epochs: int, commit_epochs: int = 0, stage: str = "done") -> dict:
-    """Training FLOPs of this block by part at `stage` (`costs.quicknet_block_flops`)."""
+    """Training FLOPs of this block by part at `stage` (`costs.quicknet_block_flops`).
+
+    Args:
+      model: the multi-exit model.
+      epochs: epochs of the block's fit so far.
+      commit_epochs: epochs of its commitment head's fit so far.
+      stage: how far the block is ("block", "commitment" or "done").
+
+    Returns:
+      FLOPs by part.
+    """
     return costs.quicknet_block_flops(
       model.block_costs[self.j],
       costs.prefix_cost(model.block_costs, self.j),
@@ -193,7 +226,18 @@ class BlockInputs:
 
 
 def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSets, key: jax.Array) -> BlockInputs:
-  """The features entering block j for its working sets, the fit's arrays and objective."""
+  """The features entering block j for its working sets, the fit's arrays and objective.
+
+  Args:
+    task: what every block of the run shares.
+    j: the block.
+    frozen: the variables of blocks 0..j−1.
+    working: T_j and V_j.
+    key: block j's random key (class-balanced draws, held-out rows).
+
+  Returns:
+    Block j's `BlockInputs`.
+  """
   model, config, train, val = task.model, task.config, task.train, task.val
   train_idx, val_idx = (np.asarray(a) for a in working)
   n_train, eval_bs = len(train_idx), config.fit.eval_batch_size
@@ -290,7 +334,19 @@ class Committed(NamedTuple):
 def fit_commitment_head(
   task: Task, inputs: BlockInputs, fitted: FitState, frozen: Sequence[dict], key: jax.Array, hooks: FitHooks
 ) -> Committed:
-  """Runs the trained block on T_j and V_j and trains its commitment head on "the exit was right"."""
+  """Runs the trained block on T_j and V_j and trains its commitment head on "the exit was right".
+
+  Args:
+    task: what every block of the run shares.
+    inputs: block j's inputs.
+    fitted: the block's finished fit (its best epoch's parameters).
+    frozen: the variables of blocks 0..j−1 (to recompute the prefix when features are not cached).
+    key: the head's random key.
+    hooks: events, checkpoint and log of the head's fit.
+
+  Returns:
+    The block with its head (`Committed`).
+  """
   start = time.perf_counter()
   j, block, eval_bs = inputs.j, task.model.blocks[inputs.j], task.config.fit.eval_batch_size
   variables = {"params": fitted.best_params, **fitted.best_model_state}
@@ -333,8 +389,19 @@ class Learned(NamedTuple):
 
 
 def learned_mask(probs, commit_logits, labels, train_threshold: float, commit_threshold: float = 0.0):
-  """L_j as a mask: correct, confidence above τ, commitment logit above `commit_threshold` (0: positive,
-  the method page's learned set; `QuickNetConfig.learned_commit_logit`)."""
+  """L_j as a mask: correct, confidence above τ, commitment logit above `commit_threshold`.
+
+  Args:
+    probs: [N, C] the exit's softmax.
+    commit_logits: [N] the commitment head's logits.
+    labels: [N] the true classes.
+    train_threshold: τ.
+    commit_threshold: the logit a learned sample exceeds (0: a positive commitment, the method page's
+      learned set; `QuickNetConfig.learned_commit_logit`).
+
+  Returns:
+    [N] bool: whether each sample is learned.
+  """
   correct = np.argmax(probs, -1) == np.asarray(labels)
   return (
     correct & (np.asarray(exits.confidence(probs)) > train_threshold) & (np.asarray(commit_logits) > commit_threshold)
@@ -342,7 +409,17 @@ def learned_mask(probs, commit_logits, labels, train_threshold: float, commit_th
 
 
 def select_learned(task: Task, inputs: BlockInputs, committed: Committed, key: jax.Array) -> Learned:
-  """The learned set of block j (its trained commitment head decides), and T_{j+1}, V_{j+1}."""
+  """The learned set of block j (its trained commitment head decides), and T_{j+1}, V_{j+1}.
+
+  Args:
+    task: what every block of the run shares.
+    inputs: block j's inputs.
+    committed: the block with its trained head.
+    key: the block's random key (soft removal keeps a seeded fraction, `keep_learned`).
+
+  Returns:
+    The learned masks and the next working sets (`Learned`).
+  """
   config = task.config
   block, eval_bs = task.model.blocks[inputs.j], config.fit.eval_batch_size
   commit_train = forward.commit_logits(block, committed.variables, committed.h_train, eval_bs)
@@ -531,7 +608,14 @@ def train_quicknet(
 
 
 def freeze(task: Task, variables: dict, record: BlockRecord, working: WorkingSets) -> None:
-  """Block `record.block` is final: checkpoint it with the next working sets, drop its per-epoch states."""
+  """Block `record.block` is final: checkpoint it with the next working sets, drop its per-epoch states.
+
+  Args:
+    task: what every block of the run shares (its checkpointer and events).
+    variables: the block's final variables.
+    record: its record.
+    working: T_{j+1} and V_{j+1}.
+  """
   if task.checkpointer is not None:
     task.checkpointer.save(record.block, variables, dataclasses.asdict(record), *working)
     task.checkpointer.clear_in_progress(record.block)
@@ -540,7 +624,17 @@ def freeze(task: Task, variables: dict, record: BlockRecord, working: WorkingSet
 
 
 def restore(task: Task, working: WorkingSets) -> tuple[list, list, WorkingSets]:
-  """The frozen blocks the task's checkpointer holds (variables, records) and the working sets after them."""
+  """The frozen blocks the task's checkpointer holds, and the working sets after them.
+
+  Listeners are told of every restored block (`BlockFrozen` with `restored=True`).
+
+  Args:
+    task: what every block of the run shares (its checkpointer).
+    working: the working sets to start from when nothing is checkpointed.
+
+  Returns:
+    (variables of the frozen blocks, their records, the working sets of the next block).
+  """
   checkpointer, events = task.checkpointer, task.events
   if checkpointer is None:
     return [], [], working
@@ -582,7 +676,7 @@ def _decoupled_quicknet(
   log(
     f"decoupled: {state.epoch} epochs, every block frozen; {sum(r.training_flops for r in records):.3g} FLOPs, {seconds:.1f}s"
   )
-  return QuickNetRun(variables, records, schedule="decoupled", phase_seconds=phases)
+  return QuickNetRun(variables, records, schedule="decoupled", phase_seconds=phases, epochs=list(state.history))
 
 
 def _decoupled_records(model, variables, state, flops, seconds: float, data, config: QuickNetConfig):

@@ -34,7 +34,19 @@ Log = Callable[[str], None]
 
 
 def loss_weights(epoch: int, max_weights: Sequence[float], ramp_epochs: int) -> np.ndarray:
-  """τ at a 1-based epoch: min(τ^max, 0.01 + epoch·τ^max/ramp_epochs), SDN's linear schedule."""
+  """τ at a 1-based epoch: min(τ^max, 0.01 + epoch·τ^max/ramp_epochs), SDN's linear schedule.
+
+  Args:
+    epoch: the epoch, counted from 1.
+    max_weights: τ^max of each internal exit.
+    ramp_epochs: epochs over which the weights grow to their maximum.
+
+  Returns:
+    [len(max_weights)] float32 weights.
+
+  Raises:
+    ValueError: `ramp_epochs` is below 1.
+  """
   if ramp_epochs < 1:
     raise ValueError(f"ramp_epochs must be ≥ 1, got {ramp_epochs}")
   max_weights = np.asarray(max_weights, np.float32)
@@ -60,7 +72,17 @@ class LossWeightRamp:
 def joint_objective(
   model: MultiExitModel, params: Sequence[dict], fit_config: FitConfig, config: SDNConfig
 ) -> Objective:
-  """SDN's joint loss with τ per epoch; every subnet and exit head trains, commitment heads stay frozen."""
+  """SDN's joint loss with τ per epoch; every subnet and exit head trains, commitment heads stay frozen.
+
+  Args:
+    model: the multi-exit model.
+    params: one params tree per block (their structure sets what trains).
+    fit_config: the fit's settings (augmentation, compute dtype, and the ramp's default length).
+    config: SDN's loss-weight schedule.
+
+  Returns:
+    The `Objective` the trainer fits.
+  """
   max_weights = config.weights_for(model.num_blocks - 1, model.name)
   return Objective(
     losses.JointLoss(model, max_weights, fit_config.augmentation_name, fit_config.compute_dtype),

@@ -19,15 +19,55 @@ REFRESHES = ("step", "epoch")
 
 
 def commitment_schedule(fit_config: FitConfig) -> FitConfig:
-  """The schedule of commitment heads (Appendix A: the blocks'), without class-balanced sampling: the
-  loss is class-weighted instead."""
+  """The schedule of commitment heads (Appendix A: the blocks'), without class-balanced sampling.
+
+  The commitment loss is class-weighted instead.
+
+  Args:
+    fit_config: the blocks' schedule.
+
+  Returns:
+    A copy of `fit_config` with `balanced_sampling` off.
+  """
   return dataclasses.replace(fit_config, balanced_sampling=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuickNetConfig:
-  """How a QuickNet trains: the blocks' schedule, τ, the feature cache and the QuickNet+ levers (each
-  off by default: the faithful QuickNet)."""
+  """How a QuickNet trains: the blocks' schedule, τ, the feature cache and the QuickNet+ levers.
+
+  Each lever is off by default: the faithful QuickNet. Each field's option text says more.
+
+  Attributes:
+    fit: the schedule of every block (Appendix A).
+    commit_fit: the commitment heads' schedule; None: `commitment_schedule` of `fit`.
+    train_threshold: τ, the confidence a sample needs to count as learned.
+    cache_features: compute the frozen blocks' features once per block instead of every step.
+    feature_cache_mb: the memory budget of a block's feature cache in MiB, above which the frozen prefix
+      is recomputed every step; None: no limit.
+    budget: what ends a block's training, "val_loss" (the paper) or "learned_set" (QuickNet+).
+    budget_min_delta: with the learned-set budget, the growth of the validation learned fraction that
+      counts as progress.
+    budget_patience: with the learned-set budget, epochs without progress before the block stops.
+    commit_holdout: QuickNet+, the fraction of T_j held out of block j's training for its commitment head.
+    keep_learned: QuickNet+ soft removal, the fraction of each learned set kept in the next working set.
+    finetune_epochs: QuickNet+, epochs of joint fine-tuning of every block after block-wise training.
+    finetune_lr: QuickNet+, the Adam learning rate of the joint fine-tuning.
+    epoch_draws: how many samples an epoch of a later block draws, "working_set" or "full".
+    commit_balance: how a commitment head's training balances right and wrong predictions, "weighted"
+      or "sampled".
+    schedule: "sequential" (Algorithm 1) or "decoupled" (every block trains from the first epoch).
+    decoupled_refresh: with the decoupled schedule, when the learned rule is decided, every "step" or
+      every "epoch".
+    pipeline_stages: with the decoupled schedule, how many pipeline stages (one device each) run the
+      blocks; 1: no pipeline.
+    pipeline_capacity: with pipeline stages, the fraction of each batch a stage sends on to the next.
+    learned_commit_prob: the commitment probability a learned sample must exceed.
+
+  Raises:
+    ValueError: a field is out of its range or not one of its choices, or the fields contradict each
+      other (e.g. a sequential-only lever with the decoupled schedule).
+  """
 
   fit: FitConfig = nested(FitConfig, "The schedule of every block (Appendix A).")
   commit_fit: Optional[FitConfig] = internal(
@@ -105,10 +145,18 @@ class QuickNetConfig:
     "With --schedule=decoupled: run the blocks as this many pipeline stages, one device each (1: no pipeline).",
     lower=1,
   )
+  pipeline_capacity: float = option(
+    1.0,
+    "With --pipeline_stages: the fraction of each batch a stage sends on to the next — the rows no block so "
+    "far has learned first, so later stages run on fewer rows; rows past it are dropped for that step and "
+    "counted in the epoch's record (1: nothing is ever dropped, the decoupled schedule's results).",
+    lower=0.0,
+    upper=1.0,
+  )
   learned_commit_prob: float = option(
     0.5,
     "A learned sample's commitment probability sigmoid(d) must exceed this "
-    "(0.5: d > 0, design.md §1; the authors' code: 0.8).",
+    "(0.5: d > 0, docs/method.md; the authors' code: 0.8).",
     lower=0.0,
     upper=1.0,
   )
@@ -139,6 +187,10 @@ class QuickNetConfig:
       raise ValueError(f"commit_balance must be one of {', '.join(COMMIT_BALANCES)}, got {self.commit_balance!r}")
     if not 0 < self.learned_commit_prob < 1:
       raise ValueError(f"learned_commit_prob must be in (0, 1), got {self.learned_commit_prob}")
+    if not 0 < self.pipeline_capacity <= 1:
+      raise ValueError(f"pipeline_capacity must be in (0, 1], got {self.pipeline_capacity}")
+    if self.pipeline_capacity < 1 and self.pipeline_stages == 1:
+      raise ValueError("--pipeline_capacity sizes what pipeline stages send on: add --pipeline_stages=K (K > 1)")
     if self.pipeline_stages > 1 and self.schedule != "decoupled":
       raise ValueError("--pipeline_stages pipelines the decoupled schedule: add --schedule=decoupled")
     if self.schedule == "decoupled":
@@ -161,7 +213,12 @@ class QuickNetConfig:
     options.validate(self)
 
   def block_fit(self) -> FitConfig:
-    """The schedule of a block's own fit (the learned-set budget changes what it monitors)."""
+    """The schedule of a block's own fit (the learned-set budget changes what it monitors).
+
+    Returns:
+      `fit` itself under the "val_loss" budget; under "learned_set", `fit` monitoring the validation
+      accuracy with `budget_min_delta` and `budget_patience`.
+    """
     if self.budget == "val_loss":
       return self.fit
     return dataclasses.replace(
@@ -169,18 +226,36 @@ class QuickNetConfig:
     )
 
   def learned_commit_logit(self) -> float:
-    """The commitment logit a learned sample's must exceed: log(p / (1 − p)) of `learned_commit_prob`."""
+    """The commitment logit a learned sample's must exceed: log(p / (1 − p)) of `learned_commit_prob`.
+
+    Returns:
+      The logit of `learned_commit_prob` (0.0 at 0.5).
+    """
     return math.log(self.learned_commit_prob / (1.0 - self.learned_commit_prob))
 
   def commitment_fit(self) -> FitConfig:
-    """The schedule of the commitment heads."""
+    """The schedule of the commitment heads.
+
+    Returns:
+      `commit_fit` when set, else `commitment_schedule(fit)`.
+    """
     return self.commit_fit if self.commit_fit is not None else commitment_schedule(self.fit)
 
 
 @dataclasses.dataclass(frozen=True)
 class SDNConfig:
-  """SDN's loss-weight schedule (Kaya et al. 2019): internal exit i's weight grows linearly per epoch to
-  its maximum, τ_i(epoch) = min(τ_i^max, 0.01 + epoch·τ_i^max/ramp_epochs)."""
+  """SDN's loss-weight schedule (Kaya et al. 2019).
+
+  Internal exit i's weight grows linearly per epoch to its maximum,
+  τ_i(epoch) = min(τ_i^max, 0.01 + epoch·τ_i^max/ramp_epochs).
+
+  Attributes:
+    max_weights: τ^max, one weight per internal exit; None: `default_max_weights`.
+    ramp_epochs: epochs over which the weights grow to their maximum; None: the fit's epoch cap.
+
+  Raises:
+    ValueError: `ramp_epochs` is below 1 or a weight is negative.
+  """
 
   max_weights: Optional[tuple[float, ...]] = option(
     None, "SDN's maximum loss weight per internal exit (default 0.9·(i+1)/K)."
@@ -197,7 +272,18 @@ class SDNConfig:
     options.validate(self)
 
   def weights_for(self, num_internal: int, model_name: str = "the model") -> tuple[float, ...]:
-    """τ^max of each of `num_internal` internal exits."""
+    """τ^max of each of `num_internal` internal exits.
+
+    Args:
+      num_internal: the model's number of internal exits.
+      model_name: what the error message calls the model.
+
+    Returns:
+      `max_weights`, or `default_max_weights(num_internal)` when it is None.
+
+    Raises:
+      ValueError: `max_weights` does not hold `num_internal` weights.
+    """
     weights = default_max_weights(num_internal) if self.max_weights is None else tuple(self.max_weights)
     if len(weights) != num_internal:
       raise ValueError(
@@ -207,12 +293,29 @@ class SDNConfig:
     return weights
 
   def ramp(self, fit_config: FitConfig) -> int:
-    """The ramp's length in epochs (default: the fit's epoch cap)."""
+    """The ramp's length in epochs (default: the fit's epoch cap).
+
+    Args:
+      fit_config: the joint fit's schedule.
+
+    Returns:
+      `ramp_epochs`, or `fit_config.max_epochs` when it is None.
+    """
     return fit_config.max_epochs if self.ramp_epochs is None else self.ramp_epochs
 
 
 def default_max_weights(num_internal: int) -> tuple[float, ...]:
-  """SDN's maximum weights spread evenly: 0.9·(i+1)/K for K internal exits (K = 6: 0.15, 0.3, …, 0.9)."""
+  """SDN's maximum weights spread evenly: 0.9·(i+1)/K for K internal exits (K = 6: 0.15, 0.3, …, 0.9).
+
+  Args:
+    num_internal: K, the number of internal exits.
+
+  Returns:
+    A tuple of K weights (empty for K = 0).
+
+  Raises:
+    ValueError: `num_internal` is negative.
+  """
   if num_internal < 0:
     raise ValueError(f"num_internal must be ≥ 0, got {num_internal}")
   return tuple(0.9 * (i + 1) / num_internal for i in range(num_internal))

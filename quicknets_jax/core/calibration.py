@@ -1,10 +1,11 @@
 """Calibration of early exits: expected calibration error and the over-confident-wrong rate.
 
 "Preventing over-confidence" (paper §3.3, §4.4) in numbers. Per exit:
+
 - ECE (Guo et al. 2017): samples binned by their top-class probability into equal-width bins;
   ECE = Σ_b |B_b|/n · |accuracy(B_b) − mean top probability(B_b)|.
-- Over-confident-wrong rate at threshold t: among the samples whose exit confidence (design.md §1,
-  1 − H/log C, the quantity the exit rule thresholds) exceeds t, the fraction that are wrong — with
+- Over-confident-wrong rate at threshold t: among the samples whose exit confidence (1 − H/log C, the
+  quantity the exit rule thresholds; docs/method.md) exceeds t, the fraction that are wrong — with
   and without the commitment filter (commitment logit > 0). Coverage (how many samples pass) is
   reported beside it, since a filter that passes nobody is trivially "never wrong".
 - AUROC of a score for telling right from wrong: of the confidence and of the commitment logit.
@@ -25,6 +26,17 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
   """ECE of class probabilities [N, C] against labels [N], with `num_bins` equal-width bins on [0, 1].
 
   The top-class probability p falls in bin b when b/M < p ≤ (b+1)/M (p = 0 goes to the first bin).
+
+  Args:
+    probs: [N, C] class probabilities.
+    labels: [N] true classes.
+    num_bins: the number M of equal-width bins, at least 1.
+
+  Returns:
+    The expected calibration error, a float in [0, 1] (0.0 for no samples).
+
+  Raises:
+    ValueError: `num_bins` is below 1, or the shapes are not [N, C] and [N].
   """
   if num_bins < 1:
     raise ValueError(f"num_bins must be ≥ 1, got {num_bins}")
@@ -40,7 +52,16 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
 
 
 def binary_ece(scores, outcomes, num_bins: int = 15) -> float:
-  """ECE of probabilities `scores` [N] in [0, 1] as predictions of 0/1 `outcomes` [N]."""
+  """ECE of probabilities `scores` [N] in [0, 1] as predictions of 0/1 `outcomes` [N].
+
+  Args:
+    scores: [N] predicted probabilities of the outcome, in [0, 1].
+    outcomes: [N] what happened, 0 or 1.
+    num_bins: the number of equal-width bins on [0, 1].
+
+  Returns:
+    The expected calibration error as a float (0.0 for no samples).
+  """
   scores = np.asarray(scores, np.float64)
   outcomes = np.asarray(outcomes, np.float64)
   n = scores.shape[0]
@@ -55,8 +76,15 @@ def binary_ece(scores, outcomes, num_bins: int = 15) -> float:
 def overconfident_wrong(confidence, correct, threshold: float, commit_logits=None) -> dict:
   """Among samples with confidence > threshold (and commitment logit > 0 if given): how many, how many wrong.
 
-  Returns `coverage` (fraction of all samples that pass), `wrong_rate` (fraction of those that are
-  wrong; None when nobody passes) and `wrong_fraction` (wrong and passing, as a fraction of all).
+  Args:
+    confidence: [N] exit confidences.
+    correct: [N] whether the exit's prediction is right.
+    threshold: the confidence threshold t; a sample passes when its confidence exceeds it.
+    commit_logits: [N] commitment logits, or None for the confidence-only filter.
+
+  Returns:
+    A dict with `coverage` (fraction of all samples that pass), `wrong_rate` (fraction of those that are
+    wrong; None when nobody passes) and `wrong_fraction` (wrong and passing, as a fraction of all).
   """
   confidence = np.asarray(confidence)
   correct = np.asarray(correct).astype(bool)
@@ -76,7 +104,13 @@ def overconfident_wrong(confidence, correct, threshold: float, commit_logits=Non
 def auroc(scores, positives) -> float | None:
   """Area under the ROC curve of `scores` for separating positives from negatives (ties count ½).
 
-  None when one of the two classes is absent.
+  Args:
+    scores: [N] scores, higher meaning "more likely positive".
+    positives: [N] booleans, True for the positive samples.
+
+  Returns:
+    The AUROC in [0, 1] (the Mann–Whitney U statistic over n_pos · n_neg), or None when one of the two
+    classes is absent.
   """
   scores = np.asarray(scores, np.float64)
   positives = np.asarray(positives).astype(bool)
@@ -101,7 +135,17 @@ def per_exit_table(
   over-confident-wrong rate and coverage without / with the commitment filter.
 
   Args:
-    probs: [E, N, C] class probabilities; commit_logits: [E, N] (or None); labels: [N].
+    probs: [E, N, C] class probabilities of every exit.
+    commit_logits: [E, N] commitment logits, or None (then the rows carry no commitment columns).
+    labels: [N] true classes.
+    thresholds: the confidence thresholds at which `overconfident_wrong` is reported.
+    num_bins: the ECE's number of bins.
+
+  Returns:
+    A list of E dicts with `exit`, `accuracy`, `ece`, `mean_top_probability`, `mean_confidence`,
+    `auroc_confidence`, `at_threshold` (one entry per threshold with `confidence_only` and, with
+    commitment logits, `with_commitment`) and, with commitment logits, `commit_positive_rate`,
+    `auroc_commitment` and `commit_precision`.
   """
   probs = np.asarray(probs, np.float64)
   labels = np.asarray(labels)

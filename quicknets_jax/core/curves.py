@@ -22,7 +22,11 @@ BUDGETS = (0.25, 0.5, 0.75)
 
 def study_thresholds() -> np.ndarray:
   """The evaluator's default grid plus thresholds close to 1 and 1 itself (nobody qualifies), so every
-  curve reaches its most expensive end."""
+  curve reaches its most expensive end.
+
+  Returns:
+    The sorted, unique thresholds in [0, 1].
+  """
   near_one = 1.0 - np.logspace(-3, -6, 4)
   return np.unique(np.concatenate([exits.default_thresholds(), near_one, [1.0]]))
 
@@ -31,7 +35,16 @@ def sweep_points(
   sweep: exits.SweepResult, accuracy_key: str = "test_accuracy", full_cost: Optional[float] = None
 ) -> list:
   """The points of a sweep as JSON-ready dicts: threshold, accuracy (under `accuracy_key`), inference
-  FLOPs, the cost as a fraction of `full_cost` (when given) and the exit fractions."""
+  FLOPs, the cost as a fraction of `full_cost` (when given) and the exit fractions.
+
+  Args:
+    sweep: a threshold sweep (`exits.sweep_thresholds`).
+    accuracy_key: the key the accuracy is stored under.
+    full_cost: the full network's FLOPs per sample; None leaves `cost_fraction` out.
+
+  Returns:
+    One dict per threshold.
+  """
   points = []
   for t, a, c, fr in zip(sweep.thresholds, sweep.accuracy, sweep.inference_flops, sweep.exit_fractions):
     point = {"threshold": float(t), accuracy_key: float(a), "inference_flops": float(c)}
@@ -43,7 +56,18 @@ def sweep_points(
 
 
 def clean_curve(costs, accuracy) -> tuple[np.ndarray, np.ndarray]:
-  """Points sorted by cost; points at the same cost are averaged, so the curve is a function of cost."""
+  """Points sorted by cost; points at the same cost are averaged, so the curve is a function of cost.
+
+  Args:
+    costs: [T] costs of the points.
+    accuracy: [T] their accuracies.
+
+  Returns:
+    (unique costs in increasing order, mean accuracy at each).
+
+  Raises:
+    ValueError: the two are not matching, non-empty 1-D arrays.
+  """
   costs = np.asarray(costs, np.float64)
   accuracy = np.asarray(accuracy, np.float64)
   if costs.shape != accuracy.shape or costs.ndim != 1 or costs.size == 0:
@@ -55,7 +79,19 @@ def clean_curve(costs, accuracy) -> tuple[np.ndarray, np.ndarray]:
 
 def accuracy_at_budget(costs, accuracy, budget: float) -> Optional[float]:
   """Accuracy of a cost–accuracy curve at cost `budget`, interpolated linearly between the two points
-  around it; None when the budget lies outside the curve's cost range (the rule cannot spend it)."""
+  around it; None when the budget lies outside the curve's cost range (the rule cannot spend it).
+
+  Args:
+    costs: [T] costs of the curve's points.
+    accuracy: [T] their accuracies.
+    budget: the cost at which to read the curve, in the units of `costs`.
+
+  Returns:
+    The interpolated accuracy, or None.
+
+  Raises:
+    ValueError: the curve is empty or its arrays do not match (`clean_curve`).
+  """
   x, y = clean_curve(costs, accuracy)
   tolerance = 1e-9 * max(1.0, abs(x[-1]))
   if budget < x[0] - tolerance or budget > x[-1] + tolerance:
@@ -68,6 +104,18 @@ def area_under_curve(costs, accuracy, low: Optional[float] = None, high: Optiona
 
   The end points are interpolated; outside the curve's range the area is not extended. A single
   point (or an empty range) has area 0.
+
+  Args:
+    costs: [T] costs of the curve's points.
+    accuracy: [T] their accuracies.
+    low: where the area starts (clipped to the curve's range).
+    high: where it ends (clipped to the curve's range).
+
+  Returns:
+    The area, in cost units × accuracy.
+
+  Raises:
+    ValueError: the curve is empty or its arrays do not match (`clean_curve`).
   """
   x, y = clean_curve(costs, accuracy)
   low = x[0] if low is None else max(low, x[0])
@@ -82,7 +130,15 @@ def area_under_curve(costs, accuracy, low: Optional[float] = None, high: Optiona
 
 def mean_accuracy(costs, accuracy) -> float:
   """The curve's mean accuracy over its own cost range (its area divided by the range's width); the
-  mean of its points when it has no width."""
+  mean of its points when it has no width.
+
+  Args:
+    costs: [T] costs of the curve's points.
+    accuracy: [T] their accuracies.
+
+  Returns:
+    The mean accuracy.
+  """
   costs = np.asarray(costs, np.float64)
   low, high = float(costs.min()), float(costs.max())
   if high > low:
@@ -92,7 +148,16 @@ def mean_accuracy(costs, accuracy) -> float:
 
 def gap_between(curve_a, curve_b, points: int = 21) -> np.ndarray:
   """accuracy_a − accuracy_b at `points` budgets spread over the cost range both (costs, accuracy)
-  curves cover (each read by linear interpolation)."""
+  curves cover (each read by linear interpolation).
+
+  Args:
+    curve_a: (costs, accuracy) of the first curve.
+    curve_b: (costs, accuracy) of the second.
+    points: how many budgets, evenly spaced over the shared range.
+
+  Returns:
+    [points] differences in accuracy.
+  """
   low = max(np.min(c) for c, _ in (curve_a, curve_b))
   high = min(np.max(c) for c, _ in (curve_a, curve_b))
   budgets = np.linspace(low, high, points)
@@ -111,6 +176,14 @@ def compare_curves(curves: dict, full_cost: float, budgets: Sequence[float] = BU
     curves: name -> (costs [T], accuracy [T]) in FLOPs per sample.
     full_cost: the full network's cost; budgets and areas are in fractions of it.
     budgets: fractions of `full_cost` at which to read each curve.
+
+  Returns:
+    A JSON-ready dict: `full_cost`, `budgets`, per curve `auc`, `cost_range`,
+    `mean_accuracy_shared_range`, `matched_budget_accuracy` and `shared_range_budget_accuracy`, and the
+    `shared_range` and `shared_range_budgets` (None when the curves share no range).
+
+  Raises:
+    ValueError: `full_cost` is not positive.
   """
   if full_cost <= 0:
     raise ValueError(f"full_cost must be positive, got {full_cost}")
@@ -151,7 +224,14 @@ def compare_curves(curves: dict, full_cost: float, budgets: Sequence[float] = BU
 def quicknet_after_blocks(seed: dict) -> tuple[np.ndarray, np.ndarray]:
   """(training FLOPs so far, test accuracy) of the QuickNet cut after each trained block (its commitment
   head trained, its threshold chosen on validation). Seeds recorded before the per-block evaluation
-  existed give the two exact points: block 0 alone, and the whole net."""
+  existed give the two exact points: block 0 alone, and the whole net.
+
+  Args:
+    seed: one seed's QuickNet entry of results.json.
+
+  Returns:
+    (cumulative training FLOPs, test accuracy), one point per block.
+  """
   spent = np.cumsum([cost_model.total(part) for part in seed["training_flops_parts"]])
   if "test_accuracy_after_block" in seed:
     accuracy = np.asarray(seed["test_accuracy_after_block"], np.float64)
@@ -162,7 +242,25 @@ def quicknet_after_blocks(seed: dict) -> tuple[np.ndarray, np.ndarray]:
 def quicknet_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
   """(training FLOPs so far, test accuracy) after every block epoch (the cascade of the frozen blocks plus
   the block in training, `workflows.deployable_curve.DeployableCurve`) merged with the after-block points, in training
-  order; None for a run without `--deploy_curve`."""
+  order; None for a run without `--deploy_curve`. A decoupled run (every block at once) gives the whole
+  cascade after every epoch, then the finished QuickNet.
+
+  Args:
+    seed: one seed's QuickNet entry of results.json.
+
+  Returns:
+    (cumulative training FLOPs, test accuracy) in training order, or None.
+  """
+  if seed.get("network_epochs"):
+    points = [
+      (epoch["training_flops_so_far"], epoch["cascade_test_accuracy"])
+      for epoch in seed["network_epochs"]
+      if "cascade_test_accuracy" in epoch
+    ]
+    if not points:
+      return None
+    flops, accuracy = zip(*points, (seed["training_flops"], seed["test_accuracy"]))
+    return np.asarray(flops, np.float64), np.asarray(accuracy, np.float64)
   points = [
     (epoch["training_flops_so_far"], epoch["cascade_test_accuracy"])
     for block in seed.get("history", [])
@@ -179,7 +277,14 @@ def quicknet_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
 
 def end_to_end_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
   """(training FLOPs so far, accuracy, "test" or "validation") after every end-to-end epoch (every epoch
-  costs the same); "validation" where the run logged no test accuracy; None without a history."""
+  costs the same); "validation" where the run logged no test accuracy; None without a history.
+
+  Args:
+    seed: one seed's end-to-end entry of results.json.
+
+  Returns:
+    (cumulative training FLOPs, accuracy, which split the accuracy is on), or None.
+  """
   history = seed.get("history", [])
   if not history:
     return None
@@ -192,7 +297,16 @@ def end_to_end_every_epoch(seed: dict) -> Optional[tuple[np.ndarray, np.ndarray,
 
 def first_reach(flops, accuracy, target: float) -> Optional[float]:
   """The training FLOPs at the first point of a training curve whose accuracy is ≥ `target`, or None
-  when it never gets there."""
+  when it never gets there.
+
+  Args:
+    flops: training FLOPs spent at each point, in training order.
+    accuracy: the accuracy at each point.
+    target: the accuracy to reach.
+
+  Returns:
+    The FLOPs of the first point at or above `target`, or None.
+  """
   flops, accuracy = np.asarray(flops, np.float64), np.asarray(accuracy, np.float64)
   reached = np.flatnonzero(accuracy >= target)
   return float(flops[reached[0]]) if reached.size else None

@@ -1,10 +1,10 @@
 """The early-exit rule, vectorized: confidence, exit selection, threshold sweeps and their costs.
 
 Everything here works on stacked exit outputs — `probs` [E, B, C] and `commit_logits` [E, B] — in one
-pass without a Python loop over samples, and is jit-able (the threshold may be traced). Semantics are
-design.md §1: a sample leaves at the first exit whose confidence exceeds the threshold and whose
-commitment logit is positive; otherwise the most confident exit answers (ties → the earlier exit), or
-the last exit with `fallback="last"` (the SDN/BranchyNet rule).
+pass without a Python loop over samples, and is jit-able (the threshold may be traced). The rule (the
+method page, docs/method.md): a sample leaves at the first exit whose confidence exceeds the threshold
+and whose commitment logit is positive; otherwise the most confident exit answers (ties → the earlier
+exit), or the last exit with `fallback="last"` (the SDN/BranchyNet rule).
 """
 
 from __future__ import annotations
@@ -21,7 +21,17 @@ FALLBACKS = ("most_confident", "last")
 
 
 def confidence(probs: jnp.ndarray) -> jnp.ndarray:
-  """1 − H(p)/log C over the last axis: 1 for a one-hot p, 0 for the uniform distribution."""
+  """1 − H(p)/log C over the last axis: 1 for a one-hot p, 0 for the uniform distribution.
+
+  H(p) = −Σ_c p_c log p_c with 0·log 0 = 0. Probabilities in bfloat16 or float16 are computed in float32,
+  whatever dtype trained the network.
+
+  Args:
+    probs: [..., C] class probabilities, a numpy or jax array.
+
+  Returns:
+    [...] confidences in [0, 1]; numpy in, numpy out (host-side callers then compile nothing).
+  """
   # numpy in, numpy out: host-side callers (learned-set selection) then compile nothing
   xp = np if isinstance(probs, np.ndarray) else jnp
   if probs.dtype.itemsize < 4:  # bf16/f16 probabilities: the rule computes in float32 whatever trained
@@ -32,7 +42,14 @@ def confidence(probs: jnp.ndarray) -> jnp.ndarray:
 
 
 class ExitDecision(NamedTuple):
-  """Per-sample outcome of the exit rule."""
+  """Per-sample outcome of the exit rule.
+
+  Attributes:
+    exit_index: [B] int32, the exit that answers.
+    prediction: [B] int32, that exit's argmax class.
+    qualified: [B] bool, True when the rule fired (False: the fallback answered).
+    exit_confidence: [E, B] confidence of every exit.
+  """
 
   exit_index: jnp.ndarray  # [B] int32, the exit that answers
   prediction: jnp.ndarray  # [B] int32, that exit's argmax class
@@ -41,7 +58,18 @@ class ExitDecision(NamedTuple):
 
 
 def check_threshold(threshold: float, name: str = "threshold") -> float:
-  """Refuses thresholds outside [0, 1] with a message that names the valid range."""
+  """Refuses thresholds outside [0, 1] with a message that names the valid range.
+
+  Args:
+    threshold: the threshold to check.
+    name: what the message calls it (e.g. "exit_threshold").
+
+  Returns:
+    The threshold as a float.
+
+  Raises:
+    ValueError: it is NaN or outside [0, 1].
+  """
   threshold = float(threshold)
   if not 0.0 <= threshold <= 1.0 or np.isnan(threshold):
     raise ValueError(f"{name} must be in [0, 1] (confidence = 1 − H/log C lies there), got {threshold}")
@@ -66,6 +94,9 @@ def select_exits(
 
   Returns:
     An `ExitDecision` with the exit index and prediction per sample.
+
+  Raises:
+    ValueError: `fallback` is not one of `FALLBACKS`.
   """
   if fallback not in FALLBACKS:
     raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
@@ -91,12 +122,26 @@ def sample_costs(decision: ExitDecision, cascade_costs: jnp.ndarray) -> jnp.ndar
 
   A sample that no exit accepted has run every block and head before the fallback could pick its
   exit, so it costs the whole cascade whichever exit answers.
+
+  Args:
+    decision: the rule's outcome (`select_exits`).
+    cascade_costs: [E] FLOPs per sample to reach and decide at each exit (`costs.cascade_costs`).
+
+  Returns:
+    [B] FLOPs per sample.
   """
   return jnp.where(decision.qualified, cascade_costs[decision.exit_index], cascade_costs[-1])
 
 
 class SweepResult(NamedTuple):
-  """Cost–accuracy curve of a threshold sweep (one entry per threshold)."""
+  """Cost–accuracy curve of a threshold sweep (one entry per threshold).
+
+  Attributes:
+    thresholds: [T] the thresholds.
+    accuracy: [T] accuracy at each.
+    inference_flops: [T] mean FLOPs per sample at each.
+    exit_fractions: [T, E] share of the samples answered by each exit.
+  """
 
   thresholds: np.ndarray  # [T]
   accuracy: np.ndarray  # [T]
@@ -110,7 +155,20 @@ class SweepResult(NamedTuple):
 def evaluate_rule(
   probs, commit_logits, labels, threshold, cascade_costs, fallback="most_confident", use_commitment=True
 ):
-  """(accuracy, mean inference FLOPs, exit fractions [E]) of the rule at one threshold; jitted."""
+  """(accuracy, mean inference FLOPs, exit fractions [E]) of the rule at one threshold; jitted.
+
+  Args:
+    probs: [E, B, C] class probabilities of every exit.
+    commit_logits: [E, B] commitment logits, or None.
+    labels: [B] true classes.
+    threshold: the confidence threshold (may be traced).
+    cascade_costs: [E] FLOPs per sample to reach and decide at each exit.
+    fallback: "most_confident" or "last" (static).
+    use_commitment: whether the rule reads the commitment logits (static).
+
+  Returns:
+    (accuracy, mean FLOPs per sample, [E] exit fractions) as jax scalars and an array.
+  """
   decision = select_exits(probs, commit_logits, threshold, fallback, use_commitment)
   accuracy = jnp.mean(decision.prediction == labels)
   cost = jnp.mean(sample_costs(decision, cascade_costs))
@@ -127,7 +185,20 @@ def sweep_thresholds(
   fallback: str = "most_confident",
   use_commitment: bool = True,
 ) -> SweepResult:
-  """Evaluates the exit rule at every threshold in one vmapped pass."""
+  """Evaluates the exit rule at every threshold in one vmapped pass.
+
+  Args:
+    probs: [E, B, C] class probabilities of every exit.
+    commit_logits: [E, B] commitment logits, or None.
+    labels: [B] true classes.
+    cascade_costs: [E] FLOPs per sample to reach and decide at each exit.
+    thresholds: the thresholds (default: `default_thresholds()`).
+    fallback: "most_confident" or "last".
+    use_commitment: whether the rule reads the commitment logits.
+
+  Returns:
+    A `SweepResult` of numpy arrays.
+  """
   if thresholds is None:
     thresholds = default_thresholds()
   thresholds = jnp.asarray(thresholds, jnp.float32)
@@ -146,7 +217,11 @@ def _sweep(probs, commit_logits, labels, thresholds, cascade_costs, fallback, us
 
 
 def default_thresholds() -> np.ndarray:
-  """0, 0.05, …, 0.95 then a finer grid up to 0.999 where the confidence of trained nets piles up."""
+  """0, 0.05, …, 0.95 then a finer grid up to 0.999 where the confidence of trained nets piles up.
+
+  Returns:
+    The sorted, unique thresholds.
+  """
   return np.unique(
     np.round(np.concatenate([np.arange(0.0, 0.95, 0.05), np.arange(0.95, 1.0, 0.01), [0.995, 0.999]]), 4)
   )
@@ -154,7 +229,15 @@ def default_thresholds() -> np.ndarray:
 
 def choose_threshold(sweep: SweepResult, accuracy_tolerance: float = 0.0) -> float:
   """The operating threshold from a *validation* sweep: the cheapest threshold whose accuracy is within
-  `accuracy_tolerance` of the sweep's best (ties → the cheaper, then the lower threshold)."""
+  `accuracy_tolerance` of the sweep's best (ties → the cheaper, then the lower threshold).
+
+  Args:
+    sweep: the rule swept over thresholds on the validation split.
+    accuracy_tolerance: how far below the best accuracy a threshold may be and still count as best.
+
+  Returns:
+    The chosen threshold.
+  """
   best = float(np.max(sweep.accuracy))
   candidates = np.flatnonzero(sweep.accuracy >= best - accuracy_tolerance - 1e-12)
   order = np.lexsort((sweep.thresholds[candidates], sweep.inference_flops[candidates]))
@@ -162,11 +245,18 @@ def choose_threshold(sweep: SweepResult, accuracy_tolerance: float = 0.0) -> flo
 
 
 class OperatingPoint(NamedTuple):
-  """The rule at one threshold on one split: what `threshold_for_target` chose and what it measured."""
+  """The rule at one threshold on one split: what `threshold_for_target` chose and what it measured.
+
+  Attributes:
+    threshold: the threshold.
+    accuracy: the rule's accuracy at it.
+    inference_flops: mean FLOPs per sample (the method page's inference cost).
+    early_exit_fraction: share of the samples the rule lets leave before the last exit.
+  """
 
   threshold: float
   accuracy: float
-  inference_flops: float  # mean FLOPs per sample (design.md §2)
+  inference_flops: float  # mean FLOPs per sample (docs/method.md, inference cost)
   early_exit_fraction: float  # share of the samples the rule lets leave before the last exit
 
 
@@ -198,13 +288,29 @@ def threshold_for_target(
 ) -> OperatingPoint:
   """The threshold that meets one target on a split — pass the *validation* split's exit outputs.
 
-  Exactly one target:
-    max_flops: a compute budget (mean FLOPs per sample): the most accurate threshold within it;
-    min_accuracy: an accuracy in [0, 1]: the cheapest threshold that reaches it;
-    min_early_exit: a share in [0, 1] of samples that must leave before the last exit: the most
-      accurate threshold that lets that many leave.
-  Ties go to the cheaper, then the lower threshold. Raises ValueError, naming what is reachable, when
-  no threshold of the sweep (`default_thresholds()` unless given) meets the target.
+  Exactly one target is given: `max_flops` (a compute budget: the most accurate threshold within it),
+  `min_accuracy` (the cheapest threshold that reaches it) or `min_early_exit` (the most accurate
+  threshold that lets that many samples leave before the last exit). Ties go to the cheaper, then the
+  lower threshold.
+
+  Args:
+    probs: [E, B, C] class probabilities of every exit.
+    commit_logits: [E, B] commitment logits, or None.
+    labels: [B] true classes.
+    cascade_costs: [E] FLOPs per sample to reach and decide at each exit.
+    max_flops: a compute budget, mean FLOPs per sample.
+    min_accuracy: an accuracy in [0, 1].
+    min_early_exit: a share in [0, 1] of samples that must leave before the last exit.
+    thresholds: the thresholds to choose from (default: `default_thresholds()`).
+    fallback: "most_confident" or "last".
+    use_commitment: whether the rule reads the commitment logits.
+
+  Returns:
+    The chosen `OperatingPoint`, measured on the split given.
+
+  Raises:
+    ValueError: not exactly one target is given, the target is out of range, or no threshold of the
+      sweep meets it (the message names what is reachable).
   """
   given = dict(max_flops=max_flops, min_accuracy=min_accuracy, min_early_exit=min_early_exit)
   chosen = [k for k, v in given.items() if v is not None]

@@ -3,7 +3,7 @@
 XLA:CPU runs this project's training steps faster with XNNPACK enabled (+7 % on the MLP's steps, +17 %
 on the reduced VGG-11's, results bit-identical: docs, "Performance"). XLA reads `XLA_FLAGS` once, when
 it starts a backend, so the flag has to be in the environment before the first computation. The entry
-points (`experiments/`) call `configure_cpu()` first thing; a library user calls it the same way:
+points (`experiments/`) call `configure_cpu()` first thing; a library user calls it the same way::
 
     import quicknets_jax as qn
     qn.configure_cpu()   # before anything runs on a device

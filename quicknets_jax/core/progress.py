@@ -9,6 +9,14 @@ from typing import Optional, TextIO
 
 
 def format_seconds(seconds: float) -> str:
+  """A duration as a short string: "42s", "3m05s" or "2h07m".
+
+  Args:
+    seconds: the duration; negative values read as 0.
+
+  Returns:
+    The formatted duration.
+  """
   seconds = max(0.0, seconds)
   if seconds < 60:
     return f"{seconds:.0f}s"
@@ -20,7 +28,18 @@ def format_seconds(seconds: float) -> str:
 class EpochProgress:
   """Formats one line per epoch of a fit: samples left, losses, accuracies, rate and ETA.
 
-  The ETA is an upper bound — early stopping usually ends a fit well before `max_epochs`.
+  The ETA is an upper bound — early stopping usually ends a fit well before `max_epochs`. An instance
+  is called with (kind, fit state, epoch record) after every epoch.
+
+  Args:
+    prefix: what starts every line (e.g. "[seed 0 quicknet]").
+    max_epochs: the fit's epoch limit, for the ETA.
+    log: where the lines go.
+
+  Attributes:
+    prefix: as given.
+    max_epochs: as given.
+    log: as given.
   """
 
   def __init__(self, prefix: str, max_epochs: int, log: Callable[[str], None] = print):
@@ -43,12 +62,30 @@ class Progress:
 
   On a terminal the line is redrawn in place at most every `min_interval` seconds and finished with a
   newline by `close()`; when `stream` is not a terminal (a log file, CI, a pipe) it writes nothing, so
-  logs hold only the loop's own messages. `enabled=True` forces it on (tests), `False` off.
+  logs hold only the loop's own messages. `enabled=True` forces it on (tests), `False` off::
 
       with Progress(len(thresholds), "sweep", unit="thresholds") as progress:
         for t in thresholds:
           ...
           progress.update()
+
+  Args:
+    total: the number of items, or None when unknown.
+    description: what the line starts with.
+    unit: what an item is called.
+    stream: where the line goes (default: stderr).
+    enabled: force the line on (True) or off (False); None: on when `stream` is a terminal.
+    min_interval: the shortest time between two redraws, in seconds.
+
+  Attributes:
+    total: as given.
+    description: as given.
+    unit: as given.
+    stream: where the line goes.
+    enabled: whether the line is drawn.
+    min_interval: as given.
+    done: items counted so far.
+    start: `time.perf_counter()` when the loop started.
   """
 
   def __init__(
@@ -72,7 +109,11 @@ class Progress:
     self._width = 0
 
   def line(self) -> str:
-    """The current progress line: `description done/total unit | rate | elapsed | eta`."""
+    """The current progress line: `description done/total unit | rate | elapsed | eta`.
+
+    Returns:
+      The line, without a carriage return.
+    """
     elapsed = time.perf_counter() - self.start
     rate = self.done / elapsed if elapsed > 0 else 0.0
     count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
@@ -82,7 +123,12 @@ class Progress:
     return text.strip()
 
   def update(self, n: int = 1, note: str = "") -> None:
-    """Counts `n` more items done; redraws the line (with `note` after it) when enough time passed."""
+    """Counts `n` more items done; redraws the line (with `note` after it) when enough time passed.
+
+    Args:
+      n: items done since the last call.
+      note: text shown after the line.
+    """
     self.done += n
     now = time.perf_counter()
     if not self.enabled or (now - self._last_draw < self.min_interval and self.done != self.total):
@@ -115,7 +161,19 @@ def track(
   stream: TextIO = None,
   enabled: Optional[bool] = None,
 ) -> Iterator:
-  """Yields from `iterable` while showing a `Progress` line (on a terminal only)."""
+  """Yields from `iterable` while showing a `Progress` line (on a terminal only).
+
+  Args:
+    iterable: the items.
+    description: what the line starts with.
+    total: the number of items (default: `len(iterable)` where it has one).
+    unit: what an item is called.
+    stream: where the line goes (default: stderr).
+    enabled: as `Progress`'s.
+
+  Yields:
+    The items of `iterable`, in order.
+  """
   if total is None and hasattr(iterable, "__len__"):
     total = len(iterable)
   with Progress(total, description, unit, stream, enabled) as progress:
@@ -125,4 +183,9 @@ def track(
 
 
 def stderr_log(message: str) -> None:
+  """Prints `message` on stderr at once (the library's default log for progress lines).
+
+  Args:
+    message: one line.
+  """
   print(message, file=sys.stderr, flush=True)

@@ -14,7 +14,18 @@ import jax
 
 
 class Stream(enum.IntEnum):
-  """What each stream of a run's key is for (the value is what `fold_in` folds in)."""
+  """What each stream of a run's key is for (the value is what `fold_in` folds in).
+
+  Attributes:
+    INIT: the model's initial variables (every method of a seed starts from them).
+    BLOCKS: QuickNet blocks (then the block index); the one fit of end-to-end, SDN or fine-tuning.
+    FINETUNE: QuickNet+ joint fine-tuning after the blocks.
+    COMMIT_HOLDOUT: QuickNet+: the slice of a working set held out for the commitment head.
+    HEADS_AFTER_JOINT: the commitment heads added to a jointly trained network (on the seed's key).
+    KEEP_LEARNED_TRAIN: QuickNet+ soft removal: learned training samples kept for later blocks.
+    KEEP_LEARNED_VAL: the same for validation samples.
+    RECOMMIT: commitment heads retrained after fine-tuning (then + the block index).
+  """
 
   INIT = 0  # the model's initial variables (every method of a seed starts from them)
   BLOCKS = 1  # QuickNet blocks (then the block index); the one fit of end-to-end, SDN or fine-tuning
@@ -27,15 +38,39 @@ class Stream(enum.IntEnum):
 
 
 def seed_key(seed: int) -> jax.Array:
-  """The key every random choice of a run with this seed derives from."""
+  """The key every random choice of a run with this seed derives from.
+
+  Args:
+    seed: the run's seed, a non-negative integer.
+
+  Returns:
+    `jax.random.PRNGKey(seed)`.
+  """
   return jax.random.PRNGKey(seed)
 
 
 def stream(key: jax.Array, name: Stream, index: int = 0) -> jax.Array:
-  """The key of stream `name` (+ `index`, for streams numbered from a base such as RECOMMIT) of `key`."""
+  """The key of stream `name` (+ `index`, for streams numbered from a base such as RECOMMIT) of `key`.
+
+  Args:
+    key: a run's key (`seed_key`) or a key derived from it.
+    name: the stream.
+    index: added to the stream's number, for streams numbered from a base.
+
+  Returns:
+    `key` with the stream's number folded in.
+  """
   return jax.random.fold_in(key, int(name) + index)
 
 
 def per_item(key: jax.Array, index: int) -> jax.Array:
-  """The key of item `index` (a block, an exit, an epoch) of a stream's key."""
+  """The key of item `index` (a block, an exit, an epoch) of a stream's key.
+
+  Args:
+    key: a stream's key.
+    index: the item's number.
+
+  Returns:
+    `key` with `index` folded in.
+  """
   return jax.random.fold_in(key, index)

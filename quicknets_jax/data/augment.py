@@ -1,7 +1,7 @@
 """Training-time image augmentation as pure functions of (images, key), run on device inside a loss.
 
 The trainer stays generic: a loss that wants augmentation draws it from the per-step key it
-receives (train.py folds it from seed, block, epoch and step), so a resumed fit sees the same
+receives (the trainer folds it from seed, block, epoch and step), so a resumed fit sees the same
 augmented batches. Models ask for an augmentation by name (`AUGMENTATIONS`), which keeps the
 module fields that carry it hashable and printable.
 """
@@ -18,6 +18,15 @@ def random_crop_flip(images, key: jax.Array, pad: int = 4, flip: bool = True):
 
   Images are already standardised, so the zero padding is the training set's mean colour (torchvision
   pads raw pixels with black before normalising; the difference is only the padding's value).
+
+  Args:
+    images: [N, H, W, C] standardised images.
+    key: the step's random key.
+    pad: pixels of padding on each side before the crop.
+    flip: also flip horizontally with probability 1/2.
+
+  Returns:
+    [N, H, W, C] augmented images.
   """
   n, h, w, c = images.shape
   crop_key, flip_key = jax.random.split(key)
@@ -32,7 +41,15 @@ def random_crop_flip(images, key: jax.Array, pad: int = 4, flip: bool = True):
 
 
 def random_flip(images, key: jax.Array):
-  """Horizontal flip with probability 1/2 per image (for inputs where cropping makes no sense)."""
+  """Horizontal flip with probability 1/2 per image (for inputs where cropping makes no sense).
+
+  Args:
+    images: [N, H, W, C] images.
+    key: the step's random key.
+
+  Returns:
+    [N, H, W, C] images, some of them mirrored.
+  """
   flips = jax.random.bernoulli(key, 0.5, (images.shape[0],))
   return jnp.where(flips[:, None, None, None], images[:, :, ::-1, :], images)
 
@@ -46,6 +63,16 @@ def random_affine(
   torchvision's default. Pixels that come from outside the image take the image's smallest value: the
   authors' transform fills black before normalising, and black is the darkest value of a normalised
   Fashion-MNIST image.
+
+  Args:
+    images: [N, H, W, C] standardised images.
+    key: the step's random key.
+    degrees: the largest rotation, in degrees either way.
+    translate: the largest shift, as a fraction of the image's side.
+    scale: the range (low, high) of the zoom factor.
+
+  Returns:
+    [N, H, W, C] transformed images.
   """
   n, h, w, _ = images.shape
   k_angle, k_shift, k_scale = jax.random.split(key, 3)
@@ -72,7 +99,19 @@ AUGMENTATIONS = {"crop_flip": random_crop_flip, "flip": random_flip, "affine": r
 
 
 def augment(name, images, key: jax.Array):
-  """Applies the augmentation called `name` (None: none) to a batch of NHWC images."""
+  """Applies the augmentation called `name` (None: none) to a batch of NHWC images.
+
+  Args:
+    name: a key of `AUGMENTATIONS`, or None.
+    images: [N, H, W, C] images.
+    key: the step's random key.
+
+  Returns:
+    The augmented images (`images` itself for None).
+
+  Raises:
+    ValueError: `name` is not a known augmentation.
+  """
   if name is None:
     return images
   if name not in AUGMENTATIONS:

@@ -117,6 +117,16 @@ def load_cifar_tar(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
   `path` is the tarball, a directory containing it, or an extracted cifar-10-batches-py folder.
   Images are uint8 [N, 32, 32, 3] (NHWC), labels uint8 [N]. Training batches are
   data_batch_1..5 (or as many as a write_cifar_tar batches.meta says); a missing one is an error.
+
+  Args:
+    path: the tarball, a directory holding it, or an extracted cifar-10-batches-py folder.
+
+  Returns:
+    (train_images, train_labels, test_images, test_labels) as numpy arrays.
+
+  Raises:
+    DataError: the path does not exist or holds no CIFAR-10 copy, a batch file is missing, or a file is
+      corrupt, truncated or not a CIFAR-10 batch; the message names the fix.
   """
   kind, where = _resolve(path)
   raws: dict[str, bytes] = {}
@@ -165,6 +175,18 @@ def write_cifar_tar(path, train_images, train_labels, test_images, test_labels, 
 
   Images are uint8 [N, 32, 32, 3]; the training set is split into `num_train_batches` nearly
   equal batches data_batch_1..k. `path` is the .tar.gz file to create.
+
+  Args:
+    path: the .tar.gz file to create.
+    train_images: uint8 [N, 32, 32, 3] training images.
+    train_labels: [N] their labels.
+    test_images: uint8 [M, 32, 32, 3] test images.
+    test_labels: [M] their labels.
+    num_train_batches: how many data_batch files the training set is split into.
+
+  Raises:
+    DataError: the images are not uint8 [N, 32, 32, 3], image and label counts differ, or
+      `num_train_batches` is out of range.
   """
   path = os.fspath(path)
   train_images, test_images = np.asarray(train_images), np.asarray(test_images)

@@ -2,10 +2,10 @@
 
 `load_dataset(name)` is the entry point: it finds the data (`data_source` auto | idx | tfds |
 cifar_tar), checks it, carves the validation split deterministically from the end of the training
-data (design §1), and standardises images per channel with the training part's statistics.
-ImageNet (`imagenet2012`) comes only from a prepared TFDS copy, resized to `image_size`² and held in
-memory: pass max_train for a subset (see `tfds_source.load_tfds_resized` for what is read and why).
-Class-rebalanced epoch sampling lives in `quicknets_jax.data.sampling`.
+data (the last 10 % by default; docs/method.md), and standardises images per channel with the training
+part's statistics. ImageNet (`imagenet2012`) comes only from a prepared TFDS copy, resized to
+`image_size`² and held in memory: pass max_train for a subset (see `tfds_source.load_tfds_resized` for
+what is read and why). Class-rebalanced epoch sampling lives in `quicknets_jax.data.sampling`.
 """
 
 from __future__ import annotations
@@ -81,11 +81,26 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: == on numpy fields would be ambiguous.
 class Dataset:
-  """A loaded, split and normalised dataset: the training, validation and test `Split`s.
+  """A loaded, split and normalised dataset: the training, validation and test splits (`Split`).
 
   Images are float32 [N, H, W, C] numpy arrays (or streamed views, `streaming.StreamedImages`),
   standardised per channel with the training part's `mean` and `std` (in [0, 1] pixel units); labels
   are int32 [N].
+
+  Attributes:
+    name: the dataset's name (one of `KNOWN`, or "arrays" for arrays a user passed).
+    train: the training split (what remains after the validation split is carved off).
+    val: the validation split.
+    test: the test split (only ever reported).
+    num_classes: the number of classes.
+    class_names: one name per class.
+    mean: float32 [C] per-channel mean of the training part, in [0, 1] pixel units (None: the images
+      came already normalised).
+    std: float32 [C] per-channel standard deviation, likewise.
+    source: where the data came from, for the log (e.g. "idx:/usr/share/datasets/fashion-mnist").
+    divisor: raw inputs are divided by it before the mean and std apply (`Normalisation`).
+    kept_splits: for arrays a user passed, where their run's workdir keeps the validation and test
+      splits (for thresholds); None otherwise.
   """
 
   name: str
@@ -113,7 +128,12 @@ class Dataset:
 
   def card(self) -> dict:
     """What a trained model needs of its dataset to read new images (JSON-ready): name, image shape,
-    class names and the per-channel normalisation, `(raw / divisor − mean) / std`."""
+    class names and the per-channel normalisation, `(raw / divisor − mean) / std`.
+
+    Returns:
+      A dict with `name`, `image_shape`, `num_classes`, `class_names`, the normalisation's `mean`, `std`
+      (and `divisor`) and, for arrays a user passed, `splits`.
+    """
     norm = self.normalisation
     return dict(
       name=self.name,
@@ -125,7 +145,11 @@ class Dataset:
     )
 
   def summary(self) -> str:
-    """One line: name, source, split sizes, image shape and class count."""
+    """One line: name, source, split sizes, image shape and class count.
+
+    Returns:
+      The line.
+    """
     src = f" from {self.source}" if self.source else ""
     return (
       f"{self.name}{src}: train {len(self.train.labels)}, val {len(self.val.labels)}, "
@@ -249,21 +273,46 @@ def load_arrays(
 ) -> Arrays:
   """Loads raw (train_images, train_labels, test_images, test_labels) as uint8 numpy arrays.
 
-  data_source: "idx" (an MNIST-style directory; default: DEFAULT_LOCAL_DIRS), "cifar_tar" (the
-  CIFAR-10 python tarball in `data_dir`), "tfds" (a prepared TFDS dataset; `data_dir` is the
-  TFDS data dir), or "auto": `data_dir` if given (IDX, or the tarball for cifar10), else the
-  DEFAULT_LOCAL_DIRS copy if its files are there, else a prepared TFDS copy in TFDS_DATA_DIR.
-  imagenet2012 comes from TFDS only (`data_dir` is then the TFDS data dir), resized to
-  `image_size` (default 224). Grayscale images are [N, H, W], colour [N, H, W, 3].
-  With `download`, `auto` finally downloads mnist, fashion_mnist or cifar10 from their published URLs
-  into `cache_dir` (default `download.default_cache_dir()`), where later calls find them
-  (`data.download`: checksums, atomic writes, retries).
+  Grayscale images are [N, H, W], colour [N, H, W, 3]. With `download`, `auto` finally downloads mnist,
+  fashion_mnist or cifar10 from their published URLs into `cache_dir` (default
+  `download.default_cache_dir()`), where later calls find them (`data.download`: checksums, atomic
+  writes, retries).
+
+  Args:
+    name: the dataset, one of `KNOWN`.
+    data_source: "idx" (an MNIST-style directory; default: DEFAULT_LOCAL_DIRS), "cifar_tar" (the
+      CIFAR-10 python tarball in `data_dir`), "tfds" (a prepared TFDS dataset; `data_dir` is the
+      TFDS data dir), or "auto": `data_dir` if given (IDX, or the tarball for cifar10), else the
+      DEFAULT_LOCAL_DIRS copy if its files are there, else an earlier download, else a prepared TFDS
+      copy in TFDS_DATA_DIR, else (with `download`) the published files.
+    data_dir: the directory (or tarball) to read; for "tfds", the TFDS data dir.
+    image_size: imagenet2012 only (it comes from TFDS only): the side it is resized to (default 224).
+    download: let "auto" download mnist, fashion_mnist or cifar10 when no local copy is found.
+    cache_dir: where downloads are kept.
+
+  Returns:
+    (train_images, train_labels, test_images, test_labels).
+
+  Raises:
+    DataError: the name or source is unknown, the data is not found (the message names every way to
+      provide it), or a file is malformed.
   """
   return _load(name, data_source, data_dir, image_size, download=download, cache_dir=cache_dir)[0]
 
 
 def validate_arrays(train_images, train_labels, test_images, test_labels, num_classes: int) -> None:
-  """Raises DataError unless image and label counts match and every label is in [0, num_classes)."""
+  """Raises DataError unless image and label counts match and every label is in [0, num_classes).
+
+  Args:
+    train_images: [N, H, W] or [N, H, W, C] training images.
+    train_labels: [N] their labels.
+    test_images: [M, H, W] or [M, H, W, C] test images.
+    test_labels: [M] their labels.
+    num_classes: the dataset's number of classes.
+
+  Raises:
+    DataError: labels are not 1-D, images are not 3-D or 4-D, counts differ, or a label is out of range.
+  """
   for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -291,13 +340,14 @@ def validate_arrays(train_images, train_labels, test_images, test_labels, num_cl
 
 
 def split_validation(images, labels, val_fraction: float = 0.1) -> tuple[Split, Split]:
-  """Splits training data into (train, validation) `Split`s.
+  """Splits training data into (train, validation) splits (`Split`).
 
   Deterministic: the LAST round(N * val_fraction) samples are the validation split (60,000 ->
   54,000 + 6,000). The results are views, not copies.
 
   Args:
-    images, labels: the training data, row for row.
+    images: the training images.
+    labels: their labels, row for row.
     val_fraction: the fraction of it that becomes the validation split, in (0, 1).
 
   Returns:
@@ -325,8 +375,19 @@ def split_validation(images, labels, val_fraction: float = 0.1) -> tuple[Split, 
 def normalise(train, *others, chunk: int = STATS_CHUNK):
   """Scales uint8 images to [0, 1] float32, then standardises each channel with `train`'s stats.
 
-  Inputs are [N, H, W, C] (or [N, H, W], which gets a channel axis). Returns
-  ((train_n, *others_n), (mean, std)) with mean and std float32 [C] in [0, 1] pixel units.
+  Inputs are [N, H, W, C] (or [N, H, W], which gets a channel axis).
+
+  Args:
+    train: the training images, whose statistics are used.
+    *others: more image arrays of the same shape (validation, test), standardised the same way.
+    chunk: images per chunk of the statistics pass (the streamed path uses the same chunks, so both
+      paths get bit-identical statistics).
+
+  Returns:
+    ((train_n, *others_n), (mean, std)) with mean and std float32 [C] in [0, 1] pixel units.
+
+  Raises:
+    DataError: the training set is empty, or the image shapes differ.
   """
   train = with_channel(np.asarray(train))
   others = [with_channel(np.asarray(o)) for o in others]
@@ -352,10 +413,25 @@ def load_dataset(
 ) -> Dataset:
   """Loads, checks, splits and normalises a dataset (see load_arrays for the sources and `download`).
 
-  max_train / max_test keep only the first N samples of the training split (before the
-  validation split is carved off its end) / the test split; for smoke runs and tests, and for
-  imagenet2012, where only that many records are read at all. image_size: the side imagenet2012
-  is resized to (default 224); other datasets refuse it.
+  Args:
+    name: the dataset, one of `KNOWN`.
+    data_source: "auto", "idx", "tfds" or "cifar_tar" (`load_arrays`).
+    data_dir: the directory (or tarball, or TFDS data dir) to read.
+    val_fraction: the last fraction of the training split that becomes the validation split.
+    max_train: keep only the first N samples of the training split (before the validation split is
+      carved off its end); for smoke runs and tests, and for imagenet2012, where only that many records
+      are read at all.
+    max_test: keep only the first N samples of the test split.
+    image_size: the side imagenet2012 is resized to (default 224); other datasets refuse it.
+    download: let "auto" download the published files when no local copy is found.
+    cache_dir: where downloads are kept.
+
+  Returns:
+    The `Dataset`.
+
+  Raises:
+    DataError: an argument is out of range, or the data cannot be found or read (one line naming the
+      fix).
   """
   name = _check_name(name)
   for flag, value in (("max_train", max_train), ("max_test", max_test)):
@@ -390,13 +466,35 @@ INPUTS = ("memory", "stream")
 
 
 def default_records_dir(name: str, cache_dir: Optional[str] = None) -> str:
-  """Where `--input=stream` keeps a dataset's record directory when --records_dir is not given."""
+  """Where `--input=stream` keeps a dataset's record directory when --records_dir is not given.
+
+  Args:
+    name: the dataset.
+    cache_dir: the data cache (default: `download.default_cache_dir()`).
+
+  Returns:
+    `<cache_dir>/records/<name>`.
+  """
   return os.path.join(cache_dir or default_cache_dir(), "records", name)
 
 
 def write_dataset_records(name: str, directory: str, data_source: str = "auto", data_dir=None, **load_args) -> dict:
   """Reads dataset `name` from its local copy (`load_arrays`) and writes it as a record directory
-  (`records.write_records`); returns its meta."""
+  (`records.write_records`); returns its meta.
+
+  Args:
+    name: the dataset, one of `KNOWN`.
+    directory: the record directory to write.
+    data_source: where to read it from (`load_arrays`).
+    data_dir: the directory (or tarball) to read.
+    **load_args: more arguments of `load_arrays` (image_size, download, cache_dir).
+
+  Returns:
+    The directory's meta.json contents.
+
+  Raises:
+    DataError: the data cannot be found or is malformed.
+  """
   name = _check_name(name)
   train_x, train_y, test_x, test_y = load_arrays(name, data_source, data_dir, **load_args)
   validate_arrays(train_x, train_y, test_x, test_y, len(CLASS_NAMES[name]))
@@ -423,6 +521,27 @@ def load_streamed_dataset(
   yet, writes it once from the dataset's local copy (as `load_arrays` finds it). With
   `data_source="tfds"` and no records_dir, reads the prepared TFDS copy's array_record files
   (`tfds.data_source`) instead; imagenet2012 only that way, resized to `image_size` as read.
+
+  Args:
+    name: the dataset, one of `KNOWN`.
+    records_dir: the record directory (default: `default_records_dir(name, cache_dir)`).
+    data_source: where a missing record directory is written from, or "tfds".
+    data_dir: the local copy's directory, or the TFDS data dir.
+    val_fraction: the last fraction of the training split that becomes the validation split.
+    max_train: keep only the first N training samples.
+    max_test: keep only the first N test samples.
+    image_size: the side imagenet2012 is resized to as read.
+    options: the streamed pipeline's settings (threads, workers, memory budget).
+    download: let a missing record directory be written from a download.
+    cache_dir: where downloads and default record directories are kept.
+    log: where the one-line note about writing records goes.
+
+  Returns:
+    A `Dataset` whose images are `streaming.StreamedImages` views.
+
+  Raises:
+    DataError: the source does not stream this dataset, the record directory holds another dataset,
+      or labels fall outside the dataset's classes.
   """
   name = _check_name(name)
   if data_source == "tfds" and records_dir is None or name in RESIZED_SPLITS:
@@ -466,7 +585,27 @@ def load_streamed_dataset(
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Which dataset, from where, and how much of it."""
+  """Which dataset, from where, and how much of it.
+
+  Attributes:
+    dataset: the dataset, one of `KNOWN`, or "arrays" (the arrays passed to `quicknets_jax.train`).
+    data_source: "auto" (a local IDX copy if found, else TFDS), "idx", "tfds" or "cifar_tar".
+    data_dir: the directory with the four IDX files; for cifar10 the tarball's directory; with
+      `data_source="tfds"` the TFDS data dir.
+    val_fraction: the last fraction of the training split kept for validation.
+    max_train: use only the first N training samples (smoke runs).
+    max_test: use only the first N test samples (smoke runs).
+    image_size: imagenet2012: the side the images are resized (shorter side) and centre-cropped to.
+    download: with `data_source="auto"` and no local copy, download mnist, fashion_mnist or cifar10
+      (checked against their published checksums) into `data_cache`.
+    data_cache: where downloaded datasets are kept.
+    input: "memory" (every split held in memory as float32 arrays) or "stream" (images read from
+      array_record files batch by batch with Grain; same results).
+    records_dir: with `input="stream"`, the record directory.
+    stream_threads: with `input="stream"`, Grain reader threads.
+    stream_workers: with `input="stream"`, Grain worker processes for decoding (0: threads only).
+    memory_budget_mb: with `input="stream"`, MiB of decoded images the input pipeline may hold.
+  """
 
   dataset: str = option(
     "fashion_mnist", f"Dataset ({ARRAYS}: the arrays passed to quicknets_jax.train).", choices=(*KNOWN, ARRAYS)
@@ -527,12 +666,27 @@ class DataConfig:
     options.validate(self)
 
   def stream_options(self) -> streaming.StreamOptions:
-    """The streamed input pipeline's settings."""
+    """The streamed input pipeline's settings.
+
+    Returns:
+      A `streaming.StreamOptions` of this config's threads, workers and memory budget.
+    """
     return streaming.StreamOptions(self.stream_threads, self.stream_workers, self.memory_budget_mb)
 
   def load(self, log=print) -> Dataset:
     """The dataset this config names, loaded, split and normalised (`load_dataset`), or with
-    `input="stream"` left on disk as streamed views (`load_streamed_dataset`)."""
+    `input="stream"` left on disk as streamed views (`load_streamed_dataset`).
+
+    Args:
+      log: where one-line notes go (writing records).
+
+    Returns:
+      The `Dataset`.
+
+    Raises:
+      DataError: the config names "arrays" (those must be passed again), or the data cannot be found
+        or read.
+    """
     common = dict(
       data_source=self.data_source,
       data_dir=self.data_dir,
@@ -553,7 +707,11 @@ class DataConfig:
     return load_dataset(self.dataset, **common)
 
   def image_shape(self) -> tuple:
-    """(H, W, C) of this dataset's images, without reading them."""
+    """(H, W, C) of this dataset's images, without reading them.
+
+    Returns:
+      The shape of one image as the model sees it.
+    """
     if self.dataset in DEFAULT_IMAGE_SIZE:  # resized as read (imagenet2012)
       size = self.image_size or DEFAULT_IMAGE_SIZE[self.dataset]
       return (size, size, 3)

@@ -31,7 +31,14 @@ from quicknets_jax.data.errors import DataError
 
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
-  """A published file: the name it is stored under, where it comes from and its MD5 checksum."""
+  """A published file: the name it is stored under, where it comes from and its MD5 checksum.
+
+  Attributes:
+    name: the file name it is stored under.
+    url: where it is downloaded from.
+    md5: its published MD5 checksum (hex).
+    size: its size in bytes, when published (for the progress line and the truncation check).
+  """
 
   name: str
   url: str
@@ -78,7 +85,11 @@ _CHUNK = 1 << 20
 
 
 def default_cache_dir() -> str:
-  """$QUICKNETS_JAX_DATA, else ~/.cache/quicknets_jax/datasets (XDG_CACHE_HOME respected)."""
+  """$QUICKNETS_JAX_DATA, else ~/.cache/quicknets_jax/datasets (XDG_CACHE_HOME respected).
+
+  Returns:
+    The directory downloaded datasets are kept in.
+  """
   if os.environ.get("QUICKNETS_JAX_DATA"):
     return os.environ["QUICKNETS_JAX_DATA"]
   cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -86,6 +97,14 @@ def default_cache_dir() -> str:
 
 
 def md5sum(path: str) -> str:
+  """The MD5 of a file, read in chunks.
+
+  Args:
+    path: the file.
+
+  Returns:
+    Its hex digest.
+  """
   digest = hashlib.md5()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -126,7 +145,29 @@ def download(
   progress: Optional[bool] = None,
   log: Callable[[str], None] = print,
 ) -> str:
-  """DIRECTORY/<file.name>, downloaded and checked unless a checked copy is already there (module doc)."""
+  """DIRECTORY/<file.name>, downloaded and checked unless a checked copy is already there.
+
+  The file goes to `<file>.part`, is fsynced, checked against its MD5 and only then renamed into place,
+  so a killed or corrupt download leaves nothing at the final path. A copy already there that does not
+  match its checksum is downloaded again.
+
+  Args:
+    file: the published file.
+    directory: where it is kept (created if missing).
+    retries: how many times a transient failure (connection error, timeout, truncated body, HTTP 5xx)
+      is retried.
+    timeout: seconds a connection may stay silent.
+    backoff: seconds before the first retry; doubled for each further one.
+    progress: show a progress line (None: on a terminal only).
+    log: where one-line notes go.
+
+  Returns:
+    The path of the checked file.
+
+  Raises:
+    DataError: an HTTP 4xx, a checksum mismatch, or failures past the retries; the message names the
+      fix.
+  """
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, file.name)
   if os.path.exists(path):
@@ -186,7 +227,16 @@ def _fsync_directory(directory: str) -> None:
 
 
 def cached(name: str, cache_dir: Optional[str] = None, files: Optional[Sequence[RemoteFile]] = None) -> Optional[str]:
-  """The cache directory of `name` when every one of its files is already there (unchecked), else None."""
+  """The cache directory of `name` when every one of its files is already there (unchecked), else None.
+
+  Args:
+    name: a key of `REMOTE`.
+    cache_dir: the data cache (default: `default_cache_dir()`).
+    files: the files to look for (default: `REMOTE[name]`).
+
+  Returns:
+    The directory, or None.
+  """
   directory = os.path.join(cache_dir or default_cache_dir(), name)
   files = REMOTE[name] if files is None else files
   return directory if all(os.path.exists(os.path.join(directory, f.name)) for f in files) else None
@@ -195,7 +245,15 @@ def cached(name: str, cache_dir: Optional[str] = None, files: Optional[Sequence[
 def on_process_zero(work: Callable[[], object], barrier: str) -> None:
   """Runs `work` on process 0 only, while the other processes of a multi-process run wait at `barrier`
   (writes to a shared folder: downloads, record directories). Process 0 raises work's DataError after
-  the barrier, so the others are never left waiting for it."""
+  the barrier, so the others are never left waiting for it.
+
+  Args:
+    work: what process 0 does.
+    barrier: the barrier's name, unique to this piece of work.
+
+  Raises:
+    DataError: `work` raised it (on process 0).
+  """
   failure = None
   if jax.process_index() == 0:
     try:
@@ -218,6 +276,19 @@ def fetch(
   """CACHE_DIR/<name>/ with every file of `name` (`REMOTE[name]`, or `files`) downloaded and checked.
 
   Multi-process: process 0 downloads, every process waits at a barrier, then finds the files there.
+
+  Args:
+    name: the dataset, a key of `REMOTE` (or any name with `files`).
+    cache_dir: the data cache (default: `default_cache_dir()`).
+    files: the files to fetch (default: `REMOTE[name]`).
+    log: where one-line notes go.
+    **download_options: passed to `download` (retries, timeout, backoff, progress).
+
+  Returns:
+    The directory holding the files.
+
+  Raises:
+    DataError: a download failed, or (on another process) process 0 did not leave the files there.
   """
   directory = os.path.join(cache_dir or default_cache_dir(), name)
   files = REMOTE[name] if files is None else files

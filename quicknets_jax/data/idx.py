@@ -55,8 +55,15 @@ def _read_bytes(path: str) -> bytes:
 def read_idx(path) -> np.ndarray:
   """Reads an IDX file (gzip-compressed when the name ends in .gz) into a numpy array.
 
-  Raises DataError when the header is wrong, the payload is shorter or longer than the header
-  says, or the gzip stream is corrupt or truncated.
+  Args:
+    path: the file.
+
+  Returns:
+    The array, in the file's shape and native-byte-order dtype.
+
+  Raises:
+    DataError: the file is missing, the header is wrong, the payload is shorter or longer than the
+      header says, or the gzip stream is corrupt or truncated.
   """
   path = os.fspath(path)
   data = _read_bytes(path)
@@ -96,6 +103,13 @@ def write_idx(path, array) -> None:
   """Writes `array` as an IDX file (gzip-compressed when `path` ends in .gz).
 
   uint8 is the usual type; int8, int16, int32, float32 and float64 are written too.
+
+  Args:
+    path: the file to write.
+    array: the array, of 1 to 255 dimensions.
+
+  Raises:
+    DataError: the dtype has no IDX code, or the array has 0 or more than 255 dimensions.
   """
   path = os.fspath(path)
   array = np.asarray(array)
@@ -124,8 +138,14 @@ def _candidates(base: str) -> list[str]:
 def find_idx_files(directory) -> tuple[list[str | None], list[str]]:
   """Locates the four standard IDX files in `directory`.
 
-  Returns (paths, missing): `paths` holds the path of each file in IDX_FILES order (None where
-  absent) and `missing` the standard names of the absent ones.
+  Each may be raw or .gz and may use the dotted name variant (train-images.idx3-ubyte).
+
+  Args:
+    directory: the directory to look in.
+
+  Returns:
+    (paths, missing): `paths` holds the path of each file in IDX_FILES order (None where absent) and
+    `missing` the standard names of the absent ones.
   """
   directory = os.fspath(directory)
   paths: list[str | None] = []
@@ -145,6 +165,17 @@ def load_idx_dir(directory) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
   Images are uint8 [N, H, W] and labels uint8 [N]. Each file may be raw or .gz and may use the
   dotted name variant (train-images.idx3-ubyte).
+
+  Args:
+    directory: the directory holding the four files.
+
+  Returns:
+    (train_images, train_labels, test_images, test_labels).
+
+  Raises:
+    DataError: the directory or a file is missing, a file is malformed or not uint8, an images file is
+      not 3-D or a labels file not 1-D, image and label counts differ, or the training and test images
+      differ in size.
   """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):

@@ -104,7 +104,16 @@ def read_images(path: str, pixels: bool = True) -> tuple[np.ndarray, list]:
 
 
 def check_image_shape(images: np.ndarray, expected: tuple, where: str) -> None:
-  """Refuses images whose (H, W, C) differ from what the model was trained on, naming the fix."""
+  """Refuses images whose (H, W, C) differ from what the model was trained on, naming the fix.
+
+  Args:
+    images: [N, H, W, C] images.
+    expected: the model's (H, W, C).
+    where: what the message calls the images (their path).
+
+  Raises:
+    DataError: the size or the channel count differs.
+  """
   got, expected = tuple(images.shape[1:]), tuple(expected)
   if got == expected:
     return

@@ -28,17 +28,40 @@ _LABEL_BYTES = 4
 
 
 def records_path(directory: str, split: str) -> str:
-  """The array_record file of `split` ("train" or "test") in a record directory."""
+  """The array_record file of `split` ("train" or "test") in a record directory.
+
+  Args:
+    directory: the record directory.
+    split: "train" or "test".
+
+  Returns:
+    The file's path.
+  """
   return os.path.join(directory, f"{split}.array_record")
 
 
 def labels_path(directory: str, split: str) -> str:
-  """The labels of `split` as an int32 .npy file beside its records."""
+  """The labels of `split` as an int32 .npy file beside its records.
+
+  Args:
+    directory: the record directory.
+    split: "train" or "test".
+
+  Returns:
+    The file's path.
+  """
   return os.path.join(directory, f"{split}_labels.npy")
 
 
 def has_records(directory: Optional[str]) -> bool:
-  """Whether `directory` holds a complete record directory (both splits and meta.json)."""
+  """Whether `directory` holds a complete record directory (both splits and meta.json).
+
+  Args:
+    directory: the folder to look at, or None.
+
+  Returns:
+    True when every file of a record directory is there.
+  """
   return bool(directory) and all(
     os.path.exists(p)
     for p in [os.path.join(directory, "meta.json")]
@@ -68,6 +91,23 @@ def write_records(
 
   Images are uint8 [N, H, W] or [N, H, W, C]. Each file is written under a `.part` name and renamed
   when complete, meta.json last, so a directory that `has_records` is never half written.
+
+  Args:
+    directory: the record directory (created if missing).
+    name: the dataset's name, recorded in meta.json.
+    train_images: uint8 training images.
+    train_labels: their labels.
+    test_images: uint8 test images, of the training images' shape.
+    test_labels: their labels.
+    class_names: one name per class.
+    chunk: images converted to records at a time.
+
+  Returns:
+    The meta.json contents: format, name, image shape, class names and record counts.
+
+  Raises:
+    DataError: the images are not uint8, the two splits' image shapes differ, or image and label
+      counts differ.
   """
   os.makedirs(directory, exist_ok=True)
   shape = None
@@ -102,7 +142,17 @@ def write_records(
 
 
 def read_meta(directory: str) -> dict:
-  """meta.json of a record directory; a DataError naming the way to write one when it is missing."""
+  """meta.json of a record directory; a DataError naming the way to write one when it is missing.
+
+  Args:
+    directory: the record directory.
+
+  Returns:
+    The meta.json contents.
+
+  Raises:
+    DataError: the directory is incomplete or its meta.json is of another format.
+  """
   if not has_records(directory):
     raise DataError(
       f"no record directory at {directory} (train.array_record, test.array_record, meta.json): write one "
@@ -119,6 +169,19 @@ class RecordImages:
   """Random access to one split of a record directory: `read(rows)` -> (uint8 images [n,H,W,C], labels).
 
   The reader opens on first use in each process (Grain's workers unpickle it without an open file).
+
+  Args:
+    directory: the record directory.
+    split: "train" or "test".
+
+  Attributes:
+    directory: as given.
+    split: as given.
+    image_shape: (H, W, C) of one image.
+    count: the number of records.
+
+  Raises:
+    DataError: the directory is not a complete record directory (`read_meta`).
   """
 
   def __init__(self, directory: str, split: str):
@@ -142,7 +205,14 @@ class RecordImages:
     return self._source.__getitems__([int(r) for r in rows])
 
   def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images and int32 labels of records `rows`, in that order."""
+    """The uint8 images and int32 labels of records `rows`, in that order.
+
+    Args:
+      rows: record numbers.
+
+    Returns:
+      (uint8 [n, H, W, C] images, int32 [n] labels).
+    """
     records = self._records(rows)
     size = int(np.prod(self.image_shape))
     raw = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), _LABEL_BYTES + size)
@@ -150,7 +220,17 @@ class RecordImages:
     return raw[:, _LABEL_BYTES:].reshape(len(records), *self.image_shape), labels
 
   def labels(self, stop: Optional[int] = None) -> np.ndarray:
-    """The labels of records [0, stop) (int32; default all), from the .npy file beside the records."""
+    """The labels of records [0, stop) (int32; default all), from the .npy file beside the records.
+
+    Args:
+      stop: one past the last record wanted (None: all).
+
+    Returns:
+      int32 labels.
+
+    Raises:
+      DataError: the .npy file holds another number of labels than there are records.
+    """
     labels = np.load(labels_path(self.directory, self.split)).astype(np.int32)
     if len(labels) != self.count:
       raise DataError(
@@ -162,7 +242,25 @@ class RecordImages:
 
 class TfdsImages:
   """Random access to a prepared TFDS split through `tfds.data_source` (array_record; no TensorFlow),
-  optionally resized to `image_size`² as read (`tfds_source.resize_image`: imagenet2012)."""
+  optionally resized to `image_size`² as read (`tfds_source.resize_image`: imagenet2012).
+
+  Args:
+    name: the TFDS dataset.
+    split: its split ("train", "test", or imagenet2012's "validation").
+    data_dir: the TFDS data dir (None: TFDS's default).
+    image_size: the side images are resized to as read, or None to keep them as they are.
+
+  Attributes:
+    name: as given.
+    split: as given.
+    data_dir: as given.
+    image_size: as given.
+    image_shape: (H, W, C) of one image as read.
+    count: the number of records.
+
+  Raises:
+    DataError: the dataset is not prepared there (`tfds_source.open_data_source`).
+  """
 
   def __init__(self, name: str, split: str, data_dir: Optional[str] = None, image_size: Optional[int] = None):
     self.name, self.split, self.data_dir, self.image_size = name, split, data_dir, image_size
@@ -180,13 +278,27 @@ class TfdsImages:
     return self.count
 
   def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images and int32 labels of records `rows`, in that order."""
+    """The uint8 images and int32 labels of records `rows`, in that order.
+
+    Args:
+      rows: record numbers.
+
+    Returns:
+      (uint8 [n, H, W, C] images, int32 [n] labels).
+    """
     records = [self._source[int(r)] for r in rows]
     images = np.stack([self._image(r) for r in records]) if records else np.zeros((0, *self.image_shape), np.uint8)
     return images, np.asarray([int(r["label"]) for r in records], np.int32)
 
   def labels(self, stop: Optional[int] = None) -> np.ndarray:
     """The labels of records [0, stop) (int32; default all). TFDS decodes each record whole, so this
-    reads (and decodes) those records once."""
+    reads (and decodes) those records once.
+
+    Args:
+      stop: one past the last record wanted (None: all).
+
+    Returns:
+      int32 labels.
+    """
     stop = self.count if stop is None else min(stop, self.count)
     return np.asarray([int(self._source[i]["label"]) for i in range(stop)], np.int32)

@@ -1,4 +1,4 @@
-"""Per-epoch sample orders for a working set T_j, optionally class-rebalanced (design §1, paper §3.2).
+"""Per-epoch sample orders for a working set T_j, optionally class-rebalanced (paper §3.2; docs/method.md).
 
 The epoch draws are pure JAX and jittable with `num_classes` and `balanced` static, so a whole
 epoch's order can be drawn inside the jitted training loop. Positions index the working set (0..n-1);
@@ -16,7 +16,15 @@ import numpy as np
 
 
 def class_counts(labels: jax.Array, num_classes: int) -> jax.Array:
-  """Number of samples of each class in `labels`: int32 [num_classes]."""
+  """Number of samples of each class in `labels`: int32 [num_classes].
+
+  Args:
+    labels: class indices, any shape.
+    num_classes: the number of classes (labels outside [0, num_classes) are not counted).
+
+  Returns:
+    int32 [num_classes] counts.
+  """
   return jnp.bincount(jnp.asarray(labels, jnp.int32).reshape(-1), length=num_classes).astype(jnp.int32)
 
 
@@ -24,10 +32,16 @@ def class_counts(labels: jax.Array, num_classes: int) -> jax.Array:
 def draw_epoch(key: jax.Array, labels: jax.Array, num_classes: int, balanced: bool) -> jax.Array:
   """One epoch's order of positions into a working set whose labels are `labels` ([n]).
 
-  balanced=False: a random permutation of 0..n-1 (each sample once).
-  balanced=True: n draws with replacement, each sample weighted 1 / count(its class), so every
-  class present in `labels` is drawn equally often in expectation, whatever the imbalance.
-  Returns int32 [n].
+  Args:
+    key: the epoch's random key.
+    labels: [n] the working set's labels.
+    num_classes: the number of classes (static).
+    balanced: False: a random permutation of 0..n-1 (each sample once). True: n draws with
+      replacement, each sample weighted 1 / count(its class), so every class present in `labels` is
+      drawn equally often in expectation, whatever the imbalance (static).
+
+  Returns:
+    int32 [n] positions.
   """
   labels = jnp.asarray(labels, jnp.int32).reshape(-1)
   n = labels.shape[0]
@@ -50,8 +64,18 @@ def draw_epoch_padded(
   """`draw_epoch` over a working set padded to a fixed length: only the first `num_valid` rows exist.
 
   The length of `labels` is a bucket (so one compiled epoch serves every working-set size up to
-  it) and `num_valid` is traced. Returns int32 [len(labels)] positions whose first `num_valid`
-  entries are the epoch's order (all < num_valid); the rest are padding.
+  it) and `num_valid` is traced.
+
+  Args:
+    key: the epoch's random key.
+    labels: [size] labels of the padded working set.
+    num_valid: how many of its rows exist (traced).
+    num_classes: the number of classes.
+    balanced: class-rebalanced draws with replacement (True) or a permutation (False).
+
+  Returns:
+    int32 [len(labels)] positions whose first `num_valid` entries are the epoch's order (all
+    < num_valid); the rest are padding.
   """
   labels = jnp.asarray(labels, jnp.int32).reshape(-1)
   size = labels.shape[0]
@@ -68,7 +92,16 @@ def draw_epoch_padded(
 
 def seeded_subset(n: int, fraction: float, key: jax.Array) -> np.ndarray:
   """Sorted positions of a seeded random `fraction` of range(n) (none when the fraction is 0); at
-  least one position is always left out, so a working set never loses its last sample to it."""
+  least one position is always left out, so a working set never loses its last sample to it.
+
+  Args:
+    n: the number of positions.
+    fraction: the share to choose, in [0, 1].
+    key: the random key that fixes the choice.
+
+  Returns:
+    int32 sorted positions.
+  """
   count = int(round(fraction * n))
   if count == 0 or n < 2:
     return np.zeros(0, np.int32)
@@ -77,7 +110,16 @@ def seeded_subset(n: int, fraction: float, key: jax.Array) -> np.ndarray:
 
 
 def seeded_mask(mask: np.ndarray, fraction: float, key: jax.Array) -> np.ndarray:
-  """A seeded random `fraction` of the True entries of `mask`, as a mask of the same shape."""
+  """A seeded random `fraction` of the True entries of `mask`, as a mask of the same shape.
+
+  Args:
+    mask: a boolean mask.
+    fraction: the share of its True entries to choose.
+    key: the random key that fixes the choice.
+
+  Returns:
+    A boolean mask with the chosen entries True.
+  """
   chosen = np.zeros_like(mask)
   where = np.flatnonzero(mask)
   chosen[where[seeded_subset(len(where), fraction, key)]] = True

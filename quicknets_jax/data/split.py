@@ -21,6 +21,12 @@ class Split(NamedTuple):
   def of(cls, pair) -> Split:
     """A `Split` from a Split or an (images, labels) pair.
 
+    Args:
+      pair: a `Split`, or an (images, labels) pair of arrays of the same length.
+
+    Returns:
+      `pair` itself when it is a `Split`, else a new one.
+
     Raises:
       ValueError: `pair` is not two arrays of the same length.
     """

@@ -28,7 +28,13 @@ from quicknets_jax.data.split import Split
 
 @dataclasses.dataclass(frozen=True)
 class StreamOptions:
-  """How batches are read: Grain reader threads, worker processes, and the memory they may hold."""
+  """How batches are read: Grain reader threads, worker processes, and the memory they may hold.
+
+  Attributes:
+    threads: Grain's reader threads in this process (reads and decoding run there).
+    workers: Grain worker processes (0: none); each starts in a few seconds per pass.
+    memory_budget_mb: decoded batches in flight (and whole reads) stay under this many MiB.
+  """
 
   threads: int = 4  # Grain's reader threads in this process (reads and decoding run there)
   workers: int = 0  # Grain worker processes (0: none); each starts in a few seconds per pass
@@ -36,7 +42,17 @@ class StreamOptions:
 
   def plan(self, batch_bytes: int) -> tuple[int, int]:
     """(batches Grain reads ahead, batches copied to the device ahead) for batches of `batch_bytes`:
-    together at most the budget, besides the batch a step is computing on."""
+    together at most the budget, besides the batch a step is computing on.
+
+    Args:
+      batch_bytes: bytes of one decoded batch.
+
+    Returns:
+      (read-ahead batches, device-ahead batches).
+
+    Raises:
+      DataError: one batch alone exceeds the budget; the message names the flags to change.
+    """
     slots = int(self.memory_budget_mb * 2**20 // max(batch_bytes, 1))
     if slots < 1:
       raise DataError(
@@ -49,7 +65,16 @@ class StreamOptions:
 
 def prefetch_to_device(batches: Iterator, put, depth: int) -> Iterator:
   """`put` of each item of `batches`, `depth` items ahead: the next batches' host-to-device copies run
-  while the current step computes (jax dispatches asynchronously)."""
+  while the current step computes (jax dispatches asynchronously).
+
+  Args:
+    batches: host batches, in order.
+    put: the transfer (e.g. `jax.device_put`).
+    depth: how many transferred batches wait ahead of the one in use.
+
+  Yields:
+    `put(batch)` for every batch, in order.
+  """
   queue = []
   for item in batches:
     queue.append(put(item))
@@ -79,7 +104,22 @@ def _grain_flags_ready() -> None:
 
 
 class StreamedImages:
-  """Rows `rows` of `source`, standardised with `mean`/`std`: float32 [len(rows), H, W, C], read lazily."""
+  """Rows `rows` of `source`, standardised with `mean`/`std`: float32 [len(rows), H, W, C], read lazily.
+
+  Args:
+    source: a random-access source (`records.RecordImages`, `records.TfdsImages`).
+    rows: the source's record numbers this view holds.
+    mean: float32 [C] channel means.
+    std: float32 [C] channel standard deviations.
+    options: the pipeline's threads, workers and memory budget.
+
+  Attributes:
+    source: as given.
+    rows: int64 record numbers.
+    mean: as given, float32.
+    std: as given, float32.
+    options: as given.
+  """
 
   dtype = np.dtype(np.float32)
 
@@ -89,10 +129,12 @@ class StreamedImages:
 
   @property
   def shape(self) -> tuple:
+    """(rows, H, W, C), as an array of the view's images would have."""
     return (len(self.rows), *self.source.image_shape)
 
   @property
   def ndim(self) -> int:
+    """The number of dimensions of `shape` (4)."""
     return len(self.shape)
 
   @property
@@ -102,13 +144,21 @@ class StreamedImages:
 
   @property
   def nbytes(self) -> int:
+    """Bytes the whole view takes decoded (float32)."""
     return self.image_bytes * len(self.rows)
 
   def __len__(self) -> int:
     return len(self.rows)
 
   def take(self, positions) -> StreamedImages:
-    """The view of `positions` (indices into this view's rows); nothing is read."""
+    """The view of `positions` (indices into this view's rows); nothing is read.
+
+    Args:
+      positions: an index array into this view.
+
+    Returns:
+      A new view.
+    """
     return StreamedImages(self.source, self.rows[np.asarray(positions)], self.mean, self.std, self.options)
 
   def __getitem__(self, key) -> StreamedImages:
@@ -117,7 +167,14 @@ class StreamedImages:
     return StreamedImages(self.source, self.rows[key], self.mean, self.std, self.options)
 
   def read(self) -> np.ndarray:
-    """Every image of the view, decoded and standardised (float32)."""
+    """Every image of the view, decoded and standardised (float32).
+
+    Returns:
+      float32 [len(view), H, W, C] images.
+
+    Raises:
+      DataError: the view is larger than the memory budget.
+    """
     if self.nbytes > self.options.memory_budget_mb * 2**20:
       raise DataError(
         f"reading {len(self)} streamed images at once takes {self.nbytes / 2**20:.0f} MiB > --memory_budget_mb="
@@ -134,7 +191,18 @@ class StreamedImages:
   def stream(self, position_batches: Sequence[np.ndarray], put=None) -> Iterator:
     """The decoded batches of `position_batches` (each an index array into this view), in order, read
     ahead through Grain (threads, or `options.workers` processes) and, given `put` (e.g. a device
-    transfer), handed to it ahead of use: all within the memory budget (`StreamOptions.plan`)."""
+    transfer), handed to it ahead of use: all within the memory budget (`StreamOptions.plan`).
+
+    Args:
+      position_batches: one index array into this view per batch.
+      put: a transfer applied to each batch ahead of use, or None for host arrays.
+
+    Returns:
+      An iterator over the batches (float32 [n, H, W, C] each, or what `put` makes of them).
+
+    Raises:
+      DataError: one batch alone exceeds the memory budget.
+    """
     import grain
 
     row_batches = [self.rows[np.asarray(p)] for p in position_batches]
@@ -156,31 +224,69 @@ class StreamedImages:
     return prefetch_to_device(iter(dataset), put, device_ahead)
 
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The view in consecutive batches of `batch_size` rows (the last one shorter)."""
+    """The view in consecutive batches of `batch_size` rows (the last one shorter).
+
+    Args:
+      batch_size: rows per batch.
+
+    Returns:
+      An iterator over float32 [n, H, W, C] batches.
+    """
     return self.stream([np.arange(s, min(s + batch_size, len(self))) for s in range(0, len(self), batch_size)])
 
 
 def is_streamed(x) -> bool:
-  """Whether `x` is a streamed view rather than an array."""
+  """Whether `x` is a streamed view rather than an array.
+
+  Args:
+    x: an image array or a `StreamedImages` view.
+
+  Returns:
+    True for a `StreamedImages`.
+  """
   return isinstance(x, StreamedImages)
 
 
 def device_array(images, dtype=None):
   """`images` on the default device (a device array stays as it is; a streamed view stays a view: the
-  trainer streams it). `jax.device_put`, not `jnp.asarray`: the latter compiles a program per new shape."""
+  trainer streams it). `jax.device_put`, not `jnp.asarray`: the latter compiles a program per new shape.
+
+  Args:
+    images: a numpy array, a jax array or a streamed view.
+    dtype: the dtype wanted (None: keep it).
+
+  Returns:
+    A jax array on the default device, or the streamed view itself.
+  """
   if is_streamed(images) or (isinstance(images, jax.Array) and dtype in (None, images.dtype)):
     return images
   return jax.device_put(np.asarray(images, dtype))
 
 
 def take(images, rows):
-  """`images[rows]`: an array for arrays, a view (nothing read) for streamed images."""
+  """`images[rows]`: an array for arrays, a view (nothing read) for streamed images.
+
+  Args:
+    images: an image array or a streamed view.
+    rows: an index array.
+
+  Returns:
+    The selected rows.
+  """
   return images.take(rows) if is_streamed(images) else np.asarray(images)[np.asarray(rows)]
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamedSplits:
-  """The three splits of a streamed dataset: views, labels in memory, and the normalisation."""
+  """The three splits of a streamed dataset: views, labels in memory, and the normalisation.
+
+  Attributes:
+    train: the training split; its images are `StreamedImages` views, its labels in memory.
+    val: the validation split, likewise.
+    test: the test split, likewise.
+    mean: float32 [C] channel means of the training part.
+    std: float32 [C] channel standard deviations of the training part.
+  """
 
   train: Split  # images are `StreamedImages` views, labels in memory
   val: Split
@@ -199,7 +305,22 @@ def streamed_splits(
 ) -> StreamedSplits:
   """The in-memory path's splits as views: the first `max_train` training records, the last
   round(n · val_fraction) of them for validation, the first `max_test` test records; statistics from
-  the training part (design §1)."""
+  the training part (docs/method.md, the validation split).
+
+  Args:
+    train_source: the random-access source of the training records.
+    test_source: the random-access source of the test records.
+    val_fraction: the last fraction of the training records kept for validation, in (0, 1).
+    max_train: use only the first N training records (None: all).
+    max_test: use only the first N test records (None: all).
+    options: the pipeline's threads, workers and memory budget.
+
+  Returns:
+    The `StreamedSplits`.
+
+  Raises:
+    DataError: the fraction leaves either split empty.
+  """
   n = len(train_source) if max_train is None else min(max_train, len(train_source))
   n_test = len(test_source) if max_test is None else min(max_test, len(test_source))
   n_val = int(round(n * float(val_fraction)))

@@ -27,7 +27,14 @@ from quicknets_jax.data.errors import DataError
 
 
 def default_tfds_dir(data_dir=None) -> str:
-  """The directory TFDS reads from: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  """The directory TFDS reads from: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+
+  Args:
+    data_dir: an explicit TFDS data dir, or None.
+
+  Returns:
+    The directory.
+  """
   if data_dir is not None:
     return os.fspath(data_dir)
   return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
@@ -81,7 +88,19 @@ def _open_split(tfds, name: str, split: str, data_dir):
 
 def open_data_source(name: str, split: str, data_dir=None):
   """`tfds.data_source` of a prepared split (random access, picklable); a DataError naming how to
-  prepare it when it is not there."""
+  prepare it when it is not there.
+
+  Args:
+    name: the TFDS dataset.
+    split: its split.
+    data_dir: the TFDS data dir (None: TFDS's default).
+
+  Returns:
+    The data source.
+
+  Raises:
+    DataError: tensorflow-datasets cannot be imported, or the split is not prepared.
+  """
   return _open_split(_import_tfds(), name, split, data_dir)
 
 
@@ -120,7 +139,18 @@ def load_tfds(name: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, np.ndar
   """Loads (train_images, train_labels, test_images, test_labels) from a prepared TFDS dataset.
 
   Images are uint8, [N, 28, 28] for mnist/fashion_mnist and [N, 32, 32, 3] for cifar10; labels
-  uint8 [N]. `data_dir` is the TFDS data directory (default: TFDS's own).
+  uint8 [N].
+
+  Args:
+    name: the TFDS dataset (mnist, fashion_mnist or cifar10).
+    data_dir: the TFDS data directory (default: TFDS's own).
+
+  Returns:
+    (train_images, train_labels, test_images, test_labels).
+
+  Raises:
+    DataError: the dataset's images vary in size (use `load_tfds_resized`), tensorflow-datasets cannot
+      be imported, or a split is missing, empty, mixed in shape or has out-of-range labels.
   """
   if name in RESIZED_SPLITS:
     raise DataError(
@@ -134,7 +164,15 @@ def load_tfds(name: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
   """uint8 [H, W, C] → [size, size, 3]: shorter side to `size` (PIL bilinear, antialiased when
-  shrinking), then the centre crop; grayscale is repeated to RGB, an alpha channel dropped."""
+  shrinking), then the centre crop; grayscale is repeated to RGB, an alpha channel dropped.
+
+  Args:
+    image: uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4].
+    size: the output's side.
+
+  Returns:
+    uint8 [size, size, 3].
+  """
   from PIL import Image  # pillow: already needed by TFDS to decode images
 
   image = np.asarray(image, np.uint8)
@@ -203,10 +241,24 @@ def load_tfds_resized(
   images vary in size (`RESIZED_SPLITS`: imagenet2012), resized to `image_size`² as they are read.
 
   Only the first `max_train` / `max_test` records of the train / test split are read (all when None).
-  Images are uint8 [N, image_size, image_size, 3], labels int32 [N]. Raises a DataError naming
-  --max_train and --image_size when the arrays (uint8, plus the float32 copy that normalisation
-  makes) would not fit in this machine's RAM, and one naming the manual download when the dataset
-  is not prepared.
+  Images are uint8 [N, image_size, image_size, 3], labels int32 [N].
+
+  Args:
+    name: the dataset, a key of `RESIZED_SPLITS`.
+    data_dir: the TFDS data dir (None: TFDS's default).
+    image_size: the side images are resized and cropped to.
+    max_train: training records to read (None: all).
+    max_test: test records to read (None: all).
+    num_classes: the number of classes; labels outside them are refused.
+    workers: reader threads (default: the CPU count, at most 32).
+
+  Returns:
+    (train_images, train_labels, test_images, test_labels).
+
+  Raises:
+    DataError: naming --max_train and --image_size when the arrays (uint8, plus the float32 copy that
+      normalisation makes) would not fit in this machine's RAM; naming the manual download when the
+      dataset is not prepared; or for a bad argument, an empty split or out-of-range labels.
   """
   if name not in RESIZED_SPLITS:
     raise DataError(f"load_tfds_resized serves {sorted(RESIZED_SPLITS)}, not {name}: use load_tfds")

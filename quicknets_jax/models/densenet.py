@@ -19,7 +19,7 @@ BN → ReLU → global average pool → Dense(num_classes) — on the block's ou
 DenseNet-121's `norm5` + `classifier`, so the end-to-end baseline is the plain DenseNet-121
 (7,978,856 parameters with 1000 classes, as torchvision's).
 
-Commitment heads: design.md's Dense(C) → ReLU → Dense(1) (`base.CommitmentHead`) on the block's
+Commitment heads: the paper's Dense(C) → ReLU → Dense(1) (`base.CommitmentHead`) on the block's
 features, *globally average-pooled first*. Flattened, block 0's 28×28×128 map would need a
 100 M-parameter Dense(1000) (225 M over the four heads, 28× DenseNet-121 itself); pooled, the four
 heads hold 1.9 M and cost ≤ 2.1 MFLOPs. With the 0.9 M of exits 0..2 the QuickNet has 10.8 M
@@ -81,7 +81,12 @@ def _batch_norm(train: bool, name: str):
 
 
 class DenseLayer(nn.Module):
-  """BN-ReLU-conv1×1 (`bottleneck` channels) → BN-ReLU-conv3×3 (`growth` channels), concatenated to x."""
+  """BN-ReLU-conv1×1 (`bottleneck` channels) → BN-ReLU-conv3×3 (`growth` channels), concatenated to x.
+
+  Attributes:
+    growth: the channels the layer adds (k).
+    bottleneck: the 1×1 convolution's channels (4k).
+  """
 
   growth: int
   bottleneck: int
@@ -102,6 +107,14 @@ class DenseNetSubnet(nn.Module):
 
   `stem_channels` > 0 puts the ImageNet stem in front (block 0); `transition_channels` > 0 puts a
   transition behind (blocks 0..2), pooled unless `transition_pool` is False (maps narrower than 2).
+
+  Attributes:
+    num_layers: dense layers in the dense block.
+    growth: the growth rate k.
+    bottleneck: the bottleneck's channels (4k).
+    stem_channels: the stem's channels, 0 for no stem.
+    transition_channels: the transition's output channels, 0 for no transition.
+    transition_pool: whether the transition ends with its 2×2 average pool.
   """
 
   num_layers: int
@@ -138,7 +151,11 @@ class DenseNetSubnet(nn.Module):
 
 
 class PoolClassifier(nn.Module):
-  """DenseNet's classifier as an exit: BN → ReLU → global average pool → Dense(num_classes)."""
+  """DenseNet's classifier as an exit: BN → ReLU → global average pool → Dense(num_classes).
+
+  Attributes:
+    num_classes: the classes it predicts.
+  """
 
   num_classes: int
 
@@ -161,7 +178,16 @@ def _bn_relu_flops(hw: tuple[int, int], channels: int) -> float:
 
 
 def stem_flops(hw: tuple[int, int], c_in: int, channels: int) -> tuple[float, tuple[int, int]]:
-  """FLOPs of the stem (conv 7×7/2 + BN + ReLU + max pool 3×3/2) and its output H×W."""
+  """FLOPs of the stem (conv 7×7/2 + BN + ReLU + max pool 3×3/2) and its output H×W.
+
+  Args:
+    hw: the input's (H, W).
+    c_in: input channels.
+    channels: the stem's channels.
+
+  Returns:
+    (FLOPs per sample, the output's (H, W)).
+  """
   conv_hw = costs.conv_out(hw, 7, 2, padding=3)
   total = costs.conv_flops(hw, 7, c_in, channels, 2, padding=3) + _bn_relu_flops(conv_hw, channels)
   pool_hw = costs.conv_out(conv_hw, 3, 2, padding=1)
@@ -169,13 +195,33 @@ def stem_flops(hw: tuple[int, int], c_in: int, channels: int) -> tuple[float, tu
 
 
 def dense_layer_flops(hw: tuple[int, int], c_in: int, growth: int, bottleneck: int) -> float:
-  """FLOPs of one dense layer on an H×W×c_in map (the concatenation is a copy: 0 FLOPs)."""
+  """FLOPs of one dense layer on an H×W×c_in map (the concatenation is a copy: 0 FLOPs).
+
+  Args:
+    hw: the map's (H, W).
+    c_in: its channels.
+    growth: the channels the layer adds.
+    bottleneck: the bottleneck's channels.
+
+  Returns:
+    FLOPs per sample.
+  """
   total = _bn_relu_flops(hw, c_in) + costs.conv_flops(hw, 1, c_in, bottleneck, padding=0)
   return total + _bn_relu_flops(hw, bottleneck) + costs.conv_flops(hw, 3, bottleneck, growth, padding=1)
 
 
 def transition_flops(hw: tuple[int, int], c_in: int, c_out: int, pool: bool) -> tuple[float, tuple[int, int]]:
-  """FLOPs of a transition (BN-ReLU-conv1×1, 2×2 average pool) and its output H×W."""
+  """FLOPs of a transition (BN-ReLU-conv1×1, 2×2 average pool) and its output H×W.
+
+  Args:
+    hw: the input's (H, W).
+    c_in: input channels.
+    c_out: output channels.
+    pool: whether the transition pools.
+
+  Returns:
+    (FLOPs per sample, the output's (H, W)).
+  """
   total = _bn_relu_flops(hw, c_in) + costs.conv_flops(hw, 1, c_in, c_out, padding=0)
   if pool:
     hw = (hw[0] // 2, hw[1] // 2)
@@ -184,14 +230,32 @@ def transition_flops(hw: tuple[int, int], c_in: int, c_out: int, pool: bool) -> 
 
 
 def pool_classifier_flops(hw: tuple[int, int], channels: int, num_classes: int) -> float:
-  """BN + ReLU, the global mean and the linear layer."""
+  """BN + ReLU, the global mean and the linear layer.
+
+  Args:
+    hw: the features' (H, W).
+    channels: their channels.
+    num_classes: the classes predicted.
+
+  Returns:
+    FLOPs per sample of a `PoolClassifier`.
+  """
   return (
     _bn_relu_flops(hw, channels) + costs.global_mean_flops(*hw, channels) + costs.dense_flops(channels, num_classes)
   )
 
 
 def pooled_commit_flops(hw: tuple[int, int], channels: int, num_classes: int) -> float:
-  """The global mean, then Dense(C) + ReLU and Dense(1)."""
+  """The global mean, then Dense(C) + ReLU and Dense(1).
+
+  Args:
+    hw: the features' (H, W).
+    channels: their channels.
+    num_classes: C.
+
+  Returns:
+    FLOPs per sample of a `PooledCommitmentHead`.
+  """
   return (
     costs.global_mean_flops(*hw, channels)
     + costs.dense_flops(channels, num_classes, activation=True)
@@ -200,7 +264,17 @@ def pooled_commit_flops(hw: tuple[int, int], channels: int, num_classes: int) ->
 
 
 def parse_layers(block_layers: Union[str, Sequence[int]]) -> tuple[int, ...]:
-  """ "densenet121" (or another `CONFIGS` name), "6,12,24,16" or a sequence → a tuple of layer counts."""
+  """ "densenet121" (or another `CONFIGS` name), "6,12,24,16" or a sequence → a tuple of layer counts.
+
+  Args:
+    block_layers: a `CONFIGS` name, a comma-separated string, or a sequence of integers.
+
+  Returns:
+    The layer count of every dense block.
+
+  Raises:
+    ValueError: the spec is not layer counts, or a count is below 1.
+  """
   items = spec_items(block_layers, CONFIGS)
   try:
     layers = tuple(int(s) for s in items)
@@ -230,6 +304,7 @@ def densenet(
 
   Args:
     input_shape: (H, W, C) of one image, e.g. (224, 224, 3); ≥ 4 wide (the stem divides by 4).
+    num_classes: the classes every exit predicts.
     width: the growth rate k (32 for DenseNet-121); the stem has 2k channels, bottlenecks 4k.
     num_blocks: must equal the number of dense blocks when given (4 for DenseNet-121).
     layers_per_block: must be 1; accepted so every model takes the same flags (the dense layers per
@@ -238,6 +313,12 @@ def densenet(
       list such as (1, 1, 1, 1) for a small test variant.
     compression: a transition's output channels = floor(compression · input channels).
     commit_head: "features" (pooled, as above) or "logits" (the authors' head on the exit's logits).
+
+  Returns:
+    The `MultiExitModel`, with analytic block costs.
+
+  Raises:
+    ValueError: an argument is out of range or inconsistent (the message names the flag to pass).
   """
   if commit_head not in COMMIT_HEADS:
     raise ValueError(f"commit_head must be one of {', '.join(COMMIT_HEADS)}, got {commit_head!r}")

@@ -38,6 +38,12 @@ def conv_implementation(name: str):
   convolution) or "patches" (im2col + matrix product) — and so do the plain `flax.linen.Conv` layers of
   a user's own network (`flax_conv_interceptor`). A jitted function keeps what its first trace saw.
 
+  Args:
+    name: one of `IMPLEMENTATIONS`.
+
+  Yields:
+    Nothing: a context manager.
+
   Raises:
     ValueError: `name` is not one of `IMPLEMENTATIONS`.
   """
@@ -65,7 +71,17 @@ def flax_conv_interceptor(next_fun, args, kwargs, context):
   """Runs a plain 2-D `flax.linen.Conv` (the layer a user's own network is built from) through `convolve`,
   so it too becomes a patch product where the trainer's loops want one: the same params, the same
   numbers up to float round-off. Anything else — initialisation, dilation, groups, masks, 1-D or 3-D
-  convolutions, circular padding — runs as flax runs it."""
+  convolutions, circular padding — runs as flax runs it.
+
+  Args:
+    next_fun: the intercepted method (flax's interceptor protocol).
+    args: its positional arguments.
+    kwargs: its keyword arguments.
+    context: flax's interception context (the module and the method's name).
+
+  Returns:
+    What the convolution returns.
+  """
   module = context.module
   if type(module) is not nn.Conv or context.method_name != "__call__" or module.is_initializing():
     return next_fun(*args, **kwargs)
@@ -106,7 +122,17 @@ def _explicit_padding(padding, size: Sequence[int], kernel: Sequence[int], strid
 
 
 def patch_conv(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
-  """The NHWC × HWIO convolution `lax.conv_general_dilated` computes, as patches @ kernel."""
+  """The NHWC × HWIO convolution `lax.conv_general_dilated` computes, as patches @ kernel.
+
+  Args:
+    x: [N, H, W, C_in] inputs.
+    kernel: [kh, kw, C_in, C_out] kernel.
+    strides: (stride_h, stride_w).
+    padding: "SAME", "VALID" or ((lo, hi), (lo, hi)).
+
+  Returns:
+    [N, H', W', C_out] outputs.
+  """
   kh, kw, c_in, c_out = kernel.shape
   (lo_h, hi_h), (lo_w, hi_w) = _explicit_padding(padding, x.shape[1:3], (kh, kw), strides)
   x = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
@@ -129,7 +155,17 @@ def patch_conv(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
 
 
 def convolve(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
-  """The NHWC × HWIO convolution, as a patch product or XLA's own as `conv_implementation` says."""
+  """The NHWC × HWIO convolution, as a patch product or XLA's own as `conv_implementation` says.
+
+  Args:
+    x: [N, H, W, C_in] inputs.
+    kernel: [kh, kw, C_in, C_out] kernel.
+    strides: (stride_h, stride_w).
+    padding: "SAME", "VALID" or ((lo, hi), (lo, hi)).
+
+  Returns:
+    [N, H', W', C_out] outputs.
+  """
   kh, kw = kernel.shape[:2]
   pads = _explicit_padding(padding, x.shape[1:3], (kh, kw), strides)
   out_side = min((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(x.shape[1:3], pads, (kh, kw), strides))
@@ -139,7 +175,17 @@ def convolve(x, kernel, strides: Sequence[int], padding) -> jnp.ndarray:
 
 
 class Conv(nn.Module):
-  """`nn.Conv` for NHWC images (same params and initialisation), convolving as `conv_implementation` says."""
+  """`nn.Conv` for NHWC images (same params and initialisation), convolving as `conv_implementation` says.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (stride_h, stride_w).
+    padding: "SAME", "VALID" or ((lo, hi), (lo, hi)).
+    use_bias: whether a bias is added.
+    kernel_init: the kernel's initializer.
+    bias_init: the bias's initializer.
+  """
 
   features: int
   kernel_size: Sequence[int]
@@ -174,23 +220,49 @@ def max_pool(x, kernel: int):
   select-and-scatter, which is ~9× slower here (a 2×2 pool's backward on a 128×28×28×16 batch:
   109 ms vs 12 ms); the gradient only differs on exact ties, which after a ReLU are zeros whose
   gradient is zero either way.
+
+  Args:
+    x: [N, H, W, C] inputs.
+    kernel: the window's side k (also the stride).
+
+  Returns:
+    [N, H // k, W // k, C] maxima.
   """
   return jnp.max(_windows(x, kernel), axis=(2, 4))
 
 
 def avg_pool(x, kernel: int):
-  """k×k average pool with stride k (VALID), the same numbers as `nn.avg_pool` (and ~6× faster on CPU)."""
+  """k×k average pool with stride k (VALID), the same numbers as `nn.avg_pool` (and ~6× faster on CPU).
+
+  Args:
+    x: [N, H, W, C] inputs.
+    kernel: the window's side k (also the stride).
+
+  Returns:
+    [N, H // k, W // k, C] means.
+  """
   return jnp.mean(_windows(x, kernel), axis=(2, 4))
 
 
 def reduction_kernel(size: int) -> int:
-  """SDN's `feature_reduction_formula` (side // 4), or 0 where that kernel would be ≤ 1 (no pooling)."""
+  """SDN's `feature_reduction_formula` (side // 4), or 0 where that kernel would be ≤ 1 (no pooling).
+
+  Args:
+    size: the feature map's side.
+
+  Returns:
+    The pooling kernel's side, or 0.
+  """
   kernel = size // 4
   return kernel if kernel > 1 else 0
 
 
 class MixedPoolClassifier(nn.Module):
-  """Mixed max-average pooling (learned α) then Dense(num_classes), on NHWC features."""
+  """Mixed max-average pooling (learned α) then Dense(num_classes), on NHWC features.
+
+  Attributes:
+    num_classes: the classes it predicts.
+  """
 
   num_classes: int
 
@@ -206,7 +278,17 @@ class MixedPoolClassifier(nn.Module):
 
 
 def mixed_pool_classifier_flops(height: int, width: int, channels: int, num_classes: int) -> float:
-  """Analytic FLOPs per sample of `MixedPoolClassifier` on an H×W×C map (checked against XLA in tests)."""
+  """Analytic FLOPs per sample of `MixedPoolClassifier` on an H×W×C map (checked against XLA in tests).
+
+  Args:
+    height: the map's height.
+    width: its width.
+    channels: its channels.
+    num_classes: the classes predicted.
+
+  Returns:
+    FLOPs per sample.
+  """
   kernel = reduction_kernel(height)
   if not kernel:
     return costs.dense_flops(height * width * channels, num_classes)

@@ -14,7 +14,12 @@ from quicknets_jax.models.base import Block, MultiExitModel, commitment_head, co
 
 
 class DenseSubnet(nn.Module):
-  """`layers` × (Dense(width) → ReLU); flattens its input first."""
+  """`layers` × (Dense(width) → ReLU); flattens its input first.
+
+  Attributes:
+    width: units per layer.
+    layers: how many layers.
+  """
 
   width: int
   layers: int = 1
@@ -29,7 +34,11 @@ class DenseSubnet(nn.Module):
 
 
 class LinearExit(nn.Module):
-  """The fully connected exit: a single output layer."""
+  """The fully connected exit: a single output layer.
+
+  Attributes:
+    num_classes: the classes it predicts.
+  """
 
   num_classes: int
 
@@ -52,12 +61,28 @@ def mlp(
   """The paper's MLP QuickNet: blocks of `layers_per_block` Dense(width)+ReLU layers, one exit each.
 
   Defaults are Appendix A's Fashion-MNIST/MNIST network as its text reads: three blocks, one 150-unit
-  layer each. `hidden` gives each block its own width instead (e.g. (150, 100, 50): the network whose
-  parameter counts and inference cost match the paper's Table 1); `later_width` (QuickNet+, the
-  paper's §5) widens the blocks after the first — they train and run only on the samples earlier exits
-  did not take. `commit_head`: "features" (design.md §1) or "logits" (the authors' Dense(C → C) on
-  ReLU(exit logits)). The model also counts its costs in weight multiply-adds (`block_macs`), the
-  paper's convention.
+  layer each. The model also counts its costs in weight multiply-adds (`block_macs`), the paper's
+  convention.
+
+  Args:
+    input_shape: one sample's shape (flattened by the first block).
+    num_classes: the classes every exit predicts.
+    width: units per hidden layer.
+    num_blocks: blocks (= exits).
+    layers_per_block: hidden layers per block.
+    later_width: QuickNet+ (the paper's §5): the width of the blocks after the first — they train and
+      run only on the samples earlier exits did not take. None: `width`.
+    hidden: each block's own width instead (e.g. (150, 100, 50): the network whose parameter counts and
+      inference cost match the paper's Table 1); sets the number of blocks.
+    commit_head: "features" (the paper's head on the block's features) or "logits" (the authors'
+      Dense(C → C) on ReLU(exit logits)).
+
+  Returns:
+    The `MultiExitModel`, with analytic block costs and multiply-adds.
+
+  Raises:
+    ValueError: `hidden` disagrees with `num_blocks` or is combined with `later_width`, or a size is
+      below 1 (the message names the flag to pass).
   """
   if hidden is not None:
     hidden = tuple(int(h) for h in hidden)

@@ -43,12 +43,31 @@ def _flat(state) -> tuple[Any, dict]:
 
 
 def is_nnx(module) -> bool:
-  """Whether `module` is a Flax NNX module (not a Linen one)."""
+  """Whether `module` is a Flax NNX module (not a Linen one).
+
+  Args:
+    module: any object, typically a block's part.
+
+  Returns:
+    True for an instance of `flax.nnx.Module`.
+  """
   return isinstance(module, nnx.Module)
 
 
 def split_nnx(module: nnx.Module, what: str) -> _Split:
   """The static graph and arrays of an NNX module, for `NNXPart`.
+
+  The module's `nnx.Param` arrays and `nnx.BatchStat` arrays are each flattened to a dict keyed by their
+  "/"-joined paths; any other state is kept as it is.
+
+  Args:
+    module: a built NNX module (it owns its arrays).
+    what: what the module is in the model (e.g. "subnet 0"), for the error message.
+
+  Returns:
+    The module's split, holding its graph definition, its params and batch statistics (flat dicts with
+    their tree structures) and the rest of its state. A frozen, identity-hashed record, fit to be a Linen
+    module's field.
 
   Raises:
     ValueError: the module keeps its own random streams (`nnx.Rngs`), naming `what` and the fix.
@@ -67,12 +86,29 @@ def split_nnx(module: nnx.Module, what: str) -> _Split:
 
 
 class NNXPart(nn.Module):
-  """A built NNX module (see the module doc) as a Linen module: `NNXPart(split_nnx(module, "subnet 0"))`."""
+  """A built NNX module (see the module doc) as a Linen module: `NNXPart(split_nnx(module, "subnet 0"))`.
+
+  Its params are one dict under "nnx" (the module's `nnx.Param` arrays by path), and, when the module
+  has batch statistics, so is its "batch_stats" collection.
+
+  Attributes:
+    nnx_split: what `split_nnx` returns for the module.
+  """
 
   nnx_split: _Split
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    """Runs the NNX module on `x` with the current params and batch statistics.
+
+    Args:
+      x: the module's input.
+      train: run the module in training mode (`Module.train()`) rather than evaluation mode; in
+        training, with "batch_stats" mutable, its new batch statistics are written back.
+
+    Returns:
+      What the NNX module returns.
+    """
     split = self.nnx_split
     params = self.param("nnx", lambda _: dict(split.params))
     stats = self.variable(_STATS, "nnx", lambda: dict(split.stats)) if split.stats else None

@@ -24,7 +24,14 @@ _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def is_factory_path(name: str) -> bool:
-  """Whether `name` names a model factory by import path, `package.module:function`."""
+  """Whether `name` names a model factory by import path, `package.module:function`.
+
+  Args:
+    name: a model name.
+
+  Returns:
+    True for an import path.
+  """
   return bool(_FACTORY.match(name))
 
 
@@ -33,6 +40,12 @@ def factory_path(factory: Callable) -> str:
 
   A factory defined in the script being run (`__main__`) is named by the script's module: rerun the
   commands that read the run from the script's folder (or install it as a package).
+
+  Args:
+    factory: a model factory function, defined at the top level of a module.
+
+  Returns:
+    Its import path.
 
   Raises:
     ValueError: the function cannot be imported by name (a lambda or a function defined inside another).
@@ -53,8 +66,14 @@ def factory_path(factory: Callable) -> str:
 def resolve_factory(path: str) -> Callable:
   """The function `package.module:function` names.
 
+  Args:
+    path: the import path.
+
+  Returns:
+    The function.
+
   Raises:
-    ValueError: one line naming the path and the fix, when it cannot be imported.
+    ValueError: one line naming the path and the fix, when it cannot be imported or is not callable.
   """
   module_name, _, qualname = path.partition(":")
   try:
@@ -74,6 +93,15 @@ def resolve_factory(path: str) -> Callable:
 def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExitModel:
   """Builds a registered model by name, or the one a `package.module:function` factory returns.
 
+  Args:
+    name: a key of `MODELS`, or a factory's import path.
+    input_shape: one sample's shape.
+    num_classes: the classes every exit predicts.
+    **kwargs: the builder's (or factory's) other keyword arguments.
+
+  Returns:
+    The `MultiExitModel`.
+
   Raises:
     ValueError: the name is neither registered nor an importable factory, or the factory does not
       return a `MultiExitModel`.
@@ -92,7 +120,30 @@ def build_model(name: str, input_shape, num_classes: int, **kwargs) -> MultiExit
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Which multi-exit architecture, and its sizes (each model reads the fields that concern it)."""
+  """Which multi-exit architecture, and its sizes (each model reads the fields that concern it).
+
+  Attributes:
+    name: the architecture (the `--model` flag): one of `MODELS`, or your own as
+      package.module:function (a factory (input_shape, num_classes, **model_args) returning
+      `quicknets_jax.multi_exit_model(...)`).
+    model_args: with a factory, its keyword arguments as a JSON object.
+    width: units per hidden layer (vgg: channels of the first conv; densenet: the growth rate).
+    num_blocks: blocks (= exits).
+    layers_per_block: hidden layers per block.
+    vgg_cfg: vgg: "vgg11" or conv widths and M pools, e.g. "64,M,128,M,256".
+    classifier_width: vgg: hidden units of the final exit (VGG's classifier).
+    block_layers: densenet: layers per dense block, "densenet121" or a list such as "2,2,2,2".
+    later_width: QuickNet+: units of the blocks after the first (mlp only).
+    blocks_per_stage: resnet_sdn: basic blocks per stage (9 = ResNet-56).
+    stage_channels: resnet_sdn: channels of the stem and of each stage.
+    hidden: mlp: every block's width, e.g. (150, 100, 50) (the network of the paper's Table 1).
+    commit_head: what the commitment heads read: "features" (the paper's head) or "logits" (the
+      authors' Dense(C → C) on ReLU(exit logits)).
+
+  Raises:
+    ValueError: an unknown model, `model_args` that are not a JSON object or given to a registered
+      model, or an mlp-only setting given to another model.
+  """
 
   name: str = option(
     "mlp",
@@ -127,8 +178,8 @@ class ModelConfig:
   )
   commit_head: str = option(
     "features",
-    "What the commitment heads read: features (Dense(C) → ReLU → Dense(1) on "
-    "the block's features, design.md §1) or logits (the authors' Dense(C → C) on "
+    "What the commitment heads read: features (the paper's head, Dense(C) → ReLU → Dense(1) on "
+    "the block's features) or logits (the authors' Dense(C → C) on "
     "ReLU(exit logits)).",
     choices=COMMIT_HEADS,
   )
@@ -154,7 +205,11 @@ class ModelConfig:
     options.validate(self)
 
   def kwargs(self) -> dict:
-    """Keyword arguments of this config's model builder."""
+    """Keyword arguments of this config's model builder.
+
+    Returns:
+      The keyword arguments `build_model` passes on.
+    """
     if is_factory_path(self.name):
       return {} if self.model_args is None else json.loads(self.model_args)
     extra = {} if self.commit_head == "features" else dict(commit_head=self.commit_head)
@@ -172,5 +227,16 @@ class ModelConfig:
     return kwargs
 
   def build(self, input_shape, num_classes: int) -> MultiExitModel:
-    """The model this config describes, for inputs of `input_shape` and `num_classes` classes."""
+    """The model this config describes, for inputs of `input_shape` and `num_classes` classes.
+
+    Args:
+      input_shape: one sample's shape.
+      num_classes: the classes every exit predicts.
+
+    Returns:
+      The `MultiExitModel`.
+
+    Raises:
+      ValueError: the factory cannot be imported or does not return a `MultiExitModel`.
+    """
     return build_model(self.name, input_shape, num_classes, **self.kwargs())

@@ -36,6 +36,12 @@ def default_exits(total_blocks: int) -> tuple[int, ...]:
   """SDN's placement: after basic block round(f·total) for f = 0.15, 0.3, …, 0.9 (duplicates merged).
 
   For ResNet-56 (27 basic blocks) this is SDN's `add_ic`: 4, 8, 12, 16, 20, 24.
+
+  Args:
+    total_blocks: the network's number of basic blocks.
+
+  Returns:
+    The 1-based basic blocks followed by an internal classifier, increasing.
   """
   return tuple(sorted({min(max(round(f * total_blocks), 1), total_blocks - 1) for f in SDN_EXIT_FRACTIONS}))
 
@@ -50,7 +56,12 @@ def _batch_norm(train: bool, name: str):
 
 class BasicBlock(nn.Module):
   """conv3×3-BN-ReLU-conv3×3-BN + shortcut (1×1 conv + BN where the shape changes); returns the sum
-  before the closing ReLU."""
+  before the closing ReLU.
+
+  Attributes:
+    channels: output channels.
+    stride: the first convolution's (and the shortcut's) stride.
+  """
 
   channels: int
   stride: int
@@ -81,6 +92,11 @@ class ResNetSubnet(nn.Module):
   `blocks` holds (channels, stride) per basic block. Input that comes from an earlier subnet is a
   pre-ReLU sum, so it is activated first; the output is pre-ReLU unless `relu_out` (the last block,
   whose exit is SDN's average-pool classifier on the activated map).
+
+  Attributes:
+    blocks: (channels, stride) per basic block.
+    stem_channels: > 0: this subnet starts the network with the stem conv of that many channels.
+    relu_out: apply the closing ReLU to the output (the network's last subnet).
   """
 
   blocks: tuple
@@ -103,7 +119,11 @@ class ResNetSubnet(nn.Module):
 
 
 class AvgPoolClassifier(nn.Module):
-  """SDN's final exit (`end_layers`): average pooling over the whole map, then one linear layer."""
+  """SDN's final exit (`end_layers`): average pooling over the whole map, then one linear layer.
+
+  Attributes:
+    num_classes: the classes it predicts.
+  """
 
   num_classes: int
 
@@ -137,11 +157,19 @@ def resnet_sdn(
 
   Args:
     input_shape: (H, W, C) of one image, e.g. (32, 32, 3).
+    num_classes: the classes every exit predicts.
     blocks_per_stage: basic blocks per stage (9 for ResNet-56: depth 6n + 2).
     channels: channels of the stem and of each stage.
     exit_after: 1-based basic blocks followed by an internal classifier (default `default_exits`:
       SDN's placement); the final exit always follows the last block.
     commit_head: what the commitment heads read (`base.COMMIT_HEADS`): the block's features or its exit's logits.
+
+  Returns:
+    The `MultiExitModel`, with analytic block costs.
+
+  Raises:
+    ValueError: the input is not an image shape, a size is out of range, or `exit_after` is not an
+      increasing list of basic-block numbers.
   """
   if len(input_shape) != 3:
     raise ValueError(f"resnet_sdn needs images (H, W, C), got input shape {input_shape}: pass image data")

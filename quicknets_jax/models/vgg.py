@@ -41,7 +41,12 @@ CONFIGS = {
 
 
 class ConvBNReLU(nn.Module):
-  """3×3 SAME conv (no bias) → BatchNorm → ReLU → optional 2×2 max pool: one VGG block's subnet."""
+  """3×3 SAME conv (no bias) → BatchNorm → ReLU → optional 2×2 max pool: one VGG block's subnet.
+
+  Attributes:
+    features: the conv's output channels.
+    pool: whether the 2×2 max pool follows.
+  """
 
   features: int
   pool: bool = False
@@ -57,7 +62,13 @@ class ConvBNReLU(nn.Module):
 
 
 class MLPClassifier(nn.Module):
-  """VGG's classifier: flatten → `layers` × (Dense(width) + ReLU) → Dense(num_classes)."""
+  """VGG's classifier: flatten → `layers` × (Dense(width) + ReLU) → Dense(num_classes).
+
+  Attributes:
+    num_classes: the classes it predicts.
+    width: hidden units per layer.
+    layers: hidden layers.
+  """
 
   num_classes: int
   width: int = 4096
@@ -73,7 +84,17 @@ class MLPClassifier(nn.Module):
 
 
 def mlp_classifier_flops(in_features: int, num_classes: int, width: int, layers: int) -> float:
-  """Analytic FLOPs per sample of `MLPClassifier`."""
+  """Analytic FLOPs per sample of `MLPClassifier`.
+
+  Args:
+    in_features: the flattened features' size.
+    num_classes: the classes predicted.
+    width: hidden units per layer.
+    layers: hidden layers.
+
+  Returns:
+    FLOPs per sample.
+  """
   total, n = 0.0, in_features
   for _ in range(layers):
     total += costs.dense_flops(n, width, activation=True)
@@ -82,7 +103,17 @@ def mlp_classifier_flops(in_features: int, num_classes: int, width: int, layers:
 
 
 def parse_config(cfg: Union[str, Sequence]) -> tuple:
-  """A named configuration ("vgg11") or a comma list like "64,M,128,M" → tuple of ints and "M"."""
+  """A named configuration ("vgg11") or a comma list like "64,M,128,M" → tuple of ints and "M".
+
+  Args:
+    cfg: a `CONFIGS` name, a comma-separated string, or a sequence.
+
+  Returns:
+    The configuration: conv widths and "M" pools.
+
+  Raises:
+    ValueError: an entry is neither a width nor "M", or the configuration does not start with a width.
+  """
   items = spec_items(cfg, CONFIGS)
   out = []
   for c in items:
@@ -115,12 +146,21 @@ def vgg(
 
   Args:
     input_shape: (H, W, C) of one image, e.g. (32, 32, 3).
+    num_classes: the classes every exit predicts.
     width: channels of the first conv; every conv's channels scale by width / 64 (64: VGG-11 itself).
     num_blocks: must equal the number of convs in `cfg` when given (8 for VGG-11).
     layers_per_block: must be 1 (one conv per block); accepted so every model takes the same flags.
     cfg: "vgg11" or an explicit list of conv widths and "M" pools (widths are scaled by width / 64).
-    classifier_width, classifier_layers: hidden layers of the final exit (VGG's classifier).
+    classifier_width: hidden units of the final exit (VGG's classifier).
+    classifier_layers: hidden layers of the final exit.
     commit_head: what the commitment heads read (`base.COMMIT_HEADS`): the block's features or its exit's logits.
+
+  Returns:
+    The `MultiExitModel`, with analytic block costs.
+
+  Raises:
+    ValueError: the configuration is malformed, or a size is out of range or inconsistent (the message
+      names the flag to pass).
   """
   config = parse_config(cfg)
   convs = [c for c in config if c != "M"]

@@ -55,6 +55,13 @@ def flops_check(model: MultiExitModel) -> dict:
   runs, so it is cheap even for DenseNet-121 at 224². Convolutions compile as XLA's own
   (`layers.conv_implementation("native")`): the count is the network's work, not the patch product's
   multiplications by zero padding.
+
+  Args:
+    model: a model with analytic block costs.
+
+  Returns:
+    A JSON-ready dict: the `convention`, per block the analytic and XLA counts, their parts and
+    relative difference, and the same for the `end_to_end` network.
   """
   with layers.conv_implementation("native"):
     return _flops_check(model)

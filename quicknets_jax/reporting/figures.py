@@ -9,6 +9,8 @@
 - `deploy_while_training_figure`: Fig. 2's claim continuously — the deployable network's test accuracy
   after every epoch of both methods against the training cost so far (`--deploy_curve` runs).
 - `commitment_curves_figure`: Fig. 4 of a commitment study (`workflows.study`), mean ± std over seeds.
+- `schedules_figure`: test accuracy against training FLOPs after every epoch of the sequential QuickNet,
+  the decoupled QuickNet and the end-to-end network (`workflows.decoupled_study`), a panel per part.
 
 Figures are built on `matplotlib.figure.Figure` directly (no pyplot), so nothing here touches the
 global backend or state of a user's session, and rendering works on machines without a display.
@@ -17,6 +19,7 @@ Numbers are means over the seeds that finished; error bars are the standard devi
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Optional
@@ -52,13 +55,27 @@ DPI = 150  # a 8-inch-wide figure is 1200 px: sharp when README scales it down t
 
 
 def block_colors(num: int) -> list:
-  """One blue per block/exit, light to dark, so exit j and block j share a colour in every figure."""
+  """One blue per block/exit, light to dark, so exit j and block j share a colour in every figure.
+
+  Args:
+    num: the number of blocks (or exits).
+
+  Returns:
+    `num` RGBA colours of matplotlib's "Blues" colormap, lightest first.
+  """
   cmap = colormaps["Blues"]
   return [cmap(0.4 + 0.5 * j / max(num - 1, 1)) for j in range(num)]
 
 
 def flops_unit(value: float) -> tuple[float, str]:
-  """(divisor, unit) that puts `value` FLOPs between 1 and 1000 of a decimal prefix."""
+  """(divisor, unit) that puts `value` FLOPs between 1 and 1000 of a decimal prefix.
+
+  Args:
+    value: a number of FLOPs (typically the largest a figure's axis shows).
+
+  Returns:
+    A tuple `(divisor, unit)`, e.g. `(1e9, "GFLOPs")`; `(1.0, "FLOPs")` below 1000.
+  """
   for scale, unit in ((1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs")):
     if value >= scale:
       return scale, unit
@@ -89,11 +106,11 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _with_style(fn):
+  @functools.wraps(fn)
   def wrapped(*args, **kwargs):
     with matplotlib.rc_context(STYLE):
       return fn(*args, **kwargs)
 
-  wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
   return wrapped
 
 
@@ -102,12 +119,20 @@ def _bar_labels(num_blocks: int) -> list:
 
 
 def accuracy_during_training(results: dict) -> dict:
-  """Points of Fig. 2's last panel, per seed (`core.curves`): the QuickNet after each block (and after
-  every block epoch where the run measured it, `--deploy_curve`) and end-to-end after each epoch.
+  """Points of Fig. 2's last panel, per seed (`core.curves`).
 
-  Returns {"quicknet": [(flops [k], accuracy [k])...] after each block, "quicknet_epochs": [...] after
-  every epoch (empty without --deploy_curve), "end_to_end": [...], "quicknet_kind": "test" or "test
-  (first and last block only)", "end_to_end_kind": "test" or "validation"}.
+  The QuickNet after each block (and after every block epoch where the run measured it,
+  `--deploy_curve`) and end-to-end after each epoch.
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+
+  Returns:
+    A dict with "quicknet" (per seed, a pair of arrays `(flops, accuracy)` after each block),
+    "quicknet_epochs" (per seed, the same after every block epoch; empty without `--deploy_curve`),
+    "end_to_end" (per seed, the pairs after every epoch), "quicknet_kind" ("test", or "test (first and
+    last block only)" when a seed has no per-block test accuracy) and "end_to_end_kind" ("test", or
+    "validation" when a seed logged no test accuracy).
   """
   out = {"quicknet": [], "quicknet_epochs": [], "end_to_end": [], "quicknet_kind": "test", "end_to_end_kind": "test"}
   for seed in _seeds(results, "quicknet"):
@@ -130,7 +155,18 @@ def accuracy_during_training(results: dict) -> dict:
 
 @_with_style
 def training_figure(results: dict) -> Figure:
-  """Fig. 2: epochs, samples per epoch, training cost, and test accuracy vs training cost."""
+  """Fig. 2: epochs, samples per epoch, training cost, and test accuracy vs training cost.
+
+  Four panels: epochs per block (and per commitment head) beside the end-to-end fit's, the training
+  samples of each block's epochs, the total training FLOPs stacked by block, and test accuracy against
+  the training FLOPs spent so far (`accuracy_during_training`).
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+
+  Returns:
+    The figure.
+  """
   q_seeds, e_seeds = _seeds(results, "quicknet"), _seeds(results, "end_to_end")
   m = _num_blocks(q_seeds)
   colors = block_colors(m)
@@ -257,7 +293,15 @@ def training_figure(results: dict) -> Figure:
 
 @_with_style
 def class_distribution_figure(results: dict, class_names: Sequence[str]) -> Figure:
-  """Fig. 3: how many training samples of each class each block trains on (stacked bars)."""
+  """Fig. 3: how many training samples of each class each block trains on (stacked bars).
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+    class_names: one name per class; numbers are shown when it is empty or of another length.
+
+  Returns:
+    The figure (counts are means over seeds).
+  """
   q_seeds = _seeds(results, "quicknet")
   m = _num_blocks(q_seeds)
   counts = np.asarray([s["class_counts_per_block"][:m] for s in q_seeds], float).mean(axis=0)  # [m, C]
@@ -297,8 +341,17 @@ def _operating_label(results: dict) -> str:
 
 @_with_style
 def inference_cost_figure(results: dict) -> Figure:
-  """Fig. 4: test accuracy vs mean inference cost as the exit threshold varies, with and without the
-  commitment heads, the operating point chosen on validation, and the end-to-end network."""
+  """Fig. 4: test accuracy vs mean inference cost as the exit threshold varies.
+
+  With and without the commitment heads, the operating point chosen on validation, and the end-to-end
+  network.
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+
+  Returns:
+    The figure.
+  """
   q = results["quicknet"]
   e = results.get("end_to_end")
   curves = [
@@ -358,7 +411,14 @@ def inference_cost_figure(results: dict) -> Figure:
 
 
 def exit_counts_per_class(results: dict) -> Optional[np.ndarray]:
-  """[C, E] test samples of each class leaving at each exit, summed over seeds (None if not recorded)."""
+  """[C, E] test samples of each class leaving at each exit, summed over seeds (None if not recorded).
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+
+  Returns:
+    A float array [C, E], or None when no seed recorded its exits per class.
+  """
   seeds = [s for s in _seeds(results, "quicknet") if "test_exit_counts_per_class" in s]
   if not seeds:
     return None
@@ -367,8 +427,17 @@ def exit_counts_per_class(results: dict) -> Optional[np.ndarray]:
 
 @_with_style
 def exits_per_class_figure(results: dict, class_names: Sequence[str]) -> Optional[Figure]:
-  """Which exit each class's test samples take at the operating threshold (fractions per class), with
-  the class's test accuracy; None when the run did not record it."""
+  """Which exit each class's test samples take at the operating threshold (fractions per class).
+
+  Each class's bar is annotated with its test accuracy.
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+    class_names: one name per class; numbers are shown when it is empty or of another length.
+
+  Returns:
+    The figure, or None when the run did not record the exits per class.
+  """
   counts = exit_counts_per_class(results)
   if counts is None:
     return None
@@ -425,9 +494,18 @@ def exits_per_class_figure(results: dict, class_names: Sequence[str]) -> Optiona
 
 @_with_style
 def deploy_while_training_figure(results: dict, fractions: Sequence[float] = (0.95, 0.99)) -> Figure:
-  """Fig. 2, continuous: test accuracy of what one could deploy against the training FLOPs spent so far,
-  after every epoch of both methods (the QuickNet: the cascade of its frozen blocks plus the block in
-  training; dots where a block is frozen), with `fractions` of the end-to-end final accuracy marked."""
+  """Fig. 2, continuous: test accuracy of what one could deploy against the training FLOPs spent so far.
+
+  After every epoch of both methods (the QuickNet: the cascade of its frozen blocks plus the block in
+  training; dots where a block is frozen), with `fractions` of the end-to-end final accuracy marked.
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+    fractions: the fractions of the end-to-end network's mean final test accuracy drawn as lines.
+
+  Returns:
+    The figure.
+  """
   points = accuracy_during_training(results)
   e_seeds = _seeds(results, "end_to_end")
   fig = _new_figure(8, 5.2)
@@ -472,8 +550,18 @@ def deploy_while_training_figure(results: dict, fractions: Sequence[float] = (0.
 
 @_with_style
 def commitment_curves_figure(study: dict, method: str = "joint") -> Figure:
-  """Fig. 4 of a commitment study (`workflows.study`): test accuracy against inference cost (fraction of the
-  full network's) over exit thresholds, confidence only vs confidence + commitment, mean ± std over seeds."""
+  """Fig. 4 of a commitment study (`workflows.study`).
+
+  Test accuracy against inference cost (fraction of the full network's) over exit thresholds, confidence
+  only vs confidence + commitment, mean ± std over seeds; the study's budgets are marked.
+
+  Args:
+    study: the study's results.json dict.
+    method: the study's method whose curves are drawn.
+
+  Returns:
+    The figure.
+  """
   fig = _new_figure(8, 5.2)
   ax = fig.subplots()
   styles = {"confidence": ("tab:gray", "s", "--"), "commitment": ("tab:blue", "o", "-")}
@@ -498,7 +586,16 @@ def commitment_curves_figure(study: dict, method: str = "joint") -> Figure:
 def render_all(results: dict, out_dir: str, class_names: Sequence[str] = ()) -> dict:
   """Writes every figure that the results allow as PNG under `out_dir`.
 
-  Returns {name: path} for the figures written and {name: reason} under the key "skipped".
+  The figures are those of `FIGURE_FILES`, under those file names.
+
+  Args:
+    results: a run's results.json dict, with per-seed entries.
+    out_dir: the folder the PNGs go to (created if missing).
+    class_names: one name per class, for the figures that name classes.
+
+  Returns:
+    A dict mapping each written figure's name to its path, and "skipped" to a dict mapping each figure
+    not written to the reason.
   """
   os.makedirs(out_dir, exist_ok=True)
   builders = {
@@ -520,3 +617,48 @@ def render_all(results: dict, out_dir: str, class_names: Sequence[str] = ()) -> 
     written[name] = path
   written["skipped"] = skipped
   return written
+
+
+SCHEDULE_STYLES = {
+  "sequential": ("QuickNet, sequential", "tab:blue"),
+  "decoupled": ("QuickNet, decoupled", "tab:green"),
+  "end_to_end": ("end-to-end", E2E_COLOR),
+}
+
+
+@_with_style
+def schedules_figure(summary: dict) -> Figure:
+  """Fig. 2 (bottom right) for the three schedules: per part of a decoupled study, the test accuracy of
+  what one could deploy after every epoch against the training FLOPs spent so far, a line per seed.
+
+  Args:
+    summary: what `workflows.decoupled_study.run_decoupled_study` returns.
+
+  Returns:
+    The figure.
+  """
+  parts = summary["parts"]
+  cols = min(2, len(parts))
+  rows = (len(parts) + cols - 1) // cols
+  fig = _new_figure(5.2 * cols, 3.8 * rows)
+  axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+  for ax, part in zip(axes, parts):
+    all_x = [v for method in SCHEDULE_STYLES for c in part["curves"][method] for v in c["flops"]]
+    scale, unit = flops_unit(max(all_x) if all_x else 1.0)
+    ys = []
+    for method, (label, color) in SCHEDULE_STYLES.items():
+      for i, c in enumerate(part["curves"][method]):
+        x, y = np.asarray(c["flops"]) / scale, 100 * np.asarray(c["accuracy"])
+        ax.plot(x, y, "-", color=color, lw=1.1, alpha=0.8, label=label if i == 0 else None)
+        ys.extend(y)
+    if ys:  # the first epochs sit far below; show the range where the methods finish
+      high = max(ys)
+      ax.set_ylim(max(min(ys), high - 10.0) - 0.3, high + 0.3)
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"training cost spent so far ({unit})")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{PRETTY_NAMES.get(part['dataset'], part['dataset'])}, {part['model']}")
+    ax.legend(loc="lower right")
+  for ax in axes[len(parts) :]:
+    ax.set_visible(False)
+  return fig

@@ -19,7 +19,14 @@ def _pct(x):
 
 def results_markdown(results: dict) -> str:
   """Table 1 of the paper (accuracy, params, inference cost, training cost) plus wall-clock, ratios and
-  each block's share of the training cost."""
+  each block's share of the training cost.
+
+  Args:
+    results: a run's results (results.json).
+
+  Returns:
+    The markdown of results.md.
+  """
   name = PRETTY_NAMES.get(results["dataset"], results["dataset"])
   q, e = results["quicknet"], results.get("end_to_end")
   n = len(results["seeds"])
@@ -121,7 +128,17 @@ FIGURE_CAPTIONS = {
 
 
 def figures_markdown(figures: dict, relative_to: str, unfinished=(), skipped=None) -> str:
-  """The Figures section of results.md: one image per figure, paths relative to `relative_to`."""
+  """The Figures section of results.md: one image per figure, paths relative to `relative_to`.
+
+  Args:
+    figures: figure name -> its file.
+    relative_to: the directory the markdown is in.
+    unfinished: names of figures whose data is not complete yet.
+    skipped: figure name -> why it was not drawn.
+
+  Returns:
+    The section's markdown.
+  """
   lines = ["## Figures", ""]
   if unfinished:
     lines += [f"Partial run — not finished yet: {', '.join(unfinished)}.", ""]
@@ -156,7 +173,14 @@ METHOD_TITLES = {
 
 def study_markdown(results: dict) -> str:
   """Tables of the study: per network, the three curves' AUC and matched-budget accuracies, the paired
-  differences, and the per-exit calibration table (all mean ± std over seeds, accuracies in %)."""
+  differences, and the per-exit calibration table (all mean ± std over seeds, accuracies in %).
+
+  Args:
+    results: a commitment study's results (`workflows.study`).
+
+  Returns:
+    The markdown.
+  """
   lines = [f"# Commitment study: {results['dataset']}, {results['model']}, seeds {results['seeds']}", ""]
   if results.get("warning"):
     lines += [f"**{results['warning']}**", ""]
@@ -235,6 +259,17 @@ def study_markdown(results: dict) -> str:
 
 
 def ablation_markdown(rows: list, e2e: dict, combination: list, seeds: list) -> str:
+  """The QuickNet+ ablation's table (`workflows.ablation`).
+
+  Args:
+    rows: one row per variant.
+    e2e: the end-to-end network's numbers.
+    combination: the variants the combination chosen on validation puts together.
+    seeds: the seeds.
+
+  Returns:
+    The markdown.
+  """
   lines = [
     f"Real Fashion-MNIST, seeds {','.join(map(str, seeds))} (mean ± std of test accuracy; other columns are "
     "means). Ratios are end-to-end / variant (higher = cheaper). Curve = mean test accuracy of the "
@@ -270,7 +305,16 @@ PAPER_TABLE1 = {
 
 
 def table1_row(results: dict, network: str, schedule: str) -> dict:
-  """One cell of the Table-1 study from its results.json: accuracies, costs and their ratios, epochs."""
+  """One cell of the Table-1 study from its results.json: accuracies, costs and their ratios, epochs.
+
+  Args:
+    results: the cell's results (results.json, with the end-to-end network).
+    network: the cell's network (e.g. "150-100-50").
+    schedule: the cell's recipe (`RECIPE_NAMES`' keys).
+
+  Returns:
+    The row (JSON-ready).
+  """
   q, e, r = results["quicknet"], results["end_to_end"], results["ratios"]
   return dict(
     dataset=results["dataset"],
@@ -303,8 +347,25 @@ def table1_row(results: dict, network: str, schedule: str) -> dict:
   )
 
 
+# The Table-1 study's recipes (`experiments.table1.RECIPES`) as the table names them.
+RECIPE_NAMES = {
+  "appendix": "Appendix A",
+  "authors": "authors' code",
+  "authors_no_affine": "authors' code, no affine",
+  "appendix_train_loss": "Appendix A, stop on train loss",
+  "appendix_train_loss_wd": "Appendix A, stop on train loss, wd 5e-4",
+}
+
+
 def table1_markdown(rows: list) -> str:
-  """The Table-1 study: one row per cell, the paper's numbers under each dataset's cells."""
+  """The Table-1 study: one row per cell, the paper's numbers under each dataset's cells.
+
+  Args:
+    rows: `table1_row`s.
+
+  Returns:
+    The markdown.
+  """
   lines = [
     "| Data | Network | Schedule | QuickNet acc. (%) | End-to-end acc. (%) | Params QN / E2E (M) | "
     "Inference MFLOPs QN / E2E (ratio) | Inference M mult-adds QN / E2E (ratio) | Training FLOPs ratio | "
@@ -321,7 +382,7 @@ def table1_markdown(rows: list) -> str:
         else "–"
       )
       lines.append(
-        f"| {name} | {r['network']} | {r['schedule']} | {_pct(r['quicknet_accuracy'])} ± "
+        f"| {name} | {r['network']} | {RECIPE_NAMES.get(r['schedule'], r['schedule'])} | {_pct(r['quicknet_accuracy'])} ± "
         f"{_pct(r['quicknet_accuracy_std'])} | {_pct(r['end_to_end_accuracy'])} ± {_pct(r['end_to_end_accuracy_std'])} | "
         f"{r['quicknet_params'] / 1e6:.3f} / {r['end_to_end_params'] / 1e6:.3f} | "
         f"{r['quicknet_inference_flops'] / 1e6:.4f} / {r['end_to_end_inference_flops'] / 1e6:.4f} "
@@ -350,7 +411,14 @@ def _flops_stat(stat) -> str:
 
 
 def conv_dataset_markdown(row: dict) -> str:
-  """One dataset of the conv study (`workflows.conv_study.dataset_row`): QuickNet | end-to-end | ratio."""
+  """One dataset of the conv study: QuickNet | end-to-end | ratio.
+
+  Args:
+    row: `workflows.conv_study.dataset_row`'s output with the inference timings.
+
+  Returns:
+    The markdown table.
+  """
   speeds = row["inference_speed"]
   cascade_rate = sum(s["cascade_samples_per_second"] for s in speeds) / len(speeds)
   e2e_rate = sum(s["end_to_end_samples_per_second"] for s in speeds) / len(speeds)
@@ -371,6 +439,10 @@ def conv_dataset_markdown(row: dict) -> str:
     f"{row['training_flops_ratio']:.2f} |",
     f"| Training wall-clock (s) | {row['quicknet_train_seconds']:.0f} | {row['end_to_end_train_seconds']:.0f} | "
     f"{row['train_seconds_ratio']:.2f} (paired {_fmt(row['train_seconds_ratio_paired'], 1.0)}) |",
+    f"| Training GFLOP/s (efficiency = wall-clock ratio / FLOPs ratio) | "
+    f"{row['quicknet_training_flops'] / row['quicknet_train_seconds'] / 1e9:.1f} | "
+    f"{row['end_to_end_training_flops'] / row['end_to_end_train_seconds'] / 1e9:.1f} | "
+    f"{row['train_seconds_ratio'] / row['training_flops_ratio']:.2f} |",
   ]
   for fraction, reach in row["reach"].items():
     missing = {m: len(s) for m, s in reach["not_reached"].items() if s}
@@ -393,7 +465,14 @@ def conv_dataset_markdown(row: dict) -> str:
 
 def conv_study_markdown(summary: dict) -> str:
   """The conv study's report (`workflows.conv_study`): a table per dataset, QuickNet+ variants, the
-  commitment question and the verdict against the paper."""
+  commitment question and the verdict against the paper.
+
+  Args:
+    summary: `workflows.conv_study.run_conv_study`'s summary.
+
+  Returns:
+    The markdown.
+  """
   out = []
   for row in summary["rows"]:
     seeds = len(row["seeds"])
@@ -460,3 +539,127 @@ def _verdict_value(x) -> str:
   if isinstance(x, (list, tuple)):
     return " / ".join(_verdict_value(v) for v in x)
   return f"{x:+.2f}" if x < 0 else f"{x:.2f}"
+
+
+DECOUPLED_METHOD_NAMES = {
+  "sequential": "Sequential QuickNet",
+  "decoupled": "Decoupled QuickNet",
+  "end_to_end": "End-to-end",
+}
+
+
+def _devices_markdown(devices: dict) -> list:
+  """The K-device table of `workflows.decoupled_study.modelled_devices`' output, as markdown lines."""
+  ks = devices["devices"]
+  return [
+    "| K | " + " | ".join(str(k) for k in ks) + " |",
+    "|---|" + "---|" * len(ks),
+    "| Decoupled, pipelined | " + " | ".join(f"{v:.3g}" for v in devices["decoupled_seconds"]) + " |",
+    f"| Decoupled, pipelined, stage buffers {100 * devices['sized_capacity']:.0f} % of the batch | "
+    + " | ".join(f"{v:.3g}" for v in devices["decoupled_seconds_sized_buffers"])
+    + " |",
+    "| End-to-end, data-parallel | " + " | ".join(f"{v:.3g}" for v in devices["end_to_end_seconds"]) + " |",
+    "| Decoupled / end-to-end | "
+    + " | ".join(f"{d / e:.2f}" for d, e in zip(devices["decoupled_seconds"], devices["end_to_end_seconds"]))
+    + " |",
+    "| Bubbles / transfers (% of decoupled) | "
+    + " | ".join(f"{100 * b:.0f} / {100 * t:.0f}" for b, t in zip(devices["bubble_share"], devices["transfer_share"]))
+    + " |",
+    "| Slowest stage (blocks) | "
+    + " | ".join(f"{a}–{b - 1}" if b - a > 1 else f"{a}" for a, b in devices["slowest_stage_blocks"])
+    + " |",
+  ]
+
+
+def _decoupled_part_markdown(part: dict) -> str:
+  """One part of the decoupled study: the three methods on one device, then the K-device model."""
+  rows = {r["method"]: r for r in part["rows"]}
+  seq, dec, e2e = rows["sequential"], rows["decoupled"], rows["end_to_end"]
+  cells = lambda fn: " | ".join(fn(rows[m]) for m in ("sequential", "decoupled", "end_to_end"))
+  name = PRETTY_NAMES.get(part["dataset"], part["dataset"])
+  lines = [
+    f"### {name}, {part['model']} ({len(part['seeds'])} paired seed{'s' * (len(part['seeds']) != 1)})",
+    "",
+    "| | " + " | ".join(DECOUPLED_METHOD_NAMES.values()) + " |",
+    "|---|---|---|---|",
+    f"| Test accuracy (%) | {cells(lambda r: _fmt(r['test_accuracy']))} |",
+    f"| Inference MFLOPs per sample | {cells(lambda r: format(r['inference_flops'] / 1e6, '.3f'))} |",
+    f"| Training TFLOPs | {cells(lambda r: format(r['training_flops'] / 1e12, '.3g'))} |",
+    f"| Training wall-clock, one device (s) | {cells(lambda r: _fmt(r['train_seconds'], 1.0, 1))} |",
+    f"| Wall-clock / end-to-end's (paired) | {_fmt(part['seconds_sequential_over_end_to_end'], 1.0)} | "
+    f"{_fmt(part['seconds_decoupled_over_end_to_end'], 1.0)} | 1 |",
+    f"| Epochs | {', '.join(f'{x:.1f}' for x in seq['epochs_per_block'])} (per block) | "
+    f"{dec['epochs']:.1f} (all blocks at once; per block {', '.join(f'{x:.1f}' for x in dec['epochs_per_block'])}) | "
+    f"{e2e['epochs']:.1f} |",
+    f"| Test samples leaving at each exit (%) | {', '.join(f'{100 * x:.1f}' for x in seq['exit_fractions'])} | "
+    f"{', '.join(f'{100 * x:.1f}' for x in dec['exit_fractions'])} | |",
+    "",
+    f"Decoupled − sequential: {_fmt_signed(part['accuracy_decoupled_minus_sequential'])} points; decoupled − "
+    f"end-to-end: {_fmt_signed(part['accuracy_decoupled_minus_end_to_end'])} points (paired).",
+  ]
+  refresh = part.get("refresh_epoch")
+  if refresh is not None:
+    lines += [
+      "",
+      f"Learned rule refreshed once an epoch instead of every step: test accuracy "
+      f"{_fmt(refresh['row']['test_accuracy'])} % ({_fmt_signed(refresh['accuracy_minus_step'])} points, paired), "
+      f"wall-clock × {_fmt(refresh['seconds_over_step'], 1.0)}, training FLOPs × {refresh['training_flops_over_step']:.2f}.",
+    ]
+  devices = part["devices"]
+  lines += [
+    "",
+    "Modelled wall-clock on K devices (s): decoupled pipelined (one stage per device, at most one per block) "
+    "against end-to-end data-parallel:",
+    "",
+    *_devices_markdown(devices),
+  ]
+  faster = devices["decoupled_faster_from"]
+  check = devices["one_device_check"]
+  lines += [
+    "",
+    (
+      f"The pipelined decoupled run is modelled faster from K = {faster}."
+      if faster
+      else f"The pipelined decoupled run is modelled faster at no K ≤ {devices['devices'][-1]}."
+    )
+    + f" One device, model against measurement: decoupled {check['decoupled_modelled']:.3g} s vs "
+    f"{check['decoupled_measured']:.3g} s, end-to-end {check['end_to_end_modelled']:.3g} s vs "
+    f"{check['end_to_end_measured']:.3g} s (the measurement adds compile and host work).",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def decoupled_study_markdown(summary: dict) -> str:
+  """The decoupled study's report (`workflows.decoupled_study`): per part, the three methods measured on
+  one device and the modelled K-device wall-clock.
+
+  Args:
+    summary: what `workflows.decoupled_study.run_decoupled_study` returns.
+
+  Returns:
+    The markdown text.
+  """
+  link = summary["link"]
+  head = (
+    f"Machine: {summary['machine']}. Model link: {link['bytes_per_second'] / 1e9:g} GB/s, "
+    f"{link['latency_seconds'] * 1e6:g} µs per transfer."
+  )
+  text = head + "\n\n" + "\n".join(_decoupled_part_markdown(p) for p in summary["parts"])
+  for m in summary.get("modelled", []):
+    devices = m["devices"]
+    faster = devices["decoupled_faster_from"]
+    text += "\n".join(
+      [
+        "",
+        f"### {m['network']}: modelled only ({m['sizes'][0]} training rows; step times measured here, "
+        f"the epochs of each block and of the end-to-end network those of {m['epochs_from']})",
+        "",
+        *_devices_markdown(devices),
+        "",
+        f"The pipelined decoupled run is modelled faster from K = {faster}."
+        if faster
+        else f"The pipelined decoupled run is modelled faster at no K ≤ {devices['devices'][-1]}.",
+        "",
+      ]
+    )
+  return text

@@ -72,9 +72,19 @@ def _save_failed(what: str, directory: str, previous, e: BaseException) -> Check
 
 @contextlib.contextmanager
 def deferred_interrupts(signals=(signal.SIGINT, signal.SIGTERM)):
-  """Ctrl-C or SIGTERM arriving while a checkpoint is written takes effect once it is on disk: an
-  interrupted run then stops with every finished epoch saved whole (and orbax's writer threads are
-  not cut off mid-write). Only in the main thread, where signal handlers live."""
+  """Ctrl-C or SIGTERM arriving while a checkpoint is written takes effect once it is on disk.
+
+  An interrupted run then stops with every finished epoch saved whole (and orbax's writer threads are
+  not cut off mid-write). Only in the main thread, where signal handlers live: elsewhere the block runs
+  with the handlers as they are. On exit the previous handlers come back and each signal that arrived
+  is raised again, once.
+
+  Args:
+    signals: the signals whose handling waits for the end of the block.
+
+  Yields:
+    None, once; the block runs with the signals' handling deferred.
+  """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
@@ -90,7 +100,14 @@ def deferred_interrupts(signals=(signal.SIGINT, signal.SIGTERM)):
 
 
 class BlockCheckpointer:
-  """One orbax checkpoint per frozen block under `directory`; fits in progress under `in_progress/`."""
+  """One orbax checkpoint per frozen block under `directory`; fits in progress under `in_progress/`.
+
+  Args:
+    directory: the folder of the checkpoints (created if missing).
+
+  Attributes:
+    directory: the folder, as an absolute path.
+  """
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
@@ -99,8 +116,19 @@ class BlockCheckpointer:
     )
 
   def save(self, block: int, variables: dict, record: dict, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
-    """Saves frozen block `block` with its record (a JSON-ready dict) and the working sets T_{j+1},
-    V_{j+1}; waits until it is on disk."""
+    """Saves frozen block `block` with its record and the next block's working sets; waits until it is on disk.
+
+    Args:
+      block: the block's number j (the orbax step it is saved as).
+      variables: the block's variables (fetched from the devices before saving).
+      record: the block's record, a JSON-ready dict.
+      train_idx: the working set T_{j+1} of the next block (int indices, may be empty).
+      val_idx: the validation working set V_{j+1} of the next block (int indices, may be empty).
+
+    Raises:
+      CheckpointError: the save failed (the message names what is intact), or `directory` already holds a
+        checkpoint of this block or a later one.
+    """
     with deferred_interrupts():
       try:
         saved = self._manager.save(
@@ -130,8 +158,22 @@ class BlockCheckpointer:
       )
 
   def restore(self, init_variables):
-    """(variables of the frozen blocks, their records as dicts, (T_next, V_next)) — all empty when none
-    is saved. `init_variables` (the model's fresh variables) give the shapes to restore into."""
+    """(variables of the frozen blocks, their records as dicts, (T_next, V_next)); empty when none is saved.
+
+    Args:
+      init_variables: the model's fresh variables, one tree per block; they give the shapes to restore
+        into.
+
+    Returns:
+      A tuple `(variables, records, remaining)`. `variables` holds one tree of numpy arrays per frozen
+      block and `records` one dict per frozen block, in block order; `remaining` is the pair of int32
+      index arrays (train, validation) of the working sets after the last frozen block, or None when no
+      block is saved.
+
+    Raises:
+      CheckpointError: the saved blocks are not 0, 1, ..., k, or a block's checkpoint cannot be read (the
+        message names what to delete).
+    """
     steps = sorted(self._manager.all_steps())
     if steps != list(range(len(steps))):
       raise CheckpointError(
@@ -166,17 +208,37 @@ class BlockCheckpointer:
     return variables, records, remaining
 
   def fit_checkpointer(self, kind: str, block: int) -> FitCheckpointer:
-    """The per-epoch checkpoints of one fit of block `block` (`kind`: "block" or "commitment")."""
+    """The per-epoch checkpoints of one fit of block `block` (`kind`: "block" or "commitment").
+
+    Args:
+      kind: "block" (the block's own fit) or "commitment" (its commitment head's).
+      block: the block's number.
+
+    Returns:
+      A `FitCheckpointer` of the folder `in_progress/<kind>_<block>` under `directory`.
+    """
     name = f"block {block}" if kind == "block" else f"commitment head {block}"
     return FitCheckpointer(os.path.join(self.directory, "in_progress", f"{kind}_{block}"), name)
 
   def after_blocks_checkpointer(self, name: str) -> FitCheckpointer:
-    """Per-epoch checkpoints of a fit that runs after every block is frozen (QuickNet+ fine-tuning),
-    kept apart from the blocks' `in_progress/` so clearing those never touches it."""
+    """Per-epoch checkpoints of a fit that runs after every block is frozen (QuickNet+ fine-tuning).
+
+    They are kept apart from the blocks' `in_progress/`, so clearing those never touches them.
+
+    Args:
+      name: the fit's name (its folder, and what messages call it).
+
+    Returns:
+      A `FitCheckpointer` of the folder `after_blocks/<name>` under `directory`.
+    """
     return FitCheckpointer(os.path.join(self.directory, "after_blocks", name), name)
 
   def clear_in_progress(self, upto_block: int) -> None:
-    """Deletes the per-epoch checkpoints of blocks ≤ `upto_block`: frozen, they are never read again."""
+    """Deletes the per-epoch checkpoints of blocks ≤ `upto_block`: frozen, they are never read again.
+
+    Args:
+      upto_block: the last block whose `in_progress/` checkpoints (its fit's and its head's) go.
+    """
     root = os.path.join(self.directory, "in_progress")
     if not os.path.isdir(root):
       return
@@ -187,13 +249,15 @@ class BlockCheckpointer:
         shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
   def close(self):
+    """Waits for orbax's pending work and closes its checkpoint manager."""
     self._manager.close()
 
 
 class FitCheckpointer:
-  """Per-epoch checkpoints of one fit: DIRECTORY/<e>.npz is its state after e epochs (a `trainer.FitState`,
-  or any state with `epoch`, `checkpoint()` → (arrays tree, JSON meta with "history") and
-  `restored(tree, meta)` → the state).
+  """Per-epoch checkpoints of one fit: DIRECTORY/<e>.npz is its state after e epochs.
+
+  The state is a `trainer.FitState`, or any state with `epoch`, `checkpoint()` → (arrays tree, JSON meta
+  with "history") and `restored(tree, meta)` → the state.
 
   One file per epoch: every array of the state (numbered in the order of the state's tree) and, as JSON,
   its schedule, history and the tree's key paths (a checkpoint of another fit is refused, not misread).
@@ -202,6 +266,18 @@ class FitCheckpointer:
   state takes ~80 ms (these are written after every epoch of every fit; frozen blocks, written once,
   stay orbax checkpoints). The two newest epochs are kept, so a file corrupted on disk can be deleted
   by hand to resume one epoch earlier. In a multi-process run process 0 writes and every process reads.
+
+  Args:
+    directory: the fit's folder (created at the first save).
+    name: what messages call the fit ("block 1", "commitment head 0", ...).
+    max_to_keep: how many of the newest epochs' files are kept.
+
+  Attributes:
+    directory: the folder, as an absolute path.
+    name: what messages call the fit.
+    max_to_keep: how many of the newest epochs' files are kept.
+    resumed_seconds: the wall-clock seconds of the epochs the last `restore` brought back (0.0 before
+      any), so a resumed run can report honest timings.
   """
 
   def __init__(self, directory: str, name: str = "fit", max_to_keep: int = 2):
@@ -219,12 +295,22 @@ class FitCheckpointer:
     return os.path.join(self.directory, f"{epoch}.npz")
 
   def latest_epoch(self) -> Optional[int]:
-    """Epochs completed by the newest saved state, or None when nothing is saved."""
+    """Epochs completed by the newest saved state, or None when nothing is saved.
+
+    Returns:
+      The highest e of the files <e>.npz in `directory`, or None.
+    """
     epochs = self._epochs()
     return epochs[-1] if epochs else None
 
   def save(self, state) -> None:
     """Saves `state` (a `trainer.FitState`) as epoch `state.epoch`, on disk when this returns.
+
+    Only process 0 writes (`parallel.is_writer`); on the others this does nothing. Files older than the
+    `max_to_keep` newest are deleted after the save.
+
+    Args:
+      state: the state to save (see the class doc for what it must provide).
 
     Raises:
       CheckpointError: the write failed (the message names what is intact), or the epoch exists.
@@ -251,6 +337,14 @@ class FitCheckpointer:
 
   def restore(self, template):
     """The newest saved `trainer.FitState`, shaped like `template` (a fresh state of the same fit), or None.
+
+    Sets `resumed_seconds` to the seconds of the restored epochs.
+
+    Args:
+      template: a fresh state of the same fit; its `checkpoint()` tree gives the structure and shapes.
+
+    Returns:
+      `template.restored(...)` with the newest file's arrays and meta, or None when nothing is saved.
 
     Raises:
       CheckpointError: the newest checkpoint cannot be read (the message names what to delete).
@@ -290,8 +384,20 @@ def _flat_with_paths(tree) -> tuple[list, list]:
 
 
 def save_tree(path: str, tree, meta: dict) -> None:
-  """Writes the arrays of `tree` (fetched from the devices) and the JSON-ready `meta` to one .npz file
-  at `path`, atomically: through a temporary file that is flushed, synced and renamed into place."""
+  """Writes the arrays of `tree` (fetched from the devices) and the JSON-ready `meta` to one .npz file.
+
+  Atomic: the file is written to `path` + ".tmp", flushed, synced and renamed into place; the temporary
+  file never outlives the call. The leaves are stored as a0, a1, ... in flattening order and `meta`, with
+  the tree's key paths added as "paths", as JSON.
+
+  Args:
+    path: the file to write (its folder is created if missing).
+    tree: a pytree of arrays.
+    meta: a JSON-ready dict.
+
+  Raises:
+    OSError: the file could not be written (e.g. no space left on the device).
+  """
   paths, leaves = _flat_with_paths(jax.device_get(tree))
   arrays = {f"a{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
   arrays["meta"] = np.asarray(json.dumps(dict(meta, paths=paths)))
@@ -311,9 +417,18 @@ def save_tree(path: str, tree, meta: dict) -> None:
 def load_tree(path: str, template):
   """(a tree shaped like `template` holding the arrays `save_tree` wrote at `path`, its meta).
 
+  The errors of `numpy.load` pass through for a file that is not a readable .npz.
+
+  Args:
+    path: a file `save_tree` wrote.
+    template: a pytree with the structure, key paths and shapes the file must hold.
+
+  Returns:
+    A tuple `(tree, meta)` of the numpy arrays in `template`'s structure and the saved meta (with
+    "paths").
+
   Raises:
-    ValueError: the file holds another tree (other key paths or shapes); numpy's errors for a file
-      that is not a readable .npz.
+    ValueError: the file holds another tree (other key paths or shapes).
   """
   paths, leaves = _flat_with_paths(jax.device_get(template))
   with np.load(path, allow_pickle=False) as f:

@@ -32,8 +32,12 @@ CACHE_WORDS = ("auto", "none")
 
 
 def default_cache_dir() -> str:
-  """Where `--compile_cache=auto` keeps compiled programs: $JAX_COMPILATION_CACHE_DIR if set, else
-  $XDG_CACHE_HOME/quicknets_jax/xla (default ~/.cache/quicknets_jax/xla)."""
+  """Where `--compile_cache=auto` keeps compiled programs.
+
+  Returns:
+    $JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/quicknets_jax/xla (with $XDG_CACHE_HOME
+    unset, ~/.cache/quicknets_jax/xla, the home folder expanded).
+  """
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -41,8 +45,21 @@ def default_cache_dir() -> str:
 
 
 def enable_persistent_cache(where: str = "auto") -> Optional[str]:
-  """Turns on XLA's persistent compilation cache in folder `where` ("auto": `default_cache_dir()`) or
-  off ("none"); returns the folder, or None when off. Process-wide: call before the first compile."""
+  """Turns on XLA's persistent compilation cache in folder `where`, or turns it off.
+
+  Process-wide (it sets jax's config): call before the first compile. Programs are stored whatever
+  their compile time (`MIN_COMPILE_SECONDS`).
+
+  Args:
+    where: a folder (created if missing; "~" is expanded), "auto" for `default_cache_dir()`, or "none"
+      to turn the cache off.
+
+  Returns:
+    The cache folder as an absolute path, or None when the cache is off.
+
+  Raises:
+    ValueError: the folder cannot be created (the message names the flag values that fix it).
+  """
   if where == "none":
     jax.config.update("jax_enable_compilation_cache", False)
     return None
@@ -61,7 +78,11 @@ def enable_persistent_cache(where: str = "auto") -> Optional[str]:
 
 
 def cache_dir() -> Optional[str]:
-  """The persistent cache folder in use, or None when the cache is off."""
+  """The persistent cache folder in use, or None when the cache is off.
+
+  Returns:
+    jax's `jax_compilation_cache_dir` when the cache is on and a folder is set, else None.
+  """
   if not jax.config.jax_enable_compilation_cache:
     return None
   return jax.config.jax_compilation_cache_dir or None
@@ -72,7 +93,12 @@ class CompileMeter:
   """Compile seconds and cache hits/misses seen while it is open (`with CompileMeter() as meter:`).
 
   Meters nest (each open one counts everything); counts from every thread are included, since jax
-  compiles on the calling thread and a run compiles from one.
+  compiles on the calling thread and a run compiles from one. A meter compares and hashes by identity.
+
+  Attributes:
+    seconds: the seconds of tracing, lowering and backend compiles (or cache reads) while open.
+    cache_hits: programs read from the persistent cache while open.
+    cache_misses: programs looked up in the persistent cache and not found while open.
   """
 
   seconds: float = 0.0
@@ -90,7 +116,11 @@ class CompileMeter:
       _OPEN.remove(self)
 
   def summary(self) -> dict:
-    """{"seconds", "cache_hits", "cache_misses"} for results files."""
+    """{"seconds", "cache_hits", "cache_misses"} for results files.
+
+    Returns:
+      A dict of the meter's three counts, under their attribute names.
+    """
     return dict(seconds=self.seconds, cache_hits=self.cache_hits, cache_misses=self.cache_misses)
 
 
@@ -127,12 +157,24 @@ def _install() -> None:
 
 
 def fit_compile_seconds(history) -> float:
-  """A fit's compile seconds: the sum of its epochs' `compile_seconds` (0 for records without them)."""
+  """A fit's compile seconds: the sum of its epochs' `compile_seconds` (0 for records without them).
+
+  Args:
+    history: the fit's epoch records (dicts, as `trainer.fit` writes them).
+
+  Returns:
+    The total, a float.
+  """
   return float(sum(record.get("compile_seconds", 0.0) for record in history))
 
 
 def cache_entries() -> int:
-  """Programs in the persistent cache folder now (0 when the cache is off or the folder is empty)."""
+  """Programs in the persistent cache folder now (0 when the cache is off or the folder is empty).
+
+  Returns:
+    The number of entries whose names end in "-cache" in `cache_dir()`; 0 when the cache is off or its
+    folder does not exist.
+  """
   folder = cache_dir()
   if folder is None or not os.path.isdir(folder):
     return 0
@@ -140,9 +182,20 @@ def cache_entries() -> int:
 
 
 def compile_summary(meter: CompileMeter, entries_at_start: int) -> dict:
-  """What results.json says of a run's compiles: total seconds, the cache folder, and whether the cache
-  was off, cold (empty when the run started) or warm (it held `entries_at_start` programs), with the
-  hits and misses. Even a warm rerun misses: programs under MIN_COMPILE_SECONDS are never stored."""
+  """What results.json says of a run's compiles.
+
+  The total seconds, the cache folder, and whether the cache was off, cold (empty when the run started)
+  or warm (it held `entries_at_start` programs), with the hits and misses. A warm rerun can still miss:
+  a program the cache does not hold is compiled and counted as a miss.
+
+  Args:
+    meter: the meter that was open during the run.
+    entries_at_start: `cache_entries()` when the run started.
+
+  Returns:
+    A dict with "total" (seconds), "cache" ("off", "cold" or "warm"), "cache_dir" (the folder, or None),
+    "entries_at_start", "cache_hits" and "cache_misses".
+  """
   folder = cache_dir()
   state = "off" if folder is None else ("warm" if entries_at_start else "cold")
   return dict(

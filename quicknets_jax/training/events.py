@@ -47,7 +47,8 @@ class BlockFrozen:
   Attributes:
     record: the block's `quicknet.BlockRecord`.
     variables: its final variables (subnet, exit and commitment head).
-    train_left, val_left: |T_{j+1}| and |V_{j+1}|, the working sets of the next block.
+    train_left: the size of T_{j+1}, the next block's training working set.
+    val_left: the size of V_{j+1}, the next block's validation working set.
     restored: True when a checkpoint brought the block back (it was trained before a restart).
   """
 
@@ -62,23 +63,48 @@ class Events:
   """The observer of a training run; override the moments you need (both do nothing here)."""
 
   def epoch_done(self, event: EpochDone) -> None:
-    """Called after every epoch of every fit of the run."""
+    """Called after every epoch of every fit of the run.
+
+    Args:
+      event: the finished epoch; a listener may add keys to `event.record` before it is checkpointed.
+    """
 
   def block_frozen(self, event: BlockFrozen) -> None:
-    """Called when a QuickNet block is frozen (or restored from its checkpoint)."""
+    """Called when a QuickNet block is frozen (or restored from its checkpoint).
+
+    Args:
+      event: the frozen block (`event.restored` is True when a checkpoint brought it back).
+    """
 
 
 class AllOf(Events):
-  """Several observers as one, each told every event in the order given."""
+  """Several observers as one, each told every event in the order given.
+
+  Args:
+    *listeners: the observers; None entries are left out.
+
+  Attributes:
+    listeners: the observers that are not None, in the order given.
+  """
 
   def __init__(self, *listeners: Optional[Events]):
     self.listeners = [listener for listener in listeners if listener is not None]
 
   def epoch_done(self, event: EpochDone) -> None:
+    """Tells every listener, in order, that an epoch is done.
+
+    Args:
+      event: the finished epoch, passed on as it is.
+    """
     for listener in self.listeners:
       listener.epoch_done(event)
 
   def block_frozen(self, event: BlockFrozen) -> None:
+    """Tells every listener, in order, that a block is frozen.
+
+    Args:
+      event: the frozen block, passed on as it is.
+    """
     for listener in self.listeners:
       listener.block_frozen(event)
 
@@ -88,6 +114,18 @@ class InPhase(Events):
   training FLOPs so far: `flops_so_far(record)` of the epoch's record (None: not counted per epoch).
 
   `trainer.fit` knows only its own epochs; the algorithm that starts it knows where in the run they are.
+
+  Args:
+    listener: the run's observer, or None (then nothing is passed on).
+    phase: the `EpochDone.phase` its epochs are passed on with ("block", "commitment", ...).
+    block: the `EpochDone.block` they are passed on with; None for whole-network fits.
+    flops_so_far: epoch record → the run's training FLOPs spent so far; None: not counted per epoch.
+
+  Attributes:
+    listener: the run's observer, or None.
+    phase: the phase its epochs are passed on with.
+    block: the block they are passed on with, or None.
+    flops_so_far: the FLOP counter of an epoch's record, or None.
   """
 
   def __init__(
@@ -100,11 +138,21 @@ class InPhase(Events):
     self.listener, self.phase, self.block, self.flops_so_far = listener, phase, block, flops_so_far
 
   def epoch_done(self, event: EpochDone) -> None:
+    """Passes the epoch on to `listener` with this fit's phase, block and the run's FLOPs so far.
+
+    Args:
+      event: the epoch as `trainer.fit` tells it (its phase, block and FLOPs are replaced).
+    """
     if self.listener is None:
       return
     flops = None if self.flops_so_far is None else self.flops_so_far(event.record)
     self.listener.epoch_done(dataclasses.replace(event, phase=self.phase, block=self.block, training_flops=flops))
 
   def block_frozen(self, event: BlockFrozen) -> None:
+    """Passes the event on to `listener` as it is.
+
+    Args:
+      event: the frozen block.
+    """
     if self.listener is not None:
       self.listener.block_frozen(event)

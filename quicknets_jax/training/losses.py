@@ -27,15 +27,35 @@ from quicknets_jax.models.base import COMMIT, Block, MultiExitModel, cast_floati
 
 
 def augment_inputs(augment: Optional[str], x, rng, train):
-  """The augmentation called `augment` (e.g. "crop_flip") applied to raw images `x` with the step's rng;
-  identity for evaluation (train False or no rng) and when `augment` is None."""
+  """The augmentation called `augment` (e.g. "crop_flip") applied to raw images `x` with the step's rng.
+
+  The identity for evaluation (`train` False or no rng) and when `augment` is None.
+
+  Args:
+    augment: the augmentation's name (`data.augment.AUGMENTATIONS`), or None.
+    x: a batch of raw images, [B, ...].
+    rng: the step's key, or None.
+    train: whether the step trains.
+
+  Returns:
+    The augmented batch, or `x` itself.
+  """
   if not train or rng is None or augment is None:
     return x
   return augment_images(augment, x, rng)
 
 
 def cross_entropy(logits, labels):
-  """Per-sample softmax cross-entropy and correctness."""
+  """Per-sample softmax cross-entropy and correctness.
+
+  Args:
+    logits: float [B, C].
+    labels: int class labels, [B].
+
+  Returns:
+    A tuple `(losses, correct)` of the cross-entropies [B] and a float32 [B] that is 1.0 where the arg
+    max of the logits is the label.
+  """
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return losses, (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
@@ -60,6 +80,22 @@ class BlockLoss:
   compute_dtype: Optional[str] = None
 
   def __call__(self, params, state, x, y, rng, train, hparams=None):
+    """The block's per-sample loss on a batch.
+
+    Args:
+      params: the block's params.
+      state: the block's model state (batch-norm statistics; {} if none).
+      x: the features entering the block (raw images for block 0), [B, ...].
+      y: int class labels, [B].
+      rng: the step's key (augmentation); None outside training.
+      train: training mode (augmentation, batch-norm statistics updated).
+      hparams: unused.
+
+    Returns:
+      A tuple `(losses, correct, new_state)` of the float32 per-sample cross-entropies [B], the float32
+      0/1 per-sample correctness [B] (with `learned_threshold`, correct and confident) and the block's new
+      model state.
+    """
     del hparams
     x = augment_inputs(self.augment, x, rng, train)
     (_, logits), new_state = run_block(
@@ -73,16 +109,18 @@ class BlockLoss:
 
 @dataclasses.dataclass(frozen=True)
 class BlockLossThroughPrefix:
-  """CE of block j on raw inputs, recomputing the frozen blocks 0..j−1 every step (no feature cache);
-  the raw images are augmented before they enter the prefix.
+  """CE of block j on raw inputs, recomputing the frozen blocks 0..j−1 every step (no feature cache).
+
+  The raw images are augmented before they enter the prefix. The frozen prefix's variables are arrays,
+  so they travel in the train state's `hparams` (a pair (params per block, model state per block)): the
+  loss stays hashable, and every seed's block j shares one compiled step.
 
   Attributes:
-    model: the multi-exit model; j: the block that trains.
-    augment, learned_threshold, compute_dtype: as `BlockLoss`.
-
-  The frozen prefix's variables are arrays, so they travel in the train state's `hparams` (a pair
-  (params per block, model state per block)): the loss stays hashable, and every seed's block j
-  shares one compiled step.
+    model: the multi-exit model.
+    j: the block that trains.
+    augment: as `BlockLoss`.
+    learned_threshold: as `BlockLoss`.
+    compute_dtype: as `BlockLoss`.
   """
 
   model: MultiExitModel
@@ -92,6 +130,21 @@ class BlockLossThroughPrefix:
   compute_dtype: Optional[str] = None
 
   def __call__(self, params, state, x, y, rng, train, hparams):
+    """Block j's per-sample loss on a batch of raw inputs, through the frozen prefix.
+
+    Args:
+      params: block j's params.
+      state: block j's model state.
+      x: raw images, [B, ...].
+      y: int class labels, [B].
+      rng: the step's key (augmentation); None outside training.
+      train: training mode (augmentation, block j's batch-norm statistics updated; the prefix always
+        runs in inference mode and gets no gradient).
+      hparams: a pair `(frozen_params, frozen_state)`, lists indexed by block, for blocks 0..j−1.
+
+    Returns:
+      A tuple `(losses, correct, new_state)`, as `BlockLoss` returns it, with block j's new model state.
+    """
     frozen_params, frozen_state = hparams
     x = augment_inputs(self.augment, x, rng, train)
     for k in range(self.j):
@@ -118,6 +171,10 @@ class CommitmentLoss:
   one compiled epoch. `hparams` = (positive weight, negative weight) balances the classes (most targets
   are 1); they are traced, so heads that differ only in them share it too. `correct` reports whether
   the sign of the logit matches the target.
+
+  Attributes:
+    head: the commitment head module (`Block.commit_head`).
+    compute_dtype: the dtype the head runs in (None: float32); the loss itself is float32.
   """
 
   head: nn.Module
@@ -125,10 +182,33 @@ class CommitmentLoss:
 
   @classmethod
   def of(cls, block: Block, compute_dtype: Optional[str] = None) -> CommitmentLoss:
-    """The commitment loss of `block`'s head."""
+    """The commitment loss of `block`'s head.
+
+    Args:
+      block: the block whose `commit_head` the loss trains.
+      compute_dtype: the dtype the head runs in (None: float32).
+
+    Returns:
+      The `CommitmentLoss` of that head.
+    """
     return cls(block.commit_head, compute_dtype)
 
   def __call__(self, params, state, features, target, rng, train, hparams):
+    """The head's weighted per-sample binary cross-entropy on a batch.
+
+    Args:
+      params: params holding the head's under `"commit_head"` (`models.base.COMMIT`).
+      state: the model state, returned as it is.
+      features: the head's inputs, [B, ...] (`Block.commit_inputs` of the frozen block's features).
+      target: [B], 1 where the block's exit was right and 0 where it was wrong.
+      rng: unused.
+      train: unused (the head has no training-mode behaviour).
+      hparams: a pair `(positive_weight, negative_weight)`, the weights of targets 1 and 0.
+
+    Returns:
+      A tuple `(losses, correct, state)` of the float32 weighted losses [B], a float32 [B] that is 1.0
+      where the logit's sign matches the target, and `state` unchanged.
+    """
     del rng, train
     positive_weight, negative_weight = hparams
     head_params, x = params[COMMIT], features
@@ -145,13 +225,34 @@ class CommitmentLoss:
 
 @dataclasses.dataclass(frozen=True)
 class EndToEndLoss:
-  """CE of the final exit through every block, all trained together (the end-to-end baseline)."""
+  """CE of the final exit through every block, all trained together (the end-to-end baseline).
+
+  Attributes:
+    model: the multi-exit model; only its last exit is trained on.
+    augment: as `BlockLoss`.
+    compute_dtype: as `BlockLoss`.
+  """
 
   model: MultiExitModel
   augment: Optional[str] = None
   compute_dtype: Optional[str] = None
 
   def __call__(self, params, state, x, y, rng, train, hparams=None):
+    """The final exit's per-sample loss on a batch, through every block.
+
+    Args:
+      params: a sequence of params, one per block.
+      state: a sequence of model states, one per block.
+      x: raw images, [B, ...].
+      y: int class labels, [B].
+      rng: the step's key (augmentation); None outside training.
+      train: training mode (augmentation, batch-norm statistics updated).
+      hparams: unused.
+
+    Returns:
+      A tuple `(losses, correct, new_state)` of the final exit's float32 per-sample cross-entropies [B]
+      and 0/1 correctness [B], and the list of every block's new model state.
+    """
     del hparams
     x = augment_inputs(self.augment, x, rng, train)
     new_state = list(state)
@@ -172,6 +273,12 @@ class JointLoss:
   maximum weights `max_weights` apply, so validation losses of different epochs compare. `correct` is
   the final exit's.
 
+  Attributes:
+    model: the multi-exit model.
+    max_weights: τ^max, one weight per internal exit (any array-like is stored as a tuple of floats).
+    augment: as `BlockLoss`.
+    compute_dtype: as `BlockLoss`.
+
   Raises:
     ValueError: `max_weights` does not hold one weight per internal exit.
   """
@@ -189,6 +296,21 @@ class JointLoss:
       )
 
   def __call__(self, params, state, x, y, rng, train, hparams=None):
+    """The weighted sum of every exit's per-sample loss on a batch.
+
+    Args:
+      params: a sequence of params, one per block.
+      state: a sequence of model states, one per block.
+      x: raw images, [B, ...].
+      y: int class labels, [B].
+      rng: the step's key (augmentation); None outside training.
+      train: training mode (augmentation, batch-norm statistics updated, `hparams` weights applied).
+      hparams: float [E−1], this epoch's weights of the internal exits; None: `max_weights`.
+
+    Returns:
+      A tuple `(losses, correct, new_state)` of the float32 per-sample weighted totals [B], the final
+      exit's 0/1 correctness [B], and the list of every block's new model state.
+    """
     x = augment_inputs(self.augment, x, rng, train)
     weights = jnp.asarray(self.max_weights, jnp.float32) if hparams is None or not train else hparams
     new_state = list(state)

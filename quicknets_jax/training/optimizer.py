@@ -21,21 +21,37 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class Mask:
-  """A bool pytree (True: the leaf trains) in a hashable form: its structure and its leaves."""
+  """A bool pytree (True: the leaf trains) in a hashable form: its structure and its leaves.
+
+  Attributes:
+    treedef: the tree's structure (`jax.tree.flatten`'s treedef).
+    leaves: one flag per leaf, in flattening order; True where the leaf trains.
+  """
 
   treedef: Any
   leaves: tuple[bool, ...]
 
   @classmethod
   def of(cls, tree: PyTree) -> Optional[Mask]:
-    """The mask of a bool tree (None stays None: every leaf trains)."""
+    """The mask of a bool tree (None stays None: every leaf trains).
+
+    Args:
+      tree: a pytree of bools shaped like the params, a `Mask` (returned as it is), or None.
+
+    Returns:
+      The `Mask` of `tree`, or None when `tree` is None.
+    """
     if tree is None or isinstance(tree, Mask):
       return tree
     leaves, treedef = jax.tree.flatten(tree)
     return cls(treedef, tuple(bool(leaf) for leaf in leaves))
 
   def tree(self) -> PyTree:
-    """The bool tree again."""
+    """The bool tree again.
+
+    Returns:
+      The pytree of Python bools with the structure `treedef` describes.
+    """
     return jax.tree.unflatten(self.treedef, list(self.leaves))
 
 
@@ -53,7 +69,15 @@ class Adam:
   weight_decay: float = 0.0
 
   def transform(self) -> optax.GradientTransformation:
-    """The optax transform; its state holds the learning rate (`learning_rate_of`, `with_learning_rate`)."""
+    """The optax transform; its state holds the learning rate (`learning_rate_of`, `with_learning_rate`).
+
+    Adam's moment scaling (after the L2 term when `weight_decay` is set), then the learning rate, on
+    the trainable leaves; the frozen leaves' updates are zeros (`optax.multi_transform`).
+
+    Returns:
+      An `optax.GradientTransformation` made by `optax.inject_hyperparams`; its learning rate starts at
+      0.0 and is set by `init` or `with_learning_rate`.
+    """
     return optax.inject_hyperparams(self._build)(learning_rate=0.0)
 
   def _build(self, learning_rate) -> optax.GradientTransformation:
@@ -68,6 +92,16 @@ class Adam:
 
   def init(self, params: PyTree, learning_rate: float) -> optax.OptState:
     """The optimizer state of `params`: zero moments, the given learning rate.
+
+    The state is built on the host and put on the default device, so no program is compiled.
+
+    Args:
+      params: the parameter pytree the optimizer will update.
+      learning_rate: the learning rate the state holds.
+
+    Returns:
+      The state of `transform()` for `params`, with zero moments and counts and `learning_rate` in its
+      hyperparameters.
 
     Raises:
       ValueError: the trainable mask is not shaped like `params`.
@@ -85,12 +119,28 @@ class Adam:
 
 
 def learning_rate_of(opt_state: optax.OptState) -> jax.Array:
-  """The learning rate an `Adam` optimizer state applies."""
+  """The learning rate an `Adam` optimizer state applies.
+
+  Args:
+    opt_state: a state made by `Adam.init` (or updated by `Adam.transform()`).
+
+  Returns:
+    The learning rate, a float32 scalar array.
+  """
   return opt_state.hyperparams["learning_rate"]
 
 
 def with_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.OptState:
-  """`opt_state` with its learning rate set to `learning_rate` (as float32, what the step applies)."""
+  """`opt_state` with its learning rate set to `learning_rate` (as float32, what the step applies).
+
+  Args:
+    opt_state: a state made by `Adam.init` (an `optax.inject_hyperparams` state).
+    learning_rate: the new learning rate.
+
+  Returns:
+    A copy of `opt_state` whose learning rate is `learning_rate`, put on the default device; `opt_state`
+    itself is unchanged.
+  """
   # put, not jnp.asarray: a device array from host data compiles nothing
   hyperparams = dict(opt_state.hyperparams, learning_rate=jax.device_put(np.float32(learning_rate)))
   return opt_state._replace(hyperparams=hyperparams)
@@ -111,7 +161,15 @@ class BlockwiseAdam:
   weight_decay: float = 0.0
 
   def transform(self) -> optax.GradientTransformation:
-    """optax's multi_transform of one `Adam` (learning rate in its state) per block."""
+    """optax's multi_transform of one `Adam` (learning rate in its state) per block.
+
+    The params it updates are a list with one tree per block; block j's leaves are labelled "block_j",
+    a frozen block's "frozen" (zero updates).
+
+    Returns:
+      An `optax.GradientTransformation` whose state holds one inner `Adam` state per block, under the
+      key "block_j".
+    """
     transforms = {f"block_{j}": Adam(None, self.weight_decay).transform() for j in range(len(self.frozen))}
     transforms["frozen"] = optax.set_to_zero()
     return optax.multi_transform(transforms, self._labels)
@@ -122,14 +180,30 @@ class BlockwiseAdam:
     ]
 
   def init(self, params: PyTree, learning_rates) -> optax.OptState:
-    """The optimizer state of per-block `params`: zero moments, block j at `learning_rates[j]`."""
+    """The optimizer state of per-block `params`: zero moments, block j at `learning_rates[j]`.
+
+    Args:
+      params: a list with one parameter tree per block (as many as `frozen` has flags).
+      learning_rates: a sequence with one learning rate per block.
+
+    Returns:
+      The state of `transform()` for `params`, built on the host and put on the default device.
+    """
     shapes = jax.eval_shape(self.transform().init, params)
     zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), shapes)
     return with_block_learning_rates(zeros, learning_rates)
 
 
 def with_block_learning_rates(opt_state: optax.OptState, learning_rates) -> optax.OptState:
-  """A `BlockwiseAdam` state with block j's learning rate set to `learning_rates[j]`."""
+  """A `BlockwiseAdam` state with block j's learning rate set to `learning_rates[j]`.
+
+  Args:
+    opt_state: a state made by `BlockwiseAdam.init`.
+    learning_rates: a sequence with one learning rate per block (block j's at position j).
+
+  Returns:
+    A copy of `opt_state` with the new learning rates; `opt_state` itself is unchanged.
+  """
   inner = dict(opt_state.inner_states)
   for j, rate in enumerate(learning_rates):
     masked = inner[f"block_{j}"]

@@ -22,7 +22,32 @@ DTYPES = ("auto", "bfloat16", "float32")
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-  """Appendix A's schedule of one fit. Defaults: the paper's MLP setting."""
+  """Appendix A's schedule of one fit. Defaults: the paper's MLP setting.
+
+  The fields declared with `option` are settings of a run's flat config (the entry points offer each as
+  a flag of the same name); `min_delta` and `host_loop` are set in code.
+
+  Attributes:
+    learning_rate: Adam's initial learning rate.
+    batch_size: training rows per step.
+    max_epochs: the epoch cap of every fit.
+    plateau_factor: the factor the learning rate is multiplied by on a plateau, in (0, 1].
+    plateau_patience: epochs without progress before the learning rate is cut.
+    early_stop_patience: epochs without progress before the fit stops.
+    balanced_sampling: draw every class still present equally often (with replacement).
+    eval_batch_size: rows per chunk of the validation passes.
+    augment: apply random training-time augmentation to the raw images.
+    augmentation: which augmentation `augment` applies (`AUGMENTATIONS`).
+    weight_decay: Adam's L2 weight decay, added to the gradient.
+    monitor: the score that decides the best epoch, plateaus and early stopping (`MONITORS`).
+    dtype: the compute dtype of training steps and validation passes (`DTYPES`; see `resolve_dtype`).
+    min_delta: the gain of the monitored score that counts as progress.
+    host_loop: run an epoch's steps from a Python loop (True), inside one jit (False), or decide by
+      backend and model (None; `trainer.steps_from_host`).
+
+  Raises:
+    ValueError: a field is out of its range or not one of its choices.
+  """
 
   learning_rate: float = option(1e-3, "Adam learning rate (Appendix A: 1e-3 for MLPs, 3e-4 for VGG).", lower=0.0)
   batch_size: int = option(128, "Training batch size.", lower=1)
@@ -66,7 +91,7 @@ class FitConfig:
     choices=DTYPES,
   )
   min_delta: float = internal(0.0, "The gain of the monitored score that counts as progress.")
-  # Run an epoch's steps from a Python loop instead of inside one jit (see `trainer.make_epoch_fn`);
+  # Run an epoch's steps from a Python loop instead of inside one jit (see `trainer.steps_from_host`);
   # None: only for models that convolve, on CPU, where XLA runs convolutions in loops far slower.
   host_loop: Optional[bool] = internal(None, "Steps from a Python loop (None: conv models on CPU).")
 
@@ -106,9 +131,21 @@ class FitConfig:
 
 
 def resolve_dtype(dtype: str, backend: Optional[str] = None) -> Optional[str]:
-  """`--dtype` on `backend` (default: jax's): "bfloat16" to compute in bf16, None for float32. "auto"
-  is bf16 on GPU/TPU, whose matrix units run it several times faster, and f32 on CPU, where XLA
-  emulates most bf16 arithmetic and would only lose precision."""
+  """`--dtype` on `backend` (default: jax's): "bfloat16" to compute in bf16, None for float32.
+
+  "auto" is bf16 on GPU/TPU, whose matrix units run it several times faster, and f32 on CPU, where XLA
+  emulates most bf16 arithmetic and would only lose precision.
+
+  Args:
+    dtype: "auto", "bfloat16" or "float32" (`DTYPES`).
+    backend: a jax backend name ("cpu", "gpu", "tpu"); None: `jax.default_backend()`.
+
+  Returns:
+    "bfloat16", or None for float32.
+
+  Raises:
+    ValueError: `dtype` is not one of `DTYPES`.
+  """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   if dtype == "auto":
@@ -145,19 +182,37 @@ class Schedule:
   stopped: bool = False
 
   def finished(self, config: FitConfig) -> bool:
-    """Whether the fit is over: stopped early, or at its epoch cap."""
+    """Whether the fit is over: stopped early, or at its epoch cap.
+
+    Args:
+      config: the fit's settings (its `max_epochs`).
+
+    Returns:
+      True when `stopped` is set or `epoch` has reached `config.max_epochs`.
+    """
     return self.stopped or self.epoch >= config.max_epochs
 
 
 def monitored_score(config: FitConfig, train_loss: float, val_loss: float, val_accuracy: float) -> float:
-  """The epoch's score under `config.monitor`, lower is better."""
+  """The epoch's score under `config.monitor`, lower is better.
+
+  Args:
+    config: the fit's settings (its `monitor`).
+    train_loss: the epoch's mean training loss.
+    val_loss: the epoch's mean validation loss.
+    val_accuracy: the epoch's validation accuracy.
+
+  Returns:
+    `val_loss`, `train_loss`, or minus `val_accuracy`.
+  """
   return {"val_loss": val_loss, "train_loss": train_loss, "val_accuracy": -val_accuracy}[config.monitor]
 
 
 def advance(schedule: Schedule, config: FitConfig, score: float) -> Schedule:
-  """The schedule after one more epoch whose monitored score is `score`: best epoch, reduce-on-plateau
-  (torch's ReduceLROnPlateau semantics) and early stopping. The epoch is the new best when
-  `result.best_epoch == result.epoch`.
+  """The schedule after one more epoch whose monitored score is `score`.
+
+  Updates the best epoch, reduce-on-plateau (torch's ReduceLROnPlateau semantics) and early stopping.
+  The epoch is the new best when `result.best_epoch == result.epoch`.
 
   Args:
     schedule: the schedule before the epoch.

@@ -61,6 +61,17 @@ class TrainState:
   ) -> TrainState:
     """A fresh state: step 0, zero Adam moments, `learning_rate` in the optimizer state.
 
+    Args:
+      optimizer: the optimizer whose state is initialised (`optimizer.Adam`, with its trainable mask).
+      params: the parameters to start from.
+      model_state: the model's non-trained variables ({} if none).
+      learning_rate: the learning rate the optimizer state starts with.
+      hparams: the loss's traced hyperparameters, or None when the loss reads none.
+
+    Returns:
+      A `TrainState` whose step is an int32 zero on the default device and whose optimizer state holds
+      zero Adam moments and `learning_rate`.
+
     Raises:
       ValueError: the optimizer's trainable mask is not shaped like `params`.
     """
@@ -73,12 +84,25 @@ class TrainState:
     )
 
   def with_learning_rate(self, learning_rate: float) -> TrainState:
-    """This state with the optimizer's learning rate set to `learning_rate`."""
+    """This state with the optimizer's learning rate set to `learning_rate`.
+
+    Args:
+      learning_rate: the new learning rate (stored as float32, the value the step applies).
+
+    Returns:
+      A new `TrainState`; only its optimizer state differs from this one.
+    """
     return self.replace(opt_state=with_learning_rate(self.opt_state, learning_rate))
 
 
 class Batch(NamedTuple):
-  """One padded batch: inputs, targets, and a float 0/1 mask of the rows that are real."""
+  """One padded batch: inputs, targets, and a float 0/1 mask of the rows that are real.
+
+  Attributes:
+    x: the inputs, [B, ...] (images or features entering a block).
+    y: the targets, [B] (class labels, or a commitment head's 0/1 targets).
+    mask: float [B], 1 for the rows that exist and 0 for the padding.
+  """
 
   x: jax.Array
   y: jax.Array
@@ -105,6 +129,9 @@ class Statics:
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *, statics: Statics) -> tuple[TrainState, dict]:
   """One optimizer step on the masked mean of the loss over `batch`.
 
+  The gradient is that of the loss's mean over the rows whose `mask` is set; with a mesh, the batch is
+  first split over its devices (`parallel.shard_batch`).
+
   Args:
     state: the train state before the step.
     batch: the padded batch; rows whose `mask` is 0 add nothing to the loss or the metrics.
@@ -112,7 +139,10 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, statics: Stat
     statics: the loss, optimizer and mesh (bind with `functools.partial`).
 
   Returns:
-    (the state after the step, {"loss_sum", "correct_sum"}: masked sums over the batch).
+    A tuple `(new_state, metrics)`. `new_state` has its step count raised by one, the optimizer's update
+    applied to its params and the model state the loss returned; `metrics` is a dict whose "loss_sum"
+    and "correct_sum" are float32 scalars, the per-sample losses and correct flags summed over the real
+    rows of the batch.
   """
   x, y, mask = batch
   if statics.mesh is not None:  # data parallel: each device takes its rows of the batch (parallel.py)
@@ -140,7 +170,19 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, statics: Stat
 
 
 def eval_sums(state: TrainState, batch: Batch, *, statics: Statics) -> tuple[jax.Array, jax.Array]:
-  """(loss sum, correct sum) over the rows of `batch` whose `mask` is set, in inference mode."""
+  """(loss sum, correct sum) over the rows of `batch` whose `mask` is set, in inference mode.
+
+  The loss runs with `train=False` and no rng, so nothing is augmented and the model state is not
+  updated; the validation counterpart of `train_step`.
+
+  Args:
+    state: the train state whose params, model state and hparams are evaluated.
+    batch: the padded batch; rows whose `mask` is 0 add nothing.
+    statics: the loss, optimizer and mesh (bind with `functools.partial`).
+
+  Returns:
+    A tuple `(loss_sum, correct_sum)` of float32 scalars.
+  """
   x, y, mask = batch
   if statics.mesh is not None:
     x, y, mask = parallel.shard_batch((x, y, mask), statics.mesh)

@@ -25,8 +25,18 @@ FLOP_PHASES = {
 
 
 def fit_seconds(history: Sequence[dict], prefix: str = "") -> dict:
-  """{PREFIXepochs, PREFIXvalidation, checkpoints, compile}: seconds summed over a fit's epoch records,
-  each phase without the compiles that happened in it (they are "compile")."""
+  """A fit's seconds by phase, summed over its epoch records.
+
+  Each phase is counted without the compiles that happened in it: they are "compile".
+
+  Args:
+    history: the fit's epoch records (dicts as `trainer.fit` writes them; missing keys count 0).
+    prefix: put before the names of the two fit-specific phases (e.g. `block_`, `commit_`).
+
+  Returns:
+    A dict with PREFIX + "epochs" (training steps), PREFIX + "validation", "checkpoints" and "compile",
+    in seconds.
+  """
 
   def total(key):
     return float(sum(record.get(key, 0.0) for record in history))
@@ -41,7 +51,14 @@ def fit_seconds(history: Sequence[dict], prefix: str = "") -> dict:
 
 
 def add(*phases: dict) -> dict:
-  """The phases summed key by key."""
+  """The phases summed key by key.
+
+  Args:
+    *phases: dicts of {phase: seconds}.
+
+  Returns:
+    A dict with every key of the inputs and the sum of its values as a float.
+  """
   out: dict = {}
   for part in phases:
     for key, value in part.items():
@@ -50,12 +67,28 @@ def add(*phases: dict) -> dict:
 
 
 def with_other(phases: dict, total_seconds: float) -> dict:
-  """`phases` plus "other": what `total_seconds` holds beyond them (the phases are disjoint)."""
+  """`phases` plus "other", what `total_seconds` holds beyond them (the phases are disjoint).
+
+  Args:
+    phases: a dict of {phase: seconds}.
+    total_seconds: the run's total seconds.
+
+  Returns:
+    A copy of `phases` with "other" added, never below 0.
+  """
   return dict(phases, other=max(total_seconds - sum(phases.values()), 0.0))
 
 
 def flops_per_second(flops: dict, seconds: dict) -> dict:
-  """{phase: FLOP/s} for each phase that computes FLOPs (`FLOP_PHASES`) and took time."""
+  """{phase: FLOP/s} for each phase that computes FLOPs (`FLOP_PHASES`) and took time.
+
+  Args:
+    flops: FLOPs by cost part (`core.costs` part names); values that are not numbers are skipped.
+    seconds: seconds by phase (as `fit_seconds` names them).
+
+  Returns:
+    A dict of FLOPs per second by phase, the FLOPs of every part of the phase over its seconds.
+  """
   out: dict = {}
   for part, value in flops.items():
     phase = FLOP_PHASES.get(part)

@@ -60,8 +60,8 @@ class Objective:
     hparams: the loss's traced hyperparameters for training and validation (e.g. a commitment head's
       class weights), so fits that differ only in them share one compiled step; None: none.
     hparams_at: epoch number (1-based, the epoch about to run) → the hyperparameters of that epoch's
-      training steps (SDN's growing exit weights); validation keeps `hparams`. Must be hashable (a frozen
-      dataclass, not a lambda over arrays) only in the sense that it is called on the host.
+      training steps (SDN's growing exit weights); validation keeps `hparams`. Called on the host before
+      each epoch, never traced; None: every epoch trains with `hparams`.
   """
 
   loss: Loss
@@ -99,7 +99,18 @@ class FitData:
 
   @classmethod
   def whole(cls, train: Split, val: Split, num_classes: int, rows=None) -> FitData:
-    """A fit on `rows` of `train` (default: every row), validated on all of `val`."""
+    """A fit on `rows` of `train` (default: every row), validated on all of `val`.
+
+    Args:
+      train: the training inputs and their integer class labels.
+      val: the validation inputs and targets.
+      num_classes: the number of classes the labels take.
+      rows: the working set, indices of rows of `train`; None: every row.
+
+    Returns:
+      A `FitData` whose `rows` and `row_classes` (the labels of those rows) are int32 arrays on the
+      default device; the other fields keep their defaults.
+    """
     labels = np.asarray(train.labels, np.int32)
     rows = np.arange(len(labels), dtype=np.int32) if rows is None else np.asarray(rows, np.int32)
     return cls(train, val, device_array(rows), device_array(labels[rows]), num_classes)
@@ -130,7 +141,8 @@ class FitState:
 
   Attributes:
     train: the `TrainState` after the last epoch (params, optimizer state, model state).
-    best_params, best_model_state: the variables of the best epoch (`schedule.best_epoch`).
+    best_params: the params of the best epoch (`schedule.best_epoch`).
+    best_model_state: the model state of the best epoch.
     schedule: the learning rate, best score, patience counters and whether the fit has stopped.
     history: one dict per epoch (losses, accuracies, learning rate, seconds; listeners may add keys).
   """
@@ -143,10 +155,12 @@ class FitState:
 
   @property
   def params(self) -> PyTree:
+    """The params after the last epoch (`train.params`), not necessarily the best epoch's."""
     return self.train.params
 
   @property
   def model_state(self) -> PyTree:
+    """The model state after the last epoch (`train.model_state`), e.g. batch-norm statistics."""
     return self.train.model_state
 
   @property
@@ -156,26 +170,48 @@ class FitState:
 
   @property
   def best_epoch(self) -> int:
+    """The epoch whose variables are `best_params` and `best_model_state` (0 before any epoch)."""
     return self.schedule.best_epoch
 
   @property
   def best_score(self) -> float:
-    """The best monitored score (val or train loss, or −val accuracy: `schedule.monitored_score`)."""
+    """The best monitored score so far, lower is better.
+
+    The validation or training loss, or minus the validation accuracy, as `FitConfig.monitor` says
+    (`schedule.monitored_score`); inf before any epoch.
+    """
     return self.schedule.best_score
 
   @property
   def stopped(self) -> bool:
+    """Whether early stopping has ended the fit (reaching the epoch cap does not set it)."""
     return self.schedule.stopped
 
   def checkpoint(self) -> tuple[dict, dict]:
-    """(the arrays a checkpoint holds, its JSON meta): the train state but the loss's hyperparameters,
-    which each fit sets anew; the best variables; the schedule and the history."""
+    """(the arrays a checkpoint holds, its JSON meta), the form `restored` reads back.
+
+    The loss's hyperparameters are left out of the train state: each fit sets them anew.
+
+    Returns:
+      A tuple `(tree, meta)`. `tree` is a dict with "train" (the train state's "step", "params",
+      "opt_state" and "model_state"), "best_params" and "best_model_state"; `meta` is a JSON-ready dict
+      with "schedule" (the `Schedule`'s fields) and "history" (the list of epoch records).
+    """
     train = {name: getattr(self.train, name) for name in ("step", "params", "opt_state", "model_state")}
     tree = dict(train=train, best_params=self.best_params, best_model_state=self.best_model_state)
     return tree, dict(schedule=dataclasses.asdict(self.schedule), history=list(self.history))
 
   def restored(self, tree: dict, meta: dict) -> FitState:
-    """This (fresh) state with what a checkpoint holds (`checkpoint`'s form)."""
+    """This (fresh) state with what a checkpoint holds (`checkpoint`'s form).
+
+    Args:
+      tree: the arrays, shaped as `checkpoint` returns them (host or device arrays).
+      meta: the JSON meta, as `checkpoint` returns it.
+
+    Returns:
+      A new `FitState` holding this one's train state with the saved step, params, optimizer and model
+      state (its hyperparameters kept), and the saved best variables, schedule and history.
+    """
     return dataclasses.replace(
       self,
       train=self.train.replace(**tree["train"]),
@@ -195,12 +231,28 @@ def bucket_size(n: int, minimum: int = 256) -> int:
 
   Every size in (bucket/2, bucket] shares one compiled epoch: blocks of the same shape, the
   commitment heads of every block, and every seed reuse it instead of compiling their own.
+
+  Args:
+    n: the number of rows.
+    minimum: the smallest bucket.
+
+  Returns:
+    The smallest power of two that is at least `n`, or `minimum` when that is larger.
   """
   return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
 def pad_rows(array, rows: int, value=0):
-  """`array` with its first axis padded to `rows` (never truncated)."""
+  """`array` with its first axis padded to `rows` (never truncated).
+
+  Args:
+    array: an array-like, padded on the host.
+    rows: the length the first axis is padded to; an array already as long or longer is kept whole.
+    value: the fill value of the padding rows.
+
+  Returns:
+    The padded array on the default device (`data.streaming.device_array`), with `array`'s dtype.
+  """
   array = np.asarray(array)  # padded on the host: an eager jnp concat compiles for every new length
   missing = rows - array.shape[0]
   if missing > 0:
@@ -213,7 +265,16 @@ def pad_rows(array, rows: int, value=0):
 
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
-  """The static part of an epoch: the step's statics and how batches are drawn."""
+  """The static part of an epoch: the step's statics and how batches are drawn.
+
+  Hashable: the jitted epochs take it as a static argument.
+
+  Attributes:
+    statics: the step's loss, optimizer, mesh and convolution lowering.
+    batch_size: rows per step (a multiple of the mesh's device count).
+    num_classes: the number of classes, for class-balanced draws.
+    balanced: draw every class equally often (with replacement) instead of a shuffled order.
+  """
 
   statics: Statics
   batch_size: int
@@ -222,7 +283,16 @@ class EpochPlan:
 
 
 class EpochArrays(NamedTuple):
-  """The arrays an epoch gathers its batches from (device arrays; `inputs` may be a streamed view)."""
+  """The arrays an epoch gathers its batches from (device arrays; `inputs` may be a streamed view).
+
+  Attributes:
+    inputs: the training inputs, indexed by the working set's rows.
+    targets: the training targets, indexed likewise.
+    positions: int32 [bucket], the working set (rows of `inputs`) padded to its bucket.
+    sample_classes: int32 [bucket], the class of each entry of `positions`.
+    num_samples: int32 scalar, the samples the epoch trains on.
+    num_valid: int32 scalar, the entries of `positions` that exist.
+  """
 
   inputs: Any
   targets: Any
@@ -237,7 +307,21 @@ def draw_order(key, sample_classes, num_valid, *, num_classes: int, balanced: bo
   """The epoch's order of working-set positions (with room for the last padded batch) and its step key.
 
   Its own program, shared by every fit with the same bucket, class count and batch size (the blocks
-  after the first and their commitment heads draw from the full split's bucket)."""
+  after the first and their commitment heads draw from the full split's bucket).
+
+  Args:
+    key: the epoch's key; split into the draw's key and the step key.
+    sample_classes: int32 [bucket], the class of each position of the padded working set.
+    num_valid: int32 scalar, the positions that exist.
+    num_classes: the number of classes (static).
+    balanced: class-balanced draws with replacement, instead of a shuffle of the valid positions (static).
+    batch_size: rows per step (static).
+
+  Returns:
+    A tuple `(order, step_key)`. `order` is int32 [bucket + batch_size], indices into the padded working
+    set in the order the epoch's steps take them, followed by `batch_size` zeros so the last batch's
+    slice stays in bounds; `step_key` is the key each step folds its number into.
+  """
   draw_key, step_key = jax.random.split(key)
   order = draw_epoch_padded(draw_key, sample_classes, num_valid, num_classes, balanced)
   return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key
@@ -285,8 +369,18 @@ def _steps_on_device(state: TrainState, arrays: EpochArrays, order, step_key, *,
 
 
 def epoch_on_device(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
-  """One epoch: its order drawn (`draw_order`), then every step inside one jit. Returns (state, (mean
-  loss, accuracy)) over the samples it trained on."""
+  """One epoch: its order drawn (`draw_order`), then every step inside one jit.
+
+  Args:
+    state: the train state before the epoch; its buffers are donated (do not use it afterwards).
+    arrays: the working set and the arrays its batches are gathered from.
+    key: the epoch's key (the draw, then each step's key).
+    plan: the epoch's static part (statics, batch size, sampling).
+
+  Returns:
+    A tuple `(state, (mean_loss, accuracy))` of the state after the epoch and two float32 scalars
+    averaged over the samples it trained on (accuracy is the mean of the loss's per-sample correct flags).
+  """
   order, step_key = _draw(key, arrays, plan)
   return _steps_on_device(state, arrays, order, step_key, plan=plan)
 
@@ -295,7 +389,19 @@ _step_jitted = jax.jit(_gathered_step, static_argnames=("plan",), donate_argname
 
 
 def epoch_from_host(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
-  """`epoch_on_device`'s steps, each a jitted call from a Python loop (same draws, same keys)."""
+  """`epoch_on_device`'s steps, each a jitted call from a Python loop (same draws, same keys).
+
+  For models that convolve on CPU, where XLA runs convolutions inside a loop far slower.
+
+  Args:
+    state: the train state before the epoch; its buffers are donated (do not use it afterwards).
+    arrays: the working set and the arrays its batches are gathered from.
+    key: the epoch's key.
+    plan: the epoch's static part.
+
+  Returns:
+    A tuple `(state, (mean_loss, accuracy))`, as `epoch_on_device` returns it.
+  """
   order, step_key = _draw(key, arrays, plan)
   sums = _zero_sums()
   for i in range(-(-int(arrays.num_samples) // plan.batch_size)):
@@ -318,7 +424,17 @@ def epoch_streamed(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPl
 
   The rows of step i are `positions[order[i·B : (i+1)·B]]`, padding included, exactly the rows the
   in-memory epoch gathers; a multi-process run reads only the part of each batch its own devices take
-  (`parallel.local_batch_rows`) and assembles the global batch from every process's part.
+  (`parallel.local_batch_rows`) and assembles the global batch from every process's part. At most two
+  dispatched steps are left waiting to run, each holding its batch.
+
+  Args:
+    state: the train state before the epoch; its buffers are donated (do not use it afterwards).
+    arrays: the working set; `inputs` is a streamed view, `targets` an array.
+    key: the epoch's key.
+    plan: the epoch's static part.
+
+  Returns:
+    A tuple `(state, (mean_loss, accuracy))`, as `epoch_on_device` returns it.
   """
   mesh, batch_size = plan.statics.mesh, plan.batch_size
   order, step_key = _draw(key, arrays, plan)
@@ -352,7 +468,12 @@ def epoch_streamed(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPl
 
 @dataclasses.dataclass(frozen=True)
 class EvalPlan:
-  """The static part of a validation pass: the step's statics and the chunk size."""
+  """The static part of a validation pass: the step's statics and the chunk size.
+
+  Attributes:
+    statics: the loss, optimizer, mesh and convolution lowering the pass evaluates with.
+    batch_size: rows per chunk (a multiple of the mesh's device count).
+  """
 
   statics: Statics
   batch_size: int
@@ -372,10 +493,21 @@ def _chunk_sums(state: TrainState, inputs, targets, rows, mask, plan: EvalPlan):
 
 @functools.partial(jax.jit, static_argnames=("plan",))
 def evaluate_on_device(state: TrainState, val: Split, num_rows, *, plan: EvalPlan):
-  """(mean loss, accuracy) over the first `num_rows` rows of `val`, in fixed-size masked chunks inside
-  one jit, so padded inputs of any `num_rows` up to their length share one compile. Chunks wholly past
-  `num_rows` would add exact zeros: they are not computed (a later block's V_j is a fraction of the
-  split its arrays are padded for)."""
+  """(mean loss, accuracy) over the first `num_rows` rows of `val`, in fixed-size masked chunks inside one jit.
+
+  Padded inputs of any `num_rows` up to their length share one compile. Chunks wholly past `num_rows`
+  would add exact zeros: they are not computed (a later block's V_j is a fraction of the split its
+  arrays are padded for).
+
+  Args:
+    state: the train state evaluated (in inference mode).
+    val: the validation inputs and targets, padded to a fixed length.
+    num_rows: int32 scalar (traced), the rows of `val` that exist.
+    plan: the pass's static part (statics, chunk size).
+
+  Returns:
+    A tuple `(mean_loss, accuracy)` of float32 scalars over the first `num_rows` rows.
+  """
   rows, mask = _chunks(val.images.shape[0], num_rows, plan.batch_size, jnp)
   live = (num_rows + plan.batch_size - 1) // plan.batch_size
 
@@ -392,7 +524,17 @@ _chunk_sums_jitted = jax.jit(_chunk_sums, static_argnames=("plan",))
 
 
 def evaluate_from_host(state: TrainState, val: Split, num_rows, *, plan: EvalPlan):
-  """`evaluate_on_device`'s chunks, each a jitted call from a Python loop (see `epoch_from_host`)."""
+  """`evaluate_on_device`'s chunks, each a jitted call from a Python loop (see `epoch_from_host`).
+
+  Args:
+    state: the train state evaluated (in inference mode).
+    val: the validation inputs and targets, padded to a fixed length.
+    num_rows: the rows of `val` that exist (an int or a scalar array).
+    plan: the pass's static part.
+
+  Returns:
+    A tuple `(mean_loss, accuracy)` of Python floats over the first `num_rows` rows.
+  """
   rows, mask = _chunks(val.images.shape[0], int(num_rows), plan.batch_size, np)
   live = [(r, m) for r, m in zip(rows, mask) if m.any()]  # chunks past num_rows add exact zeros: not run
   sums = [_chunk_sums_jitted(state, val.images, val.labels, r, m, plan=plan) for r, m in live]
@@ -410,8 +552,20 @@ def _mean_of_sums(loss_sums, correct_sums, n):
 
 
 def evaluate_streamed(state: TrainState, val: Split, num_rows, *, plan: EvalPlan):
-  """`evaluate_on_device` over a streamed view (unpadded), read chunk by chunk; its sums are reduced as
-  the scan reduces those of the same rows padded to their bucket."""
+  """`evaluate_on_device` over a streamed view (unpadded), read chunk by chunk.
+
+  Its chunks and their sums are reduced as `evaluate_on_device` reduces those of the same rows padded
+  to their bucket.
+
+  Args:
+    state: the train state evaluated (in inference mode).
+    val: the validation split; `images` is a streamed view, `labels` an array.
+    num_rows: the rows of `val` that exist (an int or a scalar array).
+    plan: the pass's static part.
+
+  Returns:
+    A tuple `(mean_loss, accuracy)` of float32 scalars over the first `num_rows` rows.
+  """
   n, mesh = int(num_rows), plan.statics.mesh
   rows, mask = _chunks(bucket_size(len(val.images)), n, plan.batch_size, np)
   live = [k for k in range(len(rows)) if mask[k].any()]  # chunks past n add exact zeros: not read
@@ -428,26 +582,61 @@ def evaluate_streamed(state: TrainState, val: Split, num_rows, *, plan: EvalPlan
 
 
 def loop_conv_implementation(backend: Optional[str] = None) -> str:
-  """How convolutions inside the trainer's loops convolve on `backend` (default: jax's): as patch products
-  on CPU, where XLA's own convolution runs far slower inside loops (`models.layers`); XLA's (cuDNN's,
-  the TPU's) everywhere else."""
+  """How convolutions inside the trainer's loops convolve on `backend` (default: jax's).
+
+  As patch products on CPU, where XLA's own convolution runs far slower inside loops (`models.layers`);
+  XLA's (cuDNN's, the TPU's) everywhere else.
+
+  Args:
+    backend: a jax backend name ("cpu", "gpu", "tpu"); None: `jax.default_backend()`.
+
+  Returns:
+    "patches" on CPU, else "native" (a name of `models.layers.IMPLEMENTATIONS`).
+  """
   return "patches" if (backend or jax.default_backend()) == "cpu" else "native"
 
 
 def loop_convolutions():
-  """The convolution context of the trainer's epochs and validation passes (`loop_conv_implementation`)."""
+  """The convolution context of the trainer's epochs and validation passes (`loop_conv_implementation`).
+
+  Returns:
+    A context manager (`models.layers.conv_implementation`) under which convolutions are lowered as
+    the trainer's loops lower them on the default backend.
+  """
   return layers.conv_implementation(loop_conv_implementation())
 
 
 def steps_from_host(backend: str, convolves: bool) -> bool:
-  """Whether `fit` runs an epoch's steps from a Python loop (`epoch_from_host`) on `backend`: only for
-  models that convolve, only on CPU, where XLA runs convolutions inside a while loop ~40× slower. On GPU
-  and TPU every epoch is one jitted call over data already on the device: no host round trip per step."""
+  """Whether `fit` runs an epoch's steps from a Python loop (`epoch_from_host`) on `backend`.
+
+  Only for models that convolve, only on CPU, where XLA runs convolutions inside a while loop ~40×
+  slower. On GPU and TPU every epoch is one jitted call over data already on the device: no host round
+  trip per step.
+
+  Args:
+    backend: a jax backend name ("cpu", "gpu", "tpu").
+    convolves: whether the loss convolves (`uses_convolution`).
+
+  Returns:
+    True on CPU for a loss that convolves, else False.
+  """
   return backend == "cpu" and convolves
 
 
 def uses_convolution(loss: Loss, params, model_state, x, y, hparams=None) -> bool:
-  """Whether `loss` convolves (traced once on one sample; nothing runs)."""
+  """Whether `loss` convolves (traced once on one sample; nothing runs).
+
+  Args:
+    loss: a per-sample loss (`step.Loss`).
+    params: its params.
+    model_state: its model state.
+    x: inputs, at least one row (only the first is traced).
+    y: their targets.
+    hparams: the loss's traced hyperparameters, or None.
+
+  Returns:
+    True when the loss's inference-mode jaxpr holds a convolution.
+  """
   jaxpr = jax.make_jaxpr(lambda p: loss(p, model_state, x[:1], y[:1], None, False, hparams))(params)
   return "conv_general_dilated" in str(jaxpr)
 
@@ -464,7 +653,20 @@ def _private_copy(tree):
 
 
 def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, config: FitConfig) -> FitState:
-  """A fresh FitState: Adam moments at zero, the configured learning rate, nothing trained yet."""
+  """A fresh FitState: Adam moments at zero, the configured learning rate, nothing trained yet.
+
+  Args:
+    objective: the loss, the leaves that train and the loss's hyperparameters.
+    params: the params to start from (also the best params until an epoch beats them).
+    model_state: the model state to start from.
+    config: the fit's schedule (its learning rate and weight decay are used here).
+
+  Returns:
+    A `FitState` at epoch 0 with the schedule at `config.learning_rate`.
+
+  Raises:
+    ValueError: `objective.trainable` is not shaped like `params`.
+  """
   train = TrainState.create(
     Adam(Mask.of(objective.trainable), config.weight_decay),
     params,
@@ -493,7 +695,8 @@ def fit(
 
   Args:
     objective: the loss, the leaves that train and the loss's hyperparameters.
-    params, model_state: the variables to start from (the caller's arrays are never consumed).
+    params: the params to start from (the caller's arrays are never consumed).
+    model_state: the model state to start from (likewise never consumed).
     data: the working set, its training and validation arrays.
     config: the schedule (learning rate, batch size, plateau and early stopping, epoch cap, ...).
     key: every random choice of the fit derives from it (the epoch's draw, then each step's key).
@@ -507,6 +710,8 @@ def fit(
     ValueError: the working set or the validation set is empty, or an epoch draws more samples than
       the working set holds without class-balanced sampling.
     NonFiniteLossError: a loss became NaN or inf (the message names the epoch and the checkpoint kept).
+    quicknets_jax.training.checkpoint.CheckpointError: the checkpoint to resume from is unreadable, or
+      an epoch's checkpoint could not be saved.
   """
   num_rows = int(data.rows.shape[0])  # the working set
   num_samples = num_rows if data.epoch_draws is None else int(data.epoch_draws)  # what an epoch trains on

@@ -31,7 +31,16 @@ COST_LEVER = "budget"
 
 
 def choose_combination(faithful: dict, levers: dict) -> list:
-  """The levers of the best combination, from validation accuracy only (see the module docstring)."""
+  """The levers of the best combination, from validation accuracy only (see the module docstring).
+
+  Args:
+    faithful: the faithful QuickNet's results.json.
+    levers: results.json of each lever alone, by lever name.
+
+  Returns:
+    The chosen lever names: the cost lever first, then every lever whose validation accuracy at its
+    threshold beats the faithful QuickNet's.
+  """
   reference = faithful["quicknet"]["val_accuracy_at_threshold"]
   return [COST_LEVER] + [
     name
@@ -48,13 +57,31 @@ def _curve(seed: dict, key: str, full_cost: float) -> tuple[np.ndarray, np.ndarr
 
 
 def curve_mean_accuracy(per_seed: list, full_cost: float, key: str = "curve") -> float:
-  """Mean over seeds of each seed's cost–accuracy curve's mean accuracy over its own cost range."""
+  """Mean over seeds of each seed's cost–accuracy curve's mean accuracy over its own cost range.
+
+  Args:
+    per_seed: the QuickNet's per-seed results.
+    full_cost: the end-to-end network's inference FLOPs (costs are read as fractions of it).
+    key: the curve's key ("curve", or "curve_confidence_only").
+
+  Returns:
+    The mean accuracy.
+  """
   return float(np.mean([curves.mean_accuracy(*_curve(seed, key, full_cost)) for seed in per_seed]))
 
 
 def commitment_margin(per_seed: list, full_cost: float, points: int = 21) -> float:
   """The smallest (over budgets in the range both curves cover) mean-over-seeds gap between the
-  commitment rule's and the confidence-only rule's test accuracy: > 0 means above at every budget."""
+  commitment rule's and the confidence-only rule's test accuracy: > 0 means above at every budget.
+
+  Args:
+    per_seed: the QuickNet's per-seed results.
+    full_cost: the end-to-end network's inference FLOPs.
+    points: budgets compared across the shared range.
+
+  Returns:
+    The smallest gap, in accuracy.
+  """
   gaps = [
     curves.gap_between(_curve(seed, "curve", full_cost), _curve(seed, "curve_confidence_only", full_cost), points)
     for seed in per_seed
@@ -86,7 +113,18 @@ def _row(name: str, results: dict, e2e: dict) -> dict:
 def run_ablation(
   workdir: str, seeds: tuple, data_dir: Optional[str] = None, log: Callable[[str], None] = print
 ) -> dict:
-  """Runs (or resumes) every variant and writes WORKDIR/ablation.json and ablation.md."""
+  """Runs (or resumes) every variant and writes WORKDIR/ablation.json and ablation.md.
+
+  Args:
+    workdir: the ablation's folder; each variant runs in WORKDIR/<variant>/.
+    seeds: the seeds every variant runs.
+    data_dir: where Fashion-MNIST is (None: found as usual).
+    log: where progress lines go.
+
+  Returns:
+    The contents of ablation.json: seeds, the end-to-end numbers, the chosen combination and its
+    flags, one row per variant and (with the wider lever) its own end-to-end baseline.
+  """
   base = ExperimentConfig().replace(dataset="fashion_mnist", data_dir=data_dir, seeds=seeds, end_to_end=False)
 
   def run(name: str, **levers) -> dict:

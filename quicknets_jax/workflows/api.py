@@ -61,12 +61,14 @@ def arrays_dataset(
   """A `Dataset` of arrays used as they are (identity normalisation).
 
   Args:
-    train, test: (images, labels) pairs; images float [N, ...], labels int [N].
+    train: the training (images, labels) pair; images float [N, ...], labels int [N].
+    test: the test (images, labels) pair, shaped likewise.
     val: an (images, labels) pair, or the fraction of `train` (its last rows) to hold out for validation.
     class_names: one name per class (default "0", "1", ...).
 
   Returns:
-    The dataset (name "arrays").
+    The dataset (name "arrays"), its images float32 and labels int32, with as many classes as the
+    largest label says (or as `class_names` lists, if more).
 
   Raises:
     ValueError: mismatched lengths or shapes, labels that are not integers, or an empty split.
@@ -121,7 +123,8 @@ def train(
   Args:
     model: a factory `(input_shape, num_classes, **kwargs) -> MultiExitModel` defined at the top level of
       a module (`multi_exit_model` builds one from your modules), or `functools.partial(factory, **kwargs)`.
-    train, test: (images, labels) pairs, used as they are (identity normalisation).
+    train: the training (images, labels) pair, used as it is (identity normalisation).
+    test: the test (images, labels) pair; it and the validation split are kept in WORKDIR/arrays/.
     val: an (images, labels) pair, or the fraction of `train` to hold out (its last rows).
     config: the QuickNet's settings and schedule (`QuickNetConfig`), or a whole `ExperimentConfig` (exit
       rule, end-to-end baseline on or off, ...); default: the paper's MLP schedule.
@@ -130,8 +133,8 @@ def train(
     log: where progress lines go.
 
   Returns:
-    The results dict (WORKDIR/results.json): QuickNet and end-to-end accuracy, inference and training
-    FLOPs, exit fractions, per seed and their mean.
+    The results dict, as written to WORKDIR/results.json, with the QuickNet's and the end-to-end
+    network's accuracy, inference and training FLOPs and exit fractions, per seed and their mean.
 
   Raises:
     ValueError: a factory another process could not import, bad arrays, or another run in `workdir`.
@@ -158,11 +161,21 @@ def train(
 
 
 def load(workdir: str, seed: Optional[int] = None, blocks: Optional[int] = None) -> TrainedQuickNet:
-  """A trained run read back from its workdir (`workflows.trained.load_trained`): its frozen blocks, with
-  what `predict`, `threshold_for` and `export` need.
+  """A trained run read back from its workdir (`workflows.trained.load_trained`).
+
+  Its frozen blocks, with what `predict`, `threshold_for` and `export` need.
+
+  Args:
+    workdir: the run's directory (what `train` was given).
+    seed: which seed's blocks (default: the first seed with a frozen block).
+    blocks: use only the first K blocks (default: every block frozen so far; the run may still train).
+
+  Returns:
+    The `TrainedQuickNet` of that seed.
 
   Raises:
-    TrainedRunError: one line naming the fix (no run, no data.json, an unimportable factory, ...).
+    quicknets_jax.workflows.trained.TrainedRunError: one line naming the fix (no run, no data.json, an
+      unimportable factory, ...).
   """
   return load_trained(workdir, seed, blocks)
 
@@ -175,10 +188,22 @@ def threshold_for(
   target_exit_fraction: Optional[float] = None,
   log: Callable[[str], None] = print,
 ) -> float:
-  """The exit threshold that meets one target on the run's validation split (then measured on its test
-  split and logged): at most `target_mflops` MFLOPs per image (the most accurate such threshold), at least
-  `target_accuracy` (the cheapest), or at least `target_exit_fraction` of the images leaving before the
-  last exit; with no target, the run's own operating threshold.
+  """The exit threshold that meets one target on the run's validation split.
+
+  The threshold is then measured on the run's test split and logged. The target is one of: at most
+  `target_mflops` MFLOPs per image (the most accurate such threshold), at least `target_accuracy` (the
+  cheapest), or at least `target_exit_fraction` of the images leaving before the last exit. With no
+  target, the run's own operating threshold.
+
+  Args:
+    trained: the run, as `load` returns it.
+    target_mflops: the largest mean inference cost per image, in MFLOPs.
+    target_accuracy: the lowest accuracy, a fraction in [0, 1].
+    target_exit_fraction: the lowest fraction of images that leave before the last exit.
+    log: where the test split's measurement is logged.
+
+  Returns:
+    The exit threshold.
 
   Raises:
     ValueError: more than one target, or a target no threshold meets (the message says what is reachable).
@@ -188,6 +213,19 @@ def threshold_for(
 
 
 def export(trained: TrainedQuickNet, out_dir: str, threshold: Optional[float] = None) -> str:
-  """The run's cascade at `threshold` (default: its operating threshold) as a deployable directory that
-  runs with JAX alone (`workflows.export.export_cascade`); returns the manifest's path."""
+  """The run's cascade at `threshold` as a deployable directory that runs with JAX alone.
+
+  See `workflows.export.export_cascade` for what the directory holds.
+
+  Args:
+    trained: the run, as `load` returns it.
+    out_dir: the directory to write.
+    threshold: the exit threshold; None: the run's operating threshold.
+
+  Returns:
+    The path of the exported manifest.
+
+  Raises:
+    ValueError: the run's exit rule falls back to the last exit, which the exported cascade does not do.
+  """
   return export_trained(trained, out_dir, trained.threshold() if threshold is None else threshold)

@@ -4,17 +4,17 @@
 block's inputs to (its features, its exit's prediction, that prediction's confidence, its commitment
 logit) — the weights and the confidence formula are inside it — plus manifest.json (threshold, class
 names, input shape, normalisation) and a copy of this file as cascade_loader.py. This module imports
-only the standard library, numpy and jax, so that copy runs wherever JAX does:
+only the standard library, numpy and jax, so that copy runs wherever JAX does::
 
     import cascade_loader
     cascade = cascade_loader.load("exported/")
     answers = cascade.predict(pixels)          # uint8 [N, H, W, C]; answers["class"], ["exit"], ...
 
-The exit rule is the package's (design.md §1): a sample leaves at the first exit whose confidence
-exceeds the threshold and whose commitment logit is positive; after the last exported block the most
-confident exit answers (ties: the earlier one). Samples that have left run no further block; the rows
-that continue are gathered and padded to one of a few sizes, so each block compiles for a handful of
-batch sizes only.
+The exit rule is the package's (its documentation's method page, docs/method.md): a sample leaves at
+the first exit whose confidence exceeds the threshold and whose commitment logit is positive; after the
+last exported block the most confident exit answers (ties: the earlier one). Samples that have left run
+no further block; the rows that continue are gathered and padded to one of a few sizes, so each block
+compiles for a handful of batch sizes only.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ VERSION = 1
 
 
 def padded_size(n: int) -> int:
-  """n up to 16, above that the next multiple of a quarter of the power of two below n (≤ 25 % padding)."""
+  """n up to 16, above that the next multiple of a quarter of the power of two below n (≤ 25 % padding).
+
+  Args:
+    n: the number of rows.
+
+  Returns:
+    The padded batch size.
+  """
   if n <= 16:
     return max(n, 1)
   step = 1 << (n.bit_length() - 3)
@@ -39,7 +46,22 @@ def padded_size(n: int) -> int:
 
 
 class ExportedCascade:
-  """An exported cascade read from its directory (see the module doc)."""
+  """An exported cascade read from its directory (see the module doc).
+
+  Args:
+    directory: the export's folder (manifest.json and one artifact per block).
+
+  Attributes:
+    manifest: manifest.json's contents.
+    blocks: one jitted call per exported block.
+    threshold: the exit threshold chosen when it was exported.
+    class_names: one name per class.
+    image_shape: (H, W, C) the cascade reads.
+
+  Raises:
+    FileNotFoundError: the folder holds no manifest.json.
+    ValueError: the manifest is not of this loader's format and version.
+  """
 
   def __init__(self, directory: str):
     path = os.path.join(directory, MANIFEST)
@@ -61,7 +83,17 @@ class ExportedCascade:
     self._divisor = np.float32(self.manifest.get("divisor", 255.0))  # absent: uint8 pixels
 
   def normalise(self, pixels) -> np.ndarray:
-    """Raw images [N, H, W, C] → the network's inputs: (raw / divisor − mean) / std per channel."""
+    """Raw images [N, H, W, C] → the network's inputs: (raw / divisor − mean) / std per channel.
+
+    Args:
+      pixels: [N, H, W, C] raw images (uint8 pixels for the built-in datasets).
+
+    Returns:
+      float32 [N, H, W, C] inputs.
+
+    Raises:
+      ValueError: the images are not of the cascade's (H, W, C).
+    """
     pixels = np.asarray(pixels)
     if tuple(pixels.shape[1:]) != self.image_shape:
       raise ValueError(f"images are {pixels.shape[1:]}, the cascade reads {self.image_shape} (H, W, C)")
@@ -99,7 +131,20 @@ class ExportedCascade:
 
   def predict(self, pixels, threshold: float | None = None, batch_size: int = 1024, use_commitment: bool = True):
     """Answers for uint8 `pixels` [N, H, W, C]: a dict of arrays — class, exit, confidence,
-    commitment_logit, qualified (False: the fallback answered), blocks_run — in input order."""
+    commitment_logit, qualified (False: the fallback answered), blocks_run — in input order.
+
+    Args:
+      pixels: [N, H, W, C] raw images.
+      threshold: the exit threshold (None: the exported one).
+      batch_size: images per batch.
+      use_commitment: False: the confidence-only rule.
+
+    Returns:
+      The dict of [N] arrays.
+
+    Raises:
+      ValueError: the images are not of the cascade's (H, W, C).
+    """
     threshold = self.threshold if threshold is None else float(threshold)
     x = self.normalise(pixels)
     parts = [self._batch(x[i : i + batch_size], threshold, use_commitment) for i in range(0, len(x), batch_size)]
@@ -108,9 +153,28 @@ class ExportedCascade:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def class_name(self, index: int) -> str:
+    """The name of class `index`.
+
+    Args:
+      index: a class index (e.g. an entry of `predict`'s "class").
+
+    Returns:
+      The class's name.
+    """
     return self.class_names[int(index)]
 
 
 def load(directory: str) -> ExportedCascade:
-  """The cascade exported to `directory` (manifest.json and its block files)."""
+  """The cascade exported to `directory` (manifest.json and its block files).
+
+  Args:
+    directory: the export's folder.
+
+  Returns:
+    The `ExportedCascade`.
+
+  Raises:
+    FileNotFoundError: the folder holds no manifest.json.
+    ValueError: the manifest is not of this loader's format and version.
+  """
   return ExportedCascade(directory)

@@ -10,6 +10,10 @@ metrics line); the frozen blocks' outputs are computed once and kept, so an epoc
 pass of block j over the validation and test splits. None of this is counted as training cost: it is
 measurement (its FLOPs are not counted, and its seconds, `DeployableCurve.seconds`, come off the run's
 `train_seconds`).
+
+Under the decoupled schedule (phase "decoupled") every block trains at once and every commitment head
+alongside, so the deployable network after an epoch is the whole cascade as it is then (each block with
+its head); its outputs are computed afresh over both splits after every epoch.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 from quicknets_jax.algorithms import forward
 from quicknets_jax.core import exits
 from quicknets_jax.data.split import Split
-from quicknets_jax.models.base import MultiExitModel, merge_variables
+from quicknets_jax.models.base import MultiExitModel, merge_blocks, merge_variables
 from quicknets_jax.training.events import BlockFrozen, EpochDone, Events
 
 
@@ -32,8 +36,22 @@ class DeployableCurve(Events):
     model: the QuickNet's model.
     val, test: the splits it is measured on (the threshold is chosen on `val`).
     exit_threshold: a fixed exit threshold, or None to choose it on validation at every point.
-    threshold_tolerance, fallback: the exit rule's settings (`workflows.experiment_config.ExitRuleConfig`).
+    threshold_tolerance: the exit rule's tolerance when the threshold is chosen on validation
+      (`workflows.experiment_config.ExitRuleConfig`).
+    fallback: the exit rule's fallback for samples no exit commits on ("most_confident" or "last").
     batch_size: the evaluation batch size.
+
+  Attributes:
+    model: the QuickNet's model.
+    batch_size: the evaluation batch size.
+    labels: the labels of each split, {"val": ..., "test": ...}.
+    features: per split, the features entering the next block to train (the inputs at first).
+    outputs: per split, the (probabilities, commitment logits) of each frozen block.
+    exit_threshold: the fixed exit threshold, or None.
+    tolerance: the exit rule's threshold tolerance.
+    fallback: the exit rule's fallback.
+    seconds: the seconds spent measuring inside the training's clock (in this process), which the run
+      takes off its `train_seconds`.
   """
 
   def __init__(
@@ -56,12 +74,27 @@ class DeployableCurve(Events):
     self.seconds = 0.0  # spent measuring inside the training's clock (in this process)
 
   def block_frozen(self, event: BlockFrozen) -> None:
+    """Runs the frozen block once over both splits and keeps its outputs and features.
+
+    Its seconds count in `seconds` unless the block was restored from a checkpoint.
+
+    Args:
+      event: the frozen block, with its variables.
+    """
     start = time.perf_counter()
     self._block_frozen(event)
     if not event.restored:  # a replayed block is not inside any training's clock
       self.seconds += time.perf_counter() - start
 
   def epoch_done(self, event: EpochDone) -> None:
+    """Adds the deployable cascade's point to the record of a block epoch (or a decoupled epoch).
+
+    Epochs of other phases are left as they are. The keys added are "cascade_test_accuracy",
+    "cascade_threshold" and "training_flops_so_far"; the seconds spent count in `seconds`.
+
+    Args:
+      event: the finished epoch; its record is updated in place.
+    """
     start = time.perf_counter()
     self._epoch_done(event)
     self.seconds += time.perf_counter() - start
@@ -74,6 +107,9 @@ class DeployableCurve(Events):
       self.outputs[split].append((probs, commits))
 
   def _epoch_done(self, event: EpochDone) -> None:
+    if event.phase == "decoupled":
+      self._decoupled_epoch_done(event)
+      return
     if event.phase != "block":
       return
     j = event.block
@@ -84,7 +120,21 @@ class DeployableCurve(Events):
       always = np.full(probs.shape[0], np.inf, np.float32)  # no head yet: it commits when confident
       frozen = self.outputs[split]
       stacked[split] = (np.stack([p for p, _ in frozen] + [probs]), np.stack([c for _, c in frozen] + [always]))
-    cascade = self.model.cascade_costs()[: j + 1]
+    self._record(event, stacked, self.model.cascade_costs()[: j + 1])
+
+  def _decoupled_epoch_done(self, event: EpochDone) -> None:
+    depth = event.record["depth"]
+    variables = merge_blocks(event.state.train.params, event.state.train.model_state)[:depth]
+    stacked = {
+      split: tuple(
+        np.asarray(a) for a in forward.all_exit_outputs(self.model, variables, self.features[split], self.batch_size)
+      )
+      for split in ("val", "test")
+    }
+    self._record(event, stacked, self.model.cascade_costs()[:depth])
+
+  def _record(self, event: EpochDone, stacked: dict, cascade) -> None:
+    """The deployable cascade's point: its threshold chosen on validation, its test accuracy."""
     threshold = self.exit_threshold
     if threshold is None:
       sweep = exits.sweep_thresholds(*stacked["val"], self.labels["val"], cascade, fallback=self.fallback)

@@ -3,7 +3,7 @@
 For every seed: train the QuickNet (checkpoint per frozen block), choose the operating exit threshold
 on the validation split, report test accuracy, inference and training FLOPs and the cost–accuracy
 curve; train the end-to-end baseline through the same trainer; then aggregate mean ± std over seeds
-(results.json, design.md §3) and render the paper's Table 1 layout (results.md). Finished seeds are
+(results.json; docs/method.md) and render the paper's Table 1 layout (results.md). Finished seeds are
 kept in WORKDIR/seed_<s>/ and not redone, so a stopped run picks up where it was.
 """
 
@@ -48,7 +48,15 @@ Log = Callable[[str], None]
 def check_batch_size(batch_size: int, num_train: int) -> None:
   """Refuses a --batch_size larger than the whole training split: it is a typo or the wrong data, and
   clamping it would silently train another schedule. (Working sets T_j that shrink below the batch
-  size inside a run are expected; the trainer takes them as one batch.)"""
+  size inside a run are expected; the trainer takes them as one batch.)
+
+  Args:
+    batch_size: --batch_size.
+    num_train: rows of the training split.
+
+  Raises:
+    ValueError: the batch is larger than the split (the message names the fix).
+  """
   if batch_size > num_train:
     raise ValueError(
       f"--batch_size={batch_size} is larger than the {num_train} training samples: pass "
@@ -57,11 +65,30 @@ def check_batch_size(batch_size: int, num_train: int) -> None:
 
 
 def param_count(tree) -> int:
+  """The number of parameters in a pytree of arrays.
+
+  Args:
+    tree: e.g. a model's params.
+
+  Returns:
+    The total element count.
+  """
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
 def evaluate_quicknet(model, variables, dataset: Dataset, config: ExperimentConfig) -> dict:
-  """Chooses the exit threshold on validation, then measures the test split at it (and the curves)."""
+  """Chooses the exit threshold on validation, then measures the test split at it (and the curves).
+
+  Args:
+    model: the multi-exit model.
+    variables: the trained blocks' variables (the QuickNet cut after the last of them).
+    dataset: the data (its validation and test splits).
+    config: the run's settings (the exit rule, the evaluation batch size).
+
+  Returns:
+    The seed's evaluation: test accuracy, inference FLOPs, exit fractions, per-exit accuracies, the
+    cost–accuracy curves and the same after every block.
+  """
   num = len(variables)
   rule = config.exit_rule
   cascade = model.cascade_costs()[:num]
@@ -148,9 +175,19 @@ def run_quicknet_seed(
   log: Log,
   metrics: Optional[metrics_lib.MetricsWriter] = None,
 ) -> dict:
-  """Trains (or resumes) one seed's QuickNet and evaluates it; returns its per-seed results.
+  """Trains (or resumes) one seed's QuickNet and evaluates it.
 
-  With `metrics`, every block and commitment epoch becomes a line of WORKDIR/metrics.jsonl.
+  Args:
+    model: the multi-exit model.
+    dataset: the data.
+    config: the run's settings.
+    seed: the seed.
+    seed_dir: where its checkpoints go (WORKDIR/seed_<s>).
+    log: where progress lines go.
+    metrics: with a writer, every block and commitment epoch becomes a line of WORKDIR/metrics.jsonl.
+
+  Returns:
+    The seed's results (quicknet.json).
   """
   checkpointer = BlockCheckpointer(os.path.join(seed_dir, "quicknet_checkpoints"))
   tag = f"[seed {seed} quicknet]"
@@ -210,6 +247,8 @@ def run_quicknet_seed(
     finetune=None if run.finetune is None else {k: v for k, v in run.finetune.items() if k != "history"},
     history=[dict(block=r.block, epochs=r.history, commitment_epochs=r.commit_history) for r in records],
   )
+  if run.schedule != "sequential":  # every block at once: the epochs of the whole network
+    result.update(schedule=run.schedule, network_epochs=run.epochs)
   if tracker is not None:
     tracker.after_blocks(result)
   return result
@@ -226,8 +265,19 @@ def run_end_to_end_seed(
 ) -> dict:
   """Trains (or resumes, from SEED_DIR/end_to_end_checkpoints) one seed's end-to-end baseline.
 
-  With `metrics`, every epoch becomes a line of WORKDIR/metrics.jsonl and its history entry gets the
-  test accuracy after that epoch (for the accuracy-vs-training-cost figure; kept off `train_seconds`).
+  Args:
+    model: the multi-exit model (its backbone and last exit train).
+    dataset: the data.
+    config: the run's settings.
+    seed: the seed.
+    log: where progress lines go.
+    seed_dir: where its checkpoints go (None: no checkpoints).
+    metrics: with a writer, every epoch becomes a line of WORKDIR/metrics.jsonl and its history entry
+      gets the test accuracy after that epoch (for the accuracy-vs-training-cost figure; kept off
+      `train_seconds`).
+
+  Returns:
+    The seed's results (end_to_end.json).
   """
   tracker = None
   if metrics is not None:
@@ -359,7 +409,7 @@ def train_and_evaluate(
     # this process's compiles (seeds read back from an earlier run add none) and the cache's state
     compile_seconds=compile_summary(compiled, entries_at_start),
     flops_convention="1 multiply-add = 2 FLOPs; training = 3 x forward per trained sample + "
-    "cache, selection and validation forwards (design.md section 2)",
+    "cache, selection and validation forwards (docs/method.md, FLOP accounting)",
     quicknet=aggregate(quicknet_seeds),
   )
   if e2e_seeds:

@@ -2,7 +2,7 @@
 
 Each block becomes one serialized artifact mapping its inputs [b, ...] (b symbolic: any batch size) to
 (features, prediction, confidence, commitment logit), its weights inside; manifest.json says how to
-feed it, and cascade_loader.py (a copy of `core.exported_cascade`) runs it with JAX alone.
+feed it, and cascade_loader.py (a copy of `workflows.cascade_loader`) runs it with JAX alone.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def export_cascade(
   cascade_loader.py, which runs it with JAX alone. Its fallback is the most confident exit.
 
   Args:
-    model: the multi-exit model; variables: the trained blocks' variables (the first K blocks cascade).
+    model: the multi-exit model.
+    variables: the trained blocks' variables (the first K blocks cascade).
     threshold: the exit threshold in [0, 1].
     normalisation: how raw images become inputs (`TrainedQuickNet.normalisation`; identity for arrays
       used as they are).
@@ -106,8 +107,18 @@ def export_cascade(
 def export_trained(trained: TrainedQuickNet, out_dir: str, threshold: float, platforms=None) -> str:
   """`export_cascade` of a run read back from its workdir (`trained.load_trained`).
 
+  Args:
+    trained: the run's frozen blocks.
+    out_dir: the directory written (made if missing).
+    threshold: the exit threshold in [0, 1].
+    platforms: the backends the artifacts can run on (default: this machine's).
+
+  Returns:
+    The manifest's path.
+
   Raises:
-    ValueError: the run's exit rule falls back to the last exit, which the exported cascade does not do.
+    ValueError: the run's exit rule falls back to the last exit, which the exported cascade does not do,
+      or the threshold is out of range.
   """
   if trained.config.exit_rule.fallback != "most_confident":
     raise ValueError("the exported cascade implements the most_confident fallback only; the run uses 'last'")

@@ -24,7 +24,14 @@ from quicknets_jax.models.base import Block, MultiExitModel
 
 
 def end_to_end_classifier(model: MultiExitModel) -> Callable:
-  """jit(variables, x) -> the last exit's predicted class: the network without its early exits."""
+  """jit(variables, x) -> the last exit's predicted class: the network without its early exits.
+
+  Args:
+    model: the multi-exit model.
+
+  Returns:
+    The jitted function (variables, x) -> [B] predicted classes.
+  """
 
   @jax.jit
   def predict(variables, x):
@@ -37,7 +44,16 @@ def end_to_end_classifier(model: MultiExitModel) -> Callable:
 
 def interleaved_seconds(calls: dict, repeats: int, warmup: int = 2) -> dict:
   """Seconds of each call (name -> zero-argument function) in each of `repeats` rounds; a round runs
-  every call once, in an order that rotates from round to round. `warmup` untimed rounds first."""
+  every call once, in an order that rotates from round to round. `warmup` untimed rounds first.
+
+  Args:
+    calls: the calls to time, by name.
+    repeats: timed rounds.
+    warmup: untimed rounds before them.
+
+  Returns:
+    {name: [repeats] seconds}.
+  """
   names = list(calls)
   times = {name: [] for name in names}
   for round_ in range(warmup + repeats):
@@ -61,10 +77,13 @@ def cascade_speedup(
   """Times the cascade and the end-to-end network on the images of `test` (see the module doc).
 
   Args:
-    model, variables: the trained QuickNet.
+    model: the trained QuickNet's model.
+    variables: its variables.
     test: the images timed, and their labels (for the accuracy).
-    threshold, fallback: the exit rule.
-    batch_size: images per device batch; repeats: timed rounds.
+    threshold: the exit rule's threshold.
+    fallback: the exit rule's fallback.
+    batch_size: images per device batch.
+    repeats: timed rounds.
 
   Returns:
     Throughputs (samples/s, medians), `speedup` (end-to-end / cascade time), the cascade's mean FLOPs

@@ -6,9 +6,10 @@ same numbers as TensorBoard scalars under `WORKDIR/tensorboard/<run>/` through t
 needs no TensorFlow (`tensorboard --logdir WORKDIR/tensorboard` shows them; TensorBoard itself is not
 a dependency). Every line carries the keys of `REQUIRED_KEYS`: which block, which epoch, how many
 training samples are left in the working set, train loss and accuracy, the learning rate, the
-cumulative training FLOPs so far (design.md §2's convention) and the wall time so far.
+cumulative training FLOPs so far (counted as the method page, docs/method.md, describes) and the wall
+time so far.
 
-The cumulative FLOPs are those the algorithms report with each epoch (`algorithms.events`), counted by
+The cumulative FLOPs are those the algorithms report with each epoch (`training.events`), counted by
 the same cost model as the results, so the last line of a finished block or baseline equals its total
 in the results (up to the block's final selection pass, which runs after its last epoch).
 `QuickNetMetrics`, `EndToEndMetrics` and `ProgressLines` are the listeners.
@@ -27,7 +28,7 @@ from quicknets_jax.core.progress import EpochProgress
 from quicknets_jax.training import parallel
 from quicknets_jax.training.events import BlockFrozen, EpochDone, Events
 
-# Keys every line of metrics.jsonl has (issue 7); `val_*`, `test_accuracy`, `phase`, ... come on top.
+# Keys every line of metrics.jsonl has; `val_*`, `test_accuracy`, `phase`, ... come on top.
 REQUIRED_KEYS = (
   "run",
   "seed",
@@ -52,6 +53,17 @@ class MetricsWriter:
   A resumed run appends: lines of a block that was interrupted and retrained appear twice, the later
   ones are the block that counts (they carry a later `time`). In a multi-process run only process 0
   writes (`parallel.is_writer`); on the others every call is a no-op.
+
+  Args:
+    workdir: the run's folder (created if missing).
+    tensorboard: also write TensorBoard event files.
+
+  Attributes:
+    workdir: as given.
+    path: the metrics.jsonl file.
+
+  Raises:
+    ImportError: `tensorboard` is True and tensorboardX is not installed (raised before any training).
   """
 
   def __init__(self, workdir: str, tensorboard: bool = True):
@@ -82,8 +94,12 @@ class MetricsWriter:
   def write(self, line: dict, step: Optional[int] = None) -> None:
     """Writes one metrics line (a flat dict with at least `run`); numbers also go to TensorBoard.
 
-    `step` is the TensorBoard step (default: the line's `epoch`). Tags are `<phase>/<key>`, so the
-    QuickNet's block epochs and the end-to-end epochs overlay under the same tag.
+    Tags are `<phase>/<key>`, so the QuickNet's block epochs and the end-to-end epochs overlay under the
+    same tag.
+
+    Args:
+      line: the metrics, a flat dict with at least `run`; a `time` is added.
+      step: the TensorBoard step (default: the line's `epoch`).
     """
     if not self._writes:
       return
@@ -102,6 +118,7 @@ class MetricsWriter:
         writer.add_scalar(f"{phase}/{key}", value, step, walltime=line["time"])
 
   def flush(self) -> None:
+    """Flushes the log file and every event file (each line is flushed as written anyway)."""
     if self._file is not None:
       self._file.flush()
     for writer in self._writers.values():
@@ -123,7 +140,14 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list:
-  """Every line of WORKDIR/metrics.jsonl as a dict ([] when there is none)."""
+  """Every line of WORKDIR/metrics.jsonl as a dict ([] when there is none).
+
+  Args:
+    workdir: the run's folder.
+
+  Returns:
+    The lines, in the order written.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
@@ -150,17 +174,42 @@ def _epoch_fields(record: dict) -> dict:
 
 
 class ProgressLines(Events):
-  """One progress line per epoch (`core.progress.EpochProgress`) for every fit of a run."""
+  """One progress line per epoch (`core.progress.EpochProgress`) for every fit of a run.
+
+  Args:
+    prefix: what starts every line (e.g. "[seed 0 quicknet]").
+    max_epochs: the fits' epoch limit, for the ETA.
+    log: where the lines go.
+
+  Attributes:
+    progress: the line formatter.
+  """
 
   def __init__(self, prefix: str, max_epochs: int, log: Callable[[str], None]):
     self.progress = EpochProgress(prefix, max_epochs, log)
 
   def epoch_done(self, event: EpochDone) -> None:
+    """Writes the epoch's line.
+
+    Args:
+      event: the finished epoch.
+    """
     self.progress(event.phase, event.state, event.record)
 
 
 class QuickNetMetrics(Events):
-  """One metrics line per epoch of one seed's QuickNet, with the training FLOPs and seconds so far."""
+  """One metrics line per epoch of one seed's QuickNet, with the training FLOPs and seconds so far.
+
+  Args:
+    writer: where the lines go.
+    seed: the seed whose QuickNet this is.
+
+  Attributes:
+    writer: as given.
+    seed: as given.
+    run: the run's name in the log, "seed_<s>/quicknet".
+    done_seconds: the seconds of the frozen blocks (their records').
+  """
 
   def __init__(self, writer: MetricsWriter, seed: int):
     self.writer, self.seed = writer, seed
@@ -170,10 +219,20 @@ class QuickNetMetrics(Events):
     self.step = 0
 
   def block_frozen(self, event: BlockFrozen) -> None:
+    """Adds the frozen block's seconds to the run's clock.
+
+    Args:
+      event: the frozen block.
+    """
     self.done_seconds += float(event.record.seconds)
     self.start = time.perf_counter()
 
   def epoch_done(self, event: EpochDone) -> None:
+    """Writes the epoch's line (with the deployable cascade's test accuracy where the epoch measured it).
+
+    Args:
+      event: the finished epoch.
+    """
     self.step += 1
     line = dict(
       **{k: event.record[k] for k in ("cascade_test_accuracy", "cascade_threshold") if k in event.record},
@@ -190,7 +249,11 @@ class QuickNetMetrics(Events):
 
   def after_blocks(self, result: dict) -> None:
     """One line per trained block with the test accuracy of the QuickNet cut after it (from the
-    evaluation of the finished seed), at the cumulative training FLOPs up to that block."""
+    evaluation of the finished seed), at the cumulative training FLOPs up to that block.
+
+    Args:
+      result: the finished seed's QuickNet results.
+    """
     parts = result.get("training_flops_parts", [])
     accuracies = result.get("test_accuracy_after_block", [])
     total = 0.0
@@ -215,7 +278,20 @@ class QuickNetMetrics(Events):
 class EndToEndMetrics(Events):
   """One metrics line per epoch of one seed's end-to-end network; with `test_eval`, the test accuracy
   after every epoch too (added to the epoch's record, i.e. its history entry; kept off the reported
-  training time through `seconds`)."""
+  training time through `seconds`).
+
+  Args:
+    writer: where the lines go (None: only the test accuracy is recorded).
+    seed: the seed whose network this is.
+    test_eval: (params, model state) -> test accuracy, or None.
+
+  Attributes:
+    writer: as given.
+    seed: as given.
+    run: the run's name in the log, "seed_<s>/end_to_end".
+    test_eval: as given.
+    seconds: time spent here, which the caller takes off the run's training seconds.
+  """
 
   def __init__(self, writer: Optional[MetricsWriter], seed: int, test_eval=None):
     self.writer, self.seed = writer, seed
@@ -225,6 +301,11 @@ class EndToEndMetrics(Events):
     self.seconds = 0.0  # time spent here, which the caller takes off the run's training seconds
 
   def epoch_done(self, event: EpochDone) -> None:
+    """Measures the test accuracy (with `test_eval`) and writes the epoch's line.
+
+    Args:
+      event: the finished epoch.
+    """
     start = time.perf_counter()
     record = event.record
     if self.test_eval is not None:

@@ -38,6 +38,23 @@ def operating_threshold(
   `target_accuracy` (a fraction) or `target_exit_fraction` (share leaving before the last exit) —
   met on the run's validation split (`exits.threshold_for_target`), then measured on its test split
   and logged; none: the run's own operating threshold (chosen on validation when not recorded).
+
+  Args:
+    trained: the run's frozen blocks.
+    threshold: a threshold in [0, 1] to use as given.
+    target_mflops: a compute budget, mean MFLOPs per image: the most accurate threshold within it.
+    target_accuracy: an accuracy in [0, 1]: the cheapest threshold that reaches it.
+    target_exit_fraction: a share in [0, 1] of images that must leave before the last exit.
+    log: where the line about a target's threshold goes.
+
+  Returns:
+    (threshold, info): `info["source"]` says where the threshold came from ("given", "the run's",
+    "chosen on validation" or "target"); for a target, `info` also holds the validation operating point,
+    the expected test accuracy and FLOPs, and the end-to-end network's FLOPs.
+
+  Raises:
+    ValueError: more than one of them is given, the threshold or target is out of range, or no
+      threshold meets the target (the message names what is reachable).
   """
   targets = dict(
     max_flops=None if target_mflops is None else target_mflops * 1e6,
@@ -81,7 +98,16 @@ def operating_threshold(
 
 def prediction_rows(result: CascadeResult, names, class_names) -> list[dict]:
   """One dict per image (`COLUMNS`): its name, class, class name, the exit that answered, that exit's
-  confidence and commitment logit, and whether the rule fired there (False: the fallback answered)."""
+  confidence and commitment logit, and whether the rule fired there (False: the fallback answered).
+
+  Args:
+    result: the cascade's answers.
+    names: one name per image.
+    class_names: one name per class.
+
+  Returns:
+    The rows, in image order.
+  """
   return [
     dict(
       image=name,
@@ -99,7 +125,16 @@ def prediction_rows(result: CascadeResult, names, class_names) -> list[dict]:
 
 
 def write_predictions(rows: list, out: str = "-", fmt: str = "jsonl") -> None:
-  """Writes `rows` as JSON lines or CSV to the file `out` ("-": standard output)."""
+  """Writes `rows` as JSON lines or CSV to the file `out` ("-": standard output).
+
+  Args:
+    rows: dicts with the keys of `COLUMNS` (`prediction_rows`).
+    out: the file to write, or "-" for standard output.
+    fmt: "jsonl" or "csv".
+
+  Raises:
+    ValueError: `fmt` is not one of `FORMATS`.
+  """
   if fmt not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
   stream = sys.stdout if out == "-" else open(out, "w", newline="")
@@ -117,7 +152,15 @@ def write_predictions(rows: list, out: str = "-", fmt: str = "jsonl") -> None:
 
 
 def summary(result: CascadeResult, trained: TrainedQuickNet) -> str:
-  """One line: images, the share leaving at each exit and the mean FLOPs per image spent."""
+  """One line: images, the share leaving at each exit and the mean FLOPs per image spent.
+
+  Args:
+    result: the cascade's answers.
+    trained: the run they came from (for its block count and costs).
+
+  Returns:
+    The line.
+  """
   n = len(result.prediction)
   if not n:
     return "0 images"

@@ -21,6 +21,15 @@ def load_workdir(workdir: str) -> dict:
 
   Works on a finished run and on an interrupted one: seeds whose QuickNet has not finished are left
   out (listed under "unfinished"), and the end-to-end entry holds the seeds whose baseline finished.
+
+  Args:
+    workdir: the run's folder.
+
+  Returns:
+    The results dict.
+
+  Raises:
+    ValueError: the folder holds no run, or no seed has finished its QuickNet yet.
   """
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
@@ -72,7 +81,16 @@ def load_workdir(workdir: str) -> dict:
 def write_report(workdir: str, figures_dir: str | None = None, results_md: str | None = None) -> dict:
   """Regenerates results.md (table + Figures section) and the PNG figures of the run in WORKDIR.
 
-  Returns {"results_md": path, "figures": {name: path}, "skipped": {name: reason}, "unfinished": [...]}.
+  Args:
+    workdir: the run's folder.
+    figures_dir: where the PNGs go (default WORKDIR/figures).
+    results_md: the Markdown file written (default WORKDIR/results.md).
+
+  Returns:
+    {"results_md": path, "figures": {name: path}, "skipped": {name: reason}, "unfinished": [...]}.
+
+  Raises:
+    ValueError: the folder holds no run, or no seed has finished its QuickNet yet.
   """
   results = load_workdir(workdir)
   figures_dir = figures_dir or os.path.join(workdir, "figures")

@@ -2,12 +2,12 @@
 
 Analysis, on the stacked outputs of any trained multi-exit network (`probs` [E, N, C],
 `commit_logits` [E, N]), by sweeping the exit threshold t:
-- three cost–accuracy curves:
-  `confidence`  — confidence only, most-confident fallback (the paper's rule without δ);
-  `commitment`  — confidence + commitment, most-confident fallback (the paper's rule);
-  `sdn_last`    — confidence only, fall back to the last exit (the SDN/BranchyNet rule).
-  Costs are design.md §2's inference FLOPs per sample; the two confidence-only rules never evaluate
-  a commitment head, so their cascade leaves the heads' FLOPs out.
+
+- three cost–accuracy curves: `confidence` — confidence only, most-confident fallback (the paper's
+  rule without δ); `commitment` — confidence + commitment, most-confident fallback (the paper's
+  rule); `sdn_last` — confidence only, fall back to the last exit (the SDN/BranchyNet rule). Costs are
+  inference FLOPs per sample as the method page (docs/method.md) counts them; the two confidence-only
+  rules never evaluate a commitment head, so their cascade leaves the heads' FLOPs out.
 - the area under each curve (accuracy × cost as a fraction of the full network's), and, because
   curves span different cost ranges, the mean accuracy over the range all three share;
 - accuracy at matched budgets (25/50/75 % of the full network's cost, `MultiExitModel.end_to_end_cost`)
@@ -65,9 +65,18 @@ def analyse(
   """The whole study on one network's outputs: three curves, their comparison, the calibration table.
 
   Args:
-    probs: [E, N, C] exit probabilities; commit_logits: [E, N]; labels: [N].
+    probs: [E, N, C] exit probabilities.
+    commit_logits: [E, N] commitment logits.
+    labels: [N] true classes.
     block_costs: the model's `BlockCost`s (at least E of them).
     full_cost: FLOPs per sample of the full network (budgets are fractions of it).
+    thresholds: the thresholds swept (default: `curves.study_thresholds()`).
+    budgets: fractions of `full_cost` at which each curve is read.
+    calibration_thresholds: thresholds of the calibration table's over-confident-wrong rate.
+
+  Returns:
+    A JSON-ready dict: exit and sample counts, per-exit accuracy, the cascade costs with and without
+    commitment heads, each rule's curve, the calibration table, and `curves.compare_curves`' numbers.
   """
   probs = np.asarray(probs, np.float32)
   commit_logits = np.asarray(commit_logits, np.float32)
@@ -139,7 +148,14 @@ def _paired_differences(per_seed: Sequence[dict], a: str, b: str) -> dict:
 
 def aggregate_analyses(per_seed: Sequence[dict]) -> dict:
   """Mean ± std over seeds of every number of `analyse`, curves averaged point by point (same grid),
-  and paired differences commitment − confidence and commitment − sdn_last."""
+  and paired differences commitment − confidence and commitment − sdn_last.
+
+  Args:
+    per_seed: one `analyse` result per seed.
+
+  Returns:
+    The aggregated dict, with `differences` holding the paired differences.
+  """
   out = {}
   for key in (
     "per_exit_accuracy",
@@ -167,7 +183,19 @@ def aggregate_analyses(per_seed: Sequence[dict]) -> dict:
 
 
 def run_method_seed(method: str, model, dataset, config: StudyConfig, seed: int, log: Log) -> dict:
-  """Trains one network (`joint` or `quicknet`) for one seed and analyses it on the test split."""
+  """Trains one network (`joint` or `quicknet`) for one seed and analyses it on the test split.
+
+  Args:
+    method: "joint" (SDN's joint loss, then a commitment head per frozen exit) or "quicknet".
+    model: the multi-exit model.
+    dataset: the loaded dataset.
+    config: the study's settings.
+    seed: the seed.
+    log: where progress lines go.
+
+  Returns:
+    `analyse`'s dict with the seed, method, training seconds and a summary of the training.
+  """
   tag = f"[seed {seed} {method}]"
   start = time.perf_counter()
   if method == "joint":
@@ -226,7 +254,21 @@ def run_method_seed(method: str, model, dataset, config: StudyConfig, seed: int,
 
 def run_study(config: StudyConfig, workdir: str, log: Log = print, overwrite: bool = False, dataset=None) -> dict:
   """Runs every method for every seed (finished seeds in WORKDIR/seed_<s>/ are kept), then writes
-  WORKDIR/results.json and results.md; returns the results dict."""
+  WORKDIR/results.json and results.md; returns the results dict.
+
+  Args:
+    config: the study's settings.
+    workdir: the study's folder.
+    log: where progress lines go.
+    overwrite: start over in a workdir that holds a study with another config.
+    dataset: the dataset to use (default: `config.data.load()`).
+
+  Returns:
+    The results dict (results.json's contents).
+
+  Raises:
+    ValueError: the workdir holds a run with another config and `overwrite` is False.
+  """
   guard_workdir(config, workdir, overwrite)
   if dataset is None:
     dataset = config.data.load()
@@ -247,7 +289,7 @@ def run_study(config: StudyConfig, workdir: str, log: Log = print, overwrite: bo
     conventions=dict(
       cost="inference FLOPs per sample (1 multiply-add = 2 FLOPs): blocks and exit heads up to the "
       "exit taken, plus commitment heads only under the 'commitment' rule; a sample no exit "
-      "accepts pays the whole cascade (design.md section 2)",
+      "accepts pays the whole cascade (docs/method.md, inference cost)",
       budgets="fractions of the full network's cost (all blocks + final exit, no other heads)",
       auc="area under accuracy vs cost fraction over each curve's own range",
       mean_accuracy_shared_range="area over the cost range all three curves reach / its width",

@@ -40,7 +40,16 @@ class TrainedRunError(ValueError):
 def frozen_blocks(model: MultiExitModel, seed_dir: str, require_all: bool = True) -> list:
   """The variables of the blocks frozen in SEED_DIR/quicknet_checkpoints (an experiment's seed).
 
-  `require_all`: refuse a seed whose training has not frozen every block yet (else: those frozen so far).
+  Args:
+    model: the run's model (its variables' structure).
+    seed_dir: the seed's folder, WORKDIR/seed_<s>.
+    require_all: refuse a seed whose training has not frozen every block yet (else: those frozen so far).
+
+  Returns:
+    One variable dict per frozen block, as jax arrays.
+
+  Raises:
+    TrainedRunError: no block is frozen yet, or (with `require_all`) not every block is.
   """
   directory = os.path.join(seed_dir, "quicknet_checkpoints")
   if not os.path.isdir(directory):
@@ -61,7 +70,17 @@ def frozen_blocks(model: MultiExitModel, seed_dir: str, require_all: bool = True
 
 @dataclasses.dataclass
 class TrainedQuickNet:
-  """The frozen blocks of one seed of a run, with what is needed to read new images."""
+  """The frozen blocks of one seed of a run, with what is needed to read new images.
+
+  Attributes:
+    workdir: the run's folder.
+    seed: the seed whose blocks these are.
+    config: the run's settings (config.json).
+    model: the run's model, rebuilt.
+    variables: per frozen block (only the first `len(variables)` of the model's blocks).
+    data_card: `Dataset.card()` of the run's dataset (data.json).
+    run_threshold: the run's operating threshold, when it is known (see `threshold`).
+  """
 
   workdir: str
   seed: int
@@ -83,19 +102,36 @@ class TrainedQuickNet:
 
   @property
   def class_names(self) -> list:
+    """One name per class (data.json's)."""
     return list(self.data_card["class_names"])
 
   @property
   def image_shape(self) -> tuple:
+    """(H, W, C) of the images the network reads (data.json's)."""
     return tuple(self.data_card["image_shape"])
 
   def normalise(self, pixels: np.ndarray) -> np.ndarray:
     """Raw [N, H, W, C] images (pixel values 0..255 for the built-in datasets) → the float32 inputs the
-    network was trained on (`normalisation`)."""
+    network was trained on (`normalisation`).
+
+    Args:
+      pixels: [N, H, W, C] raw images.
+
+    Returns:
+      float32 [N, H, W, C] inputs.
+    """
     return self.normalisation.apply(pixels)
 
   def exit_outputs(self, images: np.ndarray, batch_size: int = 2048):
-    """(probs [E, N, C], commitment logits [E, N]) of every block in use on normalised `images`."""
+    """(probs [E, N, C], commitment logits [E, N]) of every block in use on normalised `images`.
+
+    Args:
+      images: [N, H, W, C] normalised inputs.
+      batch_size: images per forward pass.
+
+    Returns:
+      (probs, commitment logits) of the E blocks in use.
+    """
     return forward.all_exit_outputs(self.model, self.variables, images, batch_size)
 
   def predict(
@@ -132,12 +168,26 @@ class TrainedQuickNet:
     return CascadeResult(*(np.concatenate(column) for column in zip(*parts)))
 
   def cascade_costs(self) -> np.ndarray:
-    """Inference FLOPs per sample of leaving after block 0, 1, … of the blocks in use."""
+    """Inference FLOPs per sample of leaving after block 0, 1, … of the blocks in use.
+
+    Returns:
+      [E] cumulative FLOPs.
+    """
     return np.asarray(self.model.cascade_costs()[: self.num_blocks])
 
   def threshold(self, dataset: Optional[Dataset] = None) -> float:
     """The operating threshold: the run's (chosen on its validation split, or fixed by its config) when
-    these are the blocks it evaluated; else chosen the run's way on `dataset`'s validation split."""
+    these are the blocks it evaluated; else chosen the run's way on `dataset`'s validation split.
+
+    Args:
+      dataset: the run's dataset (`load_dataset`), needed when no threshold is recorded.
+
+    Returns:
+      The threshold.
+
+    Raises:
+      TrainedRunError: no threshold is recorded for these blocks and no dataset is given.
+    """
     if self.run_threshold is not None:
       return self.run_threshold
     if dataset is None:
@@ -154,8 +204,12 @@ class TrainedQuickNet:
     """The run's own data (its validation split chooses thresholds): the arrays kept in the workdir for a
     run on arrays a user passed, else the dataset its config names.
 
+    Returns:
+      The `Dataset` (for a run on arrays: only its validation and test splits).
+
     Raises:
       TrainedRunError: the kept arrays are missing.
+      DataError: the dataset the config names cannot be found or read.
     """
     splits = self.data_card.get("splits")
     if splits is None:

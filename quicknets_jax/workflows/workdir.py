@@ -17,7 +17,11 @@ from quicknets_jax.training import parallel
 
 
 def machine_description() -> str:
-  """A one-line description of where the numbers came from."""
+  """A one-line description of where the numbers came from.
+
+  Returns:
+    The machine's architecture, CPU cores, JAX devices and the jax and Python versions.
+  """
   devices = jax.devices()
   kind = devices[0].device_kind if devices else "?"
   return (
@@ -31,18 +35,39 @@ WALL_CLOCK_KEYS = frozenset({"time", "machine", "training_flops_per_second_effic
 
 
 def is_wall_clock(key: str) -> bool:
-  """Whether a results entry named `key` is a wall-clock measurement (seconds, rates per second, the machine)."""
+  """Whether a results entry named `key` is a wall-clock measurement (seconds, rates per second, the machine).
+
+  Args:
+    key: the entry's name.
+
+  Returns:
+    True for entries no rerun reproduces.
+  """
   return key in WALL_CLOCK_KEYS or "seconds" in key or "per_second" in key
 
 
 def read_json(path: str):
+  """The JSON value stored at `path`.
+
+  Args:
+    path: the file.
+
+  Returns:
+    Its parsed contents.
+  """
   with open(path) as f:
     return json.load(f)
 
 
 def write_json(path: str, obj, indent=None) -> None:
   """Writes `obj` as JSON to `path` atomically: a killed run never leaves half a file. In a multi-process
-  run only process 0 writes (`parallel.is_writer`); the others compute the same `obj` and skip it."""
+  run only process 0 writes (`parallel.is_writer`); the others compute the same `obj` and skip it.
+
+  Args:
+    path: the file.
+    obj: a JSON-ready value.
+    indent: `json.dump`'s indentation (None: one line).
+  """
   if not parallel.is_writer():
     return
   tmp = path + ".tmp"
@@ -52,7 +77,15 @@ def write_json(path: str, obj, indent=None) -> None:
 
 
 def write_results(workdir: str, name: str, results: dict, markdown: str, log: Callable[[str], None]) -> None:
-  """WORKDIR/NAME.json (indented) and NAME.md, each written atomically, and one log line saying so."""
+  """WORKDIR/NAME.json (indented) and NAME.md, each written atomically, and one log line saying so.
+
+  Args:
+    workdir: the run's folder.
+    name: the files' base name (e.g. "results").
+    results: the JSON-ready results.
+    markdown: the Markdown report.
+    log: where the line goes.
+  """
   if not parallel.is_writer():
     return
   write_json(os.path.join(workdir, f"{name}.json"), results, indent=1)
@@ -67,12 +100,26 @@ def finished(path: str) -> Optional[dict]:
   """The result a finished earlier run wrote at `path` (a seed's JSON), or None: it is still to be done.
 
   Used as `finished(path) or saved(path, compute())`, so a stopped run redoes only what is missing.
+
+  Args:
+    path: the seed's result file.
+
+  Returns:
+    Its contents, or None when it does not exist.
   """
   return read_json(path) if os.path.exists(path) else None
 
 
 def saved(path: str, result: dict) -> dict:
-  """`result`, written to `path` first (atomically: `write_json`)."""
+  """`result`, written to `path` first (atomically: `write_json`).
+
+  Args:
+    path: the file.
+    result: the JSON-ready result.
+
+  Returns:
+    `result` itself.
+  """
   write_json(path, result)
   return result
 
@@ -80,7 +127,16 @@ def saved(path: str, result: dict) -> dict:
 def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
   """Stores `config` (a run config with `to_json()`) in WORKDIR/config.json; refuses to resume under a
   different one, naming the settings that differ. Settings marked resumable (seeds, the evaluation
-  batch size) may change; a setting an older config.json lacks counts as its default."""
+  batch size) may change; a setting an older config.json lacks counts as its default.
+
+  Args:
+    config: the run's config.
+    workdir: the run's folder (created if missing).
+    overwrite: empty the folder first and start over.
+
+  Raises:
+    ValueError: the folder holds a run with another config and `overwrite` is False.
+  """
   path = os.path.join(workdir, "config.json")
   writer = parallel.is_writer()  # the other processes of a multi-process run only check
   if writer:
