@@ -38,6 +38,11 @@ flags.DEFINE_string("conv_dir", None, "A conv study's workdir whose <dataset>/ c
 flags.DEFINE_list(
   "refresh_parts", ["fashion_mnist_mlp"], "Parts whose decoupled run is repeated with --decoupled_refresh=epoch."
 )
+flags.DEFINE_list(
+  "vgg_decoupled_seeds",
+  None,
+  "Seeds of the VGG parts' decoupled runs, when fewer than --seeds (each can take up to 100 epochs); default: --seeds.",
+)
 flags.DEFINE_integer("max_devices", 8, "The largest number of devices the wall-clock model considers.")
 flags.DEFINE_float("link_gbps", 10.0, "The modelled device-to-device link, GB/s.")
 flags.DEFINE_float("link_latency_us", 20.0, "The modelled cost of one transfer, µs.")
@@ -92,6 +97,12 @@ def main(argv) -> None:
   if FLAGS.conv_dir is not None:
     base_dirs = {p: os.path.join(FLAGS.conv_dir, p.rsplit("_", 1)[0]) for p in names if p.endswith("_vgg")}
   link = Interconnect(FLAGS.link_gbps * 1e9, FLAGS.link_latency_us * 1e-6)
+  decoupled_seeds = {}
+  if FLAGS.vgg_decoupled_seeds:
+    vgg_seeds = seeds_from_flag(FLAGS.vgg_decoupled_seeds)
+    if not set(vgg_seeds) <= set(seeds):
+      fail(f"--vgg_decoupled_seeds={','.join(map(str, vgg_seeds))}: pick them from --seeds, to pair them")
+    decoupled_seeds = {p: vgg_seeds for p in names if p.endswith("_vgg")}
   modelled = {}
   if FLAGS.model_cifar10_vgg11 and "fashion_mnist_vgg" in parts:
     cifar = ExperimentConfig().replace(**flagfile_settings(ExperimentConfig, os.path.join(CONFIGS, "cifar10.flags")))
@@ -110,6 +121,7 @@ def main(argv) -> None:
       max_devices=FLAGS.max_devices,
       link=link,
       modelled=modelled,
+      decoupled_seeds=decoupled_seeds,
       log=log,
     )
   fig = figures.schedules_figure(summary)

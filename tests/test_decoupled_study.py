@@ -94,13 +94,18 @@ def test_the_device_model_covers_every_k_and_checks_itself_on_one_device(study):
 def test_a_network_only_modelled_borrows_a_measured_parts_epochs(study):
   """A network that cannot be trained here gets its steps timed and the K-device model with a measured
   part's epochs; one with another number of blocks is refused, naming the fix."""
-  from experiments.decoupled_study import part_config
+  from experiments.flags import flagfile_settings
   from quicknets_jax import models
   from quicknets_jax.workflows.decoupled_study import ModelledNetwork, run_decoupled_study
+  from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
   workdir, _, _ = study
   configs = workdir.parent / "configs"
-  parts = {"mnist_mlp": part_config("mnist_mlp", (0,), str(workdir.parent / "mnist"), str(configs))}
+  # the study's own config of the part (experiments.decoupled_study.part_config), read the same way
+  settings = flagfile_settings(ExperimentConfig, str(configs / "mnist_paper.flags"))
+  config = ExperimentConfig().replace(**settings)
+  config = config.replace(seeds=(0,), data_dir=str(workdir.parent / "mnist"), deploy_curve=True)
+  parts = {"mnist_mlp": config}
   wider = ModelledNetwork(models.mlp((8, 8, 1), 10, hidden=(32, 32, 32), num_blocks=3), 64, (1000, 100), "mnist_mlp", 2)
   lines = []
   summary = run_decoupled_study(

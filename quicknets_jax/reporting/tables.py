@@ -575,10 +575,17 @@ def _decoupled_part_markdown(part: dict) -> str:
   """One part of the decoupled study: the three methods on one device, then the K-device model."""
   rows = {r["method"]: r for r in part["rows"]}
   seq, dec, e2e = rows["sequential"], rows["decoupled"], rows["end_to_end"]
+  dec_seeds = part.get("decoupled_seeds", part["seeds"])
   cells = lambda fn: " | ".join(fn(rows[m]) for m in ("sequential", "decoupled", "end_to_end"))
   name = PRETTY_NAMES.get(part["dataset"], part["dataset"])
   lines = [
-    f"### {name}, {part['model']} ({len(part['seeds'])} paired seed{'s' * (len(part['seeds']) != 1)})",
+    f"### {name}, {part['model']} ({len(part['seeds'])} paired seed{'s' * (len(part['seeds']) != 1)}"
+    + (
+      f"; the decoupled QuickNet on seed{'s' * (len(dec_seeds) != 1)} {', '.join(map(str, dec_seeds))} only, "
+      "its differences paired with the same seeds)"
+      if len(dec_seeds) < len(part["seeds"])
+      else ")"
+    ),
     "",
     "| | " + " | ".join(DECOUPLED_METHOD_NAMES.values()) + " |",
     "|---|---|---|---|",

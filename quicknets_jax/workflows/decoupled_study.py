@@ -3,6 +3,7 @@ on K devices modelled.
 
 `run_decoupled_study` runs, for every part (a dataset and a network, each an `ExperimentConfig` with the
 deployable cascade measured after every epoch):
+
 - the sequential QuickNet and its end-to-end network (`workflows.experiment.train_and_evaluate`, in
   WORKDIR/<part>/, or in a directory given for the part, e.g. a finished conv study's, read back);
 - the decoupled QuickNet (`--schedule=decoupled`, WORKDIR/<part>_decoupled/), and, for the parts named in
@@ -12,6 +13,7 @@ deployable cascade measured after every epoch):
   WORKDIR/<part>_steps.json), and from them and each seed's epochs the modelled wall-clock of the
   decoupled run pipelined over K = 1..max_devices devices and of the end-to-end run data-parallel over
   as many (`pipeline_cost`);
+
 and, for every network in `modelled` that cannot be trained here (the paper's CIFAR-10 VGG-11), its step
 times measured on this device and the K-device wall-clock modelled with the epochs of a measured part
 that has as many blocks (an assumption the report states); then writes WORKDIR/decoupled_study.json and
@@ -183,6 +185,8 @@ def part_summary(name: str, base: dict, decoupled: dict, model_rows: dict, refre
   """
   seq_seeds, dec_seeds = base["quicknet"]["per_seed"], decoupled["quicknet"]["per_seed"]
   e2e_seeds = base["end_to_end"]["per_seed"]
+  # pairs by seed: a costly part's decoupled runs may cover fewer seeds than its comparison
+  seq, e2e = ({r["seed"]: r for r in runs} for runs in (seq_seeds, e2e_seeds))
   rows = [_method_row(base, "sequential"), _method_row(decoupled, "decoupled"), _method_row(base, "end_to_end")]
   out = dict(
     part=name,
@@ -190,17 +194,18 @@ def part_summary(name: str, base: dict, decoupled: dict, model_rows: dict, refre
     model=base["model"],
     seeds=base["seeds"],
     rows=rows,
+    decoupled_seeds=[d["seed"] for d in dec_seeds],
     accuracy_decoupled_minus_sequential=stats.mean_std(
-      [d["test_accuracy"] - s["test_accuracy"] for s, d in zip(seq_seeds, dec_seeds)]
+      [d["test_accuracy"] - seq[d["seed"]]["test_accuracy"] for d in dec_seeds]
     ),
     accuracy_decoupled_minus_end_to_end=stats.mean_std(
-      [d["test_accuracy"] - e["test_accuracy"] for e, d in zip(e2e_seeds, dec_seeds)]
+      [d["test_accuracy"] - e2e[d["seed"]]["test_accuracy"] for d in dec_seeds]
     ),
     seconds_decoupled_over_end_to_end=stats.mean_std(
-      [d["train_seconds"] / e["train_seconds"] for e, d in zip(e2e_seeds, dec_seeds)]
+      [d["train_seconds"] / e2e[d["seed"]]["train_seconds"] for d in dec_seeds]
     ),
     seconds_sequential_over_end_to_end=stats.mean_std(
-      [s["train_seconds"] / e["train_seconds"] for e, s in zip(e2e_seeds, seq_seeds)]
+      [s["train_seconds"] / e2e[s["seed"]]["train_seconds"] for s in seq_seeds]
     ),
     devices=model_rows,
     curves={
@@ -244,6 +249,7 @@ def run_decoupled_study(
   max_devices: int = 8,
   link: pipeline_cost.Interconnect = pipeline_cost.Interconnect(),
   modelled: Optional[dict] = None,
+  decoupled_seeds: Optional[dict] = None,
   log: Log = print,
 ) -> dict:
   """Runs (or resumes) the study and writes WORKDIR/decoupled_study.json and .md (module doc).
@@ -258,6 +264,8 @@ def run_decoupled_study(
     max_devices: the largest K of the model.
     link: the device-to-device link of the model.
     modelled: name -> `ModelledNetwork`, networks only modelled (their steps timed here).
+    decoupled_seeds: part name -> the seeds of its decoupled runs, when fewer than the comparison's (a
+      costly part); they are paired with the comparison's runs of the same seeds.
     log: where progress goes.
 
   Returns:
@@ -278,6 +286,8 @@ def run_decoupled_study(
     base = train_and_evaluate(config, base_dirs.get(name, os.path.join(workdir, name)), log=log)
     log(f"== {name}: decoupled QuickNet")
     decoupled_config = config.replace(schedule="decoupled", end_to_end=False)
+    if name in (decoupled_seeds or {}):
+      decoupled_config = decoupled_config.replace(seeds=tuple(decoupled_seeds[name]))
     decoupled = train_and_evaluate(decoupled_config, os.path.join(workdir, f"{name}_decoupled"), log=log)
     refresh = None
     if name in refresh_parts:
