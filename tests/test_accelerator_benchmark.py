@@ -34,6 +34,7 @@ def test_training_rows_cover_end_to_end_and_each_block_in_each_dtype():
     assert e2e["train_flops_per_second"] == pytest.approx(3 * model.end_to_end_cost() * e2e["samples_per_second"])
 
 
+@pytest.mark.slow  # the benchmark's inference rows
 def test_inference_rows_exit_more_at_lower_thresholds_and_answer_like_the_evaluator():
   model = _tiny_vgg()
   rows = accelerator.inference_rows(model, images=128, batch_size=32)

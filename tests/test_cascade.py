@@ -69,6 +69,7 @@ def test_cascade_on_uneven_caller_batches(trained_like):
     _assert_same_as_select_exits(model, variables, x, got, 0.3, fallback="last")
 
 
+@pytest.mark.slow  # many bucket sizes to compile
 def test_wrong_bucket_guesses_cost_work_not_answers(trained_like):
   """Batches guess their later blocks' sizes from an earlier batch or call; a guess that is too small
   makes the batch run again, so the answers stay those of select_exits."""

@@ -86,6 +86,7 @@ def test_an_unusable_cache_folder_is_one_line_naming_the_flag(tmp_path):
     compilation.enable_persistent_cache(str(blocker / "xla"))
 
 
+@pytest.mark.slow  # whole CLI runs; the meter's own tests stay
 def test_the_cli_records_compile_seconds_and_the_cache_state(tmp_path):
   write_tiny_idx(str(tmp_path / "mnist"))
   cache = tmp_path / "xla"

@@ -163,7 +163,8 @@ print("ok")
 """
 
 
-def _pipeline_check(stages: tuple) -> None:
+def _pipeline_check(stages: tuple):
+  """Runs PIPELINE_CHECK on 8 host devices for `stages`, in its own process; returns the finished process."""
   import os
   import subprocess
   import sys
@@ -171,20 +172,23 @@ def _pipeline_check(stages: tuple) -> None:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   code = f"STAGES = {stages!r}\n" + PIPELINE_CHECK
-  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr[-3000:]
+  return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_the_pipelined_epoch_is_the_decoupled_epoch_on_1_and_4_host_devices():
   """Eight blocks as 1 or 4 pipeline stages (8 host devices, in their own process): the epoch trains what
   the one-device decoupled epoch trains, parameters and optimizer state within float round-off."""
-  _pipeline_check((1, 4))
+  out = _pipeline_check((1, 4))
+  assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr[-3000:]
+  assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("stages")] == ["1", "4"]
 
 
 @pytest.mark.slow  # two more meshes to compile
 def test_the_pipelined_epoch_is_the_decoupled_epoch_on_2_and_8_host_devices_and_a_small_buffer_drops_rows():
   """The same on 2 and 8 stages; with a stage buffer of 8 rows the first stage drops rows, and says so."""
-  _pipeline_check((2, 8))
+  out = _pipeline_check((2, 8))
+  assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr[-3000:]
+  assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("stages")] == ["2", "8"]
 
 
 def _steps(block_train, block_forward, **kw):

@@ -91,6 +91,7 @@ def test_the_device_model_covers_every_k_and_checks_itself_on_one_device(study):
   assert "step times" not in again.stderr  # the second run read everything back
 
 
+@pytest.mark.slow  # times a network's steps
 def test_a_network_only_modelled_borrows_a_measured_parts_epochs(study):
   """A network that cannot be trained here gets its steps timed and the K-device model with a measured
   part's epochs; one with another number of blocks is refused, naming the fix."""

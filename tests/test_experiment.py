@@ -116,6 +116,7 @@ def test_mnist_cli_on_an_idx_directory(tmp_path):
   assert "| MNIST | QuickNet |" in proc.stdout
 
 
+@pytest.mark.slow  # a whole run through TFDS's mock data
 def test_mnist_through_tfds_mock_data(tmp_path):
   import tensorflow_datasets as tfds
 

@@ -12,7 +12,7 @@ THIS = os.path.relpath(os.path.abspath(__file__), ROOT)
 PATTERNS = {
   "a private planning document": re.compile(r"design\.md|design §"),
   "an issue number": re.compile(r"\b[Ii]ssue \d+\b"),
-  "a goal not written down here": re.compile(r"our target", re.IGNORECASE),
+  "a goal not written down here": re.compile(r"our\s+target", re.IGNORECASE),
   "a goal's constant": re.compile(r"TARGET_TRAIN_SECONDS_RATIO"),
 }
 # Folders that hold what tools make, never what the repository says (used without git only).
@@ -76,10 +76,10 @@ def test_the_scan_finds_what_it_guards_against():
   """The patterns themselves: each kind of reference is found, and ordinary words are not."""
   text = "\n".join(
     [
-      "as design.md §2 says",
+      "as " + "design" + ".md §2 says",  # split, so that this file does not name them itself
       "the design § 1 reading",
-      "fixed in issue 8, see (Issue 15)",
-      "Our target is 2x",
+      "fixed in " + "issue 8, see (" + "Issue 15)",
+      "Our " + "target is 2x",
       "TARGET_TRAIN_SECONDS_RATIO = 2.0",
       "the design of the cascade; an issue with padding; tissue 3; a target accuracy; our flags target it",
     ]

@@ -153,6 +153,7 @@ def test_a_streamed_fit_trains_as_the_in_memory_fit(tmp_path, model_name, shape,
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # two whole runs
 def test_a_streamed_experiment_writes_the_in_memory_results_json(tmp_path, idx_dir):
   base = ExperimentConfig().replace(
     dataset="mnist", data_dir=idx_dir, width=16, seeds=(0,), max_epochs=3, batch_size=64, eval_batch_size=128

@@ -181,6 +181,7 @@ class DecoupledState:
 
   @property
   def epoch(self) -> int:
+    """How many epochs the network has finished."""
     return len(self.history)
 
   def checkpoint(self) -> tuple[dict, dict]:

@@ -65,6 +65,7 @@ class BlockRecord:
 
   @property
   def training_flops(self) -> float:
+    """The block's training FLOPs, every phase summed."""
     return costs.total(self.flops)
 
 
@@ -81,15 +82,18 @@ class QuickNetRun:
 
   @property
   def num_trained_blocks(self) -> int:
+    """How many blocks were trained (fewer than the model's when an early block learned every sample)."""
     return len(self.records)
 
   @property
   def training_flops(self) -> float:
+    """The whole run's training FLOPs: every block's, plus a joint fine-tuning's if there was one."""
     extra = costs.total(self.finetune["flops"]) if self.finetune else 0.0
     return float(sum(r.training_flops for r in self.records) + extra)
 
   @property
   def train_seconds(self) -> float:
+    """The whole run's training wall-clock seconds: every block's, plus a joint fine-tuning's."""
     return float(sum(r.seconds for r in self.records) + (self.finetune["seconds"] if self.finetune else 0.0))
 
 
