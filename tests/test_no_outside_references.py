@@ -78,7 +78,7 @@ def test_the_scan_finds_what_it_guards_against():
     [
       "as " + "design" + ".md §2 says",  # split, so that this file does not name them itself
       "the design § 1 reading",
-      "fixed in " + "issue 8, see (" + "Iss" + "ue 15)",
+      "fixed in " + "iss" + "ue 8, see (" + "Iss" + "ue 15)",
       "Our " + "target is 2x",
       "TARGET_TRAIN_SECONDS_RATIO = 2.0",
       "the design of the cascade; an issue with padding; tissue 3; a target accuracy; our flags target it",
