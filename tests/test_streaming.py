@@ -214,3 +214,14 @@ def test_the_memory_benchmark_child_trains_one_streamed_epoch(tmp_path, idx_dir)
   assert streamed["images"] == 540 and streamed["peak_rss_mb"] > 0 and 0 <= streamed["val_accuracy"] <= 1
   with pytest.raises(DataError, match="--memory_budget_mb=0.01"):  # one 64-image batch is 0.2 MiB
     stream_memory.child("stream", str(tmp_path / "r"), 0.01, 64)
+
+
+def test_take_of_every_row_in_order_is_the_array_itself_and_any_other_rows_a_copy():
+  images = np.arange(24, dtype=np.float32).reshape(6, 2, 2, 1)
+  assert streaming.take(images, np.arange(6, dtype=np.int32)) is images  # a first block's working set
+  picked = streaming.take(images, np.array([4, 1], np.int32))
+  np.testing.assert_array_equal(picked, images[[4, 1]])
+  picked[0] = -1  # a copy: the split is untouched
+  assert images.min() == 0
+  np.testing.assert_array_equal(streaming.take(images, np.array([0, 1, 2, 3, 5, 4])), images[[0, 1, 2, 3, 5, 4]])
+  assert streaming.take(images, np.arange(5)).shape == (5, 2, 2, 1)

@@ -12,8 +12,10 @@ from conftest import fit_data_of, make_blobs
 
 from quicknets_jax import models
 from quicknets_jax.data.split import Split
+from quicknets_jax.models import layers
 from quicknets_jax.models.base import parts_mask, split_variables
 from quicknets_jax.training import losses, trainer
+from quicknets_jax.training import step as step_module
 from quicknets_jax.training.optimizer import Adam, Mask, learning_rate_of
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.step import Batch, Statics, TrainState, train_step
@@ -126,3 +128,49 @@ def test_one_compiled_epoch_serves_every_fit_with_equal_settings(blobs):
 
   first = one_fit(0)
   assert one_fit(1) == first
+
+
+def test_validation_in_passes_skips_empty_passes_and_sums_the_same():
+  """A convolving network's validation chunk on CPU is computed a few hundred rows at a time: the sums
+  equal the whole chunk's to float round-off, rows past the last real one are never computed, and fits
+  of convolving losses on CPU (only those) validate so."""
+  model = models.build_model("vgg", (8, 8, 3), 4, width=64, cfg="8,M,16", classifier_width=16)
+  params, model_state = split_variables(model.init(jax.random.PRNGKey(0))[0])
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 8, 8, 3)))
+  y = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 4), np.int32)
+  loss = losses.BlockLoss(model.blocks[0])
+  statics = Statics(loss, conv=trainer.loop_conv_implementation())
+  state = TrainState.create(Adam(), params, model_state, 1e-3)
+  val = Split(jnp.asarray(x), jnp.asarray(y))
+  for num_rows in (64, 40, 9):
+    whole, passes = (
+      trainer.evaluate_on_device(state, val, jnp.int32(num_rows), plan=trainer.EvalPlan(statics, 64, rows))
+      for rows in (None, 16)
+    )
+    np.testing.assert_allclose(np.asarray(passes), np.asarray(whole), rtol=1e-6)
+    host = trainer.evaluate_from_host(state, val, num_rows, plan=trainer.EvalPlan(statics, 64, 16))
+    np.testing.assert_allclose(host, np.asarray(whole), rtol=1e-6)
+
+  # a pass whose rows are all masked out is not computed: the loss sees two passes of 16 rows
+  seen = []
+
+  def counted(params, model_state, x, y, rng, train, hparams=None):
+    jax.debug.callback(lambda rows: seen.append(int(rows)), jnp.int32(x.shape[0]))
+    return loss(params, model_state, x, y, rng, train, hparams)
+
+  mask = jnp.asarray((np.arange(64) < 32).astype(np.float32))
+  out = jax.jit(functools.partial(step_module.eval_sums, rows_per_pass=16), static_argnames=("statics",))(
+    state,
+    Batch(jnp.asarray(x), jnp.asarray(y), mask),
+    statics=Statics(counted, conv=trainer.loop_conv_implementation()),
+  )
+  jax.effects_barrier()
+  assert seen == [16, 16]
+  np.testing.assert_allclose(
+    np.asarray(out[0]),
+    np.asarray(trainer.evaluate_on_device(state, val, jnp.int32(32), plan=trainer.EvalPlan(statics, 64))[0]) * 32,
+    rtol=1e-5,
+  )
+  assert trainer.eval_rows_per_pass("cpu", True) == layers.CPU_ROWS_PER_PASS
+  assert trainer.eval_rows_per_pass("cpu", False) is None
+  assert trainer.eval_rows_per_pass("gpu", True) is None

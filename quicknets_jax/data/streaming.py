@@ -271,9 +271,15 @@ def take(images, rows):
     rows: an index array.
 
   Returns:
-    The selected rows.
+    The selected rows: `images` itself (read-only use) when `rows` is every row in order, which a first
+    block's working set is (a copy of a whole training split costs a tenth of a second).
   """
-  return images.take(rows) if is_streamed(images) else np.asarray(images)[np.asarray(rows)]
+  if is_streamed(images):
+    return images.take(rows)
+  images, rows = np.asarray(images), np.asarray(rows)
+  if rows.ndim == 1 and len(rows) == len(images) and np.array_equal(rows, np.arange(len(images))):
+    return images
+  return images[rows]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,11 @@ from quicknets_jax.models.base import lecun_normal
 IMPLEMENTATIONS = ("auto", "native", "patches")
 _IMPLEMENTATION: contextvars.ContextVar[str] = contextvars.ContextVar("quicknets_conv", default="auto")
 SMALL_MAP = 3  # "auto" on CPU: patch products for output maps this wide or narrower
+# Rows a convolving network's validation passes compute at once on CPU (`training.step.eval_sums`):
+# the patch products of 2,048 rows overflow the caches, 2–4× slower per row than 256 rows (VGG-11/8
+# on 28×28 images); 128–512 rows run alike. A row's loss then rounds as in a batch of that size: the
+# last float bits of a validation loss can move, nothing else.
+CPU_ROWS_PER_PASS = 256
 
 
 @contextlib.contextmanager

@@ -36,6 +36,8 @@ class FitConfig:
     early_stop_patience: epochs without progress before the fit stops.
     balanced_sampling: draw every class still present equally often (with replacement).
     eval_batch_size: rows per chunk of the validation passes.
+    eval_rows_per_pass: rows of a validation chunk computed at once (None: `trainer.eval_rows_per_pass`
+      decides; 0: the whole chunk).
     augment: apply random training-time augmentation to the raw images.
     augmentation: which augmentation `augment` applies (`AUGMENTATIONS`).
     weight_decay: Adam's L2 weight decay, added to the gradient.
@@ -59,6 +61,14 @@ class FitConfig:
   early_stop_patience: int = option(3, "Epochs without a new best monitored score before stopping.", lower=1)
   balanced_sampling: bool = option(True, "Draw every class still present equally often (§3.2).")
   eval_batch_size: int = option(2048, "Batch size of evaluation passes.", lower=1, resumable=True)
+  eval_rows_per_pass: Optional[int] = option(
+    None,
+    "Rows of a validation chunk computed at once (default: 256 for networks that convolve, on CPU, where "
+    "larger passes overflow the caches; else the whole chunk). 0: the whole chunk, whose losses then "
+    "match a whole-chunk pass bit for bit (smaller passes agree to float round-off).",
+    lower=0,
+    resumable=True,
+  )
   augment: bool = option(
     False,
     "Random training-time augmentation (--augmentation) of the raw images (needs "

@@ -169,16 +169,26 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, statics: Stat
   return new_state, dict(loss_sum=jnp.sum(losses * mask), correct_sum=jnp.sum(correct * mask))
 
 
-def eval_sums(state: TrainState, batch: Batch, *, statics: Statics) -> tuple[jax.Array, jax.Array]:
+def eval_sums(
+  state: TrainState, batch: Batch, *, statics: Statics, rows_per_pass: Optional[int] = None
+) -> tuple[jax.Array, jax.Array]:
   """(loss sum, correct sum) over the rows of `batch` whose `mask` is set, in inference mode.
 
   The loss runs with `train=False` and no rng, so nothing is augmented and the model state is not
   updated; the validation counterpart of `train_step`.
 
+  With `rows_per_pass`, the per-sample losses are computed that many rows at a time (a loop inside the
+  program) and passes whose rows are all masked out are skipped; the sums are then taken over the whole
+  batch as without it. A convolution's patch products over a large batch do not fit the CPU's caches
+  (2–4× slower per row at 2,048 rows than at 256). XLA rounds a row's loss slightly differently in a
+  smaller batch, so the sums agree with a whole-batch pass to float round-off (the last bits).
+
   Args:
     state: the train state whose params, model state and hparams are evaluated.
     batch: the padded batch; rows whose `mask` is 0 add nothing.
     statics: the loss, optimizer and mesh (bind with `functools.partial`).
+    rows_per_pass: rows computed at once (None: the whole batch). Ignored with a mesh, or when it does
+      not divide the batch.
 
   Returns:
     A tuple `(loss_sum, correct_sum)` of float32 scalars.
@@ -186,6 +196,32 @@ def eval_sums(state: TrainState, batch: Batch, *, statics: Statics) -> tuple[jax
   x, y, mask = batch
   if statics.mesh is not None:
     x, y, mask = parallel.shard_batch((x, y, mask), statics.mesh)
-  with layers.conv_implementation(statics.conv):
-    losses, correct, _ = statics.loss(state.params, state.model_state, x, y, None, False, state.hparams)
+
+  def per_sample(x, y):
+    with layers.conv_implementation(statics.conv):
+      losses, correct, _ = statics.loss(state.params, state.model_state, x, y, None, False, state.hparams)
+    return losses, correct
+
+  size = x.shape[0]
+  if rows_per_pass is None or statics.mesh is not None or size <= rows_per_pass or size % rows_per_pass:
+    losses, correct = per_sample(x, y)
+  else:
+    losses, correct = _in_passes(per_sample, (x, y), mask, rows_per_pass)
   return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(jnp.where(mask, correct, 0.0))
+
+
+def _in_passes(per_sample, inputs, mask, rows: int):
+  """`per_sample(*inputs)` computed `rows` rows at a time; passes with no masked-in row give zeros."""
+  passes = mask.shape[0] // rows
+  pieces = jax.tree.map(lambda a: a.reshape(passes, rows, *a.shape[1:]), inputs)
+  live = jnp.any(mask.reshape(passes, rows) > 0, axis=1)
+  shapes = jax.eval_shape(per_sample, *jax.tree.map(lambda a: a[0], pieces))
+
+  def one(args):
+    piece, alive = args
+    return jax.lax.cond(
+      alive, lambda: per_sample(*piece), lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    )
+
+  outputs = jax.lax.map(one, (pieces, live))
+  return jax.tree.map(lambda o: o.reshape(passes * rows, *o.shape[2:]), outputs)

@@ -473,10 +473,12 @@ class EvalPlan:
   Attributes:
     statics: the loss, optimizer, mesh and convolution lowering the pass evaluates with.
     batch_size: rows per chunk (a multiple of the mesh's device count).
+    rows_per_pass: rows of a chunk computed at once (`step.eval_sums`; None: the whole chunk).
   """
 
   statics: Statics
   batch_size: int
+  rows_per_pass: Optional[int] = None
 
 
 def _chunks(size: int, num_rows, batch_size: int, xp):
@@ -488,7 +490,9 @@ def _chunks(size: int, num_rows, batch_size: int, xp):
 
 
 def _chunk_sums(state: TrainState, inputs, targets, rows, mask, plan: EvalPlan):
-  return eval_sums(state, Batch(inputs[rows], targets[rows], mask), statics=plan.statics)
+  return eval_sums(
+    state, Batch(inputs[rows], targets[rows], mask), statics=plan.statics, rows_per_pass=plan.rows_per_pass
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))
@@ -543,7 +547,7 @@ def evaluate_from_host(state: TrainState, val: Split, num_rows, *, plan: EvalPla
 
 @functools.partial(jax.jit, static_argnames=("plan",))
 def _streamed_chunk_sums(state: TrainState, x, targets, rows, mask, *, plan: EvalPlan):
-  return eval_sums(state, Batch(x, targets[rows], mask), statics=plan.statics)
+  return eval_sums(state, Batch(x, targets[rows], mask), statics=plan.statics, rows_per_pass=plan.rows_per_pass)
 
 
 @jax.jit
@@ -621,6 +625,20 @@ def steps_from_host(backend: str, convolves: bool) -> bool:
     True on CPU for a loss that convolves, else False.
   """
   return backend == "cpu" and convolves
+
+
+def eval_rows_per_pass(backend: str, convolves: bool) -> Optional[int]:
+  """Rows a validation chunk computes at once (`step.eval_sums`) on `backend`.
+
+  Args:
+    backend: a jax backend name ("cpu", "gpu", "tpu").
+    convolves: whether the loss convolves (`uses_convolution`).
+
+  Returns:
+    `models.layers.CPU_ROWS_PER_PASS` on CPU for a loss that convolves, else None (the whole chunk at
+    once).
+  """
+  return layers.CPU_ROWS_PER_PASS if backend == "cpu" and convolves else None
 
 
 def uses_convolution(loss: Loss, params, model_state, x, y, hparams=None) -> bool:
@@ -742,17 +760,23 @@ def fit(
   # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
   # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
   state = dataclasses.replace(state, train=_private_copy(train))
-  host_loop = config.host_loop
-  if host_loop is None and jax.default_backend() == "cpu":
+  backend, convolves, left_convolving = jax.default_backend(), False, False
+  if backend == "cpu":
+    sample = np.asarray(train_inputs[:1]) if streamed_train else train_inputs
+    loss_inputs = (objective.loss, train.params, train.model_state, sample, targets, train.hparams)
+    with layers.conv_implementation("native"):
+      convolves = uses_convolution(*loss_inputs)
     with loop_convolutions():  # what the epoch will trace: convolutions are then seldom left on CPU
-      sample = np.asarray(train_inputs[:1]) if streamed_train else train_inputs
-      convolves = uses_convolution(objective.loss, train.params, train.model_state, sample, targets, train.hparams)
-    host_loop = steps_from_host("cpu", convolves)
+      left_convolving = convolves and uses_convolution(*loss_inputs)
+  host_loop = steps_from_host(backend, left_convolving) if config.host_loop is None else config.host_loop
   statics = Statics(
     objective.loss, Adam(Mask.of(objective.trainable), config.weight_decay), mesh, loop_conv_implementation()
   )
   plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling)
-  eval_plan = EvalPlan(statics, eval_batch_size)
+  rows_per_pass = config.eval_rows_per_pass
+  if rows_per_pass is None:
+    rows_per_pass = eval_rows_per_pass(backend, convolves)
+  eval_plan = EvalPlan(statics, eval_batch_size, rows_per_pass or None)
   run_epoch = epoch_streamed if streamed_train else (epoch_from_host if host_loop else epoch_on_device)
   evaluate = evaluate_streamed if streamed_val else (evaluate_from_host if host_loop else evaluate_on_device)
   # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
