@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +13,11 @@ from conftest import fit_data_of
 
 from benchmarks.fault_injection import write_tiny_idx
 from quicknets_jax import models
+from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import split_variables
 from quicknets_jax.training import compilation, losses
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import Objective, fit
+from quicknets_jax.training.trainer import FitData, Objective, compile_ahead, fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,3 +116,36 @@ def test_the_cli_records_compile_seconds_and_the_cache_state(tmp_path):
   assert len(seed["compile_seconds_per_block"]) == 2 and all(s > 0 for s in seed["compile_seconds_per_block"])
   assert cold["end_to_end"]["per_seed"][0]["compile_seconds"] > 0
   assert "persistent cache cold" in (tmp_path / "cold" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("convolves", [False, True], ids=["steps on device", "steps from the host"])
+def test_programs_compiled_ahead_on_a_thread_are_the_ones_the_fit_runs(blobs, convolves):
+  """`trainer.compile_ahead` on another thread, from the data's shapes alone: the fit then compiles
+  nothing in any epoch, and only meters open on the compiling thread (or counting every thread) saw it."""
+  x, y, vx, vy = blobs
+  if convolves:
+    model = models.vgg((6, 6, 1), 4, width=2, cfg=[4, "M", 4], num_blocks=2, classifier_width=8)
+  else:
+    model = models.mlp((6, 6, 1), 4, width=24, num_blocks=1)
+  params, state = split_variables(model.init(jax.random.PRNGKey(0))[0])
+  # a loss no other test builds: nothing is compiled for it before this test
+  objective = Objective(losses.BlockLoss(model.blocks[0], None, 0.321 + convolves))
+  config = FitConfig(batch_size=64, max_epochs=2, early_stop_patience=5)
+  shapes = FitData.whole(
+    Split(jax.ShapeDtypeStruct(x.shape, x.dtype), y), Split(jax.ShapeDtypeStruct(vx.shape, vx.dtype), vy), 4
+  )
+  key = jax.random.PRNGKey(1)
+  seen = {}
+
+  def ahead():
+    with compilation.CompileMeter() as meter:
+      compile_ahead(objective, params, state, shapes, config, key)
+    seen["thread"] = meter.seconds
+
+  with compilation.CompileMeter() as here, compilation.CompileMeter(every_thread=True) as everywhere:
+    thread = threading.Thread(target=ahead)
+    thread.start()
+    thread.join()
+  assert seen["thread"] > 0 and here.seconds == 0 and everywhere.seconds == pytest.approx(seen["thread"])
+  fitted = fit(objective, params, state, fit_data_of(*blobs), config, key)
+  assert [r["compile_seconds"] for r in fitted.history] == [0.0, 0.0]

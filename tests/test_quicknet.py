@@ -205,3 +205,18 @@ def test_deploy_curve_measures_the_cascade_after_every_block_epoch(blobs):
   chosen = DeployableCurve(model, (vx, vy), (tx, ty))
   run = train_quicknet(model, (x, y), (vx, vy), one_epoch, seed=0, log=lambda m: None, events=chosen)
   assert all(0.0 <= e["cascade_threshold"] <= 1.0 for r in run.records for e in r.history)
+
+
+def test_later_fits_find_their_programs_compiled_ahead(blobs):
+  """While block 0 trains, a thread compiles the commitment heads' fits and the later blocks' fits
+  (`CompilingAhead`): those fits then compile nothing, and each block records the thread's seconds."""
+  x, y, vx, vy = blobs
+  # a threshold no other test uses: every program of this run is compiled in it
+  config = dataclasses.replace(SMALL, train_threshold=0.4321, budget="learned_set")
+  run = train_quicknet(_model(), (x, y), (vx, vy), config, seed=0, log=lambda _: None)
+  assert run.num_trained_blocks == 3
+  records = run.records
+  assert sum(r["compile_seconds"] for r in records[0].history) > 0  # block 0 compiles its own fit
+  assert [sum(h["compile_seconds"] for h in r.history) for r in records[1:]] == [0.0, 0.0]
+  assert [sum(h["compile_seconds"] for h in r.commit_history) for r in records] == [0.0, 0.0, 0.0]
+  assert all(r.background_compile_seconds > 0 for r in records)

@@ -3,8 +3,10 @@ resumed from its per-epoch orbax checkpoints ends bit-identical to an uninterrup
 fault-injection benchmark (SIGKILL at random moments, in a subprocess) on a tiny config."""
 
 import dataclasses
+import errno
 import os
 import tempfile
+import threading
 
 import chex
 import jax
@@ -17,7 +19,8 @@ from benchmarks.fault_injection import untimed as _untimed
 from quicknets_jax import models
 from quicknets_jax.algorithms.end_to_end import train_end_to_end
 from quicknets_jax.algorithms.quicknet import QuickNetConfig, train_quicknet
-from quicknets_jax.training.checkpoint import BlockCheckpointer, FitCheckpointer
+from quicknets_jax.training import checkpoint
+from quicknets_jax.training.checkpoint import BlockCheckpointer, CheckpointError, FitCheckpointer
 from quicknets_jax.training.events import Events
 from quicknets_jax.training.optimizer import learning_rate_of
 from quicknets_jax.training.schedule import FitConfig, Schedule
@@ -224,3 +227,41 @@ def test_fault_injection_small(tmp_path):
   assert "no checkpoint yet" not in report, report
   assert "SIGKILL: 1/1 identical" in lines and "SIGTERM: 1/1 identical" in lines, report
   assert lines[-1] == "2/2 identical"
+
+
+def test_epoch_checkpoints_are_written_in_the_background_and_waited_for(tmp_path, monkeypatch):
+  """`save` returns with the state copied to the host and the file still being written; the next save,
+  `wait` or a listing waits for it, and a failed write is raised there, naming the epoch."""
+  params = {"w": jnp.arange(6.0).reshape(2, 3) / 7}
+  fresh = init_fit_state(Objective(lambda *a: None, {"w": True}), params, {}, FitConfig())
+
+  def at_epoch(epoch):
+    return dataclasses.replace(fresh, schedule=dataclasses.replace(fresh.schedule, epoch=epoch), history=({},) * epoch)
+
+  release, written = threading.Event(), checkpoint.write_contents
+
+  def held(path, contents):
+    assert release.wait(30)
+    written(path, contents)
+
+  monkeypatch.setattr(checkpoint, "write_contents", held)
+  ckpt = FitCheckpointer(tmp_path / "fit", "toy")
+  ckpt.save(at_epoch(1))
+  assert not (tmp_path / "fit").exists()  # still being written: save did not wait for the disk
+  release.set()
+  assert ckpt.latest_epoch() == 1  # a listing waits for the write
+  ckpt.save(at_epoch(2))
+  ckpt.wait()
+  assert sorted(os.listdir(tmp_path / "fit")) == ["1.npz", "2.npz"]
+
+  def full(path, contents):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+  monkeypatch.setattr(checkpoint, "write_contents", full)
+  ckpt.save(at_epoch(3))  # returns: the failure surfaces at the next wait
+  with pytest.raises(
+    CheckpointError, match="no space left on device while saving toy after epoch 3.*epoch 2 is intact"
+  ):
+    ckpt.close()
+  assert ckpt.latest_epoch() == 2
+  ckpt.close()  # the failure was raised once

@@ -25,7 +25,16 @@ from quicknets_jax.data.streaming import device_array
 from quicknets_jax.models.base import COMMIT, Block, MultiExitModel
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
-from quicknets_jax.training.trainer import FitData, FitHooks, FitState, Objective, bucket_size, fit, pad_rows
+from quicknets_jax.training.trainer import (
+  FitData,
+  FitHooks,
+  FitState,
+  Objective,
+  bucket_size,
+  compile_ahead,
+  fit,
+  pad_rows,
+)
 
 Log = Callable[[str], None]
 
@@ -82,6 +91,47 @@ def train_commitment_head(
   Raises:
     ValueError: `balance` is not one of `COMMIT_BALANCES`.
   """
+  # a head on the exit's logits learns from those logits (computed once), not from the features
+  features = forward.commit_inputs(block, variables, train.images, config.eval_batch_size)
+  val_features = forward.commit_inputs(block, variables, val.images, config.eval_batch_size)
+  objective, params, data, config = commitment_fit(
+    block, variables, Split(features, train.labels), Split(val_features, val.labels), config, balance, pad_to
+  )
+  result = fit(objective, params, {}, data, config, key, name=name, hooks=hooks)
+  return dataclasses.replace(
+    result,
+    train=result.train.replace(params={**variables["params"], **result.params}),
+    best_params={**variables["params"], **result.best_params},
+  )
+
+
+def commitment_fit(
+  block: Block,
+  variables: dict,
+  train: Split,
+  val: Split,
+  config: FitConfig,
+  balance: str = "weighted",
+  pad_to: Optional[tuple[int, int]] = None,
+) -> tuple[Objective, dict, FitData, FitConfig]:
+  """The fit that trains a commitment head: its objective, params, data and schedule.
+
+  Args:
+    block: the block whose `commit_head` trains.
+    variables: the block's variables.
+    train: the head's inputs on the training rows (`forward.commit_inputs`; a `jax.ShapeDtypeStruct`
+      is enough for `compile_commitment_ahead`) and the 0/1 correctness of the exit there.
+    val: the same on the validation rows.
+    config: the schedule (see `train_commitment_head`).
+    balance: "weighted" or "sampled" (see `train_commitment_head`).
+    pad_to: the lengths (training rows, validation rows) are padded to (default: their buckets).
+
+  Returns:
+    A tuple `(objective, params, data, config)` for `trainer.fit`; the params are the head's alone.
+
+  Raises:
+    ValueError: `balance` is not one of `COMMIT_BALANCES`.
+  """
   if balance not in COMMIT_BALANCES:
     raise ValueError(f"commit_balance must be one of {', '.join(COMMIT_BALANCES)}, got {balance!r}")
   correct, val_correct = np.asarray(train.labels), np.asarray(val.labels)
@@ -89,9 +139,6 @@ def train_commitment_head(
   positive_weight, negative_weight = class_weights(correct) if balance == "weighted" else (1.0, 1.0)
   if balance == "sampled":
     config = dataclasses.replace(config, balanced_sampling=True)  # the two classes drawn equally often
-  # a head on the exit's logits learns from those logits (computed once), not from the features
-  features = forward.commit_inputs(block, variables, train.images, config.eval_batch_size)
-  val_features = forward.commit_inputs(block, variables, val.images, config.eval_batch_size)
   # Only the head's own params enter the fit (the block's subnet and exit stay outside it): heads of
   # blocks with different subnets then share one compiled epoch.
   params = {COMMIT: variables["params"][COMMIT]}
@@ -101,20 +148,45 @@ def train_commitment_head(
   )
   rows, val_rows = pad_to or (bucket_size(n), bucket_size(len(val_correct)))
   data = FitData(
-    Split(pad_rows(features, rows), pad_rows(correct, rows)),
-    Split(pad_rows(val_features, val_rows), pad_rows(val_correct, val_rows)),
+    Split(pad_rows(train.images, rows), pad_rows(correct, rows)),
+    Split(pad_rows(val.images, val_rows), pad_rows(val_correct, val_rows)),
     rows=device_array(np.arange(n, dtype=np.int32)),
     row_classes=correct,
     num_classes=2,
     num_val=len(val_correct),
     bucket=rows,
   )
-  result = fit(objective, params, {}, data, config, key, name=name, hooks=hooks)
-  return dataclasses.replace(
-    result,
-    train=result.train.replace(params={**variables["params"], **result.params}),
-    best_params={**variables["params"], **result.best_params},
+  return objective, params, data, config
+
+
+def compile_commitment_ahead(
+  block: Block,
+  variables: dict,
+  features: jax.ShapeDtypeStruct,
+  sizes: tuple[int, int],
+  config: FitConfig,
+  key: jax.Array,
+  balance: str = "weighted",
+  pad_to: Optional[tuple[int, int]] = None,
+) -> None:
+  """Compiles the programs `train_commitment_head` will run, without running any (`trainer.compile_ahead`).
+
+  Args:
+    block: the block whose head will train.
+    variables: its variables (shapes only).
+    features: the struct of one row of the block's output features (`[1, ...]`).
+    sizes: (training rows, validation rows) the head will train and validate on.
+    config: the head's schedule.
+    key: a key of the kind the fit gets.
+    balance: "weighted" or "sampled".
+    pad_to: as for `train_commitment_head`.
+  """
+  row = jax.eval_shape(lambda h: block.apply(variables, h, method=Block.commit_inputs), features)
+  train, val = (
+    Split(jax.ShapeDtypeStruct((n, *row.shape[1:]), row.dtype), np.arange(n, dtype=np.int32) % 2) for n in sizes
   )
+  objective, params, data, config = commitment_fit(block, variables, train, val, config, balance, pad_to)
+  compile_ahead(objective, params, {}, data, config, key)
 
 
 @dataclasses.dataclass

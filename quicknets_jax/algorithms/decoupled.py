@@ -498,6 +498,8 @@ def train_decoupled(
         saving = time.perf_counter()
         checkpoint.save(state)
         record["checkpoint_seconds"] = time.perf_counter() - saving
+  if checkpoint is not None:
+    checkpoint.wait()  # the last epoch is on disk (the checkpointer writes in the background)
   seconds = time.perf_counter() - start + (checkpoint.resumed_seconds if checkpoint is not None else 0.0)
   variables = merge_blocks(state.best_params, state.best_model_state)
   return variables, state, total_flops, seconds

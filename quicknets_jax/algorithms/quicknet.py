@@ -16,6 +16,8 @@ block's record.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Optional
@@ -24,19 +26,28 @@ import jax
 import numpy as np
 
 from quicknets_jax.algorithms import decoupled, forward
-from quicknets_jax.algorithms.commitment import train_commitment_head
+from quicknets_jax.algorithms.commitment import compile_commitment_ahead, train_commitment_head
 from quicknets_jax.algorithms.finetune import finetune_quicknet
 from quicknets_jax.algorithms.settings import QuickNetConfig
 from quicknets_jax.core import costs, exits, rng
 from quicknets_jax.data.sampling import seeded_mask, seeded_subset
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, take
-from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask, split_blocks, split_variables
-from quicknets_jax.training import losses, timing
+from quicknets_jax.models.base import EXIT, SUBNET, Block, MultiExitModel, parts_mask, split_blocks, split_variables
+from quicknets_jax.training import losses, parallel, timing
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.compilation import CompileMeter
-from quicknets_jax.training.events import BlockFrozen, Events, InPhase
-from quicknets_jax.training.trainer import FitData, FitHooks, FitState, Objective, bucket_size, fit, pad_rows
+from quicknets_jax.training.events import AllOf, BlockFrozen, EpochDone, Events, InPhase
+from quicknets_jax.training.trainer import (
+  FitData,
+  FitHooks,
+  FitState,
+  Objective,
+  bucket_size,
+  compile_ahead,
+  fit,
+  pad_rows,
+)
 
 Log = Callable[[str], None]
 
@@ -62,6 +73,9 @@ class BlockRecord:
   # seconds by phase (`training.timing`): feature_cache, block_epochs, block_validation, commit_epochs,
   # commit_validation, selection, checkpoints, compile (inside the others), other
   phase_seconds: dict = dataclasses.field(default_factory=dict)
+  # compiled on a thread while the block trained, for its commitment head and the next block (not in
+  # `seconds`: nothing waited for it)
+  background_compile_seconds: float = 0.0
 
   @property
   def training_flops(self) -> float:
@@ -114,6 +128,7 @@ class Task:
     init_variables: the model's initial variables, one dict per block (block j starts from its own).
     checkpointer: one checkpoint per frozen block and one per epoch of the fits in progress (or None).
     log: where progress lines go; events: told after every epoch and every frozen block (or None).
+    ahead: the thread compiling the fits of the blocks still to train (`CompilingAhead`), or None.
   """
 
   model: MultiExitModel
@@ -124,6 +139,7 @@ class Task:
   checkpointer: Optional[BlockCheckpointer] = None
   log: Log = print
   events: Optional[Events] = None
+  ahead: Optional[CompilingAhead] = None
 
 
 # ------------------------------------------------------------------------------- feature cache
@@ -229,6 +245,56 @@ class BlockInputs:
     )
 
 
+def _fit_parts(params: dict):
+  """The leaves a block's fit trains: its subnet and exit (its commitment head trains after)."""
+  return parts_mask(params, (SUBNET, EXIT))
+
+
+def _epoch_draws(task: Task, j: int) -> Optional[int]:
+  """The samples an epoch of block j draws: the authors' full-size epochs draw |T_0| class-balanced
+  samples from T_j in every block after the first; otherwise None (the working set, once)."""
+  return len(task.train.labels) if task.config.epoch_draws == "full" and j > 0 else None
+
+
+def cached_fit_data(task: Task, j: int, train: Split, val: Split, fit_pos: np.ndarray) -> FitData:
+  """Block j's fit data (j > 0) on cached features entering it.
+
+  Padded to the full splits' buckets: blocks of one shape share one compiled epoch and validation pass
+  across working-set sizes and seeds (only the first n rows are ever read).
+
+  Args:
+    task: the run.
+    j: the block (not the first).
+    train: the features entering block j on T_j (or their `jax.ShapeDtypeStruct`) and T_j's labels.
+    val: the same on V_j.
+    fit_pos: the positions in T_j that the block trains on.
+
+  Returns:
+    The `FitData` of block j's fit.
+  """
+  num_train, num_val = len(task.train.labels), len(task.val.labels)
+  rows, val_rows = bucket_size(num_train), bucket_size(num_val)
+  labels = np.asarray(train.labels)
+  return FitData(
+    Split(pad_rows(train.images, rows), pad_rows(labels, rows)),
+    Split(pad_rows(val.images, val_rows), pad_rows(val.labels, val_rows)),
+    rows=device_array(fit_pos),
+    row_classes=device_array(labels[fit_pos]),
+    num_classes=task.model.num_classes,
+    epoch_draws=_epoch_draws(task, j),
+    bucket=rows,
+    num_val=len(val.labels),
+  )
+
+
+def cached_objective(task: Task, j: int) -> Objective:
+  """Block j's objective on cached features (j > 0): its cross-entropy, nothing augmented (features are
+  not images), without the trainable mask (`block_inputs` adds it)."""
+  config = task.config
+  learned_threshold = config.train_threshold if config.budget == "learned_set" else None
+  return Objective(losses.BlockLoss(task.model.blocks[j], None, learned_threshold, config.fit.compute_dtype))
+
+
 def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSets, key: jax.Array) -> BlockInputs:
   """The features entering block j for its working sets, the fit's arrays and objective.
 
@@ -262,8 +328,7 @@ def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSet
       f"block {j}: its feature cache would take {feature_cache_bytes(model, j, num_train, num_val) / 2**20:.0f} "
       f"MiB > feature_cache_mb={config.feature_cache_mb:g}: the frozen prefix is recomputed every step instead"
     )
-  # the authors' full-size epochs: a later block draws |T_0| class-balanced samples from T_j every epoch
-  draws = num_train if config.epoch_draws == "full" and j > 0 else None
+  draws = _epoch_draws(task, j)
   # blocks after the first are padded to the full split's bucket: they share one compiled epoch
   common = dict(
     rows=device_array(train_idx[fit_pos], np.int32),
@@ -283,16 +348,8 @@ def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSet
     objective = Objective(losses.BlockLoss(model.blocks[j], augment, learned_threshold, dtype))
   elif cached:
     train_features = forward.prefix_features(model, frozen, train.images, train_idx, j, eval_bs)
-    # Padded to the full splits' buckets: blocks of one shape share one compiled epoch and validation
-    # pass across working-set sizes and seeds (only the first n rows are ever read).
-    rows, val_rows = bucket_size(num_train), bucket_size(num_val)
-    data = FitData(
-      Split(pad_rows(train_features, rows), pad_rows(labels_j, rows)),
-      Split(pad_rows(val_features, val_rows), pad_rows(val_labels_j, val_rows)),
-      **dict(common, rows=device_array(fit_pos)),
-      num_val=len(val_idx),
-    )
-    objective = Objective(losses.BlockLoss(model.blocks[j], None, learned_threshold, dtype))
+    data = cached_fit_data(task, j, Split(train_features, labels_j), Split(val_features, val_labels_j), fit_pos)
+    objective = cached_objective(task, j)
   else:
     data = FitData(
       Split(device_array(train.images), device_array(train.labels)),
@@ -309,7 +366,7 @@ def block_inputs(task: Task, j: int, frozen: Sequence[dict], working: WorkingSet
     j=j,
     working=working,
     data=data,
-    objective=dataclasses.replace(objective, trainable=parts_mask(params, (SUBNET, EXIT))),
+    objective=dataclasses.replace(objective, trainable=_fit_parts(params)),
     cached=cached,
     train_features=train_features,
     val_features=val_features,
@@ -445,6 +502,142 @@ def select_learned(task: Task, inputs: BlockInputs, committed: Committed, key: j
   )
 
 
+class CompilingAhead(Events):
+  """Compiles, on a thread, the fits of the blocks still to train while the first of them trains.
+
+  In the order the run needs them: block j's commitment head (its epoch, draw and validation pass), then
+  block j+1's fit (when its features are cached), for every block from `first`. Nothing runs: the fits
+  find their programs compiled (`trainer.compile_ahead`). Working-set sizes are not known ahead; the
+  programs do not depend on them (the arrays are padded to the splits' buckets), except where a set is
+  smaller than a batch, and such a fit compiles its own program as it would without this.
+
+  The thread starts after the first epoch of the first block (`epoch_done`, as a listener of that
+  fit), so that it does not slow the compiles of that block's own programs, or when a block first waits
+  for it.
+
+  Args:
+    task: the run.
+    first: the first block still to train.
+  """
+
+  def __init__(self, task: Task, first: int):
+    self._seconds: dict = {}  # (kind, block) -> compile seconds, once compiled
+    self._items = list(_ahead_of(task, first))
+    self._done = {(kind, j): threading.Event() for kind, j, _ in self._items}
+    self._failure: Optional[BaseException] = None
+    self._stopped = False
+    self._thread = None
+    if parallel.current_mesh() is None:  # a mesh is the calling thread's context: its fits compile their own
+      self._thread = threading.Thread(target=self._run, name="compiling ahead")
+
+  def epoch_done(self, event: EpochDone) -> None:
+    """Starts the thread (once).
+
+    Args:
+      event: the finished epoch (not read).
+    """
+    del event
+    self._start()
+
+  def _start(self) -> None:
+    if self._thread is not None and self._thread.ident is None and not self._stopped:
+      self._thread.start()
+
+  def _run(self) -> None:
+    try:
+      for kind, j, compile_it in self._items:
+        if self._stopped:
+          return
+        with CompileMeter() as meter:
+          compile_it()
+        self._seconds[kind, j] = meter.seconds
+        self._done[kind, j].set()
+    except BaseException as e:  # raised again in the run's thread, by `wait`
+      self._failure = e
+    finally:
+      for event in self._done.values():
+        event.set()
+
+  def wait(self, kind: str, j: int) -> float:
+    """Returns once block j's fit ("fit") or commitment head ("commit") is compiled, or will not be here.
+
+    Args:
+      kind: "fit" or "commit".
+      j: the block.
+
+    Returns:
+      The seconds waited.
+
+    Raises:
+      Whatever the thread raised.
+    """
+    start = time.perf_counter()
+    if self._thread is not None and (kind, j) in self._done:
+      self._start()
+      self._done[kind, j].wait()
+    if self._failure is not None:
+      raise self._failure
+    return time.perf_counter() - start
+
+  def seconds(self, j: int) -> float:
+    """The seconds the thread spent compiling block j's fit and commitment head (0.0 for what it did not).
+
+    Args:
+      j: the block.
+
+    Returns:
+      Compile seconds on the thread.
+    """
+    return sum(self._seconds.get((kind, j), 0.0) for kind in ("fit", "commit"))
+
+  def close(self) -> None:
+    """Stops the thread after what it is compiling, and waits for it."""
+    self._stopped = True
+    if self._thread is not None and self._thread.ident is not None:
+      self._thread.join()
+
+
+def _ahead_of(task: Task, first: int):
+  """(kind, block, a function compiling it) for every fit `CompilingAhead` compiles, in the run's order."""
+  model, config = task.model, task.config
+  num_train, num_val = len(task.train.labels), len(task.val.labels)
+  pad_to = (bucket_size(num_train), bucket_size(num_val))
+  labels, val_labels = np.asarray(task.train.labels), np.asarray(task.val.labels)
+  key = rng.seed_key(0)
+  entering = jax.ShapeDtypeStruct((1, *task.train.images.shape[1:]), task.train.images.dtype)
+  for j in range(model.num_blocks):
+    variables = task.init_variables[j]
+    out = jax.eval_shape(lambda x, j=j, v=variables: model.blocks[j].apply(v, x, method=Block.features), entering)
+    if j >= first:
+      if j > first and uses_feature_cache(model, j, config, num_train, num_val):
+        params, state = split_variables(variables)
+        objective = dataclasses.replace(cached_objective(task, j), trainable=_fit_parts(params))
+        data = cached_fit_data(
+          task,
+          j,
+          Split(jax.ShapeDtypeStruct((num_train, *entering.shape[1:]), entering.dtype), labels),
+          Split(jax.ShapeDtypeStruct((num_val, *entering.shape[1:]), entering.dtype), val_labels),
+          np.arange(num_train, dtype=np.int32),
+        )
+        yield "fit", j, functools.partial(compile_ahead, objective, params, state, data, config.block_fit(), key)
+      yield (
+        "commit",
+        j,
+        functools.partial(
+          compile_commitment_ahead,
+          model.blocks[j],
+          variables,
+          out,
+          (num_train, num_val),
+          config.commitment_fit(),
+          key,
+          balance=config.commit_balance,
+          pad_to=pad_to,
+        ),
+      )
+    entering = out
+
+
 # ------------------------------------------------------------------------------- one block, all
 
 
@@ -472,6 +665,7 @@ def train_block(
   with CompileMeter() as inputs_compiled:
     inputs = block_inputs(task, j, frozen, working, key)
   inputs_seconds = time.perf_counter() - start
+  waited = task.ahead.wait("fit", j) if task.ahead is not None else 0.0
 
   def spent(stage, **progress):
     return flops_before + costs.total(inputs.block_flops(task.model, stage=stage, **progress))
@@ -486,9 +680,12 @@ def train_block(
     fit_key,
     name=f"block {j}",
     hooks=FitHooks(
-      InPhase(task.events, "block", j, lambda record: spent("block", epochs=record["epoch"])), block_ckpt, task.log
+      AllOf(InPhase(task.events, "block", j, lambda record: spent("block", epochs=record["epoch"])), task.ahead),
+      block_ckpt,
+      task.log,
     ),
   )
+  waited += task.ahead.wait("commit", j) if task.ahead is not None else 0.0
   committed = fit_commitment_head(
     task,
     inputs,
@@ -517,7 +714,7 @@ def train_block(
     dict(
       feature_cache=inputs_seconds + committed.outputs_seconds - features_compile,
       selection=selection_seconds - selection_compiled.seconds,
-      compile=features_compile + selection_compiled.seconds,
+      compile=features_compile + selection_compiled.seconds + waited,  # waiting for `CompilingAhead`
     ),
     timing.fit_seconds(fitted.history, "block_"),
     timing.fit_seconds(committed.commit_state.history, "commit_"),
@@ -538,6 +735,7 @@ def train_block(
     history=list(fitted.history),
     commit_history=list(committed.commit_state.history),
     phase_seconds=timing.with_other(phases, seconds),
+    background_compile_seconds=task.ahead.seconds(j) if task.ahead is not None else 0.0,
   )
   task.log(
     f"block {j}: trained on {n_train} samples for {record.epochs} epochs (+{record.commit_epochs} commitment), "
@@ -584,17 +782,21 @@ def train_quicknet(
   working = WorkingSets(np.arange(len(train.labels), dtype=np.int32), np.arange(len(val.labels), dtype=np.int32))
   variables, records, working = restore(task, working)
   blocks_key = rng.stream(key, rng.Stream.BLOCKS)
-  for j in range(len(records), model.num_blocks):
-    if len(working.train_idx) == 0:
-      log(f"block {j}: every training sample was learned by earlier blocks; blocks {j}.. are skipped")
-      break
-    if len(working.val_idx) == 0:  # every validation sample learned: validate on the whole split instead
-      working = working._replace(val_idx=np.arange(len(val.labels), dtype=np.int32))
-    flops_before = sum(r.training_flops for r in records)
-    block_vars, record, working = train_block(task, j, variables, working, rng.per_item(blocks_key, j), flops_before)
-    variables.append(block_vars)
-    records.append(record)
-    freeze(task, block_vars, record, working)
+  task = dataclasses.replace(task, ahead=CompilingAhead(task, len(records)))
+  try:
+    for j in range(len(records), model.num_blocks):
+      if len(working.train_idx) == 0:
+        log(f"block {j}: every training sample was learned by earlier blocks; blocks {j}.. are skipped")
+        break
+      if len(working.val_idx) == 0:  # every validation sample learned: validate on the whole split instead
+        working = working._replace(val_idx=np.arange(len(val.labels), dtype=np.int32))
+      flops_before = sum(r.training_flops for r in records)
+      block_vars, record, working = train_block(task, j, variables, working, rng.per_item(blocks_key, j), flops_before)
+      variables.append(block_vars)
+      records.append(record)
+      freeze(task, block_vars, record, working)
+  finally:
+    task.ahead.close()
   if config.finetune_epochs == 0:
     return QuickNetRun(variables, records)
   tuned, finetune = finetune_quicknet(

@@ -15,7 +15,8 @@ sharding: a run checkpointed on 8 devices resumes on 1 or 4 (`trainer.fit` repli
 onto the current mesh; tests/test_elastic_resume.py).
 
 Saves are atomic (orbax writes `<step>.orbax-checkpoint-tmp` and renames it when complete; an epoch's
-file is renamed into place once on disk), so a run killed mid-save resumes from the previous one.
+file is renamed into place once on disk, by a writer thread while the next epoch runs), so a run killed
+mid-save resumes from the previous one.
 Unreadable checkpoints and failed saves raise `CheckpointError` with one line naming the block and the
 fix; nothing falls back to fresh weights.
 """
@@ -262,7 +263,9 @@ class FitCheckpointer:
   One file per epoch: every array of the state (numbered in the order of the state's tree) and, as JSON,
   its schedule, history and the tree's key paths (a checkpoint of another fit is refused, not misread).
   Written to a temporary file and renamed into place (`save_tree`), so a kill mid-save leaves the
-  previous epoch as the newest; a few milliseconds per epoch, where an orbax checkpoint of the same
+  previous epoch as the newest; the writing runs on a thread while the next epoch trains (`save`; `wait`
+  and `close` return once it is on disk, and `trainer.fit` returns with every epoch on disk); a few
+  milliseconds per epoch, where an orbax checkpoint of the same
   state takes ~80 ms (these are written after every epoch of every fit; frozen blocks, written once,
   stay orbax checkpoints). The two newest epochs are kept, so a file corrupted on disk can be deleted
   by hand to resume one epoch earlier. In a multi-process run process 0 writes and every process reads.
@@ -285,8 +288,12 @@ class FitCheckpointer:
     self.name = name
     self.max_to_keep = max_to_keep
     self.resumed_seconds = 0.0  # wall time of the epochs restore() brought back (for honest timings)
+    self._writer: Optional[threading.Thread] = None  # the thread writing the last save, if any
+    self._failure: Optional[CheckpointError] = None  # what went wrong in it
 
   def _epochs(self) -> list[int]:
+    if self._writer is not None and self._writer is not threading.current_thread():
+      self._writer.join()  # a listing counts the epoch being written
     if not os.path.isdir(self.directory):
       return []
     return sorted(int(m.group(1)) for n in os.listdir(self.directory) if (m := _EPOCH_FILE.match(n)))
@@ -304,19 +311,24 @@ class FitCheckpointer:
     return epochs[-1] if epochs else None
 
   def save(self, state) -> None:
-    """Saves `state` (a `trainer.FitState`) as epoch `state.epoch`, on disk when this returns.
+    """Saves `state` (a `trainer.FitState`) as epoch `state.epoch`; the file is written in the background.
 
-    Only process 0 writes (`parallel.is_writer`); on the others this does nothing. Files older than the
-    `max_to_keep` newest are deleted after the save.
+    The state's arrays are copied to the host before this returns (the next epoch donates, and so
+    overwrites, their device buffers); the file is written, renamed into place and the files older than
+    the `max_to_keep` newest deleted by a writer thread while the next epoch runs. The next `save`,
+    `wait`, `latest_epoch` or `close` waits for it; the thread is not a daemon, so an interrupted process
+    still finishes the file before it exits. Only process 0 writes (`parallel.is_writer`); on the
+    others this does nothing.
 
     Args:
       state: the state to save (see the class doc for what it must provide).
 
     Raises:
-      CheckpointError: the write failed (the message names what is intact), or the epoch exists.
+      CheckpointError: the previous save failed (the message names what is intact), or the epoch exists.
     """
     if not parallel.is_writer():  # process 0 writes the run's files; the others (sharing them) only read
       return
+    self.wait()
     previous = self.latest_epoch()
     if previous is not None and state.epoch <= previous:
       raise CheckpointError(
@@ -324,16 +336,39 @@ class FitCheckpointer:
         f"epoch {previous}; delete {self.directory} to retrain {self.name}"
       )
     tree, meta = state.checkpoint()
-    with deferred_interrupts():
+    contents = host_contents(tree, dict(meta, epoch=state.epoch))
+    what = f"{self.name} after epoch {state.epoch}"
+    intact = None if previous is None else f"epoch {previous}"
+
+    def write():
       try:
-        save_tree(self._path(state.epoch), tree, dict(meta, epoch=state.epoch))
+        write_contents(self._path(state.epoch), contents)
       except Exception as e:
-        raise _save_failed(
-          f"{self.name} after epoch {state.epoch}", self.directory, None if previous is None else f"epoch {previous}", e
-        ) from e
-    for old in self._epochs()[: -self.max_to_keep]:
-      with contextlib.suppress(OSError):
-        os.remove(self._path(old))
+        self._failure = _save_failed(what, self.directory, intact, e)
+        return
+      for old in self._epochs()[: -self.max_to_keep]:
+        with contextlib.suppress(OSError):
+          os.remove(self._path(old))
+
+    self._writer = threading.Thread(target=write, name=f"checkpoint of {self.name}")
+    self._writer.start()
+
+  def wait(self, raise_failure: bool = True) -> None:
+    """Returns once the last `save` is on disk.
+
+    Args:
+      raise_failure: raise the save's error if it failed (False: only wait, e.g. while another error is
+        on its way out; the failure is then dropped).
+
+    Raises:
+      CheckpointError: the last save failed (the message names what is intact).
+    """
+    writer, self._writer = self._writer, None
+    if writer is not None:
+      writer.join()
+    failure, self._failure = self._failure, None
+    if failure is not None and raise_failure:
+      raise failure
 
   def restore(self, template):
     """The newest saved `trainer.FitState`, shaped like `template` (a fresh state of the same fit), or None.
@@ -371,7 +406,12 @@ class FitCheckpointer:
     return state
 
   def close(self):
-    """Nothing to release (kept so fits and blocks close their checkpointers alike)."""
+    """Waits for the last save (`wait`): when this returns, every saved epoch is on disk.
+
+    Raises:
+      CheckpointError: the last save failed.
+    """
+    self.wait()
 
 
 _EPOCH_FILE = re.compile(r"^(\d+)\.npz$")
@@ -401,14 +441,41 @@ def save_tree(path: str, tree, meta: dict) -> None:
   Raises:
     OSError: the file could not be written (e.g. no space left on the device).
   """
+  write_contents(path, host_contents(tree, meta))
+
+
+def host_contents(tree, meta: dict) -> dict:
+  """What `save_tree` writes for `tree` and `meta`, as host copies that later device work cannot change.
+
+  Args:
+    tree: a pytree of arrays (on devices or the host).
+    meta: a JSON-ready dict.
+
+  Returns:
+    A dict of numpy arrays: a0, a1, ... (the leaves, copied, in flattening order) and "meta" (`meta`
+    with the key paths as "paths", as JSON).
+  """
   paths, leaves = _flat_with_paths(jax.device_get(tree))
-  arrays = {f"a{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-  arrays["meta"] = np.asarray(json.dumps(dict(meta, paths=paths)))
+  contents = {f"a{i}": np.array(leaf, copy=True) for i, leaf in enumerate(leaves)}
+  contents["meta"] = np.asarray(json.dumps(dict(meta, paths=paths)))
+  return contents
+
+
+def write_contents(path: str, contents: dict) -> None:
+  """Writes `host_contents`'s arrays to the .npz file `path`, atomically (see `save_tree`).
+
+  Args:
+    path: the file to write (its folder is created if missing).
+    contents: what `host_contents` returned.
+
+  Raises:
+    OSError: the file could not be written (e.g. no space left on the device).
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   try:
     with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
+      np.savez(f, **contents)
     os.replace(tmp, path)
   finally:
     with contextlib.suppress(FileNotFoundError):

@@ -92,21 +92,27 @@ def cache_dir() -> Optional[str]:
 class CompileMeter:
   """Compile seconds and cache hits/misses seen while it is open (`with CompileMeter() as meter:`).
 
-  Meters nest (each open one counts everything); counts from every thread are included, since jax
-  compiles on the calling thread and a run compiles from one. A meter compares and hashes by identity.
+  Meters nest (each open one counts everything). A meter counts the compiles of the thread that opened
+  it (jax compiles on the calling thread): programs compiled ahead on another thread
+  (`trainer.compile_ahead`) are that thread's meter's, not the waiting fit's; a meter opened with
+  `every_thread=True` counts every thread's. A meter compares and hashes by identity.
 
   Attributes:
     seconds: the seconds of tracing, lowering and backend compiles (or cache reads) while open.
     cache_hits: programs read from the persistent cache while open.
     cache_misses: programs looked up in the persistent cache and not found while open.
+    every_thread: count the compiles of every thread, not only the opening thread's (a run's total).
   """
 
   seconds: float = 0.0
   cache_hits: int = 0
   cache_misses: int = 0
+  every_thread: bool = False
+  thread: int = dataclasses.field(default=0, repr=False)  # the opening thread's id, set on entry
 
   def __enter__(self) -> CompileMeter:
     _install()
+    self.thread = threading.get_ident()
     with _LOCK:
       _OPEN.append(self)
     return self
@@ -131,15 +137,20 @@ _INSTALLED = []
 
 def _on_duration(event: str, duration: float, **_) -> None:
   if event in COMPILE_EVENTS:
+    thread = threading.get_ident()
     with _LOCK:
       for meter in _OPEN:
-        meter.seconds += duration
+        if meter.every_thread or meter.thread == thread:
+          meter.seconds += duration
 
 
 def _on_event(event: str, **_) -> None:
   if event in (_HIT, _MISS):
+    thread = threading.get_ident()
     with _LOCK:
       for meter in _OPEN:
+        if not (meter.every_thread or meter.thread == thread):
+          continue
         if event == _HIT:
           meter.cache_hits += 1
         else:

@@ -251,8 +251,11 @@ def pad_rows(array, rows: int, value=0):
     value: the fill value of the padding rows.
 
   Returns:
-    The padded array on the default device (`data.streaming.device_array`), with `array`'s dtype.
+    The padded array on the default device (`data.streaming.device_array`), with `array`'s dtype; for a
+    `jax.ShapeDtypeStruct` (an array's shape alone, `compile_ahead`), the struct of the padded array.
   """
+  if isinstance(array, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct((max(rows, array.shape[0]), *array.shape[1:]), array.dtype)
   array = np.asarray(array)  # padded on the host: an eager jnp concat compiles for every new length
   missing = rows - array.shape[0]
   if missing > 0:
@@ -695,6 +698,92 @@ def init_fit_state(objective: Objective, params: PyTree, model_state: PyTree, co
   return FitState(train, params, model_state, Schedule(learning_rate=config.learning_rate))
 
 
+def _sizes(data: FitData, config: FitConfig, name: str) -> tuple[int, int, int]:
+  """(working-set rows, samples an epoch trains on, validation rows) of a fit; refuses empty ones."""
+  num_rows = int(data.rows.shape[0])  # the working set
+  num_samples = num_rows if data.epoch_draws is None else int(data.epoch_draws)  # what an epoch trains on
+  num_val = int(data.val.images.shape[0] if data.num_val is None else data.num_val)
+  if num_rows == 0:
+    raise ValueError(f"{name}: the working set is empty; nothing to train")
+  if num_val == 0:
+    raise ValueError(f"{name}: the validation set is empty; raise --val_fraction")
+  if num_samples > num_rows and not config.balanced_sampling:
+    raise ValueError(
+      f"{name}: an epoch of {num_samples} draws from {num_rows} rows needs draws with "
+      "replacement: pass --balanced_sampling"
+    )
+  return num_rows, num_samples, num_val
+
+
+class _Loop(NamedTuple):
+  """What `fit`'s epochs run: the padded arrays, the static plans and the drivers chosen for them."""
+
+  arrays: EpochArrays
+  val: Split
+  plan: EpochPlan
+  eval_plan: EvalPlan
+  run_epoch: Callable
+  evaluate: Callable
+
+
+def _first_row(x):
+  """`x[:1]`, or zeros of one row's shape for a `jax.ShapeDtypeStruct` (only traced, never read)."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return np.zeros((1, *x.shape[1:]), x.dtype)
+  return x[:1]
+
+
+def _set_up(objective: Objective, state: FitState, data: FitData, config: FitConfig) -> tuple[FitState, _Loop]:
+  """The fit's state on its devices (private copies: the epochs donate them) and what its epochs run.
+
+  The inputs of `data` may be `jax.ShapeDtypeStruct`s (`compile_ahead`): the arrays are then structs.
+  """
+  num_rows = int(data.rows.shape[0])
+  num_samples = num_rows if data.epoch_draws is None else int(data.epoch_draws)
+  mesh = parallel.current_mesh()
+  batch_size = parallel.round_up_batch(min(config.batch_size, num_samples), mesh)
+  eval_batch_size = parallel.round_up_batch(config.eval_batch_size, mesh)
+  # streamed views (`--input=stream`) stay on disk: the epoch and the validation pass read them in batches
+  streamed_train, streamed_val = is_streamed(data.train.images), is_streamed(data.val.images)
+  train_inputs, targets, train = _placed(data, state.train, mesh)
+  # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
+  # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
+  state = dataclasses.replace(state, train=_private_copy(train))
+  backend, convolves, left_convolving = jax.default_backend(), False, False
+  if backend == "cpu":
+    sample = np.asarray(train_inputs[:1]) if streamed_train else _first_row(train_inputs)
+    loss_inputs = (objective.loss, train.params, train.model_state, sample, targets, train.hparams)
+    with layers.conv_implementation("native"):
+      convolves = uses_convolution(*loss_inputs)
+    with loop_convolutions():  # what the epoch will trace: convolutions are then seldom left on CPU
+      left_convolving = convolves and uses_convolution(*loss_inputs)
+  host_loop = steps_from_host(backend, left_convolving) if config.host_loop is None else config.host_loop
+  statics = Statics(
+    objective.loss, Adam(Mask.of(objective.trainable), config.weight_decay), mesh, loop_conv_implementation()
+  )
+  plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling)
+  rows_per_pass = config.eval_rows_per_pass
+  if rows_per_pass is None:
+    rows_per_pass = eval_rows_per_pass(backend, convolves)
+  eval_plan = EvalPlan(statics, eval_batch_size, rows_per_pass or None)
+  run_epoch = epoch_streamed if streamed_train else (epoch_from_host if host_loop else epoch_on_device)
+  evaluate = evaluate_streamed if streamed_val else (evaluate_from_host if host_loop else evaluate_on_device)
+  # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
+  bucket = max(data.bucket or 0, bucket_size(max(num_rows, num_samples)))
+  arrays = EpochArrays(
+    train_inputs,
+    targets,
+    pad_rows(np.asarray(data.rows, np.int32), bucket),
+    pad_rows(np.asarray(data.row_classes, np.int32), bucket),
+    device_array(np.int32(num_samples)),
+    device_array(np.int32(num_rows)),
+  )
+  val_rows = bucket_size(int(data.val.images.shape[0]))
+  val_images = data.val.images if streamed_val else pad_rows(data.val.images, val_rows)
+  val = Split(val_images, pad_rows(data.val.labels, val_rows))
+  return state, _Loop(arrays, val, plan, eval_plan, run_epoch, evaluate)
+
+
 def fit(
   objective: Objective,
   params: PyTree,
@@ -731,18 +820,7 @@ def fit(
     quicknets_jax.training.checkpoint.CheckpointError: the checkpoint to resume from is unreadable, or
       an epoch's checkpoint could not be saved.
   """
-  num_rows = int(data.rows.shape[0])  # the working set
-  num_samples = num_rows if data.epoch_draws is None else int(data.epoch_draws)  # what an epoch trains on
-  num_val = int(data.val.images.shape[0] if data.num_val is None else data.num_val)
-  if num_rows == 0:
-    raise ValueError(f"{name}: the working set is empty; nothing to train")
-  if num_val == 0:
-    raise ValueError(f"{name}: the validation set is empty; raise --val_fraction")
-  if num_samples > num_rows and not config.balanced_sampling:
-    raise ValueError(
-      f"{name}: an epoch of {num_samples} draws from {num_rows} rows needs draws with "
-      "replacement: pass --balanced_sampling"
-    )
+  num_rows, num_samples, num_val = _sizes(data, config, name)
   state = init_fit_state(objective, params, model_state, config)
   events, checkpoint, log = hooks.events, hooks.checkpoint, hooks.log
   if checkpoint is not None:
@@ -751,102 +829,124 @@ def fit(
       state = resumed
       if log is not None:
         log(f"{name}: resumed after epoch {state.epoch}" + (" (finished)" if state.schedule.finished(config) else ""))
-  mesh = parallel.current_mesh()
-  batch_size = parallel.round_up_batch(min(config.batch_size, num_samples), mesh)
-  eval_batch_size = parallel.round_up_batch(config.eval_batch_size, mesh)
-  # streamed views (`--input=stream`) stay on disk: the epoch and the validation pass read them in batches
-  streamed_train, streamed_val = is_streamed(data.train.images), is_streamed(data.val.images)
-  train_inputs, targets, train = _placed(data, state.train, mesh)
-  # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
-  # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
-  state = dataclasses.replace(state, train=_private_copy(train))
-  backend, convolves, left_convolving = jax.default_backend(), False, False
-  if backend == "cpu":
-    sample = np.asarray(train_inputs[:1]) if streamed_train else train_inputs
-    loss_inputs = (objective.loss, train.params, train.model_state, sample, targets, train.hparams)
-    with layers.conv_implementation("native"):
-      convolves = uses_convolution(*loss_inputs)
-    with loop_convolutions():  # what the epoch will trace: convolutions are then seldom left on CPU
-      left_convolving = convolves and uses_convolution(*loss_inputs)
-  host_loop = steps_from_host(backend, left_convolving) if config.host_loop is None else config.host_loop
-  statics = Statics(
-    objective.loss, Adam(Mask.of(objective.trainable), config.weight_decay), mesh, loop_conv_implementation()
-  )
-  plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling)
-  rows_per_pass = config.eval_rows_per_pass
-  if rows_per_pass is None:
-    rows_per_pass = eval_rows_per_pass(backend, convolves)
-  eval_plan = EvalPlan(statics, eval_batch_size, rows_per_pass or None)
-  run_epoch = epoch_streamed if streamed_train else (epoch_from_host if host_loop else epoch_on_device)
-  evaluate = evaluate_streamed if streamed_val else (evaluate_from_host if host_loop else evaluate_on_device)
-  # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
-  bucket = max(data.bucket or 0, bucket_size(max(num_rows, num_samples)))
-  arrays = EpochArrays(
-    train_inputs,
-    targets,
-    pad_rows(np.asarray(data.rows, np.int32), bucket),
-    pad_rows(np.asarray(data.row_classes, np.int32), bucket),
-    device_array(np.int32(num_samples)),
-    device_array(np.int32(num_rows)),
-  )
-  val_rows = bucket_size(int(data.val.images.shape[0]))
-  val_images = data.val.images if streamed_val else pad_rows(data.val.images, val_rows)
-  val = Split(val_images, pad_rows(data.val.labels, val_rows))
+  state, loop = _set_up(objective, state, data, config)
+  arrays, val, plan, eval_plan, run_epoch, evaluate = loop
 
-  while not state.schedule.finished(config):
-    start = time.perf_counter()
-    schedule = state.schedule
-    train = state.train.with_learning_rate(schedule.learning_rate)
-    if objective.hparams_at is not None:
-      train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(schedule.epoch + 1)))
-    with CompileMeter() as compiled:
-      with CompileMeter() as train_compiled:
-        train, (train_loss, train_acc) = run_epoch(train, arrays, jax.random.fold_in(key, schedule.epoch), plan=plan)
-        train_loss, train_acc = float(train_loss), float(train_acc)  # waits for the epoch: its seconds end here
-      trained_at = time.perf_counter()
-      # validation reads the loss's fixed hyperparameters, not an epoch's
-      val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
-      val_loss, val_acc = (float(v) for v in evaluate(val_state, val, device_array(np.int32(num_val)), plan=eval_plan))
-    validated_at = time.perf_counter()
-    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-      raise NonFiniteLossError(
-        f"{name}: non-finite loss at epoch {schedule.epoch + 1} (train {train_loss}, val {val_loss}); "
-        f"the last good parameters are kept — lower --learning_rate (now {schedule.learning_rate:g})"
-        + _kept(checkpoint)
+  try:
+    while not state.schedule.finished(config):
+      start = time.perf_counter()
+      schedule = state.schedule
+      train = state.train.with_learning_rate(schedule.learning_rate)
+      if objective.hparams_at is not None:
+        train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(schedule.epoch + 1)))
+      with CompileMeter() as compiled:
+        with CompileMeter() as train_compiled:
+          train, (train_loss, train_acc) = run_epoch(train, arrays, jax.random.fold_in(key, schedule.epoch), plan=plan)
+          train_loss, train_acc = float(train_loss), float(train_acc)  # waits for the epoch: its seconds end here
+        trained_at = time.perf_counter()
+        # validation reads the loss's fixed hyperparameters, not an epoch's
+        val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
+        val_loss, val_acc = (
+          float(v) for v in evaluate(val_state, val, device_array(np.int32(num_val)), plan=eval_plan)
+        )
+      validated_at = time.perf_counter()
+      if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise NonFiniteLossError(
+          f"{name}: non-finite loss at epoch {schedule.epoch + 1} (train {train_loss}, val {val_loss}); "
+          f"the last good parameters are kept — lower --learning_rate (now {schedule.learning_rate:g})"
+          + _kept(checkpoint)
+        )
+      next_schedule = advance(schedule, config, monitored_score(config, train_loss, val_loss, val_acc))
+      record = dict(
+        epoch=next_schedule.epoch,
+        train_loss=train_loss,
+        train_accuracy=train_acc,
+        val_loss=val_loss,
+        val_accuracy=val_acc,
+        learning_rate=schedule.learning_rate,
+        samples=num_samples,
+        seconds=validated_at - start,
+        train_seconds=trained_at - start,  # the epoch's steps, their compile included
+        val_seconds=validated_at - trained_at,
+        compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
+        train_compile_seconds=train_compiled.seconds,
       )
-    next_schedule = advance(schedule, config, monitored_score(config, train_loss, val_loss, val_acc))
-    record = dict(
-      epoch=next_schedule.epoch,
-      train_loss=train_loss,
-      train_accuracy=train_acc,
-      val_loss=val_loss,
-      val_accuracy=val_acc,
-      learning_rate=schedule.learning_rate,
-      samples=num_samples,
-      seconds=validated_at - start,
-      train_seconds=trained_at - start,  # the epoch's steps, their compile included
-      val_seconds=validated_at - trained_at,
-      compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
-      train_compile_seconds=train_compiled.seconds,
-    )
-    if num_samples != num_rows:
-      record["working_set"] = num_rows
-    record["stopped"] = next_schedule.stopped
-    best = (state.best_params, state.best_model_state)
-    if next_schedule.best_epoch == next_schedule.epoch:
-      # copies: the next epoch donates (and so overwrites) the state's buffers
-      best = _private_copy((train.params, train.model_state))
-    state = FitState(train, *best, next_schedule, (*state.history, record))
-    try:
-      if events is not None:
-        events.epoch_done(EpochDone("fit", None, state, record, None))
-    finally:
-      if checkpoint is not None:
-        saving = time.perf_counter()
-        checkpoint.save(state)
-        # kept in memory only (the record on disk was written before the save could be timed)
-        record["checkpoint_seconds"] = time.perf_counter() - saving
+      if num_samples != num_rows:
+        record["working_set"] = num_rows
+      record["stopped"] = next_schedule.stopped
+      best = (state.best_params, state.best_model_state)
+      if next_schedule.best_epoch == next_schedule.epoch:
+        # copies: the next epoch donates (and so overwrites) the state's buffers
+        best = _private_copy((train.params, train.model_state))
+      state = FitState(train, *best, next_schedule, (*state.history, record))
+      try:
+        if events is not None:
+          events.epoch_done(EpochDone("fit", None, state, record, None))
+      finally:
+        if checkpoint is not None:
+          saving = time.perf_counter()
+          checkpoint.save(state)
+          # kept in memory only (the record on disk was written before the save could be timed)
+          record["checkpoint_seconds"] = time.perf_counter() - saving
+  except BaseException:
+    if checkpoint is not None:  # the epoch being written reaches the disk before the error goes on
+      checkpoint.wait(raise_failure=False)
+    raise
+  if checkpoint is not None:  # every epoch of the fit is on disk when it returns
+    waiting = time.perf_counter()
+    checkpoint.wait()
+    if state.history:
+      last = state.history[-1]
+      last["checkpoint_seconds"] = last.get("checkpoint_seconds", 0.0) + time.perf_counter() - waiting
   return state
+
+
+def compile_ahead(
+  objective: Objective, params: PyTree, model_state: PyTree, data: FitData, config: FitConfig, key: jax.Array
+) -> None:
+  """Compiles the programs `fit` would run for these arguments, without running any.
+
+  Meant for a thread that compiles a fit's epoch, its draw and its validation pass while an earlier fit
+  trains: `fit` then finds them in jax's cache and starts at once. The programs are lowered from the
+  arguments `fit` passes its first epoch (the same shapes, dtypes and placements), so they are the ones
+  `fit` looks up. The training and validation inputs of `data` may be `jax.ShapeDtypeStruct`s: only
+  their shapes are read. Nothing is compiled on a mesh (its context is not the calling thread's) or for
+  streamed inputs; a fit left out here compiles its own programs as usual.
+
+  Args:
+    objective: the fit's objective.
+    params: its starting params (their shapes and placement; the values are not read).
+    model_state: its starting model state.
+    data: its data, or one shaped like it (row values are not read).
+    config: its schedule.
+    key: a key of the kind the fit gets (its value is not read).
+
+  Raises:
+    ValueError: the data would be refused by `fit` (an empty working set or validation set).
+  """
+  if parallel.current_mesh() is not None or is_streamed(data.train.images) or is_streamed(data.val.images):
+    return
+  _, _, num_val = _sizes(data, config, "compile_ahead")
+  state, (arrays, val, plan, eval_plan, run_epoch, evaluate) = _set_up(
+    objective, init_fit_state(objective, params, model_state, config), data, config
+  )
+  train = state.train.with_learning_rate(state.schedule.learning_rate)
+  if objective.hparams_at is not None:
+    train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(1)))
+  draw = dict(num_classes=plan.num_classes, balanced=plan.balanced, batch_size=plan.batch_size)
+  draw_args = (jax.random.fold_in(key, 0), arrays.sample_classes, arrays.num_valid)
+  draw_order.lower(*draw_args, **draw).compile()
+  order, step_key = jax.eval_shape(functools.partial(draw_order, **draw), *draw_args)
+  if run_epoch is epoch_on_device:
+    _steps_on_device.lower(train, arrays, order, step_key, plan=plan).compile()
+  else:
+    _step_jitted.lower(train, _zero_sums(), arrays, order, step_key, device_array(np.int32(0)), plan=plan).compile()
+  val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
+  if evaluate is evaluate_on_device:
+    evaluate_on_device.lower(val_state, val, device_array(np.int32(num_val)), plan=eval_plan).compile()
+  else:
+    rows, mask = _chunks(val.images.shape[0], num_val, eval_plan.batch_size, np)
+    _chunk_sums_jitted.lower(val_state, val.images, val.labels, rows[0], mask[0], plan=eval_plan).compile()
 
 
 def _placed(data: FitData, train: TrainState, mesh):
@@ -857,7 +957,9 @@ def _placed(data: FitData, train: TrainState, mesh):
   if mesh is not None:  # every device gets the same rows; the extra ones of a rounded-up batch are masked
     train, inputs, targets = parallel.replicate((train, inputs, data.train.labels), mesh)
   else:  # the training arrays go to the device once (a no-op for device arrays): batches gather there
-    inputs, targets = jax.device_put(inputs), jax.device_put(data.train.labels)
+    inputs, targets = (
+      x if isinstance(x, jax.ShapeDtypeStruct) else jax.device_put(x) for x in (inputs, data.train.labels)
+    )
   return (data.train.images if streamed else inputs), targets, train
 
 

@@ -62,6 +62,7 @@ AMOUNTS_PER_BLOCK = (
   "epochs_per_block",
   "commit_epochs_per_block",
   "compile_seconds_per_block",
+  "background_compile_seconds_per_block",
 )
 
 

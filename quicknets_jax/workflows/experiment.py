@@ -235,6 +235,8 @@ def run_quicknet_seed(
     flops_per_second_by_phase=timing.flops_per_second(costs.add_parts(*(r.flops for r in records)), phases),
     # per block: its fit and its commitment head's fit (epochs restored from a checkpoint keep theirs)
     compile_seconds_per_block=[fit_compile_seconds(r.history) + fit_compile_seconds(r.commit_history) for r in records],
+    # compiled on a thread while an earlier block trained (`quicknet.CompilingAhead`): no one waited
+    background_compile_seconds_per_block=[r.background_compile_seconds for r in records],
     trained_blocks=run.num_trained_blocks,
     train_samples_per_block=[r.train_samples for r in records],
     learned_per_block=[r.learned for r in records],
@@ -371,7 +373,7 @@ def train_and_evaluate(
   start = time.perf_counter()
   writer = metrics_lib.MetricsWriter(workdir) if metrics else None
   entries_at_start = cache_entries()
-  with CompileMeter() as compiled:
+  with CompileMeter(every_thread=True) as compiled:
     for i, seed in enumerate(config.seeds):
       seed_dir = os.path.join(workdir, f"seed_{seed}")
       os.makedirs(seed_dir, exist_ok=True)
