@@ -10,7 +10,7 @@ sets). `Task` holds what the blocks of one run share. Working sets are sorted in
 the training arrays. Inside a block, both fits checkpoint their whole FitState every epoch, so a
 stopped run resumes from the last epoch with the same result, bit for bit, as an uninterrupted one.
 Training FLOPs are `costs.quicknet_block_flops`, the same formula for the per-epoch events and the
-block's record.
+block's record. While the first block trains, a thread compiles the later fits (`CompilingAhead`).
 """
 
 from __future__ import annotations
@@ -569,7 +569,7 @@ class CompilingAhead(Events):
       The seconds waited.
 
     Raises:
-      Whatever the thread raised.
+      Exception: what the thread raised while compiling, raised again here.
     """
     start = time.perf_counter()
     if self._thread is not None and (kind, j) in self._done:
@@ -603,7 +603,7 @@ def _ahead_of(task: Task, first: int):
   num_train, num_val = len(task.train.labels), len(task.val.labels)
   pad_to = (bucket_size(num_train), bucket_size(num_val))
   labels, val_labels = np.asarray(task.train.labels), np.asarray(task.val.labels)
-  key = rng.seed_key(0)
+  key = rng.seed_key(0)  # of the kind the fits get: a program depends on a key's type, not its value
   entering = jax.ShapeDtypeStruct((1, *task.train.images.shape[1:]), task.train.images.dtype)
   for j in range(model.num_blocks):
     variables = task.init_variables[j]
