@@ -113,7 +113,9 @@ def test_the_cli_records_compile_seconds_and_the_cache_state(tmp_path):
   assert warm["compile_seconds"]["cache_hits"] > 0
   assert cold["compute_dtype"] == "float32"  # auto on CPU
   seed = cold["quicknet"]["per_seed"][0]
-  assert len(seed["compile_seconds_per_block"]) == 2 and all(s > 0 for s in seed["compile_seconds_per_block"])
+  # block 0 compiles its own fit; a thread compiles block 0's commitment head and block 1's fit ahead
+  assert len(seed["compile_seconds_per_block"]) == 2 and seed["compile_seconds_per_block"][0] > 0
+  assert all(s > 0 for s in seed["background_compile_seconds_per_block"])
   assert cold["end_to_end"]["per_seed"][0]["compile_seconds"] > 0
   assert "persistent cache cold" in (tmp_path / "cold" / "results.md").read_text()
 
