@@ -358,3 +358,34 @@ def test_draw_epoch_balanced():
   # Inside a caller's jit as well.
   inner = jax.jit(lambda k, y: sampling.draw_epoch(k, y, 10, True))
   assert inner(jax.random.PRNGKey(2), labels).shape == (1000,)
+
+
+def test_stable_order_is_a_stable_argsort():
+  rs = np.random.RandomState(0)
+  for n in (0, 1, 2, 7, 256, 5000, 70000):
+    keys = (rs.randint(0, 40, n) / 8).astype(np.float32)  # many equal keys
+    keys[::5] = 2.0
+    order = sampling.stable_order(keys)
+    assert order.dtype == np.int32
+    np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+    if 0 < n <= 5000:
+      np.testing.assert_array_equal(order, np.asarray(jnp.argsort(jnp.asarray(keys))))
+  for bad in (np.array([0.5, -1.0], np.float32), np.array([0.5, np.nan], np.float32), np.arange(3.0)):
+    with pytest.raises(ValueError, match="stable_order"):
+      sampling.stable_order(bad)
+
+
+def test_an_epoch_order_sorted_on_the_host_is_the_device_sort():
+  """On CPU an epoch's shuffle is sorted by numpy: the order XLA's sort gives, padding included."""
+  from quicknets_jax.training import trainer
+
+  classes = jnp.asarray(np.arange(4096) % 10, jnp.int32)
+  for num_valid in (1, 1000, 4096):
+    draw = dict(num_classes=10, balanced=False, batch_size=64)
+    key = jax.random.PRNGKey(num_valid)
+    on_device, step_key = trainer._draw_on_device(key, classes, jnp.int32(num_valid), **draw, sort_on_host=False)
+    order, host_step_key = trainer.draw_order(key, classes, jnp.int32(num_valid), **draw)
+    assert order.shape == (4096 + 64,) and order.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(order), np.asarray(on_device))
+    np.testing.assert_array_equal(jax.random.key_data(host_step_key), jax.random.key_data(step_key))
+    assert sorted(np.asarray(order)[:num_valid].tolist()) == list(range(num_valid))

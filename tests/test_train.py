@@ -174,3 +174,51 @@ def test_validation_in_passes_skips_empty_passes_and_sums_the_same():
   assert trainer.eval_rows_per_pass("cpu", True) == layers.CPU_ROWS_PER_PASS
   assert trainer.eval_rows_per_pass("cpu", False) is None
   assert trainer.eval_rows_per_pass("gpu", True) is None
+
+
+def test_epochs_that_gather_their_rows_once_equal_epochs_that_gather_every_step():
+  """Narrow rows (a commitment head's logits, a later block's features) are gathered once per epoch in its
+  order and sliced per step: the same batches, so bit for bit the same params and metrics, in both
+  step drivers."""
+  assert trainer.gathers_per_epoch((10,), np.float32, 128)  # logits: 5 KiB a batch
+  assert not trainer.gathers_per_epoch((28, 28, 1), np.float32, 128)  # images: 392 KiB a batch
+  model = models.mlp((8, 8, 3), 4, width=16, num_blocks=2)
+  params, model_state = split_variables(model.init(jax.random.PRNGKey(0))[0])
+  x = jax.random.normal(jax.random.PRNGKey(1), (200, 8, 8, 3))
+  y = jax.random.randint(jax.random.PRNGKey(2), (200,), 0, 4)
+  rows = np.arange(0, 200, 2, dtype=np.int32)[:77]  # a working set whose last batch is part padding
+  bucket = trainer.bucket_size(len(rows))
+  arrays = trainer.EpochArrays(
+    x,
+    y,
+    trainer.pad_rows(rows, bucket),
+    trainer.pad_rows(np.asarray(y)[rows], bucket),
+    jnp.int32(len(rows)),
+    jnp.int32(len(rows)),
+  )
+  loss = losses.BlockLoss(model.blocks[0])
+  optimizer = Adam(Mask.of(parts_mask(params, ("subnet", "exit_head"))))
+  state = TrainState.create(optimizer, params, model_state, 1e-2)
+  results = {}
+  for balanced in (False, True):
+    for per_epoch in (False, True):
+      plan = trainer.EpochPlan(Statics(loss, optimizer, None, "auto"), 32, 4, balanced, per_epoch)
+      for run_epoch in (trainer.epoch_on_device, trainer.epoch_from_host):
+        trained = jax.tree.map(jnp.copy, state)
+        for epoch in range(2):
+          trained, metrics = run_epoch(trained, arrays, jax.random.PRNGKey(10 + epoch), plan=plan)
+        results[balanced, per_epoch, run_epoch] = jax.tree.map(np.asarray, (trained.params, metrics))
+  for (balanced, _, run_epoch), result in results.items():
+    reference = results[balanced, False, trainer.epoch_on_device]
+    if run_epoch is trainer.epoch_on_device:  # the drivers agree to round-off; each equals itself exactly
+      jax.tree.map(np.testing.assert_array_equal, result, reference)
+    reference = results[balanced, False, run_epoch]
+    jax.tree.map(np.testing.assert_array_equal, result, reference)
+  moved = jax.tree.leaves(
+    jax.tree.map(
+      lambda a, b: float(np.abs(a - b).max()),
+      results[False, True, trainer.epoch_on_device][0],
+      jax.tree.map(np.asarray, params),
+    )
+  )
+  assert max(moved) > 1e-3

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quicknets_jax.data.sampling import draw_epoch_padded
+from quicknets_jax.data.sampling import draw_epoch_padded, shuffle_keys_padded, stable_order
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, is_streamed
 from quicknets_jax.models import layers
@@ -277,12 +277,15 @@ class EpochPlan:
     batch_size: rows per step (a multiple of the mesh's device count).
     num_classes: the number of classes, for class-balanced draws.
     balanced: draw every class equally often (with replacement) instead of a shuffled order.
+    inputs_per_epoch: gather the epoch's rows once, in its order, before its steps (each step then slices
+      its batch) instead of in every step (`gathers_per_epoch`).
   """
 
   statics: Statics
   batch_size: int
   num_classes: int
   balanced: bool
+  inputs_per_epoch: bool = False
 
 
 class EpochArrays(NamedTuple):
@@ -305,29 +308,69 @@ class EpochArrays(NamedTuple):
   num_valid: Any  # int32: rows of `positions` that exist
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "balanced", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("num_classes", "balanced", "batch_size", "sort_on_host"))
+def _draw_on_device(
+  key, sample_classes, num_valid, *, num_classes: int, balanced: bool, batch_size: int, sort_on_host: bool
+):
+  """`draw_order` on the device: the padded order and the step key, or the shuffle's sort keys (for the host
+  to sort) and the step key."""
+  draw_key, step_key = jax.random.split(key)
+  if sort_on_host and not balanced:
+    return shuffle_keys_padded(draw_key, sample_classes.shape[0], num_valid), step_key
+  order = draw_epoch_padded(draw_key, sample_classes, num_valid, num_classes, balanced)
+  return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key
+
+
+def sorts_on_host(backend: Optional[str] = None) -> bool:
+  """Whether an epoch's shuffle is sorted by numpy rather than by XLA on `backend` (default: jax's).
+
+  XLA:CPU sorts through a compiled comparator it calls once per comparison: the 65,536 keys of a
+  Fashion-MNIST working set take it ~12 ms, `data.sampling.stable_order` under 1 ms, in the same order
+  (equal keys stay in position order in both); an epoch draws once. Accelerators sort on the device.
+
+  Args:
+    backend: a jax backend name; None: `jax.default_backend()`.
+
+  Returns:
+    True on CPU.
+  """
+  return (backend or jax.default_backend()) == "cpu"
+
+
 def draw_order(key, sample_classes, num_valid, *, num_classes: int, balanced: bool, batch_size: int):
   """The epoch's order of working-set positions (with room for the last padded batch) and its step key.
 
-  Its own program, shared by every fit with the same bucket, class count and batch size (the blocks
-  after the first and their commitment heads draw from the full split's bucket).
+  One program, shared by every fit with the same bucket, class count and batch size (the blocks after
+  the first and their commitment heads draw from the full split's bucket); on CPU a shuffle's keys are
+  sorted by numpy (`sorts_on_host`), into the order XLA's sort gives.
 
   Args:
     key: the epoch's key; split into the draw's key and the step key.
     sample_classes: int32 [bucket], the class of each position of the padded working set.
     num_valid: int32 scalar, the positions that exist.
-    num_classes: the number of classes (static).
-    balanced: class-balanced draws with replacement, instead of a shuffle of the valid positions (static).
-    batch_size: rows per step (static).
+    num_classes: the number of classes.
+    balanced: class-balanced draws with replacement, instead of a shuffle of the valid positions.
+    batch_size: rows per step.
 
   Returns:
     A tuple `(order, step_key)`. `order` is int32 [bucket + batch_size], indices into the padded working
     set in the order the epoch's steps take them, followed by `batch_size` zeros so the last batch's
     slice stays in bounds; `step_key` is the key each step folds its number into.
   """
-  draw_key, step_key = jax.random.split(key)
-  order = draw_epoch_padded(draw_key, sample_classes, num_valid, num_classes, balanced)
-  return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), step_key
+  sort_on_host = sorts_on_host()
+  drawn, step_key = _draw_on_device(
+    key,
+    sample_classes,
+    num_valid,
+    num_classes=num_classes,
+    balanced=balanced,
+    batch_size=batch_size,
+    sort_on_host=sort_on_host,
+  )
+  if balanced or not sort_on_host:
+    return drawn, step_key
+  order = stable_order(np.asarray(drawn))
+  return device_array(np.concatenate([order, np.zeros((batch_size,), np.int32)])), step_key
 
 
 def _draw(key, arrays, plan: EpochPlan):
@@ -345,13 +388,64 @@ def _batch_mask(i, num_samples, batch_size: int):
   return ((i * batch_size + jnp.arange(batch_size)) < num_samples).astype(jnp.float32)
 
 
+def gathers_per_epoch(row_shape: tuple, dtype, batch_size: int) -> bool:
+  """Whether an epoch gathers its input rows once, before its steps, rather than in every step.
+
+  On CPU a step's gather is one of XLA's parallel loops, split over the cores by the bytes it may read
+  (the whole input array), so a batch of narrow rows — a commitment head's logits, a later block's
+  cached features — pays a thread hand-off (~30 µs on 2 cores) larger than the copy itself. Gathering
+  the epoch's rows in one pass, then slicing each step's batch out of them, reads and computes the same
+  numbers. Rows wide enough that a batch fills a core's cache (≥ 256 KiB) keep the per-step gather: an
+  epoch-sized copy of them would cost more memory traffic than the hand-offs it saves.
+
+  Args:
+    row_shape: the shape of one input row.
+    dtype: the inputs' dtype.
+    batch_size: rows per step.
+
+  Returns:
+    True when a batch of these rows is under 256 KiB.
+  """
+  return batch_size * int(np.prod(row_shape)) * np.dtype(dtype).itemsize < 256 * 1024
+
+
+@jax.jit
+def epoch_rows(arrays: EpochArrays, order) -> EpochArrays:
+  """`arrays` with the inputs and targets of an epoch's steps gathered in their order (one gather each).
+
+  Args:
+    arrays: the working set and the arrays its batches are gathered from.
+    order: int32, the epoch's order of positions (`draw_order`).
+
+  Returns:
+    `arrays` whose `inputs` and `targets` are `inputs[positions[order]]` and `targets[positions[order]]`:
+    step i's batch is rows [i·B, (i+1)·B) of them.
+  """
+  rows = arrays.positions[order]
+  return arrays._replace(inputs=arrays.inputs[rows], targets=arrays.targets[rows])
+
+
 def _gathered_step(state: TrainState, sums, arrays: EpochArrays, order, step_key, i, plan: EpochPlan):
-  """Step i of an epoch: gather its rows on device, then `train_step`; adds its metrics to `sums`."""
-  batch_order = jax.lax.dynamic_slice(order, (i * plan.batch_size,), (plan.batch_size,))
-  rows = arrays.positions[batch_order]
-  batch = Batch(arrays.inputs[rows], arrays.targets[rows], _batch_mask(i, arrays.num_samples, plan.batch_size))
+  """Step i of an epoch: gather its rows on device, then `train_step`; adds its metrics to `sums`.
+
+  With `plan.inputs_per_epoch`, `arrays` holds the epoch's rows in order (`epoch_rows`): the step slices.
+  """
+  if plan.inputs_per_epoch:
+    inputs, targets = (
+      jax.lax.dynamic_slice_in_dim(a, i * plan.batch_size, plan.batch_size) for a in (arrays.inputs, arrays.targets)
+    )
+  else:
+    batch_order = jax.lax.dynamic_slice(order, (i * plan.batch_size,), (plan.batch_size,))
+    rows = arrays.positions[batch_order]
+    inputs, targets = arrays.inputs[rows], arrays.targets[rows]
+  batch = Batch(inputs, targets, _batch_mask(i, arrays.num_samples, plan.batch_size))
   state, metrics = train_step(state, batch, jax.random.fold_in(step_key, i), statics=plan.statics)
   return state, (sums[0] + metrics["loss_sum"], sums[1] + metrics["correct_sum"])
+
+
+def _for_steps(arrays: EpochArrays, order, plan: EpochPlan) -> EpochArrays:
+  """`arrays` as the epoch's steps read them: with `plan.inputs_per_epoch`, the epoch's rows in order."""
+  return epoch_rows(arrays, order) if plan.inputs_per_epoch else arrays
 
 
 def _zero_sums():
@@ -385,7 +479,7 @@ def epoch_on_device(state: TrainState, arrays: EpochArrays, key, *, plan: EpochP
     averaged over the samples it trained on (accuracy is the mean of the loss's per-sample correct flags).
   """
   order, step_key = _draw(key, arrays, plan)
-  return _steps_on_device(state, arrays, order, step_key, plan=plan)
+  return _steps_on_device(state, _for_steps(arrays, order, plan), order, step_key, plan=plan)
 
 
 _step_jitted = jax.jit(_gathered_step, static_argnames=("plan",), donate_argnames=("state", "sums"))
@@ -406,7 +500,7 @@ def epoch_from_host(state: TrainState, arrays: EpochArrays, key, *, plan: EpochP
     A tuple `(state, (mean_loss, accuracy))`, as `epoch_on_device` returns it.
   """
   order, step_key = _draw(key, arrays, plan)
-  sums = _zero_sums()
+  sums, arrays = _zero_sums(), _for_steps(arrays, order, plan)
   for i in range(-(-int(arrays.num_samples) // plan.batch_size)):
     state, sums = _step_jitted(state, sums, arrays, order, step_key, device_array(np.int32(i)), plan=plan)
   return state, (sums[0] / arrays.num_samples, sums[1] / arrays.num_samples)
@@ -761,7 +855,9 @@ def _set_up(objective: Objective, state: FitState, data: FitData, config: FitCon
   statics = Statics(
     objective.loss, Adam(Mask.of(objective.trainable), config.weight_decay), mesh, loop_conv_implementation()
   )
-  plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling)
+  per_epoch = not streamed_train and mesh is None
+  per_epoch = per_epoch and gathers_per_epoch(train_inputs.shape[1:], train_inputs.dtype, batch_size)
+  plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling, per_epoch)
   rows_per_pass = config.eval_rows_per_pass
   if rows_per_pass is None:
     rows_per_pass = eval_rows_per_pass(backend, convolves)
@@ -935,8 +1031,12 @@ def compile_ahead(
     train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(1)))
   draw = dict(num_classes=plan.num_classes, balanced=plan.balanced, batch_size=plan.batch_size)
   draw_args = (jax.random.fold_in(key, 0), arrays.sample_classes, arrays.num_valid)
-  draw_order.lower(*draw_args, **draw).compile()
-  order, step_key = jax.eval_shape(functools.partial(draw_order, **draw), *draw_args)
+  _draw_on_device.lower(*draw_args, **draw, sort_on_host=sorts_on_host()).compile()
+  _, step_key = jax.eval_shape(functools.partial(_draw_on_device, **draw, sort_on_host=False), *draw_args)
+  order = jax.ShapeDtypeStruct((arrays.positions.shape[0] + plan.batch_size,), np.int32)
+  if plan.inputs_per_epoch:
+    epoch_rows.lower(arrays, order).compile()
+    arrays = jax.eval_shape(epoch_rows, arrays, order)
   if run_epoch is epoch_on_device:
     _steps_on_device.lower(train, arrays, order, step_key, plan=plan).compile()
   else:
