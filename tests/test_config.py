@@ -134,3 +134,17 @@ def test_results_comparison_ignores_timing_and_names_differences():
   assert differences == ["/q/x[1]: 2.0 before, 2.0000001 after"]
   differences, _ = compare_results.compare(before, {"config": {}, "q": {"x": [1.0]}})
   assert "/config/a: missing after" in differences and "/q/x: 2 entries before, 1 after" in differences
+
+
+def test_the_machine_line_names_the_cpu_model_and_family(tmp_path, monkeypatch):
+  from quicknets_jax.workflows import workdir
+
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\ncpu family\t: 26\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\n")
+  assert workdir.cpu_model(str(cpuinfo)) == "AMD EPYC (family 26)"
+  monkeypatch.setattr(workdir.platform, "processor", lambda: "arm")
+  assert workdir.cpu_model(str(tmp_path / "missing")) == "arm"  # not Linux: what Python knows
+  (tmp_path / "bare").write_text("processor\t: 0\n")
+  assert workdir.cpu_model(str(tmp_path / "bare")) == "arm"
+  monkeypatch.setattr(workdir, "cpu_model", lambda: "Some CPU (family 1)")
+  assert workdir.machine_description().startswith(f"{workdir.platform.machine()} Some CPU (family 1), ")

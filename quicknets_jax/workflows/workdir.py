@@ -16,16 +16,43 @@ from quicknets_jax.core import options
 from quicknets_jax.training import parallel
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name and family, as Linux reports them (speeds differ between CPU generations that
+  share a model name: "AMD EPYC" covers several).
+
+  Args:
+    cpuinfo: the file to read (Linux's /proc/cpuinfo).
+
+  Returns:
+    e.g. "AMD EPYC (family 26)"; `platform.processor()` where the file is missing or names no model.
+  """
+  fields = {}
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, sep, value = line.partition(":")
+        if not sep or not line.strip():
+          continue
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  model = fields.get("model name")
+  if not model:
+    return platform.processor() or "unknown CPU"
+  family = fields.get("cpu family")
+  return f"{model} (family {family})" if family else model
+
+
 def machine_description() -> str:
   """A one-line description of where the numbers came from.
 
   Returns:
-    The machine's architecture, CPU cores, JAX devices and the jax and Python versions.
+    The machine's architecture and CPU model, its CPU cores, the JAX devices and the jax and Python versions.
   """
   devices = jax.devices()
   kind = devices[0].device_kind if devices else "?"
   return (
-    f"{platform.machine()}, {os.cpu_count()} CPU cores, {len(devices)} x {devices[0].platform} "
+    f"{platform.machine()} {cpu_model()}, {os.cpu_count()} CPU cores, {len(devices)} x {devices[0].platform} "
     f"({kind}), jax {jax.__version__}, python {platform.python_version()}"
   )
 
