@@ -24,6 +24,7 @@ from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import models
+from quicknets_jax.algorithms.end_to_end import end_to_end_parts
 from quicknets_jax.models import layers
 from quicknets_jax.models.base import EXIT, SUBNET, Block, parts_mask, split_blocks, split_variables
 from quicknets_jax.models.vgg import CONFIGS as VGG_CONFIGS
@@ -90,9 +91,7 @@ def jax_rows(shape, sizes: dict, batch_sizes, steps: int, per_block: bool, name:
   model = models.build_model("vgg", shape, 10, cfg="vgg11", num_blocks=8, **sizes)
   variables = model.init(jax.random.PRNGKey(0))
   params, state = split_blocks(variables)
-  last = model.num_blocks - 1
-  mask = [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
-  objective = Objective(losses.EndToEndLoss(model), mask)
+  objective = Objective(losses.EndToEndLoss(model), end_to_end_parts(params))
   inputs, labels = _data(shape, max(batch_sizes) * 4)
   rows = []
   for bs in batch_sizes:
@@ -206,9 +205,7 @@ def paired_ratio(shape, sizes: dict, batch_size: int, steps: int, rounds: int) -
 
   model = models.build_model("vgg", shape, 10, cfg="vgg11", num_blocks=8, **sizes)
   params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
-  last = model.num_blocks - 1
-  mask = [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
-  objective = Objective(losses.EndToEndLoss(model), mask)
+  objective = Objective(losses.EndToEndLoss(model), end_to_end_parts(params))
   inputs, labels = _data(shape, batch_size * steps)
   n = steps * batch_size
   with _training_context():

@@ -28,6 +28,7 @@ from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import models
+from quicknets_jax.algorithms.end_to_end import end_to_end_parts
 from quicknets_jax.models.base import EXIT, SUBNET, parts_mask, split_blocks, split_variables
 from quicknets_jax.training import losses
 from quicknets_jax.training.trainer import Objective, loop_convolutions
@@ -44,11 +45,8 @@ SIZES = dict(width=8, classifier_width=64)  # experiments/configs/fashion_mnist_
 
 def end_to_end_objective(model) -> tuple[Objective, list, list]:
   """(objective, params, model state) of `model` trained end to end: every subnet and the last exit."""
-  variables = model.init(jax.random.PRNGKey(0))
-  params, state = split_blocks(variables)
-  last = model.num_blocks - 1
-  mask = [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
-  return Objective(losses.EndToEndLoss(model), mask), params, state
+  params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
+  return Objective(losses.EndToEndLoss(model), end_to_end_parts(params)), params, state
 
 
 def without_first_block(model):
@@ -60,13 +58,6 @@ def without_first_block(model):
     block_costs=model.block_costs[1:],
     block_macs=None,
   )
-
-
-def training_flops(costs, exit_at_every_block: bool = False) -> float:
-  """Training FLOPs per sample (3 × forward) of subnets and the last exit, or every exit."""
-  subnets = sum(c.subnet for c in costs)
-  exits = sum(c.exit_head for c in costs) if exit_at_every_block else costs[-1].exit_head
-  return 3.0 * (subnets + exits)
 
 
 def main(argv):
@@ -83,14 +74,14 @@ def main(argv):
   block0 = model.blocks[0]
   p0, s0 = split_variables(model.init(jax.random.PRNGKey(0))[0])
   cases = {
-    "end to end": (*end_to_end_objective(model), images, training_flops(model.block_costs)),
-    "end to end without block 0": (*end_to_end_objective(rest), features, training_flops(rest.block_costs)),
+    "end to end": (*end_to_end_objective(model), images, 3.0 * model.end_to_end_cost()),
+    "end to end without block 0": (*end_to_end_objective(rest), features, 3.0 * rest.end_to_end_cost()),
     "QuickNet block 0": (
       Objective(losses.BlockLoss(block0), parts_mask(p0, (SUBNET, EXIT))),
       p0,
       s0,
       images,
-      training_flops(model.block_costs[:1], exit_at_every_block=True),
+      3.0 * (model.block_costs[0].subnet + model.block_costs[0].exit_head),
     ),
   }
   with loop_convolutions():

@@ -12,6 +12,7 @@ from absl import app, flags
 
 from benchmarks import common
 from quicknets_jax import models
+from quicknets_jax.algorithms.end_to_end import end_to_end_parts
 from quicknets_jax.models.base import parts_mask
 from quicknets_jax.training import losses
 from quicknets_jax.training.trainer import Objective
@@ -54,8 +55,7 @@ def main(argv):
       )
     features = jax.jit(lambda v, x, b=block: b.apply(v, x, method=b.features))(variables[j], features)
   params = [v["params"] for v in variables]
-  mask = [parts_mask(p, ("subnet",) + (("exit_head",) if k == 2 else ())) for k, p in enumerate(params)]
-  objective = Objective(losses.EndToEndLoss(model), mask)
+  objective = Objective(losses.EndToEndLoss(model), end_to_end_parts(params))
   for bs in map(int, FLAGS.batch_sizes):
     rate = _epoch_rate(objective, params, [{}, {}, {}], images, labels, bs, n)
     flops = rate * 3 * model.end_to_end_cost()

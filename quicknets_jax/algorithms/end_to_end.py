@@ -115,6 +115,19 @@ def fit_whole_network(
   )
 
 
+def end_to_end_parts(params: list) -> list:
+  """Which parameters end-to-end training updates: every block's subnet and the last block's exit.
+
+  Args:
+    params: one params tree per block.
+
+  Returns:
+    One boolean mask tree per block (`models.base.parts_mask`), for `Objective.trainable`.
+  """
+  last = len(params) - 1
+  return [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)]
+
+
 def train_end_to_end(
   model: MultiExitModel,
   train: Split,
@@ -142,11 +155,10 @@ def train_end_to_end(
   Returns:
     The trained network (`EndToEndRun`).
   """
-  last = model.num_blocks - 1
   loss = losses.EndToEndLoss(model, config.augmentation_name, config.compute_dtype)
 
   def objective(params):
-    return Objective(loss, [parts_mask(p, (SUBNET,) + ((EXIT,) if k == last else ())) for k, p in enumerate(params)])
+    return Objective(loss, end_to_end_parts(params))
 
   return fit_whole_network(
     model,

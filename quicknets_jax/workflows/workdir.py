@@ -31,9 +31,8 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     with open(cpuinfo) as f:
       for line in f:
         key, sep, value = line.partition(":")
-        if not sep or not line.strip():
-          continue
-        fields.setdefault(key.strip(), value.strip())
+        if sep:
+          fields.setdefault(key.strip(), value.strip())
   except OSError:
     pass
   model = fields.get("model name")
