@@ -15,18 +15,9 @@ from quicknets_jax import data
 from quicknets_jax.core.platform import configure_cpu
 from quicknets_jax.training.compilation import CompileMeter
 from quicknets_jax.training.optimizer import Adam, Mask
+from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.step import Statics, TrainState
-from quicknets_jax.training.trainer import (
-  EpochArrays,
-  EpochPlan,
-  bucket_size,
-  epoch_from_host,
-  epoch_on_device,
-  loop_conv_implementation,
-  pad_rows,
-  steps_from_host,
-  uses_convolution,
-)
+from quicknets_jax.training.trainer import EpochArrays, EpochPlan, bucket_size, choose_drivers, convolutions, pad_rows
 from quicknets_jax.workflows.workdir import machine_description
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -64,20 +55,18 @@ def epoch_runner(
 ) -> Callable[[], tuple]:
   """A zero-argument function that runs `steps` training steps (one epoch; or an epoch of `samples`
   samples, the last batch partial) through the trainer's own epoch driver, on the path `fit` takes on
-  this backend (`trainer.steps_from_host`; `host_loop` overrides it), carrying the train state from
+  this backend (`trainer.choose_drivers`; `host_loop` overrides it), carrying the train state from
   call to call. Call it in the convolution context of the trainer's loops (`trainer.loop_convolutions()`),
   as `fit` does."""
-  if host_loop is None:
-    convolves = uses_convolution(objective.loss, params, state, inputs[:1], labels[:1])
-    host_loop = steps_from_host(jax.default_backend(), convolves)
+  drivers = choose_drivers(convolutions(objective.loss), FitConfig(host_loop=host_loop))
   n = steps * batch_size if samples is None else samples
-  statics = Statics(objective.loss, Adam(Mask.of(objective.trainable)), None, loop_conv_implementation())
+  statics = Statics(objective.loss, Adam(Mask.of(objective.trainable)), None, drivers.conv)
   plan = EpochPlan(statics, batch_size, 10, True)
   rows = bucket_size(n)
   positions = pad_rows(np.arange(n, dtype=np.int32) % inputs.shape[0], rows)
   classes = pad_rows(np.asarray(labels)[np.arange(n) % inputs.shape[0]], rows)
   arrays = EpochArrays(inputs, labels, positions, classes, jnp.int32(n), jnp.int32(n))
-  driver = epoch_from_host if host_loop else epoch_on_device
+  driver = drivers.epoch.run
   # the epoch donates its state, as in `fit`: each call takes the previous call's
   carry = [TrainState.create(statics.optimizer, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state), 1e-3)]
 

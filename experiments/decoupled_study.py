@@ -24,7 +24,7 @@ from experiments.flags import check_known, fail, flagfile_settings, one_line_err
 from quicknets_jax.algorithms.pipeline_cost import Interconnect
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.reporting import figures
-from quicknets_jax.workflows.decoupled_study import ModelledNetwork, run_decoupled_study
+from quicknets_jax.workflows.decoupled_study import DeviceModel, ModelledNetwork, run_decoupled_study
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
 PARTS = ("fashion_mnist_mlp", "mnist_mlp", "fashion_mnist_vgg", "mnist_vgg")
@@ -118,8 +118,7 @@ def main(argv) -> None:
       parts,
       base_dirs=base_dirs,
       refresh_parts=[p for p in FLAGS.refresh_parts if p in parts],
-      max_devices=FLAGS.max_devices,
-      link=link,
+      devices=DeviceModel(max_devices=FLAGS.max_devices, link=link),
       modelled=modelled,
       decoupled_seeds=decoupled_seeds,
       log=log,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import fresh_process_checks
 import pytest
 
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
@@ -68,13 +69,7 @@ def test_smoke_run_on_one_and_eight_devices(data_dir, tmp_path):
 
 
 def test_paper_flags_parse_into_the_paper_config():
-  code = (
-    "import sys; from absl import flags; from experiments import cifar10, common; "
-    "flags.FLAGS(['x', '--flagfile=experiments/configs/cifar10.flags', '--workdir=/tmp/unused']); "
-    "c = common.config_from_flags().to_json(); print(c['model'], c['width'], c['num_blocks'], "
-    "c['learning_rate'], c['augment'], c['cache_features'], c['classifier_width'], c['vgg_cfg'])"
-  )
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = fresh_process_checks.run("cifar10_paper_flags")  # its own process: importing cifar10 defines the flags
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ["vgg", "64", "8", "0.0003", "True", "False", "4096", "vgg11"]
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 
+import fresh_process_checks
 import jax
 import jax.numpy as jnp
 import pytest
@@ -46,26 +47,9 @@ def test_every_epoch_records_its_compile_seconds(blobs):
   assert compilation.fit_compile_seconds(state_.history) == pytest.approx(seconds[0])
 
 
-_SCRIPT = """
-import json, sys
-import jax, jax.numpy as jnp
-from quicknets_jax.training import compilation
-folder = compilation.enable_persistent_cache(sys.argv[1])
-entries = compilation.cache_entries()
-
-def slow_to_compile(x):  # ~1 s to compile on CPU: well above MIN_COMPILE_SECONDS
-  for i in range(300):
-    x = jnp.tanh(x @ x.T * 0.01 + i)
-  return x
-
-with compilation.CompileMeter() as meter:
-  jax.jit(slow_to_compile)(jnp.ones((16, 16))).block_until_ready()
-print(json.dumps(dict(folder=folder, **compilation.compile_summary(meter, entries))))
-"""
-
-
 def _run(folder):
-  out = subprocess.run([sys.executable, "-c", _SCRIPT, folder], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  """Compiles in a fresh process with the persistent cache in `folder`; returns its compile summary."""
+  out = fresh_process_checks.run("compile_with_cache", folder)
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 

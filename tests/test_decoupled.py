@@ -6,6 +6,7 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
+import multidevice_checks
 import numpy as np
 import pytest
 from conftest import make_blobs
@@ -18,6 +19,7 @@ from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.events import Events
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch
 
 CONFIG = QuickNetConfig(fit=FitConfig(batch_size=64, max_epochs=4), train_threshold=0.5, schedule="decoupled")
 
@@ -52,15 +54,21 @@ def test_no_gradient_reaches_a_block_from_a_later_blocks_loss_nor_from_its_commi
 
   def grads(frozen):
     loss = DecoupledLoss(model, 3, frozen, 0.5, 0.0)
-    return jax.grad(lambda p: loss(p, state, x, y, None, True, None, mask)[0][0])(params)
+    return jax.grad(lambda p: loss(p, Batch(x, y, mask), jax.random.PRNGKey(0), model_state=state)[1].per_sample[0])(
+      params
+    )
 
   only_later = grads((True, False, False))  # block 0 adds nothing itself: only later blocks' losses remain
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(only_later[0]))
   assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(only_later[1]["subnet"]))
   one = _model(1)
   p1, s1 = split_blocks(one.init(jax.random.PRNGKey(0)))
-  total = jax.grad(lambda p: DecoupledLoss(one, 1, (False,), 0.5, 0.0)(p, s1, x, y, None, True, None, mask)[0][0])(p1)
-  ce = jax.grad(lambda p: jnp.mean(losses.BlockLoss(one.blocks[0])(p[0], s1[0], x, y, None, True)[0]))(p1)
+  total = jax.grad(
+    lambda p: DecoupledLoss(one, 1, (False,), 0.5, 0.0)(p, Batch(x, y, mask), jax.random.PRNGKey(0), model_state=s1)[0]
+  )(p1)
+  ce = jax.grad(
+    lambda p: losses.BlockLoss(one.blocks[0])(p[0], Batch(x, y, mask), jax.random.PRNGKey(0), model_state=s1[0])[0]
+  )(p1)
   chex.assert_trees_all_close(total[0]["subnet"], ce[0]["subnet"], rtol=1e-5, atol=1e-7)  # the head's BCE adds 0
 
 
@@ -75,8 +83,8 @@ def test_samples_earlier_blocks_learned_add_nothing_to_later_losses():
   loss = DecoupledLoss(model, 3, (True, False, False), 0.0, -1e9)  # learned = right (τ 0, any commitment)
   learned = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
   assert 0 < float(learned.sum()) < 128
-  full = loss(params, state, x, y, None, True, None, mask)[0][0]
-  without = loss(params, state, x, y, None, True, None, mask * (1 - learned))[0][0]
+  full = loss(params, Batch(x, y, mask), jax.random.PRNGKey(0), model_state=state)[1].per_sample[0]
+  without = loss(params, Batch(x, y, mask * (1 - learned)), jax.random.PRNGKey(0), model_state=state)[1].per_sample[0]
   assert float(full) == float(without)
 
 
@@ -112,73 +120,10 @@ def test_a_stopped_decoupled_run_resumes_to_the_same_result(blobs, tmp_path):
   assert [r.flops for r in full.records] == [r.flops for r in resumed.records]
 
 
-PIPELINE_CHECK = """
-import sys
-sys.path.insert(0, "tests")
-from conftest import make_blobs  # first: it makes the library's set-up call before JAX starts
-import jax, jax.numpy as jnp, numpy as np
-assert jax.device_count() == 8, jax.devices()
-from quicknets_jax import models
-from quicknets_jax.algorithms import decoupled, pipeline
-from quicknets_jax.models.base import split_blocks
-from quicknets_jax.training import trainer
-from quicknets_jax.training.optimizer import BlockwiseAdam
-from quicknets_jax.training.step import Statics, TrainState
-
-x, y = make_blobs(300)
-model = models.mlp((6, 6, 1), 4, hidden=(16, 12, 12, 10, 10, 8, 8, 8), num_blocks=8)
-params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
-loss = decoupled.DecoupledLoss(model, 8, (False,) * 8, 0.5, 0.0)
-optimizer = BlockwiseAdam((False,) * 8)
-plan = trainer.EpochPlan(Statics(loss, optimizer, None, "patches"), 64, 4, True)
-bucket = trainer.bucket_size(300)
-arrays = trainer.EpochArrays(
-  jnp.asarray(x), jnp.asarray(y), trainer.pad_rows(np.arange(300, dtype=np.int32), bucket),
-  trainer.pad_rows(y, bucket), jnp.int32(300), jnp.int32(300),
-)
-fresh = lambda: TrainState.create(optimizer, jax.tree.map(jnp.copy, params), state, [1e-2] * 8)
-key = jax.random.PRNGKey(4)
-want, want_metrics = trainer.epoch_on_device(fresh(), arrays, key, plan=plan)
-for stages in STAGES:
-  pplan = pipeline.PipelinePlan(plan, pipeline.stage_mesh(stages), pipeline.block_stages(8, stages), 64)
-  got, metrics = pipeline.pipelined_epoch(fresh(), arrays, key, plan=pplan)
-  worst = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)))
-  moments = max(
-    float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(want.opt_state), jax.tree.leaves(got.opt_state))
-  )
-  print("stages", stages, "params", worst, "optimizer", moments, "loss", float(metrics[0]), float(want_metrics[0]))
-  assert worst < 1e-5 and moments < 1e-5, (stages, worst, moments)
-  assert float(metrics[2]) == 0.0  # the whole batch fits: nothing dropped
-  assert abs(float(metrics[0]) - float(want_metrics[0])) < 1e-4 and float(metrics[1]) == float(want_metrics[1])
-# a buffer of 8 rows of 64: the first stage sends on only 8 of the rows later blocks still need
-if 2 not in STAGES:
-  print("ok")
-  raise SystemExit(0)
-small = pipeline.PipelinePlan(plan, pipeline.stage_mesh(2), pipeline.block_stages(8, 2), 8)
-got, metrics = pipeline.pipelined_epoch(fresh(), arrays, key, plan=small)
-assert float(metrics[2]) > 0 and all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(got.params))
-moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want.params)))
-assert moved > 1e-3, moved
-print("ok")
-"""
-
-
-def _pipeline_check(stages: tuple):
-  """Runs PIPELINE_CHECK on 8 host devices for `stages`, in its own process; returns the finished process."""
-  import os
-  import subprocess
-  import sys
-
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  code = f"STAGES = {stages!r}\n" + PIPELINE_CHECK
-  return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-
-
 def test_the_pipelined_epoch_is_the_decoupled_epoch_on_1_and_4_host_devices():
   """Eight blocks as 1 or 4 pipeline stages (8 host devices, in their own process): the epoch trains what
   the one-device decoupled epoch trains, parameters and optimizer state within float round-off."""
-  out = _pipeline_check((1, 4))
+  out = multidevice_checks.run("pipelined_epoch", 1, 4, timeout=900)
   assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr[-3000:]
   assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("stages")] == ["1", "4"]
 
@@ -186,7 +131,7 @@ def test_the_pipelined_epoch_is_the_decoupled_epoch_on_1_and_4_host_devices():
 @pytest.mark.slow  # two more meshes to compile
 def test_the_pipelined_epoch_is_the_decoupled_epoch_on_2_and_8_host_devices_and_a_small_buffer_drops_rows():
   """The same on 2 and 8 stages; with a stage buffer of 8 rows the first stage drops rows, and says so."""
-  out = _pipeline_check((2, 8))
+  out = multidevice_checks.run("pipelined_epoch", 2, 8, timeout=900)
   assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr[-3000:]
   assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("stages")] == ["2", "8"]
 

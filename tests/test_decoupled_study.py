@@ -97,7 +97,7 @@ def test_a_network_only_modelled_borrows_a_measured_parts_epochs(study):
   part's epochs; one with another number of blocks is refused, naming the fix."""
   from experiments.flags import flagfile_settings
   from quicknets_jax import models
-  from quicknets_jax.workflows.decoupled_study import ModelledNetwork, run_decoupled_study
+  from quicknets_jax.workflows.decoupled_study import DeviceModel, ModelledNetwork, run_decoupled_study
   from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
   workdir, _, _ = study
@@ -110,7 +110,12 @@ def test_a_network_only_modelled_borrows_a_measured_parts_epochs(study):
   wider = ModelledNetwork(models.mlp((8, 8, 1), 10, hidden=(32, 32, 32), num_blocks=3), 64, (1000, 100), "mnist_mlp", 2)
   lines = []
   summary = run_decoupled_study(
-    str(workdir), parts, refresh_parts=["mnist_mlp"], max_devices=4, modelled={"wider": wider}, log=lines.append
+    str(workdir),
+    parts,
+    refresh_parts=["mnist_mlp"],
+    devices=DeviceModel(max_devices=4),
+    modelled={"wider": wider},
+    log=lines.append,
   )
   (modelled,) = summary["modelled"]
   assert modelled["network"] == "wider" and modelled["devices"]["devices"] == [1, 2, 3, 4]
@@ -118,4 +123,6 @@ def test_a_network_only_modelled_borrows_a_measured_parts_epochs(study):
   assert "### wider: modelled only" in (workdir / "decoupled_study.md").read_text()
   two = ModelledNetwork(models.mlp((8, 8, 1), 10, hidden=(32, 32), num_blocks=2), 64, (1000, 100), "mnist_mlp")
   with pytest.raises(ValueError, match="borrow the epochs of a part with as many blocks"):
-    run_decoupled_study(str(workdir), parts, max_devices=4, modelled={"two": two}, log=lines.append)
+    run_decoupled_study(
+      str(workdir), parts, devices=DeviceModel(max_devices=4), modelled={"two": two}, log=lines.append
+    )

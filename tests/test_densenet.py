@@ -7,10 +7,9 @@ trainer) and the manual-download error. Tiny widths and resolutions: pipeline ch
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import chex
+import fresh_process_checks
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,10 +25,10 @@ from quicknets_jax.models.densenet import parse_layers
 from quicknets_jax.models.xla_check import flops_check
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch
 from quicknets_jax.workflows.experiment import train_and_evaluate
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=4, block_layers=(1, 2, 1, 1))
 
 
@@ -163,8 +162,14 @@ def test_end_to_end_loss_keeps_every_blocks_statistics_tree():
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
   params, state = zip(*[split_variables(v) for v in variables])
   x, y = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.int32)
-  per_sample, correct, new_state = jax.eval_shape(
-    lambda p, s, a, b: losses.EndToEndLoss(model)(list(p), list(s), a, b, None, True), params, state, x, y
+  _, (per_sample, correct, new_state) = jax.eval_shape(
+    lambda p, s, a, b: losses.EndToEndLoss(model)(
+      list(p), Batch(a, b, jnp.ones(4)), jax.random.PRNGKey(0), model_state=list(s)
+    ),
+    params,
+    state,
+    x,
+    y,
   )
   chex.assert_shape([per_sample, correct], (4,))
   assert jax.tree.structure(list(new_state)) == jax.tree.structure(list(state))
@@ -279,17 +284,7 @@ def test_imagenet_experiment_runs_a_tiny_densenet_on_mock_data(tmp_path):
 
 
 def test_imagenet_flags_parse_into_the_paper_config():
-  code = (
-    "from absl import flags; from experiments import imagenet, common; "
-    "flags.FLAGS(['x', '--flagfile=experiments/configs/imagenet.flags', '--workdir=/tmp/unused']); "
-    "c = common.config_from_flags().to_json(); "
-    "print(c['dataset'], c['model'], c['image_size'], c['width'], c['num_blocks'], c['learning_rate'], "
-    "c['block_layers'], c['cache_features']); "
-    "flags.FLAGS.unparse_flags(); "
-    "flags.FLAGS(['x', '--flagfile=experiments/configs/imagenet_smoke.flags', '--workdir=/tmp/unused']); "
-    "s = common.config_from_flags().to_json(); print(s['image_size'], s['max_epochs'], s['block_layers'])"
-  )
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = fresh_process_checks.run("imagenet_paper_flags")  # its own process: importing imagenet defines the flags
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.split("\n")
   assert lines[0].split() == ["imagenet2012", "densenet", "224", "32", "4", "0.0003", "densenet121", "False"]

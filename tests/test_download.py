@@ -9,10 +9,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
+import fresh_process_checks
 import numpy as np
 import pytest
 
@@ -137,11 +137,7 @@ def test_no_server_is_one_line_after_the_retries(tmp_path):
 def test_a_download_killed_midway_leaves_no_file_and_a_rerun_finishes(server, tmp_path):
   body = os.urandom(2_000_000)
   file = server.serve("/big.bin", body, "slow")
-  script = (
-    "import sys; from quicknets_jax.data import download as d; "
-    f"d.download(d.RemoteFile('big.bin', {file.url!r}, {file.md5!r}), sys.argv[1], log=lambda m: None)"
-  )
-  proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT)
+  proc = subprocess.Popen(fresh_process_checks.command("download", "big.bin", file.url, file.md5, tmp_path), cwd=ROOT)
   part = tmp_path / "big.bin.part"
   deadline = time.time() + 60
   while not (part.exists() and part.stat().st_size > 100_000) and time.time() < deadline:

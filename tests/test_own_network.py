@@ -209,17 +209,13 @@ def test_a_users_flax_conv_runs_as_patch_products_inside_the_trainers_loops():
   """On CPU the trainer's loops run convolutions as patch products: a plain nn.Conv gets them too, with
   XLA's convolution's outputs up to round-off (dilated and grouped convs stay flax's own)."""
   from quicknets_jax.models.layers import conv_implementation
-  from quicknets_jax.training.losses import BlockLoss
-  from quicknets_jax.training.trainer import uses_convolution
 
   model = own_networks.linen_cnn((8, 8, 1), 10, width=4)
   variables = model.init(jax.random.PRNGKey(0))[0]
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (5, 8, 8, 1)))
-  y = np.zeros(5, np.int32)
-  loss = BlockLoss(model.blocks[0])
-  assert uses_convolution(loss, variables["params"], {}, x, y)
+  # the model read its blocks when it was built: they convolve, and all of it as patch products
+  assert [block.convolutions for block in model.blocks] == ["patchable"] * model.num_blocks
   with conv_implementation("patches"):
-    assert not uses_convolution(loss, variables["params"], {}, x, y)
     patched = model.blocks[0].apply(variables, x)
   native = model.blocks[0].apply(variables, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), patched, native)
@@ -228,3 +224,6 @@ def test_a_users_flax_conv_runs_as_patch_products_inside_the_trainers_loops():
   with conv_implementation("patches"):
     jaxpr = str(jax.make_jaxpr(lambda p: dilated.apply(p, x))(params))
   assert "conv_general_dilated" in jaxpr
+  # so a model of them declares convolutions only XLA runs: the trainer steps it from the host on CPU
+  dilated_model = qn.multi_exit_model([dilated], input_shape=(8, 8, 1), num_classes=10)
+  assert dilated_model.blocks[0].convolutions == "native"

@@ -5,6 +5,8 @@ that do not depend on the dtype; one jitted epoch over device-resident data on G
 only for convolutions left on CPU.
 """
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -119,12 +121,12 @@ def test_fit_runs_one_jitted_epoch_over_device_arrays_off_cpu(monkeypatch, backe
 
   def recording(driver):
     def run(state, arrays, key, *, plan):
-      seen.append((driver.__name__, type(arrays.inputs), type(arrays.targets)))
-      return driver(state, arrays, key, plan=plan)
+      seen.append((driver.run.__name__, type(arrays.inputs), type(arrays.targets)))
+      return driver.run(state, arrays, key, plan=plan)
 
-    return run
+    return dataclasses.replace(driver, run=run)
 
-  for name in ("epoch_on_device", "epoch_from_host"):
+  for name in ("ON_DEVICE", "FROM_HOST"):
     monkeypatch.setattr(trainer, name, recording(getattr(trainer, name)))
   monkeypatch.setattr(trainer.jax, "default_backend", lambda: backend)
   # native convolutions, as a GPU's loops would trace them (and as CPU's would without patch products);

@@ -244,14 +244,8 @@ def test_the_predict_command_writes_csv_and_refuses_bad_input_in_one_line(workdi
 # --- the exported cascade ------------------------------------------------------------------------------
 
 
-LOADER_SCRIPT = """
-import sys, numpy as np
-sys.path.insert(0, sys.argv[1])
-import cascade_loader
-answers = cascade_loader.load(sys.argv[1]).predict(np.load(sys.argv[2]), batch_size=int(sys.argv[4]))
-assert not [m for m in sys.modules if m.startswith("quicknets_jax")], "the loader imported the package"
-np.savez(sys.argv[3], **answers)
-"""
+# run by its path from tmp_path (not with -m from the root): nothing of the repository but the loader is imported
+LOADER_CHECK = os.path.join(ROOT, "tests", "exported_cascade_check.py")
 
 
 @real_data
@@ -267,8 +261,7 @@ def test_the_exported_cascade_decides_like_the_in_process_one_with_jax_alone(wor
     subprocess.run(
       [
         sys.executable,
-        "-c",
-        LOADER_SCRIPT,
+        LOADER_CHECK,
         str(out),
         str(tmp_path / "pixels.npy"),
         str(tmp_path / "a.npz"),

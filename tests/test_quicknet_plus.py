@@ -9,7 +9,7 @@ import pytest
 from conftest import fit_data_of
 
 from quicknets_jax import models
-from quicknets_jax.algorithms.finetune import finetune_quicknet
+from quicknets_jax.algorithms.finetune import FinetuneHooks, finetune_quicknet
 from quicknets_jax.algorithms.forward import all_exit_outputs
 from quicknets_jax.algorithms.quicknet import (
   QuickNetConfig,
@@ -24,6 +24,7 @@ from quicknets_jax.models.base import Block, parts_mask, split_variables
 from quicknets_jax.training import losses
 from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch
 from quicknets_jax.training.trainer import Objective, fit
 from quicknets_jax.workflows import ablation
 
@@ -88,12 +89,13 @@ def test_block_loss_with_learned_threshold_reports_confident_correct_samples():
   params, state = split_variables(variables)
   x = jax.random.normal(jax.random.PRNGKey(1), (32, 6, 6, 1))
   y = jnp.zeros(32, jnp.int32)
-  plain = losses.BlockLoss(block)(params, state, x, y, None, False)
-  strict = losses.BlockLoss(block, learned_threshold=0.99)(params, state, x, y, None, False)
+  batch = Batch(x, y, jnp.ones(32))
+  plain = losses.BlockLoss(block)(params, batch, None, model_state=state)[1]
+  strict = losses.BlockLoss(block, learned_threshold=0.99)(params, batch, None, model_state=state)[1]
   np.testing.assert_allclose(plain[0], strict[0])  # the loss itself does not change
   # an untrained exit is never confident above 0.99: nothing counts as learned
   assert float(jnp.sum(strict[1])) == 0.0 and float(jnp.sum(plain[1])) > 0
-  loose = losses.BlockLoss(block, learned_threshold=0.0)(params, state, x, y, None, False)
+  loose = losses.BlockLoss(block, learned_threshold=0.0)(params, batch, None, model_state=state)[1]
   np.testing.assert_array_equal(loose[1], plain[1])
 
 
@@ -220,12 +222,15 @@ def test_joint_loss_augments_the_images_it_trains_on(blobs):
   model = _model()
   params, state = (list(t) for t in zip(*(split_variables(v) for v in model.init(jax.random.PRNGKey(0)))))
   xb, yb, rng = jnp.asarray(x[:64]), jnp.asarray(y[:64]), jax.random.PRNGKey(5)
-  plain = losses.JointLoss(model, [1.0, 1.0])(params, state, xb, yb, rng, True)[0]
-  augmented = losses.JointLoss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, rng, True)[0]
+  batch = Batch(xb, yb, jnp.ones(64))
+  plain = losses.JointLoss(model, [1.0, 1.0])(params, batch, rng, model_state=state)[1].per_sample
+  augmented = losses.JointLoss(model, [1.0, 1.0], "crop_flip")(params, batch, rng, model_state=state)[1].per_sample
   assert not np.allclose(plain, augmented)
   # evaluation never augments
-  evaluated = losses.JointLoss(model, [1.0, 1.0], "crop_flip")(params, state, xb, yb, None, False)[0]
-  np.testing.assert_allclose(evaluated, losses.JointLoss(model, [1.0, 1.0])(params, state, xb, yb, None, False)[0])
+  evaluated = losses.JointLoss(model, [1.0, 1.0], "crop_flip")(params, batch, None, model_state=state)[1].per_sample
+  np.testing.assert_allclose(
+    evaluated, losses.JointLoss(model, [1.0, 1.0])(params, batch, None, model_state=state)[1].per_sample
+  )
 
 
 def test_finetuning_follows_the_runs_augmentation(blobs, faithful):
@@ -235,7 +240,7 @@ def test_finetuning_follows_the_runs_augmentation(blobs, faithful):
   augmented = dataclasses.replace(plain, fit=dataclasses.replace(plain.fit, augment=True))
   key = jax.random.PRNGKey(2)
   tuned = [
-    finetune_quicknet(model, faithful.variables, ((x, y), (vx, vy)), c, key, log=lambda m: None)
+    finetune_quicknet(model, faithful.variables, ((x, y), (vx, vy)), c, key, hooks=FinetuneHooks(log=lambda m: None))
     for c in (plain, augmented, augmented)
   ]
   (plain_vars, plain_record), (aug_vars, aug_record), (again_vars, _) = tuned

@@ -25,6 +25,7 @@ from quicknets_jax.models.resnet_sdn import (
 )
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch, LossAux, masked_mean
 from quicknets_jax.training.trainer import FitData, Objective, fit
 from quicknets_jax.workflows.experiment_config import StudyConfig
 from quicknets_jax.workflows.study import run_study
@@ -76,9 +77,11 @@ def test_joint_loss_is_the_weighted_sum(small):
   for block, v in zip(model.blocks, variables):
     h, logits, _ = block.apply(v, h)
     per_exit.append(losses.cross_entropy(logits, y)[0])
-  total, correct, _ = loss_fn(params, [{}] * 3, x, y, None, False)
+  total, correct, _ = loss_fn(params, Batch(x, y, jnp.ones(5)), None, model_state=[{}] * 3)[1]
   np.testing.assert_allclose(total, 0.3 * per_exit[0] + 0.6 * per_exit[1] + per_exit[2], rtol=1e-6)
-  weighted, _, _ = loss_fn(params, [{}] * 3, x, y, None, True, hparams=jnp.array([0.0, 1.0]))
+  weighted, _, _ = loss_fn(
+    params, Batch(x, y, jnp.ones(5)), jax.random.PRNGKey(0), jnp.array([0.0, 1.0]), model_state=[{}] * 3
+  )[1]
   np.testing.assert_allclose(weighted, per_exit[1] + per_exit[2], rtol=1e-6)
   chex.assert_shape(correct, (5,))
   with pytest.raises(ValueError, match="max_weights"):
@@ -95,20 +98,21 @@ def _toy_data(n=64, seed=0):
   return FitData.whole(Split(jnp.asarray(x), jnp.asarray(y)), Split(jnp.asarray(x[:16]), jnp.asarray(y[:16])), 2)
 
 
-def _linear_loss(params, state, x, y, rng, train, hparams=None):
-  logits = x @ params["w"]
-  losses_, correct = losses.cross_entropy(logits, y)
+def _linear_loss(params, batch, rng, hparams=None, *, model_state):
+  logits = batch.x @ params["w"]
+  losses_, correct = losses.cross_entropy(logits, batch.y)
   scale = 1.0 if hparams is None else hparams["scale"]
-  return scale * losses_, correct, state
+  return masked_mean(scale * losses_, batch.mask), LossAux(scale * losses_, correct, model_state)
 
 
 def test_epoch_hparams_reach_the_training_loss_per_epoch_and_validation_keeps_the_fixed_ones():
   seen = []
 
-  def loss_fn(params, state, x, y, rng, train, hparams=None):
+  def loss_fn(params, batch, rng, hparams=None, *, model_state):
     # the per-sample loss *is* the epoch's hparam in training and 0.5 in validation
     value = jnp.float32(0.5) if hparams is None else hparams
-    return jnp.zeros(x.shape[0]) + value + 0.0 * jnp.sum(params["w"]), jnp.zeros(x.shape[0]), state
+    per_sample = jnp.zeros(batch.x.shape[0]) + value + 0.0 * jnp.sum(params["w"])
+    return masked_mean(per_sample, batch.mask), LossAux(per_sample, jnp.zeros(batch.x.shape[0]), model_state)
 
   objective = Objective(loss_fn, hparams_at=lambda epoch: seen.append(epoch) or np.float32(epoch))
   config = FitConfig(max_epochs=3, early_stop_patience=5, batch_size=16)

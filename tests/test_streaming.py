@@ -103,7 +103,7 @@ def test_the_memory_budget_bounds_what_is_read_and_names_the_flag(tmp_path, idx_
   read_ahead, device_ahead = streaming.StreamOptions(memory_budget_mb=10).plan(2**20)
   assert read_ahead + device_ahead == 10 and device_ahead == 2
   with pytest.raises(DataError, match="holds mnist, not fashion_mnist"):
-    datasets.load_streamed_dataset("fashion_mnist", str(tmp_path / "r"))
+    datasets.load_streamed_dataset(datasets.DataConfig(dataset="fashion_mnist", records_dir=str(tmp_path / "r")))
   with pytest.raises(DataError, match="write_records"):
     records.read_meta(str(tmp_path / "nothing"))
 
@@ -176,7 +176,9 @@ def test_mnist_streams_from_a_tfds_data_source(tmp_path):
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=120):
-    streamed = datasets.load_streamed_dataset("mnist", data_source="tfds", log=lambda m: None)
+    streamed = datasets.load_streamed_dataset(
+      datasets.DataConfig(dataset="mnist", data_source="tfds"), log=lambda m: None
+    )
     memory = datasets.load_dataset("mnist", data_source="tfds")
     assert "streamed" in streamed.source
     np.testing.assert_array_equal(np.asarray(streamed.val.images), memory.val.images)
@@ -188,7 +190,8 @@ def test_imagenet_streams_resized_from_a_tfds_data_source():
 
   args = dict(image_size=16, max_train=40, max_test=10)
   with tfds.testing.mock_data(num_examples=60):
-    streamed = datasets.load_streamed_dataset("imagenet2012", data_source="tfds", log=lambda m: None, **args)
+    config = datasets.DataConfig(dataset="imagenet2012", data_source="tfds", **args)
+    streamed = datasets.load_streamed_dataset(config, log=lambda m: None)
     memory = datasets.load_dataset("imagenet2012", data_source="tfds", **args)
   assert streamed.train.images.shape == memory.train.images.shape == (36, 16, 16, 3)
   np.testing.assert_array_equal(np.asarray(streamed.test.images), memory.test.images)

@@ -19,7 +19,7 @@ from quicknets_jax.training import step as step_module
 from quicknets_jax.training.optimizer import Adam, Mask, learning_rate_of
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.step import Batch, Statics, TrainState, train_step
-from quicknets_jax.training.trainer import FitData, Objective, fit, loop_convolutions, uses_convolution
+from quicknets_jax.training.trainer import FitData, Objective, fit
 
 
 def test_donated_epochs_leave_callers_and_best_params_intact(blobs):
@@ -55,15 +55,23 @@ def test_host_loop_epochs_equal_device_loop_epochs():
   data = FitData.whole(Split(jnp.asarray(x), jnp.asarray(y)), Split(jnp.asarray(x[90:]), jnp.asarray(y[90:])), 4)
   data = dataclasses.replace(data, rows=jnp.arange(90, dtype=jnp.int32), row_classes=jnp.asarray(y[:90]))
   objective = Objective(losses.BlockLoss(model.blocks[0], "crop_flip"))
-  # XLA's convolutions (the default outside the trainer's loops) would make the trainer step from Python
-  assert uses_convolution(objective.loss, params, state, data.train.images, data.train.labels)
-  with loop_convolutions():  # its loops convolve as patch products on CPU: the one-jit epoch again
-    assert uses_convolution(objective.loss, params, state, data.train.images, data.train.labels) == (
-      jax.default_backend() != "cpu"
-    )
+  # the model declares its convolutions; on CPU the trainer's loops run them as patch products, so the
+  # one-jit epoch runs them, validated in passes; XLA's own convolutions would make it step from Python
+  assert trainer.convolutions(objective.loss) == "patchable"
+  cpu = trainer.choose_drivers("patchable", FitConfig(), backend="cpu")
+  assert cpu.epoch is trainer.ON_DEVICE and cpu.conv == "patches" and cpu.rows_per_pass == layers.CPU_ROWS_PER_PASS
+  assert trainer.choose_drivers("native", FitConfig(), backend="cpu").epoch is trainer.FROM_HOST
+  gpu = trainer.choose_drivers("native", FitConfig(), backend="gpu")
+  assert gpu.epoch is trainer.ON_DEVICE and gpu.conv == "native" and gpu.rows_per_pass is None
+  assert trainer.choose_drivers("native", FitConfig(host_loop=False), backend="cpu").epoch is trainer.ON_DEVICE
   mlp = models.mlp((8, 8, 3), 4, width=8, num_blocks=1)
-  mlp_params, _ = split_variables(mlp.init(jax.random.PRNGKey(0))[0])
-  assert not uses_convolution(losses.BlockLoss(mlp.blocks[0]), mlp_params, {}, data.train.images, data.train.labels)
+  assert trainer.convolutions(losses.BlockLoss(mlp.blocks[0])) == "none"
+  assert trainer.choose_drivers("none", FitConfig(), backend="cpu") == (
+    trainer.ON_DEVICE,
+    trainer.EVAL_ON_DEVICE,
+    "patches",
+    None,
+  )
   runs = {}
   for host_loop in (False, True):
     config = FitConfig(batch_size=32, max_epochs=2, early_stop_patience=5, host_loop=host_loop)
@@ -154,9 +162,9 @@ def test_validation_in_passes_skips_empty_passes_and_sums_the_same():
   # a pass whose rows are all masked out is not computed: the loss sees two passes of 16 rows
   seen = []
 
-  def counted(params, model_state, x, y, rng, train, hparams=None):
-    jax.debug.callback(lambda rows: seen.append(int(rows)), jnp.int32(x.shape[0]))
-    return loss(params, model_state, x, y, rng, train, hparams)
+  def counted(params, batch, rng, hparams=None, *, model_state):
+    jax.debug.callback(lambda rows: seen.append(int(rows)), jnp.int32(batch.x.shape[0]))
+    return loss(params, batch, rng, hparams, model_state=model_state)
 
   mask = jnp.asarray((np.arange(64) < 32).astype(np.float32))
   out = jax.jit(functools.partial(step_module.eval_sums, rows_per_pass=16), static_argnames=("statics",))(

@@ -19,6 +19,7 @@ from quicknets_jax.models import layers
 from quicknets_jax.models.base import Block
 from quicknets_jax.training import losses
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch
 
 
 def _tiny(input_shape=(32, 32, 3), **kwargs):
@@ -171,14 +172,12 @@ def test_frozen_prefix_runs_with_inference_statistics(tiny_images):
   variables = model.init(jax.random.PRNGKey(0))
   frozen_params, frozen_state = [variables[0]["params"]], [{"batch_stats": variables[0]["batch_stats"]}]
   loss_fn = losses.BlockLossThroughPrefix(model, 1)
-  _, _, new_state = loss_fn(
+  _, (_, _, new_state) = loss_fn(
     variables[1]["params"],
-    {"batch_stats": variables[1]["batch_stats"]},
-    jnp.asarray(x[:16]),
-    jnp.asarray(y[:16]),
+    Batch(jnp.asarray(x[:16]), jnp.asarray(y[:16]), jnp.ones(16)),
     jax.random.PRNGKey(0),
-    True,
     (frozen_params, frozen_state),
+    model_state={"batch_stats": variables[1]["batch_stats"]},
   )
   assert not np.allclose(
     new_state["batch_stats"]["subnet"]["bn"]["mean"], variables[1]["batch_stats"]["subnet"]["bn"]["mean"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import jax
@@ -20,6 +20,7 @@ import numpy as np
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.settings import COMMIT_BALANCES
 from quicknets_jax.core import costs, rng
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array
 from quicknets_jax.models.base import COMMIT, Block, MultiExitModel
@@ -35,8 +36,6 @@ from quicknets_jax.training.trainer import (
   fit,
   pad_rows,
 )
-
-Log = Callable[[str], None]
 
 
 def class_weights(correct) -> tuple[float, float]:
@@ -55,6 +54,24 @@ def class_weights(correct) -> tuple[float, float]:
   return n / (2.0 * max(n_pos, 1)), n / (2.0 * max(n - n_pos, 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class CommitmentOptions:
+  """How `train_commitment_head` runs a head's fit, besides its schedule.
+
+  Attributes:
+    name: what the fit is called in messages.
+    balance: "weighted" (each class weighs n / (2·n_class) in the loss; rows drawn as the schedule
+      says) or "sampled" (the authors' code: unweighted loss, each epoch draws right and wrong
+      predictions with equal total probability, with replacement).
+    pad_to: the lengths (training rows, validation rows) are padded to, so heads of every block and seed
+      share one compiled epoch (None: their buckets).
+  """
+
+  name: str = "commitment head"
+  balance: str = "weighted"
+  pad_to: Optional[tuple[int, int]] = None
+
+
 def train_commitment_head(
   block: Block,
   variables: dict,
@@ -63,9 +80,7 @@ def train_commitment_head(
   config: FitConfig,
   key: jax.Array,
   *,
-  name: str = "commitment head",
-  balance: str = "weighted",
-  pad_to: Optional[tuple[int, int]] = None,
+  options: CommitmentOptions = CommitmentOptions(),
   hooks: FitHooks = FitHooks(),
 ) -> FitState:
   """Trains δ of a frozen block: BCE of its commitment logit against "the exit was right", balanced.
@@ -77,27 +92,28 @@ def train_commitment_head(
     val: the same on the validation rows.
     config: the schedule (the blocks', without class-balanced sampling: `settings.commitment_schedule`).
     key: the fit's key.
-    name: what the fit is called in messages.
-    balance: "weighted" (each class weighs n / (2·n_class) in the loss; rows drawn as `config` says)
-      or "sampled" (the authors' code: unweighted loss, each epoch draws right and wrong predictions
-      with equal total probability, with replacement).
-    pad_to: the lengths (training rows, validation rows) are padded to, so heads of every block and seed
-      share one compiled epoch (default: their buckets).
+    options: the fit's name, class balance and padded lengths (`CommitmentOptions`).
     hooks: the fit's events, checkpoint and log (`FitHooks`).
 
   Returns:
     The FitState; `best_params` is the block's params tree with the trained commitment head.
 
   Raises:
-    ValueError: `balance` is not one of `COMMIT_BALANCES`.
+    ValueError: `options.balance` is not one of `COMMIT_BALANCES`.
   """
   # a head on the exit's logits learns from those logits (computed once), not from the features
   features = forward.commit_inputs(block, variables, train.images, config.eval_batch_size)
   val_features = forward.commit_inputs(block, variables, val.images, config.eval_batch_size)
   objective, params, data, config = commitment_fit(
-    block, variables, Split(features, train.labels), Split(val_features, val.labels), config, balance, pad_to
+    block,
+    variables,
+    Split(features, train.labels),
+    Split(val_features, val.labels),
+    config,
+    options.balance,
+    options.pad_to,
   )
-  result = fit(objective, params, {}, data, config, key, name=name, hooks=hooks)
+  result = fit(objective, params, {}, data, config, key, name=options.name, hooks=hooks)
   return dataclasses.replace(
     result,
     train=result.train.replace(params={**variables["params"], **result.params}),
@@ -123,7 +139,7 @@ def commitment_fit(
       is enough for `compile_commitment_ahead`) and the 0/1 correctness of the exit there.
     val: the same on the validation rows.
     config: the schedule (see `train_commitment_head`).
-    balance: "weighted" or "sampled" (see `train_commitment_head`).
+    balance: "weighted" or "sampled" (see `CommitmentOptions`).
     pad_to: the lengths (training rows, validation rows) are padded to (default: their buckets).
 
   Returns:
@@ -179,7 +195,7 @@ def compile_commitment_ahead(
     config: the head's schedule.
     key: a key of the kind the fit gets.
     balance: "weighted" or "sampled".
-    pad_to: as for `train_commitment_head`.
+    pad_to: as for `train_commitment_head` (`CommitmentOptions.pad_to`).
   """
   row = jax.eval_shape(lambda h: block.apply(variables, h, method=Block.commit_inputs), features)
   train, val = (
@@ -243,7 +259,7 @@ def train_commitment_heads(
       Split(val_x, val_correct),
       config,
       rng.per_item(key, j),
-      name=f"commitment head {j}",
+      options=CommitmentOptions(name=f"commitment head {j}"),
     )
     new_variables.append({**block_vars, "params": result.best_params})
     flops = costs.total(costs.commitment_head_flops(cost, epochs=result.epoch, n_train=n, n_val=n_val))

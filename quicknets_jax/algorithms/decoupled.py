@@ -20,8 +20,10 @@ of its own learning rate (`optimizer.BlockwiseAdam`), and early stopping, after 
 back to its best epoch's parameters and is frozen while the others go on. A block stops only after the
 blocks before it have (until then what it learns from keeps moving), and when they have, its best epoch
 and patience start again from there, so that the parameters it keeps were chosen on the frozen prefix. Blocks past the deepest one
-still training are not run at all. The step is the trainer's own (`step.train_step`) and the epoch
-drivers too; the state is checkpointed after every epoch, so a killed run resumes to the same result.
+still training are not run at all. The run is an epoch runner of the trainer's one loop
+(`DecoupledRunner` under `trainer.run_epochs`), with the trainer's step (`step.train_step`) and epoch
+drivers; the state (a `trainer.FitState` whose schedule is a `schedule.BlockSchedules`) is checkpointed
+after every epoch, so a killed run resumes to the same result.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
 from typing import Optional
 
 import jax
@@ -42,31 +43,28 @@ from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.pipeline import Carried, PipelinePlan, block_stages, pipelined_epoch, stage_mesh
 from quicknets_jax.algorithms.settings import QuickNetConfig
 from quicknets_jax.core import costs, exits, rng
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array
 from quicknets_jax.models.base import Block, MultiExitModel, merge_blocks, run_block, split_blocks
 from quicknets_jax.training import parallel
-from quicknets_jax.training.compilation import CompileMeter
-from quicknets_jax.training.events import EpochDone, Events
+from quicknets_jax.training.events import Events
 from quicknets_jax.training.losses import augment_inputs, cross_entropy
 from quicknets_jax.training.optimizer import BlockwiseAdam, with_block_learning_rates
-from quicknets_jax.training.schedule import Schedule, advance, monitored_score
-from quicknets_jax.training.step import Statics, TrainState
+from quicknets_jax.training.schedule import BlockSchedules, Schedule, advance, monitored_score
+from quicknets_jax.training.step import Batch, LossAux, Statics, TrainState, masked_mean
 from quicknets_jax.training.trainer import (
+  Drivers,
   EpochArrays,
   EpochPlan,
-  NonFiniteLossError,
+  EpochScores,
+  FitHooks,
+  FitState,
   bucket_size,
-  epoch_from_host,
-  epoch_on_device,
-  loop_conv_implementation,
-  loop_convolutions,
+  choose_drivers,
   pad_rows,
-  steps_from_host,
-  uses_convolution,
+  run_epochs,
 )
-
-Log = Callable[[str], None]
 
 
 def _class_balanced(weights, labels, num_classes: int):
@@ -90,8 +88,9 @@ class DecoupledLoss:
       label, column 1 + j whether block j learned the sample at the start of the epoch).
     augment, compute_dtype: as the other losses'.
 
-  The per-sample losses it returns all hold the step's total, so the trainer's masked mean is that
-  total; `reads_mask` asks the trainer for the batch mask, which the per-block means need.
+  It is a `step.Loss`: the batch's mask is the rows the first block learns from (the per-block means
+  are over them), the per-sample losses of its `LossAux` all hold the step's total, and the loss it
+  returns is their masked mean (the total, to float round-off).
   """
 
   model: MultiExitModel
@@ -102,15 +101,31 @@ class DecoupledLoss:
   refresh: str = "step"
   augment: Optional[str] = None
   compute_dtype: Optional[str] = None
-  reads_mask = True
 
-  def __call__(self, params, state, x, y, rng, train, hparams=None, mask=None):
+  def __call__(self, params, batch: Batch, rng, hparams=None, *, model_state):
+    """The blocks' summed losses on a batch (see the class doc).
+
+    Args:
+      params: per block, its parameters.
+      batch: raw images [B, ...], the targets (labels, or with `refresh="epoch"` the labels and learned
+        flags, [B, 1 + E]) and the 0/1 mask of the real rows.
+      rng: the step's key (augmentation); None: inference mode (batch statistics read, not updated).
+      hparams: unused.
+      model_state: per block, its model state.
+
+    Returns:
+      A tuple `(loss, aux)`: the masked mean of the per-sample totals, and a `LossAux` of the total
+      repeated per row [B], whether the block that answers for each row was right [B], and the new model
+      state of every block.
+    """
     del hparams
-    mask = jnp.ones(y.shape[:1], jnp.float32) if mask is None else mask
+    x, y, mask = batch
+    train = rng is not None
     x = augment_inputs(self.augment, x, rng, train)
     carry = Carried(x, y, mask, jnp.zeros(mask.shape, bool), jnp.zeros(mask.shape, jnp.float32))
-    total, carry, new_state = self.blocks_pass(params, state, carry, range(self.depth), train)
-    return jnp.full(mask.shape, total), carry.answer, new_state
+    total, carry, new_state = self.blocks_pass(params, model_state, carry, range(self.depth), train)
+    losses = jnp.full(mask.shape, total)
+    return masked_mean(losses, mask), LossAux(losses, carry.answer, new_state)
 
   def blocks_pass(self, params, state, carry: Carried, blocks: range, train: bool):
     """Runs blocks `blocks` on what `carry` brings and adds up their losses.
@@ -165,52 +180,6 @@ class DecoupledLoss:
       still = still * (1.0 - learned.astype(jnp.float32))
       x = features
     return total, Carried(x, carry.y, still, decided, answer), new_state
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoupledState:
-  """Where a decoupled run is after some epochs: the train state of every block, each block's schedule,
-  its best parameters and whether it is frozen, and the history (one record per epoch)."""
-
-  train: TrainState
-  schedules: tuple
-  best_params: list
-  best_model_state: list
-  frozen: tuple
-  history: tuple = ()
-
-  @property
-  def epoch(self) -> int:
-    """How many epochs the network has finished."""
-    return len(self.history)
-
-  def checkpoint(self) -> tuple[dict, dict]:
-    """(arrays, JSON meta) of a checkpoint (`checkpoint.FitCheckpointer`'s protocol)."""
-    train = {name: getattr(self.train, name) for name in ("step", "params", "opt_state", "model_state")}
-    meta = dict(
-      schedules=[dataclasses.asdict(s) for s in self.schedules], frozen=list(self.frozen), history=list(self.history)
-    )
-    return dict(train=train, best_params=self.best_params, best_model_state=self.best_model_state), meta
-
-  def restored(self, tree: dict, meta: dict) -> DecoupledState:
-    """This (fresh) state with what a checkpoint holds.
-
-    Args:
-      tree: the checkpoint's arrays (`checkpoint()`'s first value).
-      meta: its JSON part (the second).
-
-    Returns:
-      The state the checkpoint describes.
-    """
-    return dataclasses.replace(
-      self,
-      train=self.train.replace(**tree["train"]),
-      best_params=tree["best_params"],
-      best_model_state=tree["best_model_state"],
-      schedules=tuple(Schedule(**s) for s in meta["schedules"]),
-      frozen=tuple(meta["frozen"]),
-      history=tuple(meta["history"]),
-    )
 
 
 def _learned_flags(model, variables, images, labels, depth, rule, batch_size):
@@ -317,133 +286,117 @@ def decoupled_epoch_flops(model: MultiExitModel, *, depth: int, active, n_train:
   return out
 
 
-def train_decoupled(
-  model: MultiExitModel,
-  train: Split,
-  val: Split,
-  config: QuickNetConfig,
-  seed: int,
-  *,
-  checkpoint=None,
-  log: Log = print,
-  events: Optional[Events] = None,
-):
-  """Trains every block of a QuickNet at once (see the module doc).
+@dataclasses.dataclass(frozen=True)
+class DecoupledRunner:
+  """Decoupled training as an epoch runner of the trainer's loop (`trainer.run_epochs`): every block
+  trains in every epoch until its own schedule stops it (`schedule.BlockSchedules`; see the module doc).
 
-  Args:
+  Attributes:
     model: the multi-exit model.
-    train, val: the training and validation splits.
-    config: the QuickNet's settings: τ, the learned commitment threshold, the schedule of every block
-      (Appendix A's, per block), `decoupled_refresh`.
-    seed: initialisation (the sequential schedule's: `rng.Stream.INIT`) and every draw.
-    checkpoint: a `checkpoint.FitCheckpointer`: resume from its newest epoch, save after every epoch.
-    log: progress lines; events: told after every epoch (phase "decoupled").
-
-  Returns:
-    (the final variables of every block, the run's `DecoupledState`, its FLOPs by block and part
-    (`decoupled_epoch_flops` summed), its training seconds).
-
-  Raises:
-    NonFiniteLossError: a NaN/inf loss.
+    config: the QuickNet's settings (τ, the learned commitment threshold, the schedule of every block,
+      `decoupled_refresh`, the pipeline's stages).
+    train: the training split (host arrays: an epoch-refreshed rule reads them).
+    val: the validation split.
+    arrays: the epoch's arrays: the training images on device, all rows as the working set.
+    optimizer: one Adam per block (`optimizer.BlockwiseAdam`; a frozen block's learning rate is 0).
+    drivers: how an epoch runs on one device (`trainer.choose_drivers`).
+    batch_size: rows per step.
+    log: where the pipeline's dropped-rows lines go.
+    phase: "decoupled" (`events.EpochDone`).
   """
-  start = time.perf_counter()
-  train, val = Split.of(train), Split.of(val)
-  fit_config, refresh = config.fit, config.decoupled_refresh
-  num_blocks, n_train, n_val = model.num_blocks, len(train.labels), len(val.labels)
-  key = rng.seed_key(seed)
-  params, model_state = split_blocks(model.init(rng.stream(key, rng.Stream.INIT)))
-  rule = (config.train_threshold, config.learned_commit_logit())
-  # the key of the sequential schedule's block-0 fit: a one-block decoupled run is that fit
-  fit_key = jax.random.split(rng.per_item(rng.stream(key, rng.Stream.BLOCKS), 0))[0]
-  lrs = [fit_config.learning_rate] * num_blocks
-  optimizer = BlockwiseAdam((False,) * num_blocks, fit_config.weight_decay)
-  state = DecoupledState(
-    train=TrainState.create(optimizer, params, model_state, lrs),
-    schedules=tuple(Schedule(learning_rate=fit_config.learning_rate) for _ in range(num_blocks)),
-    best_params=params,
-    best_model_state=model_state,
-    frozen=(False,) * num_blocks,
-  )
-  if checkpoint is not None:
-    resumed = checkpoint.restore(state)
-    if resumed is not None:
-      state = resumed
-      log(f"decoupled: resumed after epoch {state.epoch}")
-  mesh = parallel.current_mesh()
-  labels = np.asarray(train.labels, np.int32)
-  images = device_array(train.images)
-  batch_size = parallel.round_up_batch(min(fit_config.batch_size, n_train), mesh)
-  bucket = bucket_size(n_train)
-  positions, classes = pad_rows(np.arange(n_train, dtype=np.int32), bucket), pad_rows(labels, bucket)
-  host_loop = fit_config.host_loop
-  probe = DecoupledLoss(model, num_blocks, (False,) * num_blocks, *rule, refresh="step")
-  if host_loop is None and jax.default_backend() == "cpu":
-    with loop_convolutions():
-      host_loop = steps_from_host(
-        "cpu", uses_convolution(probe, state.train.params, state.train.model_state, images, labels)
-      )
-  one_device_epoch = epoch_from_host if host_loop else epoch_on_device
 
-  def run_epoch(train_state, arrays, key, plan):  # (state, (loss, accuracy, rows a stage dropped))
-    state, (loss, accuracy) = one_device_epoch(train_state, arrays, key, plan=plan)
-    return state, (loss, accuracy, 0.0)
+  model: MultiExitModel
+  config: QuickNetConfig
+  train: Split
+  val: Split
+  arrays: EpochArrays
+  optimizer: BlockwiseAdam
+  drivers: Drivers
+  batch_size: int
+  log: Log
+  phase: str = "decoupled"
 
-  if config.pipeline_stages > 1:  # the blocks as stages, one device each (`pipeline`)
-    stages_mesh, stages = stage_mesh(config.pipeline_stages), block_stages(num_blocks, config.pipeline_stages)
-    capacity = max(1, math.ceil(config.pipeline_capacity * batch_size))
+  @property
+  def rule(self) -> tuple[float, float]:
+    """(τ, commitment logit) of the learned rule."""
+    return (self.config.train_threshold, self.config.learned_commit_logit())
 
-    def run_epoch(train_state, arrays, key, plan):
-      return pipelined_epoch(train_state, arrays, key, plan=PipelinePlan(plan, stages_mesh, stages, capacity))
+  def _blocks(self, state: FitState) -> tuple[list, int]:
+    """(which blocks still train, how many blocks run: up to the deepest that trains)."""
+    active = [not f for f in state.schedule.frozen]
+    return active, max(j for j in range(self.model.num_blocks) if active[j]) + 1
 
-  train_state = jax.tree.map(lambda x: jax.device_put(x), state.train)
-  total_flops = [dict.fromkeys(("block_training", "block_validation", "cache"), 0.0) for _ in range(num_blocks)]
-  for record in state.history:
-    for j, part in enumerate(record["flops_by_block"]):
-      for k, v in part.items():
-        total_flops[j][k] += v
-  while not all(state.frozen) and state.epoch < fit_config.max_epochs:
-    epoch_start = time.perf_counter()
-    active = [not f for f in state.frozen]
-    depth = max(j for j in range(num_blocks) if active[j]) + 1
-    frozen = tuple(state.frozen)
-    loss = DecoupledLoss(model, depth, frozen, *rule, refresh, fit_config.augmentation_name, fit_config.compute_dtype)
+  def finished(self, state: FitState) -> bool:
+    return state.schedule.finished(self.config.fit)
+
+  def start(self, state: FitState) -> FitState:
+    return dataclasses.replace(state, train=jax.tree.map(jax.device_put, state.train))
+
+  def train_epoch(self, state: FitState, key: jax.Array) -> tuple[TrainState, EpochScores]:
+    fit_config, refresh, schedules = self.config.fit, self.config.decoupled_refresh, state.schedule
+    _, depth = self._blocks(state)
+    loss = DecoupledLoss(
+      self.model,
+      depth,
+      schedules.frozen,
+      *self.rule,
+      refresh,
+      fit_config.augmentation_name,
+      fit_config.compute_dtype,
+    )
     # one optimizer for the whole run (its state keeps its shape); a frozen block's learning rate is 0
-    statics = Statics(loss, optimizer, mesh, loop_conv_implementation())
-    plan = EpochPlan(statics, batch_size, model.num_classes, fit_config.balanced_sampling)
-    targets = device_array(labels)
-    with CompileMeter() as compiled:
-      if refresh == "epoch":  # the learned rule of the epoch's starting parameters
-        variables = merge_blocks(train_state.params, train_state.model_state)
-        targets = device_array(
-          _learned_flags(model, variables, train.images, labels, depth, rule, fit_config.eval_batch_size)
-        )
-      rates = [0.0 if f else sc.learning_rate for sc, f in zip(state.schedules, frozen)]
-      train_state = train_state.replace(opt_state=with_block_learning_rates(train_state.opt_state, rates))
-      arrays = EpochArrays(
-        images, targets, positions, classes, device_array(np.int32(n_train)), device_array(np.int32(n_train))
+    statics = Statics(loss, self.optimizer, parallel.current_mesh(), self.drivers.conv)
+    plan = EpochPlan(statics, self.batch_size, self.model.num_classes, fit_config.balanced_sampling)
+    arrays = self.arrays
+    if refresh == "epoch":  # the learned rule of the epoch's starting parameters
+      variables = merge_blocks(state.train.params, state.train.model_state)
+      flags = _learned_flags(
+        self.model,
+        variables,
+        self.train.images,
+        np.asarray(self.train.labels, np.int32),
+        depth,
+        self.rule,
+        fit_config.eval_batch_size,
       )
-      train_state, (train_loss, train_acc, dropped) = run_epoch(
-        train_state, arrays, jax.random.fold_in(fit_key, state.epoch), plan
-      )
-      train_loss, train_acc, dropped = float(train_loss), float(train_acc), int(dropped)
-      trained_at = time.perf_counter()
-      sums = validate(model, train_state.params, train_state.model_state, val, depth, rule, config)
-    validated_at = time.perf_counter()
-    if not math.isfinite(train_loss) or not np.all(np.isfinite(sums)):
-      raise NonFiniteLossError(
-        f"decoupled: non-finite loss at epoch {state.epoch + 1}; lower --learning_rate (now {fit_config.learning_rate:g})"
-      )
-    schedules, frozen = list(state.schedules), list(state.frozen)
+      arrays = arrays._replace(targets=device_array(flags))
+    rates = [0.0 if f else s.learning_rate for s, f in zip(schedules.blocks, schedules.frozen)]
+    train = state.train.replace(opt_state=with_block_learning_rates(state.train.opt_state, rates))
+    if self.config.pipeline_stages > 1:  # the blocks as stages, one device each (`pipeline`)
+      stages = block_stages(self.model.num_blocks, self.config.pipeline_stages)
+      capacity = max(1, math.ceil(self.config.pipeline_capacity * self.batch_size))
+      pipeline = PipelinePlan(plan, stage_mesh(self.config.pipeline_stages), stages, capacity)
+      train, (loss_mean, accuracy, dropped) = pipelined_epoch(train, arrays, key, plan=pipeline)
+      return train, EpochScores(float(loss_mean), float(accuracy), int(dropped))
+    train, (loss_mean, accuracy) = self.drivers.epoch.run(train, arrays, key, plan=plan)
+    return train, EpochScores(float(loss_mean), float(accuracy), 0)
+
+  def validate(self, state: FitState, train: TrainState) -> EpochScores:
+    active, depth = self._blocks(state)
+    sums = validate(self.model, train.params, train.model_state, self.val, depth, self.rule, self.config)
+    num_blocks = self.model.num_blocks
+    losses = [float(sums[j, 0] / sums[j, 1]) if j < depth and sums[j, 1] > 0 else 0.0 for j in range(num_blocks)]
+    accuracies = [float(sums[j, 2] / sums[j, 1]) if sums[j, 1] > 0 else 1.0 for j in range(depth)]
+    loss = float(sum(losses[j] for j in range(num_blocks) if active[j]))
+    if not np.all(np.isfinite(sums)):
+      loss = math.nan
+    accuracy = float(sums[depth - 1, 2] / max(sums[depth - 1, 1], 1.0))
+    return EpochScores(loss, accuracy, (losses, accuracies))
+
+  def advance(
+    self, state: FitState, train: TrainState, trained: EpochScores, validated: EpochScores
+  ) -> tuple[FitState, dict, dict]:
+    fit_config, num_blocks = self.config.fit, self.model.num_blocks
+    active, depth = self._blocks(state)
+    val_losses, val_accuracies = validated.details
+    schedules, frozen = list(state.schedule.blocks), list(state.schedule.frozen)
     best_params, best_state = list(state.best_params), list(state.best_model_state)
-    params, model_state = list(train_state.params), list(train_state.model_state)
-    val_losses = [float(sums[j, 0] / sums[j, 1]) if j < depth and sums[j, 1] > 0 else 0.0 for j in range(num_blocks)]
+    params, model_state = list(train.params), list(train.model_state)
     for j in range(num_blocks):
       if frozen[j]:
         continue
-      val_accuracy = float(sums[j, 2] / sums[j, 1]) if sums[j, 1] > 0 else 1.0
-      schedules[j] = advance(
-        schedules[j], fit_config, monitored_score(fit_config, train_loss, val_losses[j], val_accuracy)
-      )
+      score = monitored_score(fit_config, trained.loss, val_losses[j], val_accuracies[j])
+      schedules[j] = advance(schedules[j], fit_config, score)
       if schedules[j].best_epoch == schedules[j].epoch:
         best_params[j], best_state[j] = jax.tree.map(jnp.copy, (params[j], model_state[j]))
       # A block stops only once the blocks before it have: while they still move, what it sees moves.
@@ -455,51 +408,123 @@ def train_decoupled(
       if not frozen[j] and any(active[:j]) and all(frozen[:j]):
         # its prefix has just frozen: its best epoch and patience count from here, on what it will keep seeing
         schedules[j] = Schedule(learning_rate=schedules[j].learning_rate, epoch=schedules[j].epoch)
-    train_state = train_state.replace(params=params, model_state=model_state)
-    flops = decoupled_epoch_flops(model, depth=depth, active=active, n_train=n_train, n_val=n_val, refresh=refresh)
-    for j, part in enumerate(flops):
-      for k, v in part.items():
-        total_flops[j][k] += v
-    record = dict(
-      epoch=state.epoch + 1,
-      train_loss=train_loss,
-      train_accuracy=train_acc,
-      val_loss=float(sum(val_losses[j] for j in range(num_blocks) if active[j])),
-      val_accuracy=float(sums[depth - 1, 2] / max(sums[depth - 1, 1], 1.0)),
-      learning_rate=max(s.learning_rate for s, a in zip(state.schedules, active) if a),
-      samples=n_train,
-      seconds=validated_at - epoch_start,
-      train_seconds=trained_at - epoch_start,
-      val_seconds=validated_at - trained_at,
-      compile_seconds=compiled.seconds,
+    n_train, n_val = len(self.train.labels), len(self.val.labels)
+    refresh = self.config.decoupled_refresh
+    flops = decoupled_epoch_flops(self.model, depth=depth, active=active, n_train=n_train, n_val=n_val, refresh=refresh)
+    head = dict(learning_rate=max(s.learning_rate for s, a in zip(state.schedule.blocks, active) if a), samples=n_train)
+    tail = dict(
       active=active,
       depth=depth,
       val_loss_per_block=val_losses,
-      learning_rate_per_block=[s.learning_rate for s in state.schedules],
+      learning_rate_per_block=[s.learning_rate for s in state.schedule.blocks],
       flops_by_block=flops,
-      stopped=all(frozen),
     )
-    if config.pipeline_stages > 1:
-      record["pipeline_dropped_rows"] = dropped
-      if dropped:
-        log(
-          f"decoupled: epoch {record['epoch']}: {dropped} rows later blocks needed did not fit in a stage's "
-          f"buffer (--pipeline_capacity={config.pipeline_capacity:g}) and were dropped for their step"
+    if self.config.pipeline_stages > 1:
+      tail["pipeline_dropped_rows"] = trained.details
+      if trained.details:
+        self.log(
+          f"decoupled: epoch {state.epoch + 1}: {trained.details} rows later blocks needed did not fit in a "
+          f"stage's buffer (--pipeline_capacity={self.config.pipeline_capacity:g}) and were dropped for their step"
         )
-    state = DecoupledState(
-      train_state, tuple(schedules), best_params, best_state, tuple(frozen), (*state.history, record)
-    )
-    try:
-      if events is not None:
-        spent = float(sum(costs.total(part) for part in total_flops))
-        events.epoch_done(EpochDone("decoupled", None, state, record, spent))
-    finally:
-      if checkpoint is not None:
-        saving = time.perf_counter()
-        checkpoint.save(state)
-        record["checkpoint_seconds"] = time.perf_counter() - saving
-  if checkpoint is not None:
-    checkpoint.wait()  # the last epoch is on disk (the checkpointer writes in the background)
+    schedule = BlockSchedules(tuple(schedules), tuple(frozen), state.schedule.epoch + 1)
+    train = train.replace(params=params, model_state=model_state)
+    return FitState(train, best_params, best_state, schedule, state.history), head, tail
+
+  def learning_rate(self, state: FitState) -> float:
+    return self.config.fit.learning_rate
+
+  def training_flops(self, state: FitState) -> Optional[float]:
+    return float(sum(costs.total(part) for part in spent_flops(state.history, self.model.num_blocks)))
+
+
+def spent_flops(history, num_blocks: int) -> list:
+  """The training FLOPs of a decoupled run's epochs, by block and part (`decoupled_epoch_flops` summed).
+
+  Args:
+    history: the run's epoch records.
+    num_blocks: the model's blocks.
+
+  Returns:
+    Per block, {"block_training", "block_validation", "cache"}: FLOPs.
+  """
+  total = [dict.fromkeys(("block_training", "block_validation", "cache"), 0.0) for _ in range(num_blocks)]
+  for record in history:
+    for j, part in enumerate(record["flops_by_block"]):
+      for k, v in part.items():
+        total[j][k] += v
+  return total
+
+
+def train_decoupled(
+  model: MultiExitModel,
+  train: Split,
+  val: Split,
+  config: QuickNetConfig,
+  seed: int,
+  *,
+  checkpoint=None,
+  log: Log = print,
+  events: Optional[Events] = None,
+):
+  """Trains every block of a QuickNet at once (see the module doc) through the trainer's loop.
+
+  Args:
+    model: the multi-exit model.
+    train: the training split.
+    val: the validation split.
+    config: the QuickNet's settings: τ, the learned commitment threshold, the schedule of every block
+      (Appendix A's, per block), `decoupled_refresh`.
+    seed: initialisation (the sequential schedule's: `rng.Stream.INIT`) and every draw.
+    checkpoint: a `checkpoint.FitCheckpointer`: resume from its newest epoch, save after every epoch.
+    log: progress lines.
+    events: told after every epoch (phase "decoupled").
+
+  Returns:
+    (the final variables of every block, the run's `trainer.FitState` (its schedule a
+    `schedule.BlockSchedules`), its FLOPs by block and part (`decoupled_epoch_flops` summed), its
+    training seconds).
+
+  Raises:
+    NonFiniteLossError: a NaN/inf loss.
+  """
+  start = time.perf_counter()
+  train, val = Split.of(train), Split.of(val)
+  fit_config, num_blocks, n_train = config.fit, model.num_blocks, len(train.labels)
+  key = rng.seed_key(seed)
+  params, model_state = split_blocks(model.init(rng.stream(key, rng.Stream.INIT)))
+  # the key of the sequential schedule's block-0 fit: a one-block decoupled run is that fit
+  fit_key = jax.random.split(rng.per_item(rng.stream(key, rng.Stream.BLOCKS), 0))[0]
+  optimizer = BlockwiseAdam((False,) * num_blocks, fit_config.weight_decay)
+  schedules = tuple(Schedule(learning_rate=fit_config.learning_rate) for _ in range(num_blocks))
+  state = FitState(
+    TrainState.create(optimizer, params, model_state, [fit_config.learning_rate] * num_blocks),
+    params,
+    model_state,
+    BlockSchedules(schedules, (False,) * num_blocks),
+  )
+  labels = np.asarray(train.labels, np.int32)
+  bucket = bucket_size(n_train)
+  arrays = EpochArrays(
+    device_array(train.images),
+    device_array(labels),
+    pad_rows(np.arange(n_train, dtype=np.int32), bucket),
+    pad_rows(labels, bucket),
+    device_array(np.int32(n_train)),
+    device_array(np.int32(n_train)),
+  )
+  runner = DecoupledRunner(
+    model,
+    config,
+    train,
+    val,
+    arrays,
+    optimizer,
+    choose_drivers(model.convolutions, fit_config),
+    parallel.round_up_batch(min(fit_config.batch_size, n_train), parallel.current_mesh()),
+    log,
+  )
+  hooks = FitHooks(events, checkpoint, log)
+  state = run_epochs(runner, state, fit_config, fit_key, name="decoupled", hooks=hooks)
   seconds = time.perf_counter() - start + (checkpoint.resumed_seconds if checkpoint is not None else 0.0)
   variables = merge_blocks(state.best_params, state.best_model_state)
-  return variables, state, total_flops, seconds
+  return variables, state, spent_flops(state.history, num_blocks), seconds

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.core import costs, rng
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, is_streamed, take
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, merge_blocks, parts_mask, split_blocks
@@ -21,9 +22,8 @@ from quicknets_jax.training import losses, timing
 from quicknets_jax.training.checkpoint import FitCheckpointer
 from quicknets_jax.training.events import Events, InPhase
 from quicknets_jax.training.schedule import FitConfig
+from quicknets_jax.training.step import Batch
 from quicknets_jax.training.trainer import FitData, FitHooks, Objective, fit
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass
@@ -214,5 +214,5 @@ def test_accuracy_fn(model: MultiExitModel, images, labels, batch_size: int):
 
 @functools.partial(jax.jit, static_argnames=("loss",))
 def _correct_count(params, model_state, x, y, mask, *, loss):
-  _, correct, _ = loss(params, model_state, x, y, None, False)
-  return jnp.sum(correct * mask)
+  _, aux = loss(params, Batch(x, y, mask), None, model_state=model_state)
+  return jnp.sum(aux.correct * mask)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import jax
@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from quicknets_jax.algorithms import forward
-from quicknets_jax.algorithms.commitment import train_commitment_head
+from quicknets_jax.algorithms.commitment import CommitmentOptions, train_commitment_head
 from quicknets_jax.algorithms.settings import QuickNetConfig
 from quicknets_jax.core import costs, rng
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.sampling import seeded_subset
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, take
@@ -26,7 +27,22 @@ from quicknets_jax.training.checkpoint import BlockCheckpointer
 from quicknets_jax.training.events import Events, InPhase
 from quicknets_jax.training.trainer import FitData, FitHooks, Objective, bucket_size, fit
 
-Log = Callable[[str], None]
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneHooks:
+  """What `finetune_quicknet` keeps and tells besides its result, from the run around it.
+
+  Attributes:
+    checkpointer: per-epoch checkpoints of the fine-tuning and of each head's refit (None: none).
+    log: where the summary line goes.
+    events: told after every epoch ("finetune", "recommit"), or None.
+    flops_before: the run's training FLOPs before fine-tuning (the epoch events report the total).
+  """
+
+  checkpointer: Optional[BlockCheckpointer] = None
+  log: Log = print
+  events: Optional[Events] = None
+  flops_before: float = 0.0
 
 
 def finetune_quicknet(
@@ -36,10 +52,7 @@ def finetune_quicknet(
   config: QuickNetConfig,
   key: jax.Array,
   *,
-  checkpointer: Optional[BlockCheckpointer] = None,
-  log: Log = print,
-  events: Optional[Events] = None,
-  flops_before: float = 0.0,
+  hooks: FinetuneHooks = FinetuneHooks(),
 ) -> tuple[list, dict]:
   """Fine-tunes the trained blocks jointly, then their commitment heads again.
 
@@ -55,14 +68,13 @@ def finetune_quicknet(
     data: the (train, val) splits.
     config: the QuickNet's settings (fine-tuning epochs and learning rate, holdout, schedule).
     key: the fine-tuning's key (`rng.Stream.FINETUNE` of the run's).
-    checkpointer: per-epoch checkpoints of the fine-tuning and of each head's refit.
-    log: where the summary line goes; events: told after every epoch ("finetune", "recommit").
-    flops_before: the run's training FLOPs before fine-tuning (the epoch events report the total).
+    hooks: its checkpointer, log and events, and the run's FLOPs so far (`FinetuneHooks`).
 
   Returns:
     (variables, record: epochs, best epoch, flops by part, seconds, commitment epochs, history).
   """
   start = time.perf_counter()
+  checkpointer, log, events, flops_before = hooks.checkpointer, hooks.log, hooks.events, hooks.flops_before
   train, val = (Split.of(split) for split in data)
   num = len(variables)
   trained = dataclasses.replace(model, blocks=model.blocks[:num], block_costs=model.block_costs[:num])
@@ -122,8 +134,7 @@ def finetune_quicknet(
       Split(h_val, correct_val),
       config.commitment_fit(),
       rng.stream(key, rng.Stream.RECOMMIT, j),
-      name=f"commitment head {j} (fine-tuned)",
-      pad_to=(bucket_size(n), bucket_size(n_val)),
+      options=CommitmentOptions(name=f"commitment head {j} (fine-tuned)", pad_to=(bucket_size(n), bucket_size(n_val))),
       hooks=FitHooks(InPhase(events, "recommit", num), commit_ckpts[-1], log),
     )
     tuned[j] = {"params": commit_result.best_params, **result.best_model_state[j]}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +30,8 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from quicknets_jax.models import layers
 from quicknets_jax.training.losses import augment_inputs
-from quicknets_jax.training.step import TrainState
+from quicknets_jax.training.step import Batch, Statics, TrainState, train_step
 from quicknets_jax.training.trainer import EpochArrays, EpochPlan, _draw
 
 AXIS = "stages"
@@ -54,6 +53,70 @@ class Carried(NamedTuple):
   still: jax.Array
   decided: jax.Array
   answer: jax.Array
+
+
+class StageAux(NamedTuple):
+  """What a stage's loss returns beside its total (`StageLoss`).
+
+  Attributes:
+    total: the blocks' summed loss, a float32 scalar.
+    out: what the blocks pass on to the next block (`Carried`).
+    model_state: the new model state of every block (only the stage's blocks change).
+  """
+
+  total: jax.Array
+  out: Carried
+  model_state: Any
+
+  def metrics(self, mask) -> dict:
+    """What `step.train_step` returns as a stage step's metrics: the total and what is passed on.
+
+    Args:
+      mask: the rows of the stage's batch (unused: the total already weighs the rows).
+
+    Returns:
+      A dict: "total" (a float32 scalar) and "out" (a `Carried`).
+    """
+    del mask
+    return dict(total=self.total, out=self.out)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageLoss:
+  """The decoupled loss of the blocks `start`..`stop`−1 on what the stage before sent: a `step.Loss`.
+
+  Its batch's `x` is a `Carried` (the features entering block `start`, the targets, the rows no earlier
+  block has learned, and the answers so far); the loss returned is the blocks' summed loss as it is
+  (`decoupled.DecoupledLoss.blocks_pass`, whose block means already weigh the rows), with a `StageAux`.
+
+  Attributes:
+    loss: the run's `decoupled.DecoupledLoss`.
+    start: the stage's first block.
+    stop: one past its last block that runs.
+  """
+
+  loss: Any
+  start: int
+  stop: int
+
+  def __call__(self, params, batch: Batch, rng, hparams=None, *, model_state):
+    """The stage's blocks run on `batch.x` (a `Carried`), in training mode when `rng` is given.
+
+    Args:
+      params: per block, its parameters (only the stage's blocks are read).
+      batch: a `Batch` whose `x` is the `Carried` entering the stage (its `y` and `mask` are not read).
+      rng: any key in training (the inputs are augmented before the first stage); None: inference mode.
+      hparams: unused.
+      model_state: per block, its model state.
+
+    Returns:
+      A tuple `(total, StageAux)`.
+    """
+    del hparams
+    total, out, new_state = self.loss.blocks_pass(
+      params, model_state, batch.x, range(self.start, self.stop), rng is not None
+    )
+    return total, StageAux(total, out, new_state)
 
 
 def block_stages(num_blocks: int, num_stages: int) -> tuple[tuple[int, int], ...]:
@@ -169,15 +232,10 @@ def _pipelined_steps(state: TrainState, arrays: EpochArrays, order, step_key, *,
         x = flat[:, : math.prod(shapes[start])].reshape(capacity, *shapes[start])
         carry = Carried(x, y, still, decided, answer)
 
-      def stage_loss(params):
-        with layers.conv_implementation(epoch.statics.conv):
-          total, out, new_model_state = loss.blocks_pass(params, state.model_state, carry, range(start, stop), True)
-        return total, (out, new_model_state)
-
-      (total, (out, new_model_state)), grads = jax.value_and_grad(stage_loss, has_aux=True)(state.params)
-      updates, opt_state = optimizer.transform().update(grads, state.opt_state, state.params)
-      params = jax.tree.map(lambda p, u: jnp.asarray(p + u).astype(p.dtype), state.params, updates)
-      new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state)
+      # the trainer's step on the stage's blocks (the pipeline's own mesh is outside: none here)
+      statics = Statics(StageLoss(loss, start, stop), optimizer, None, epoch.statics.conv)
+      new, metrics = train_step(state, Batch(carry, carry.y, mask), key, statics=statics)
+      total, out = metrics["total"], metrics["out"]
       loss_sum = total * jnp.sum(mask)  # the one-device step's masked sum of per-sample totals
       correct_sum = jnp.sum(out.answer * mask) if last else jnp.zeros(())
       out, mask, dropped = _compact(out, mask, capacity)

@@ -23,6 +23,7 @@ below 1 the stages after the first run on fewer rows; the model scales their ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -31,12 +32,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from quicknets_jax.algorithms.decoupled import DecoupledLoss
-from quicknets_jax.algorithms.pipeline import Carried, block_stages
+from quicknets_jax.algorithms.pipeline import Carried, StageLoss, block_stages
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, split_blocks
 from quicknets_jax.training.losses import EndToEndLoss
+from quicknets_jax.training.optimizer import Adam
+from quicknets_jax.training.step import Batch, Statics, TrainState, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,35 +140,40 @@ def _median_seconds(fn, args, repeats: int) -> float:
 
 
 def _block_fns(model: MultiExitModel, j: int):
-  """(train step, forward) of block j alone, jitted: the decoupled loss of that one block."""
+  """(train step, forward) of block j alone, jitted: the decoupled loss of that one block.
+
+  The train step is the trainer's (`step.train_step`, Adam), called as `train(state, batch, key)` on a
+  `TrainState` whose params and model state hold block j's only (`_only`) and a batch whose `x` is
+  `_carried`; the forward pass as `forward(params, model_state, x, y)` with block j's own.
+  """
   num_blocks = model.num_blocks
   loss = DecoupledLoss(model, num_blocks, (False,) * num_blocks, 0.9, 0.0)
   frozen = DecoupledLoss(model, num_blocks, (True,) * num_blocks, 0.9, 0.0)
-  optimizer = optax.adam(1e-3)
-
-  def carried(x, y):
-    rows = y.shape[0]
-    return Carried(x, y, jnp.ones((rows,), jnp.float32), jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32))
-
-  def only(value):
-    return [value if k == j else None for k in range(num_blocks)]
-
-  @jax.jit
-  def train_step(params, state, opt_state, x, y):
-    def objective(p):
-      total, _, new_state = loss.blocks_pass(only(p), only(state), carried(x, y), range(j, j + 1), True)
-      return total, new_state[j]
-
-    (_, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_state, opt_state
+  statics = Statics(StageLoss(loss, j, j + 1), Adam())
 
   @jax.jit
   def forward_pass(params, state, x, y):
-    _, out, _ = frozen.blocks_pass(only(params), only(state), carried(x, y), range(j, j + 1), False)
+    only = functools.partial(_only, j=j, num_blocks=num_blocks)
+    _, out, _ = frozen.blocks_pass(only(params), only(state), _carried(x, y), range(j, j + 1), False)
     return out.x, out.still
 
-  return train_step, forward_pass, optimizer
+  return jax.jit(functools.partial(train_step, statics=statics)), forward_pass
+
+
+def _only(value, j: int, num_blocks: int) -> list:
+  """A per-block list holding `value` at block j and None elsewhere."""
+  return [value if k == j else None for k in range(num_blocks)]
+
+
+def _carried(x, y) -> Carried:
+  """What enters a block when every row is still to learn and none has been answered for."""
+  rows = y.shape[0]
+  return Carried(x, y, jnp.ones((rows,), jnp.float32), jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32))
+
+
+def _batch(x, y) -> Batch:
+  """A batch of `x` (an array, or a `Carried`), `y` whose rows are all real."""
+  return Batch(x, y, jnp.ones((y.shape[0],), jnp.float32))
 
 
 def measure_steps(
@@ -199,33 +206,25 @@ def measure_steps(
   block_train, block_forward = [], []
   for j in range(model.num_blocks):
     x = jax.random.normal(jax.random.fold_in(key, j), (batch_size, *shapes[j]), jnp.float32)
-    train_step, forward_pass, optimizer = _block_fns(model, j)
-    opt_state = optimizer.init(params[j])
-    block_train.append(_median_seconds(train_step, (params[j], states[j], opt_state, x, labels), repeats))
+    train_block, forward_pass = _block_fns(model, j)
+    only = functools.partial(_only, j=j, num_blocks=model.num_blocks)
+    block_state = TrainState.create(Adam(), only(params[j]), only(states[j]), 1e-3)
+    block_batch = _batch(_carried(x, labels), labels)
+    block_train.append(_median_seconds(train_block, (block_state, block_batch, key), repeats))
     block_forward.append(_median_seconds(forward_pass, (params[j], states[j], x, labels), repeats))
   loss = EndToEndLoss(model)
-  optimizer = optax.adam(1e-3)
-
-  @jax.jit
-  def end_to_end_step(params, states, opt_state, x, y):
-    def objective(p):
-      ce, _, new_states = loss(p, states, x, y, None, True)
-      return jnp.mean(ce), new_states
-
-    (_, new_states), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_states, opt_state
+  end_to_end_step = jax.jit(functools.partial(train_step, statics=Statics(loss, Adam())))
 
   @jax.jit
   def end_to_end_forward(params, states, x, y):
-    return loss(params, states, x, y, None, False)[0]
+    return loss(params, _batch(x, y), None, model_state=states)[1].per_sample
 
-  opt_state = optimizer.init(params)
+  e2e_state = TrainState.create(Adam(), params, states, 1e-3)
   end_to_end_train = {}
   for rows in sorted(set(int(b) for b in per_device_batches)):
     x = jax.random.normal(key, (rows, *shapes[0]), jnp.float32)
     y = labels[:rows] if rows <= batch_size else jnp.zeros((rows,), jnp.int32)
-    end_to_end_train[rows] = _median_seconds(end_to_end_step, (params, states, opt_state, x, y), repeats)
+    end_to_end_train[rows] = _median_seconds(end_to_end_step, (e2e_state, _batch(x, y), key), repeats)
   x = jax.random.normal(key, (batch_size, *shapes[0]), jnp.float32)
   forward_seconds = _median_seconds(end_to_end_forward, (params, states, x, labels), repeats)
   feature_bytes = tuple(4 * math.prod(shape) + 12 for shape in shapes[1:])

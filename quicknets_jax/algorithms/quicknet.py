@@ -19,17 +19,18 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
 
 from quicknets_jax.algorithms import decoupled, forward
-from quicknets_jax.algorithms.commitment import compile_commitment_ahead, train_commitment_head
-from quicknets_jax.algorithms.finetune import finetune_quicknet
+from quicknets_jax.algorithms.commitment import CommitmentOptions, compile_commitment_ahead, train_commitment_head
+from quicknets_jax.algorithms.finetune import FinetuneHooks, finetune_quicknet
 from quicknets_jax.algorithms.settings import QuickNetConfig
 from quicknets_jax.core import costs, exits, rng
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.sampling import seeded_mask, seeded_subset
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, take
@@ -48,8 +49,6 @@ from quicknets_jax.training.trainer import (
   fit,
   pad_rows,
 )
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass
@@ -234,10 +233,12 @@ class BlockInputs:
     return costs.quicknet_block_flops(
       model.block_costs[self.j],
       costs.prefix_cost(model.block_costs, self.j),
-      n_train=len(self.working.train_idx),
-      n_fit=self.epoch_samples,
-      n_val=len(self.working.val_idx),
-      n_commit=len(self.commit_pos),
+      costs.BlockSamples(
+        n_train=len(self.working.train_idx),
+        n_fit=self.epoch_samples,
+        n_val=len(self.working.val_idx),
+        n_commit=len(self.commit_pos),
+      ),
       cached=self.cached,
       epochs=epochs,
       commit_epochs=commit_epochs,
@@ -429,9 +430,11 @@ def fit_commitment_head(
     Split(h_val, correct_val),
     task.config.commitment_fit(),
     key,
-    name=f"commitment head {j}",
-    balance=task.config.commit_balance,
-    pad_to=(bucket_size(len(task.train.labels)), bucket_size(len(task.val.labels))),
+    options=CommitmentOptions(
+      name=f"commitment head {j}",
+      balance=task.config.commit_balance,
+      pad_to=(bucket_size(len(task.train.labels)), bucket_size(len(task.val.labels))),
+    ),
     hooks=hooks,
   )
   variables = {"params": result.best_params, **fitted.best_model_state}
@@ -805,10 +808,9 @@ def train_quicknet(
     (train, val),
     config,
     rng.stream(key, rng.Stream.FINETUNE),
-    checkpointer=checkpointer,
-    log=log,
-    events=events,
-    flops_before=sum(r.training_flops for r in records),
+    hooks=FinetuneHooks(
+      checkpointer=checkpointer, log=log, events=events, flops_before=sum(r.training_flops for r in records)
+    ),
   )
   return QuickNetRun(tuned, records, finetune)
 
@@ -931,7 +933,7 @@ def _decoupled_records(model, variables, state, flops, seconds: float, data, con
         val_samples=len(sets[j].val_idx),
         class_counts=class_counts[j],
         epochs=int(sum(active)),
-        best_epoch=state.schedules[j].best_epoch,
+        best_epoch=state.schedule.blocks[j].best_epoch,
         commit_epochs=int(sum(active)),  # the heads train alongside their blocks
         learned=learned_counts[j][0],
         val_learned=learned_counts[j][1],

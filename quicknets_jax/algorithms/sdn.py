@@ -15,7 +15,7 @@ network: one per exit, trained on the exit's features and correctness over the w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -23,14 +23,13 @@ import numpy as np
 from quicknets_jax.algorithms.end_to_end import EndToEndRun, fit_whole_network
 from quicknets_jax.algorithms.settings import SDNConfig, default_max_weights  # noqa: F401  (part of this API)
 from quicknets_jax.core import costs
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel, parts_mask
 from quicknets_jax.training import losses
 from quicknets_jax.training.events import Events
 from quicknets_jax.training.schedule import FitConfig
 from quicknets_jax.training.trainer import FitHooks, Objective
-
-Log = Callable[[str], None]
 
 
 def loss_weights(epoch: int, max_weights: Sequence[float], ramp_epochs: int) -> np.ndarray:

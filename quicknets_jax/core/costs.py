@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Union
+from typing import NamedTuple, Union
 
 import jax
 import numpy as np
@@ -302,14 +302,27 @@ QUICKNET_BLOCK_PARTS = (
 STAGES = ("block", "commitment", "done")
 
 
+class BlockSamples(NamedTuple):
+  """The sample counts a QuickNet block's training FLOPs scale with (`quicknet_block_flops`).
+
+  Attributes:
+    n_train: |T_j|, the block's working set.
+    n_fit: the samples its fit trains on (T_j minus a commitment holdout).
+    n_val: |V_j|, its validation set.
+    n_commit: the samples its commitment head trains on.
+  """
+
+  n_train: int
+  n_fit: int
+  n_val: int
+  n_commit: int
+
+
 def quicknet_block_flops(
   cost: BlockCost,
   prefix: float,
+  samples: BlockSamples,
   *,
-  n_train: int,
-  n_fit: int,
-  n_val: int,
-  n_commit: int,
   cached: bool,
   epochs: int,
   commit_epochs: int = 0,
@@ -321,10 +334,7 @@ def quicknet_block_flops(
   Args:
     cost: the block's forward costs.
     prefix: its frozen prefix's (`prefix_cost`).
-    n_train: |T_j|, the block's working set.
-    n_fit: the samples its fit trains on (T_j minus a commitment holdout).
-    n_val: |V_j|, its validation set.
-    n_commit: the samples its commitment head trains on.
+    samples: its working set, fit, validation and commitment-head sample counts (`BlockSamples`).
     cached: the prefix's features were computed once (True) or are recomputed every step (False).
     epochs: epochs of the block's fit so far.
     commit_epochs: epochs of its commitment head's fit so far.
@@ -339,6 +349,7 @@ def quicknet_block_flops(
   """
   if stage not in STAGES:
     raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+  n_train, n_fit, n_val, n_commit = samples
   trainable = cost.subnet + cost.exit_head
   recompute = 0.0 if cached else prefix
   parts = dict.fromkeys(QUICKNET_BLOCK_PARTS, 0.0)

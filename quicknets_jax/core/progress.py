@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Optional, TextIO
 
+# Where a run's progress and messages go: `print`, a logger's method, a list's `append` in tests.
+Log = Callable[[str], None]
+
 
 def format_seconds(seconds: float) -> str:
   """A duration as a short string: "42s", "3m05s" or "2h07m".

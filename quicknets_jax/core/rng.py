@@ -20,18 +20,19 @@ class Stream(enum.IntEnum):
     INIT: the model's initial variables (every method of a seed starts from them).
     BLOCKS: QuickNet blocks (then the block index); the one fit of end-to-end, SDN or fine-tuning.
     FINETUNE: QuickNet+ joint fine-tuning after the blocks.
-    COMMIT_HOLDOUT: QuickNet+: the slice of a working set held out for the commitment head.
     HEADS_AFTER_JOINT: the commitment heads added to a jointly trained network (on the seed's key).
+    COMMIT_HOLDOUT: QuickNet+: the slice of a working set held out for the commitment head.
     KEEP_LEARNED_TRAIN: QuickNet+ soft removal: learned training samples kept for later blocks.
     KEEP_LEARNED_VAL: the same for validation samples.
-    RECOMMIT: commitment heads retrained after fine-tuning (then + the block index).
+    RECOMMIT: commitment heads retrained after fine-tuning (then + the block index): it takes every
+      number from 10 up, so it stays the last stream.
   """
 
   INIT = 0  # the model's initial variables (every method of a seed starts from them)
   BLOCKS = 1  # QuickNet blocks (then the block index); the one fit of end-to-end, SDN or fine-tuning
   FINETUNE = 2  # QuickNet+ joint fine-tuning after the blocks
+  HEADS_AFTER_JOINT = 3  # the commitment heads added to a jointly trained network (on the seed's key)
   COMMIT_HOLDOUT = 7  # QuickNet+: the slice of a working set held out for the commitment head
-  HEADS_AFTER_JOINT = 7  # the commitment heads added to a jointly trained network (on the seed's key)
   KEEP_LEARNED_TRAIN = 8  # QuickNet+ soft removal: learned training samples kept for later blocks
   KEEP_LEARNED_VAL = 9  # the same for validation samples
   RECOMMIT = 10  # commitment heads retrained after fine-tuning (then + the block index)

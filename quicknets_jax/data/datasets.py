@@ -501,39 +501,19 @@ def write_dataset_records(name: str, directory: str, data_source: str = "auto", 
   return records.write_records(directory, name, train_x, train_y, test_x, test_y, CLASS_NAMES[name])
 
 
-def load_streamed_dataset(
-  name: str,
-  records_dir: Optional[str] = None,
-  data_source: str = "auto",
-  data_dir=None,
-  val_fraction: float = 0.1,
-  max_train: int | None = None,
-  max_test: int | None = None,
-  image_size: int | None = None,
-  options: streaming.StreamOptions = streaming.StreamOptions(),
-  download: bool = False,
-  cache_dir: str | None = None,
-  log=print,
-) -> Dataset:
+def load_streamed_dataset(config: DataConfig, log=print) -> Dataset:
   """`load_dataset`'s splits and normalisation with the images left on disk (`streaming.StreamedImages`).
 
-  Reads a record directory (`records_dir`, default `default_records_dir`); where it does not exist
-  yet, writes it once from the dataset's local copy (as `load_arrays` finds it). With
-  `data_source="tfds"` and no records_dir, reads the prepared TFDS copy's array_record files
+  Reads a record directory (`config.records_dir`, default `default_records_dir(dataset, data_cache)`);
+  where it does not exist yet, writes it once from the dataset's local copy (as `load_arrays` finds it
+  from `data_source` and `data_dir`, downloading it if `download` allows). With `data_source="tfds"`
+  and no records_dir, reads the prepared TFDS copy's array_record files in `data_dir`
   (`tfds.data_source`) instead; imagenet2012 only that way, resized to `image_size` as read.
 
   Args:
-    name: the dataset, one of `KNOWN`.
-    records_dir: the record directory (default: `default_records_dir(name, cache_dir)`).
-    data_source: where a missing record directory is written from, or "tfds".
-    data_dir: the local copy's directory, or the TFDS data dir.
-    val_fraction: the last fraction of the training split that becomes the validation split.
-    max_train: keep only the first N training samples.
-    max_test: keep only the first N test samples.
-    image_size: the side imagenet2012 is resized to as read.
-    options: the streamed pipeline's settings (threads, workers, memory budget).
-    download: let a missing record directory be written from a download.
-    cache_dir: where downloads and default record directories are kept.
+    config: which dataset, from where and how much of it (`DataConfig`: `val_fraction`, `max_train`,
+      `max_test` as for `load_dataset`; the pipeline's threads, workers and memory budget as
+      `DataConfig.stream_options`; its `input` is not read).
     log: where the one-line note about writing records goes.
 
   Returns:
@@ -543,21 +523,24 @@ def load_streamed_dataset(
     DataError: the source does not stream this dataset, the record directory holds another dataset,
       or labels fall outside the dataset's classes.
   """
-  name = _check_name(name)
-  if data_source == "tfds" and records_dir is None or name in RESIZED_SPLITS:
+  name = _check_name(config.dataset)
+  data_source, data_dir = config.data_source, config.data_dir
+  if data_source == "tfds" and config.records_dir is None or name in RESIZED_SPLITS:
     if data_source not in ("auto", "tfds"):
       raise DataError(f"{name} streams from a prepared TFDS copy only: pass --data_source=tfds")
-    size = DEFAULT_IMAGE_SIZE.get(name) if image_size is None else image_size
+    size = DEFAULT_IMAGE_SIZE.get(name) if config.image_size is None else config.image_size
     splits = RESIZED_SPLITS.get(name, ("train", "test"))
     train, test = (records.TfdsImages(name, split, data_dir, size) for split in splits)
     source = f"tfds:{default_tfds_dir(data_dir)} (streamed)"
   else:
-    directory = records_dir or default_records_dir(name, cache_dir)
+    directory = config.records_dir or default_records_dir(name, config.data_cache)
     if not records.has_records(directory):  # written once, by process 0 of a multi-process run
 
       def write():
         log(f"writing {PRETTY_NAMES[name]} as array_record files into {directory} (once)")
-        write_dataset_records(name, directory, data_source, data_dir, download=download, cache_dir=cache_dir)
+        write_dataset_records(
+          name, directory, data_source, data_dir, download=config.download, cache_dir=config.data_cache
+        )
 
       on_process_zero(write, f"quicknets_jax records {name}")
     meta = records.read_meta(directory)
@@ -565,7 +548,9 @@ def load_streamed_dataset(
       raise DataError(f"{directory} holds {meta['name']}, not {name}: pass the --records_dir of {name}")
     train, test = (records.RecordImages(directory, split) for split in records.SPLITS)
     source = f"records:{directory} (streamed)"
-  splits = streaming.streamed_splits(train, test, val_fraction, max_train, max_test, options)
+  splits = streaming.streamed_splits(
+    train, test, config.val_fraction, config.max_train, config.max_test, config.stream_options()
+  )
   num_classes = len(CLASS_NAMES[name])
   for split, labels in (("train", splits.train.labels), ("val", splits.val.labels), ("test", splits.test.labels)):
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -687,7 +672,15 @@ class DataConfig:
       DataError: the config names "arrays" (those must be passed again), or the data cannot be found
         or read.
     """
-    common = dict(
+    if self.dataset == ARRAYS:
+      raise DataError(
+        f"dataset {ARRAYS!r} is the arrays a run was given: pass them again (quicknets_jax.train(train=..., "
+        "test=...)), or read the run with quicknets_jax.load(workdir)"
+      )
+    if self.input == "stream":
+      return load_streamed_dataset(self, log=log)
+    return load_dataset(
+      self.dataset,
       data_source=self.data_source,
       data_dir=self.data_dir,
       val_fraction=self.val_fraction,
@@ -697,14 +690,6 @@ class DataConfig:
       download=self.download,
       cache_dir=self.data_cache,
     )
-    if self.dataset == ARRAYS:
-      raise DataError(
-        f"dataset {ARRAYS!r} is the arrays a run was given: pass them again (quicknets_jax.train(train=..., "
-        "test=...)), or read the run with quicknets_jax.load(workdir)"
-      )
-    if self.input == "stream":
-      return load_streamed_dataset(self.dataset, self.records_dir, options=self.stream_options(), log=log, **common)
-    return load_dataset(self.dataset, **common)
 
   def image_shape(self) -> tuple:
     """(H, W, C) of this dataset's images, without reading them.

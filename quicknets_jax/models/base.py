@@ -182,6 +182,22 @@ def call_part(module: nn.Module, x, train: bool):
   return module(x, train=train) if takes_train(module) else module(x)
 
 
+# What convolutions a block runs (`Block.convolutions`), from none to ones only XLA can run.
+CONVOLUTIONS = ("none", "patchable", "native")
+
+
+def most_convolutions(blocks) -> str:
+  """The `Block.convolutions` of blocks run together: the most demanding of theirs.
+
+  Args:
+    blocks: the blocks (an empty sequence runs none).
+
+  Returns:
+    One of `CONVOLUTIONS`.
+  """
+  return max((block.convolutions for block in blocks), key=CONVOLUTIONS.index, default="none")
+
+
 class Block(nn.Module):
   """One QuickNet block: subnet → (exit logits, commitment logit).
 
@@ -193,11 +209,17 @@ class Block(nn.Module):
     subnet: θ_j, the slice of the backbone.
     exit_head: γ_j, the exit classifier on the subnet's features.
     commit_head: δ_j, the commitment head.
+    convolutions: what convolutions the subnet and the exit run, as the model declares it (one of
+      `CONVOLUTIONS`): "none"; "patchable", every one of them can run as a patch product
+      (`models.layers`); "native", some stay XLA's own (dilated or grouped convolutions). The trainer
+      chooses its drivers by it (`training.trainer.choose_drivers`): XLA:CPU runs its own convolutions
+      inside a loop far slower than at the top level of a program.
   """
 
   subnet: nn.Module
   exit_head: nn.Module
   commit_head: nn.Module
+  convolutions: str = "none"
 
   def __call__(self, x, train: bool = False):
     features = call_part(self.subnet, x, train)
@@ -402,6 +424,11 @@ class MultiExitModel:
   def num_blocks(self) -> int:
     """The number of blocks (and exits)."""
     return len(self.blocks)
+
+  @property
+  def convolutions(self) -> str:
+    """What convolutions the model's blocks run together (`most_convolutions`)."""
+    return most_convolutions(self.blocks)
 
   def init(self, key: jax.Array) -> list[dict]:
     """Initialises every block; block j's input shape is block j−1's feature shape.

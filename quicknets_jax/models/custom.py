@@ -23,7 +23,7 @@ from quicknets_jax.core.costs import BlockCost
 from quicknets_jax.models import nnx_bridge
 from quicknets_jax.models.base import COMMIT_HEADS, Block, MultiExitModel, commitment_head
 from quicknets_jax.models.mlp import LinearExit
-from quicknets_jax.models.xla_check import measured_costs
+from quicknets_jax.models.xla_check import convolutions, measured_costs
 
 # How far analytic costs a user passes may be from XLA's count before it is reported.
 COST_TOLERANCE = 0.05
@@ -111,7 +111,7 @@ def multi_exit_model(
       exit_part = LinearExit(num_classes)
     block = Block(subnet, _linen(exit_part, f"exit {j}"), commitment_head(commit_head, num_classes))
     block_vars, (features, logits, _) = _checked_init(block, j, x, num_classes)
-    blocks.append(block)
+    blocks.append(block.clone(convolutions=convolutions(block, block_vars, x)))
     variables.append(block_vars)
     x = jax.ShapeDtypeStruct(features.shape, jnp.float32)
   measured = measured_costs(blocks, input_shape, variables)

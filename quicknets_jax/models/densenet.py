@@ -362,6 +362,7 @@ def densenet(
         commit_head=PooledCommitmentHead(num_classes)
         if commit_head == "features"
         else LogitsCommitmentHead(num_classes),
+        convolutions="patchable",
       )
     )
     block_costs.append(

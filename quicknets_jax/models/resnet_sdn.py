@@ -221,6 +221,7 @@ def resnet_sdn(
         subnet=ResNetSubnet(part, stem_channels=channels[0] if j == 0 else 0, relu_out=last),
         exit_head=exit_head,
         commit_head=commitment_head(commit_head, num_classes),
+        convolutions="patchable",
       )
     )
     block_costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))

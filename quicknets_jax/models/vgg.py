@@ -203,7 +203,10 @@ def vgg(
     commit_cost = commitment_head_flops(commit_head, features, num_classes)
     blocks.append(
       Block(
-        subnet=ConvBNReLU(channels, pool), exit_head=exit_head, commit_head=commitment_head(commit_head, num_classes)
+        subnet=ConvBNReLU(channels, pool),
+        exit_head=exit_head,
+        commit_head=commitment_head(commit_head, num_classes),
+        convolutions="patchable",
       )
     )
     block_costs.append(BlockCost(subnet=subnet_cost, exit_head=exit_cost, commit_head=commit_cost))

@@ -13,6 +13,42 @@ from quicknets_jax.models import layers
 from quicknets_jax.models.base import Block, MultiExitModel
 
 
+def convolutions(block: Block, variables, x) -> str:
+  """What convolutions a block runs (`Block.convolutions`): what a model built from a user's modules
+  declares, read once when the model is built from the primitives of the block's program, traced with
+  XLA's convolutions and with patch products (nothing runs).
+
+  Args:
+    block: the block.
+    variables: its variables (or their shapes).
+    x: its input, one row (or its shape, a `jax.ShapeDtypeStruct`).
+
+  Returns:
+    "none" when the block's forward pass (subnet and exit) holds no convolution, "native" when one is
+    left under patch products (`models.layers.conv_implementation`), else "patchable".
+  """
+
+  def convolves(implementation: str) -> bool:
+    with layers.conv_implementation(implementation):
+      program = jax.make_jaxpr(lambda v, a: block.apply(v, a, method=Block.features_and_logits))(variables, x)
+    return any(eqn.primitive.name == "conv_general_dilated" for eqn in _equations(program.jaxpr))
+
+  if not convolves("native"):
+    return "none"
+  return "native" if convolves("patches") else "patchable"
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr` and of the programs nested in it (loops, conditionals, remat, calls)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for inner in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(inner, "jaxpr", inner)  # a ClosedJaxpr holds its Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
 def measured_costs(blocks, input_shape, variables) -> list[BlockCost]:
   """XLA's count (`cost_analysis`) of each block's parts, forward FLOPs per sample: the subnet on the
   block's input, the exit on its features, and the commitment head on what it reads (the features, or

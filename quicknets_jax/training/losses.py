@@ -1,7 +1,9 @@
 """Per-sample losses the trainer optimises, for a block, a commitment head or a whole network.
 
-Each is a frozen dataclass called as `loss(params, model_state, x, y, rng, train, hparams)` and
-returning (per-sample loss, per-sample correct, new model state). Equal settings make equal (and
+Each is a frozen dataclass in flax's shape (`step.Loss`): `loss(params, batch, rng, hparams, *,
+model_state)` returns `(loss, aux)`, the mean of its per-sample values over the batch's real rows
+(`step.masked_mean`, what `step.train_step` differentiates) and a `step.LossAux` (per-sample loss,
+per-sample correct, new model state). `rng` None means inference mode. Equal settings make equal (and
 equally hashed) losses, so the jitted steps that take one as a static argument compile once per
 process for every fit that trains with it — blocks of one shape, every seed.
 
@@ -23,7 +25,8 @@ import optax
 
 from quicknets_jax.core import exits
 from quicknets_jax.data.augment import augment as augment_images
-from quicknets_jax.models.base import COMMIT, Block, MultiExitModel, cast_floating, run_block
+from quicknets_jax.models.base import COMMIT, Block, MultiExitModel, cast_floating, most_convolutions, run_block
+from quicknets_jax.training.step import Batch, LossAux, masked_mean
 
 
 def augment_inputs(augment: Optional[str], x, rng, train):
@@ -79,32 +82,39 @@ class BlockLoss:
   learned_threshold: Optional[float] = None
   compute_dtype: Optional[str] = None
 
-  def __call__(self, params, state, x, y, rng, train, hparams=None):
-    """The block's per-sample loss on a batch.
+  @property
+  def convolutions(self) -> str:
+    """What convolutions the loss runs (`models.base.CONVOLUTIONS`): its block declares it."""
+    return self.block.convolutions
+
+  def __call__(self, params, batch: Batch, rng, hparams=None, *, model_state):
+    """The block's loss on a batch.
 
     Args:
       params: the block's params.
-      state: the block's model state (batch-norm statistics; {} if none).
-      x: the features entering the block (raw images for block 0), [B, ...].
-      y: int class labels, [B].
-      rng: the step's key (augmentation); None outside training.
-      train: training mode (augmentation, batch-norm statistics updated).
+      batch: the features entering the block (raw images for block 0), [B, ...], int class labels [B]
+        and the 0/1 mask of the real rows.
+      rng: the step's key (augmentation); None: inference mode (no augmentation, batch-norm statistics
+        read, not updated).
       hparams: unused.
+      model_state: the block's model state (batch-norm statistics; {} if none).
 
     Returns:
-      A tuple `(losses, correct, new_state)` of the float32 per-sample cross-entropies [B], the float32
-      0/1 per-sample correctness [B] (with `learned_threshold`, correct and confident) and the block's new
-      model state.
+      A tuple `(loss, aux)`: the mean cross-entropy over the real rows, and a `LossAux` of the float32
+      per-sample cross-entropies [B], the float32 0/1 per-sample correctness [B] (with
+      `learned_threshold`, correct and confident) and the block's new model state.
     """
     del hparams
+    x, y, mask = batch
+    train = rng is not None
     x = augment_inputs(self.augment, x, rng, train)
     (_, logits), new_state = run_block(
-      self.block, params, state, x, train, method=Block.features_and_logits, compute_dtype=self.compute_dtype
+      self.block, params, model_state, x, train, method=Block.features_and_logits, compute_dtype=self.compute_dtype
     )
     losses, correct = cross_entropy(logits, y)
     if self.learned_threshold is not None:
       correct = correct * (exits.confidence(jax.nn.softmax(logits)) > self.learned_threshold)
-    return losses, correct, new_state
+    return masked_mean(losses, mask), LossAux(losses, correct, new_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,24 +139,28 @@ class BlockLossThroughPrefix:
   learned_threshold: Optional[float] = None
   compute_dtype: Optional[str] = None
 
-  def __call__(self, params, state, x, y, rng, train, hparams):
-    """Block j's per-sample loss on a batch of raw inputs, through the frozen prefix.
+  @property
+  def convolutions(self) -> str:
+    """What convolutions the loss runs (`models.base.CONVOLUTIONS`): block j or its prefix declares it."""
+    return most_convolutions(self.model.blocks[: self.j + 1])
+
+  def __call__(self, params, batch: Batch, rng, hparams, *, model_state):
+    """Block j's loss on a batch of raw inputs, through the frozen prefix.
 
     Args:
       params: block j's params.
-      state: block j's model state.
-      x: raw images, [B, ...].
-      y: int class labels, [B].
-      rng: the step's key (augmentation); None outside training.
-      train: training mode (augmentation, block j's batch-norm statistics updated; the prefix always
-        runs in inference mode and gets no gradient).
+      batch: raw images [B, ...], int class labels [B] and the 0/1 mask of the real rows.
+      rng: the step's key (augmentation); None: inference mode. In training, block j's batch-norm
+        statistics update; the prefix always runs in inference mode and gets no gradient.
       hparams: a pair `(frozen_params, frozen_state)`, lists indexed by block, for blocks 0..j−1.
+      model_state: block j's model state.
 
     Returns:
-      A tuple `(losses, correct, new_state)`, as `BlockLoss` returns it, with block j's new model state.
+      A tuple `(loss, aux)`, as `BlockLoss` returns it, with block j's new model state.
     """
     frozen_params, frozen_state = hparams
-    x = augment_inputs(self.augment, x, rng, train)
+    x, y, mask = batch
+    x = augment_inputs(self.augment, x, rng, rng is not None)
     for k in range(self.j):
       x, _ = run_block(
         self.model.blocks[k],
@@ -158,7 +172,7 @@ class BlockLossThroughPrefix:
         compute_dtype=self.compute_dtype,
       )
     inner = BlockLoss(self.model.blocks[self.j], None, self.learned_threshold, self.compute_dtype)
-    return inner(params, state, jax.lax.stop_gradient(x), y, rng, train)
+    return inner(params, Batch(jax.lax.stop_gradient(x), y, mask), rng, model_state=model_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +194,11 @@ class CommitmentLoss:
   head: nn.Module
   compute_dtype: Optional[str] = None
 
+  @property
+  def convolutions(self) -> str:
+    """What convolutions the loss runs (`models.base.CONVOLUTIONS`): a commitment head reads features through dense layers and pooling: none."""
+    return "none"
+
   @classmethod
   def of(cls, block: Block, compute_dtype: Optional[str] = None) -> CommitmentLoss:
     """The commitment loss of `block`'s head.
@@ -193,23 +212,25 @@ class CommitmentLoss:
     """
     return cls(block.commit_head, compute_dtype)
 
-  def __call__(self, params, state, features, target, rng, train, hparams):
-    """The head's weighted per-sample binary cross-entropy on a batch.
+  def __call__(self, params, batch: Batch, rng, hparams, *, model_state):
+    """The head's weighted binary cross-entropy on a batch.
 
     Args:
       params: params holding the head's under `"commit_head"` (`models.base.COMMIT`).
-      state: the model state, returned as it is.
-      features: the head's inputs, [B, ...] (`Block.commit_inputs` of the frozen block's features).
-      target: [B], 1 where the block's exit was right and 0 where it was wrong.
-      rng: unused.
-      train: unused (the head has no training-mode behaviour).
+      batch: the head's inputs [B, ...] (`Block.commit_inputs` of the frozen block's features), the
+        targets [B] (1 where the block's exit was right and 0 where it was wrong) and the 0/1 mask of the
+        real rows.
+      rng: unused (the head has no training-mode behaviour).
       hparams: a pair `(positive_weight, negative_weight)`, the weights of targets 1 and 0.
+      model_state: the model state, returned as it is.
 
     Returns:
-      A tuple `(losses, correct, state)` of the float32 weighted losses [B], a float32 [B] that is 1.0
-      where the logit's sign matches the target, and `state` unchanged.
+      A tuple `(loss, aux)`: the mean weighted loss over the real rows, and a `LossAux` of the float32
+      weighted losses [B], a float32 [B] that is 1.0 where the logit's sign matches the target, and
+      `model_state` unchanged.
     """
-    del rng, train
+    del rng
+    features, target, mask = batch
     positive_weight, negative_weight = hparams
     head_params, x = params[COMMIT], features
     if self.compute_dtype is not None:
@@ -220,7 +241,8 @@ class CommitmentLoss:
     target = target.astype(jnp.float32)
     weights = jnp.where(target > 0.5, positive_weight, negative_weight)
     losses = weights * optax.sigmoid_binary_cross_entropy(logit, target)
-    return losses, ((logit > 0) == (target > 0.5)).astype(jnp.float32), state
+    correct = ((logit > 0) == (target > 0.5)).astype(jnp.float32)
+    return masked_mean(losses, mask), LossAux(losses, correct, model_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,31 +259,40 @@ class EndToEndLoss:
   augment: Optional[str] = None
   compute_dtype: Optional[str] = None
 
-  def __call__(self, params, state, x, y, rng, train, hparams=None):
-    """The final exit's per-sample loss on a batch, through every block.
+  @property
+  def convolutions(self) -> str:
+    """What convolutions the loss runs (`models.base.CONVOLUTIONS`): a block of the model declares it."""
+    return self.model.convolutions
+
+  def __call__(self, params, batch: Batch, rng, hparams=None, *, model_state):
+    """The final exit's loss on a batch, through every block.
 
     Args:
       params: a sequence of params, one per block.
-      state: a sequence of model states, one per block.
-      x: raw images, [B, ...].
-      y: int class labels, [B].
-      rng: the step's key (augmentation); None outside training.
-      train: training mode (augmentation, batch-norm statistics updated).
+      batch: raw images [B, ...], int class labels [B] and the 0/1 mask of the real rows.
+      rng: the step's key (augmentation); None: inference mode (no augmentation, batch-norm statistics
+        read, not updated).
       hparams: unused.
+      model_state: a sequence of model states, one per block.
 
     Returns:
-      A tuple `(losses, correct, new_state)` of the final exit's float32 per-sample cross-entropies [B]
-      and 0/1 correctness [B], and the list of every block's new model state.
+      A tuple `(loss, aux)`: the final exit's mean cross-entropy over the real rows, and a `LossAux` of
+      its float32 per-sample cross-entropies [B] and 0/1 correctness [B], and the list of every block's
+      new model state.
     """
     del hparams
+    x, y, mask = batch
+    train = rng is not None
     x = augment_inputs(self.augment, x, rng, train)
+    state = model_state
     new_state = list(state)
     for k, block in enumerate(self.model.blocks[:-1]):
       x, new_state[k] = run_block(block, params[k], state[k], x, train, Block.features, self.compute_dtype)
     (_, logits), new_state[-1] = run_block(
       self.model.blocks[-1], params[-1], state[-1], x, train, Block.features_and_logits, self.compute_dtype
     )
-    return (*cross_entropy(logits, y), new_state)
+    losses, correct = cross_entropy(logits, y)
+    return masked_mean(losses, mask), LossAux(losses, correct, new_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +319,11 @@ class JointLoss:
   augment: Optional[str] = None
   compute_dtype: Optional[str] = None
 
+  @property
+  def convolutions(self) -> str:
+    """What convolutions the loss runs (`models.base.CONVOLUTIONS`): a block of the model declares it."""
+    return self.model.convolutions
+
   def __post_init__(self):
     object.__setattr__(self, "max_weights", tuple(float(w) for w in np.asarray(self.max_weights).reshape(-1)))
     if len(self.max_weights) != self.model.num_blocks - 1:
@@ -295,24 +331,27 @@ class JointLoss:
         f"max_weights needs one weight per internal exit ({self.model.num_blocks - 1}), got {len(self.max_weights)}"
       )
 
-  def __call__(self, params, state, x, y, rng, train, hparams=None):
-    """The weighted sum of every exit's per-sample loss on a batch.
+  def __call__(self, params, batch: Batch, rng, hparams=None, *, model_state):
+    """The weighted sum of every exit's loss on a batch.
 
     Args:
       params: a sequence of params, one per block.
-      state: a sequence of model states, one per block.
-      x: raw images, [B, ...].
-      y: int class labels, [B].
-      rng: the step's key (augmentation); None outside training.
-      train: training mode (augmentation, batch-norm statistics updated, `hparams` weights applied).
-      hparams: float [E−1], this epoch's weights of the internal exits; None: `max_weights`.
+      batch: raw images [B, ...], int class labels [B] and the 0/1 mask of the real rows.
+      rng: the step's key (augmentation); None: inference mode (no augmentation, batch-norm statistics
+        read, not updated, `max_weights` applied).
+      hparams: float [E−1], this epoch's weights of the internal exits (in training); None: `max_weights`.
+      model_state: a sequence of model states, one per block.
 
     Returns:
-      A tuple `(losses, correct, new_state)` of the float32 per-sample weighted totals [B], the final
-      exit's 0/1 correctness [B], and the list of every block's new model state.
+      A tuple `(loss, aux)`: the mean weighted total over the real rows, and a `LossAux` of the float32
+      per-sample weighted totals [B], the final exit's 0/1 correctness [B], and the list of every block's
+      new model state.
     """
+    x, y, mask = batch
+    train = rng is not None
     x = augment_inputs(self.augment, x, rng, train)
     weights = jnp.asarray(self.max_weights, jnp.float32) if hparams is None or not train else hparams
+    state = model_state
     new_state = list(state)
     total = 0.0
     for k, block in enumerate(self.model.blocks):
@@ -321,4 +360,4 @@ class JointLoss:
       )
       losses, correct = cross_entropy(logits, y)
       total = total + (losses if k == self.model.num_blocks - 1 else weights[k] * losses)
-    return total, correct, new_state
+    return masked_mean(total, mask), LossAux(total, correct, new_state)

@@ -202,6 +202,66 @@ class Schedule:
     """
     return self.stopped or self.epoch >= config.max_epochs
 
+  @classmethod
+  def from_dict(cls, fields: dict) -> Schedule:
+    """The schedule whose fields `dataclasses.asdict` gave (a checkpoint's JSON meta).
+
+    Args:
+      fields: the schedule's fields by name.
+
+    Returns:
+      The `Schedule`.
+    """
+    return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSchedules:
+  """A schedule per block, for runs whose blocks all train at once (decoupled training).
+
+  Each block follows Appendix A's schedule on its own monitored score; a block that has stopped is frozen
+  (it keeps its best epoch's parameters) while the others go on. The run is over when every block is
+  frozen, or at the epoch cap.
+
+  Attributes:
+    blocks: one `Schedule` per block.
+    frozen: per block, whether it has stopped training.
+    epoch: epochs the run has completed (a frozen block's own count stops where it froze).
+  """
+
+  blocks: tuple[Schedule, ...]
+  frozen: tuple[bool, ...]
+  epoch: int = 0
+
+  @property
+  def stopped(self) -> bool:
+    """Whether every block is frozen."""
+    return all(self.frozen)
+
+  def finished(self, config: FitConfig) -> bool:
+    """Whether the run is over: every block frozen, or the epoch cap reached.
+
+    Args:
+      config: the run's settings (its `max_epochs`).
+
+    Returns:
+      True when every block is frozen or `epoch` has reached `config.max_epochs`.
+    """
+    return self.stopped or self.epoch >= config.max_epochs
+
+  @classmethod
+  def from_dict(cls, fields: dict) -> BlockSchedules:
+    """The schedules whose fields `dataclasses.asdict` gave (a checkpoint's JSON meta).
+
+    Args:
+      fields: "blocks" (each a `Schedule`'s fields), "frozen" and "epoch".
+
+    Returns:
+      The `BlockSchedules`.
+    """
+    blocks = tuple(Schedule.from_dict(b) for b in fields["blocks"])
+    return cls(blocks, tuple(bool(f) for f in fields["frozen"]), int(fields["epoch"]))
+
 
 def monitored_score(config: FitConfig, train_loss: float, val_loss: float, val_accuracy: float) -> float:
   """The epoch's score under `config.monitor`, lower is better.

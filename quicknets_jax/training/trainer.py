@@ -1,24 +1,34 @@
-"""The one trainer: QuickNet blocks, commitment heads, end-to-end baselines and SDN joint training.
+"""The one trainer: QuickNet blocks, commitment heads, end-to-end baselines, SDN joint training and
+decoupled blocks.
 
-They differ only in the `Objective` — a per-sample loss, the mask of the leaves that train, and the
-loss's traced hyperparameters — never in the loop. Every driver here runs the same pure step
-(`step.train_step`) over batches drawn on device from the working set's index array (shuffled, or
-class-balanced as the method page asks), the last partial batch padded and masked:
+`run_epochs` is the one epoch loop. Around every epoch it times the steps and the validation pass,
+stops on a non-finite loss, writes the epoch's record, tells the run's `Events` and saves its
+checkpoint; a run resumed from that checkpoint ends exactly where an uninterrupted one would (every
+random choice comes from `fold_in(key, epoch)` and then the step number). What an epoch trains and how
+the schedule moves on is an `EpochRunner`'s:
+
+- `SequentialRunner` (`fit`): Appendix A's schedule over one fit — Adam, reduce-on-plateau ×0.5 with
+  patience 1, early stopping after 3 epochs without a new validation minimum, at most 100 epochs,
+  best-validation params kept. Fits differ only in their `Objective` — a loss, the mask of the leaves
+  that train, the loss's traced hyperparameters — never in the loop.
+- `algorithms.decoupled.DecoupledRunner`: every block at once, a schedule per block
+  (`schedule.BlockSchedules`), on one device or pipelined over several (`algorithms.pipeline`).
+
+Every epoch runs the same pure step (`step.train_step`) over batches drawn on device from the working
+set's index array (shuffled, or class-balanced), the last partial batch padded and masked. The drivers
+that run it are chosen once per fit (`choose_drivers`), from what the loss declares (`convolves`) and
+the settings:
 
 - `epoch_on_device`: the whole epoch inside one jit (`lax.fori_loop` over the steps);
-- `epoch_from_host`: the same jitted step called from a Python loop, for models that convolve on
-  CPU (XLA:CPU runs convolutions inside a while loop ~40× slower than at the top level of a program);
+- `epoch_from_host`: the same jitted step called from a Python loop, for losses that convolve on CPU
+  (XLA:CPU runs convolutions inside a while loop ~40× slower than at the top level of a program);
 - `epoch_streamed`: the images of each step read from disk (`--input=stream`), the same rows in the
-  same order as in memory.
+  same order as in memory;
 
-`fit` runs Appendix A's schedule around them on the host (`schedule.advance`: Adam, reduce-on-plateau
-×0.5 with patience 1, early stopping after 3 epochs without a new validation minimum, at most 100
-epochs, best-validation params kept) and a NaN guard. Every random choice comes from
-`fold_in(key, epoch)` and then the step number, so a fit resumed from its `FitState` ends exactly where
-an uninterrupted one would; `fit(..., checkpoint=...)` resumes and saves the state after every epoch.
-
-The jitted drivers are module-level functions whose non-array arguments (`EpochPlan`, `EvalPlan`) are
-static and hashable: jax's own cache compiles each once per process for every fit that shares them.
+with the matching validation passes. Each driver compiles its own programs ahead of a fit
+(`compile_ahead`). The jitted programs are module-level functions whose non-array arguments
+(`EpochPlan`, `EvalPlan`) are static and hashable: jax's own cache compiles each once per process for
+every fit that shares them.
 """
 
 from __future__ import annotations
@@ -28,12 +38,13 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quicknets_jax.core.progress import Log
 from quicknets_jax.data.sampling import draw_epoch_padded, shuffle_keys_padded, stable_order
 from quicknets_jax.data.split import Split
 from quicknets_jax.data.streaming import device_array, is_streamed
@@ -43,7 +54,7 @@ from quicknets_jax.training.checkpoint import FitCheckpointer
 from quicknets_jax.training.compilation import CompileMeter
 from quicknets_jax.training.events import EpochDone, Events
 from quicknets_jax.training.optimizer import Adam, Mask
-from quicknets_jax.training.schedule import FitConfig, Schedule, advance, monitored_score
+from quicknets_jax.training.schedule import BlockSchedules, FitConfig, Schedule, advance, monitored_score
 from quicknets_jax.training.step import Batch, Loss, Statics, TrainState, eval_sums, train_step
 
 PyTree = Any
@@ -131,7 +142,7 @@ class FitHooks:
 
   events: Optional[Events] = None
   checkpoint: Optional[FitCheckpointer] = None
-  log: Optional[Callable[[str], None]] = None
+  log: Optional[Log] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +152,18 @@ class FitState:
 
   Attributes:
     train: the `TrainState` after the last epoch (params, optimizer state, model state).
-    best_params: the params of the best epoch (`schedule.best_epoch`).
-    best_model_state: the model state of the best epoch.
-    schedule: the learning rate, best score, patience counters and whether the fit has stopped.
+    best_params: the params of the best epoch (`schedule.best_epoch`); with a schedule per block, each
+      block's best epoch's.
+    best_model_state: the model state of the best epoch (likewise).
+    schedule: the learning rate, best score, patience counters and whether the fit has stopped: a
+      `Schedule`, or a `BlockSchedules` for runs whose blocks train at once.
     history: one dict per epoch (losses, accuracies, learning rate, seconds; listeners may add keys).
   """
 
   train: TrainState
   best_params: PyTree
   best_model_state: PyTree
-  schedule: Schedule
+  schedule: Union[Schedule, BlockSchedules]
   history: tuple = ()
 
   @property
@@ -217,7 +230,7 @@ class FitState:
       train=self.train.replace(**tree["train"]),
       best_params=tree["best_params"],
       best_model_state=tree["best_model_state"],
-      schedule=Schedule(**meta["schedule"]),
+      schedule=type(self.schedule).from_dict(meta["schedule"]),
       history=tuple(meta["history"]),
     )
 
@@ -716,7 +729,7 @@ def steps_from_host(backend: str, convolves: bool) -> bool:
 
   Args:
     backend: a jax backend name ("cpu", "gpu", "tpu").
-    convolves: whether the loss convolves (`uses_convolution`).
+    convolves: whether the loss convolves (`convolutions`).
 
   Returns:
     True on CPU for a loss that convolves, else False.
@@ -729,7 +742,7 @@ def eval_rows_per_pass(backend: str, convolves: bool) -> Optional[int]:
 
   Args:
     backend: a jax backend name ("cpu", "gpu", "tpu").
-    convolves: whether the loss convolves (`uses_convolution`).
+    convolves: whether the loss convolves (`convolutions`).
 
   Returns:
     `models.layers.CPU_ROWS_PER_PASS` on CPU for a loss that convolves, else None (the whole chunk at
@@ -738,22 +751,144 @@ def eval_rows_per_pass(backend: str, convolves: bool) -> Optional[int]:
   return layers.CPU_ROWS_PER_PASS if backend == "cpu" and convolves else None
 
 
-def uses_convolution(loss: Loss, params, model_state, x, y, hparams=None) -> bool:
-  """Whether `loss` convolves (traced once on one sample; nothing runs).
+def convolutions(loss: Loss) -> str:
+  """What convolutions a loss runs, as it declares them (its `convolutions` attribute).
+
+  The library's losses take it from the blocks they run (`models.base.Block.convolutions`, declared by
+  each model); a loss that declares nothing runs none.
 
   Args:
-    loss: a per-sample loss (`step.Loss`).
-    params: its params.
-    model_state: its model state.
-    x: inputs, at least one row (only the first is traced).
-    y: their targets.
-    hparams: the loss's traced hyperparameters, or None.
+    loss: a loss (`step.Loss`).
 
   Returns:
-    True when the loss's inference-mode jaxpr holds a convolution.
+    One of `models.base.CONVOLUTIONS`: "none", "patchable" or "native".
   """
-  jaxpr = jax.make_jaxpr(lambda p: loss(p, model_state, x[:1], y[:1], None, False, hparams))(params)
-  return "conv_general_dilated" in str(jaxpr)
+  return getattr(loss, "convolutions", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochDriver:
+  """One way to run an epoch's steps, and the programs it compiles.
+
+  Attributes:
+    run: the epoch (`epoch_on_device`, `epoch_from_host` or `epoch_streamed`).
+    lower: compiles `run`'s programs for (train state, arrays, key, plan) without running them; None
+      for a driver that compiles nothing ahead (streamed inputs).
+  """
+
+  run: Callable
+  lower: Optional[Callable] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDriver:
+  """One way to run a validation pass, and the programs it compiles.
+
+  Attributes:
+    run: the pass (`evaluate_on_device`, `evaluate_from_host` or `evaluate_streamed`).
+    lower: compiles `run`'s programs for (train state, split, rows, plan) without running them; None
+      for a driver that compiles nothing ahead.
+  """
+
+  run: Callable
+  lower: Optional[Callable] = None
+
+
+def _lower_draw(arrays: EpochArrays, key, plan: EpochPlan):
+  """Compiles an epoch's draw (and its gather of the epoch's rows); (arrays as the steps read them, the
+  order's shape, the step key's shape)."""
+  draw = dict(num_classes=plan.num_classes, balanced=plan.balanced, batch_size=plan.batch_size)
+  draw_args = (key, arrays.sample_classes, arrays.num_valid)
+  _draw_on_device.lower(*draw_args, **draw, sort_on_host=sorts_on_host()).compile()
+  _, step_key = jax.eval_shape(functools.partial(_draw_on_device, **draw, sort_on_host=False), *draw_args)
+  order = jax.ShapeDtypeStruct((arrays.positions.shape[0] + plan.batch_size,), np.int32)
+  if plan.inputs_per_epoch:
+    epoch_rows.lower(arrays, order).compile()
+    arrays = jax.eval_shape(epoch_rows, arrays, order)
+  return arrays, order, step_key
+
+
+def _lower_on_device(train: TrainState, arrays: EpochArrays, key, plan: EpochPlan) -> None:
+  arrays, order, step_key = _lower_draw(arrays, key, plan)
+  _steps_on_device.lower(train, arrays, order, step_key, plan=plan).compile()
+
+
+def _lower_from_host(train: TrainState, arrays: EpochArrays, key, plan: EpochPlan) -> None:
+  arrays, order, step_key = _lower_draw(arrays, key, plan)
+  _step_jitted.lower(train, _zero_sums(), arrays, order, step_key, device_array(np.int32(0)), plan=plan).compile()
+
+
+def _lower_evaluate_on_device(state: TrainState, val: Split, num_rows, plan: EvalPlan) -> None:
+  evaluate_on_device.lower(state, val, device_array(np.int32(num_rows)), plan=plan).compile()
+
+
+def _lower_evaluate_from_host(state: TrainState, val: Split, num_rows, plan: EvalPlan) -> None:
+  rows, mask = _chunks(val.images.shape[0], num_rows, plan.batch_size, np)
+  _chunk_sums_jitted.lower(state, val.images, val.labels, rows[0], mask[0], plan=plan).compile()
+
+
+ON_DEVICE = EpochDriver(epoch_on_device, _lower_on_device)
+FROM_HOST = EpochDriver(epoch_from_host, _lower_from_host)
+STREAMED = EpochDriver(epoch_streamed)
+EVAL_ON_DEVICE = EvalDriver(evaluate_on_device, _lower_evaluate_on_device)
+EVAL_FROM_HOST = EvalDriver(evaluate_from_host, _lower_evaluate_from_host)
+EVAL_STREAMED = EvalDriver(evaluate_streamed)
+
+
+class Drivers(NamedTuple):
+  """How a fit runs on this backend, chosen once per fit (`choose_drivers`).
+
+  Attributes:
+    epoch: how an epoch's steps run.
+    evaluate: how a validation pass runs.
+    conv: how convolutions are lowered inside them (`models.layers.IMPLEMENTATIONS`).
+    rows_per_pass: rows a validation chunk computes at once (`step.eval_sums`; None: the whole chunk).
+  """
+
+  epoch: EpochDriver
+  evaluate: EvalDriver
+  conv: str
+  rows_per_pass: Optional[int]
+
+
+def choose_drivers(
+  loss_convolutions: str,
+  config: FitConfig,
+  *,
+  streamed_train: bool = False,
+  streamed_val: bool = False,
+  backend: Optional[str] = None,
+) -> Drivers:
+  """The drivers of a fit, from what its loss declares, its settings and the backend.
+
+  On CPU, where the trainer's loops convolve as patch products, a loss whose convolutions stay XLA's
+  own there steps from the host (`steps_from_host`), and a loss that convolves validates in passes of
+  `models.layers.CPU_ROWS_PER_PASS` rows; everything else runs each epoch inside one jit. Streamed
+  inputs are read batch by batch. `config.host_loop` and `config.eval_rows_per_pass`, when set,
+  override the backend's choice.
+
+  Args:
+    loss_convolutions: what convolutions the fit's loss runs (`convolutions`).
+    config: the fit's settings.
+    streamed_train: the training inputs are a streamed view (`--input=stream`).
+    streamed_val: the validation inputs are a streamed view.
+    backend: a jax backend name; None: `jax.default_backend()`.
+
+  Returns:
+    The chosen `Drivers`.
+  """
+  backend = backend or jax.default_backend()
+  conv = loop_conv_implementation(backend)
+  convolves = loss_convolutions != "none" and backend == "cpu"
+  # what the loops' lowering leaves as XLA's own convolutions
+  left_convolving = convolves and (conv == "native" or loss_convolutions == "native")
+  host_loop = steps_from_host(backend, left_convolving) if config.host_loop is None else config.host_loop
+  rows_per_pass = config.eval_rows_per_pass
+  if rows_per_pass is None:
+    rows_per_pass = eval_rows_per_pass(backend, convolves)
+  epoch = STREAMED if streamed_train else (FROM_HOST if host_loop else ON_DEVICE)
+  evaluate = EVAL_STREAMED if streamed_val else (EVAL_FROM_HOST if host_loop else EVAL_ON_DEVICE)
+  return Drivers(epoch, evaluate, conv, rows_per_pass or None)
 
 
 def _private_copy(tree):
@@ -809,75 +944,295 @@ def _sizes(data: FitData, config: FitConfig, name: str) -> tuple[int, int, int]:
   return num_rows, num_samples, num_val
 
 
-class _Loop(NamedTuple):
-  """What `fit`'s epochs run: the padded arrays, the static plans and the drivers chosen for them."""
+class EpochScores(NamedTuple):
+  """An epoch's mean loss and accuracy, on the training samples or the validation split.
 
+  Attributes:
+    loss: the mean loss (non-finite when a loss overflowed).
+    accuracy: the mean of the per-sample correct flags.
+    details: what the runner keeps of the pass for its `advance` (e.g. per-block sums); {} if nothing.
+  """
+
+  loss: float
+  accuracy: float
+  details: Any = None
+
+
+class EpochRunner(Protocol):
+  """A schedule of epochs that `run_epochs` drives: what an epoch trains, how it is validated, and how
+  the schedule moves on. The loop around it (timing, the non-finite check, records, events,
+  checkpoints, resuming) is `run_epochs`'s alone.
+
+  `SequentialRunner` is Appendix A's schedule over one fit (QuickNet blocks, commitment heads,
+  end-to-end and SDN training); `algorithms.decoupled.DecoupledRunner` trains every block at once with
+  a schedule per block (`schedule.BlockSchedules`), on one device or pipelined over several.
+
+  Attributes:
+    phase: what its epochs are called in `events.EpochDone` ("fit", "decoupled").
+  """
+
+  phase: str
+
+  def finished(self, state: FitState) -> bool:
+    """Whether no epoch is left to run."""
+
+  def start(self, state: FitState) -> FitState:
+    """The state the first epoch of this call reads (e.g. on the fit's devices, as private copies)."""
+
+  def train_epoch(self, state: FitState, key: jax.Array) -> tuple[TrainState, EpochScores]:
+    """One epoch's steps from `state` under the epoch's `key`: (the train state after it, its scores)."""
+
+  def validate(self, state: FitState, train: TrainState) -> EpochScores:
+    """The validation scores of `train`, the state the epoch from `state` ended in."""
+
+  def advance(
+    self, state: FitState, train: TrainState, trained: EpochScores, validated: EpochScores
+  ) -> tuple[FitState, dict, dict]:
+    """The state after the epoch, and what its record holds besides the loop's own keys.
+
+    Returns (state, head, tail): `head` ("learning_rate", "samples") goes after the scores, `tail`
+    after the timings, before "stopped".
+    """
+
+  def learning_rate(self, state: FitState) -> float:
+    """The learning rate a non-finite loss's message names."""
+
+  def training_flops(self, state: FitState) -> Optional[float]:
+    """Training FLOPs spent so far, for `events.EpochDone` (None where the runner does not count them)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SequentialRunner:
+  """Appendix A's schedule over one fit: one learning rate, plateau cuts, early stopping on one score.
+
+  Made by `SequentialRunner.create`, which places the fit's arrays and chooses its drivers once.
+
+  Attributes:
+    objective: the loss, the leaves that train and the loss's hyperparameters.
+    config: the fit's settings.
+    arrays: the padded working set and the arrays its batches are gathered from.
+    val: the validation split, padded to its bucket (or a streamed view).
+    plan: the epoch's static part.
+    eval_plan: the validation pass's static part.
+    drivers: how epochs and validation passes run.
+    num_rows: working-set rows.
+    num_samples: samples an epoch trains on.
+    num_val: validation rows.
+  """
+
+  objective: Objective
+  config: FitConfig
   arrays: EpochArrays
   val: Split
   plan: EpochPlan
   eval_plan: EvalPlan
-  run_epoch: Callable
-  evaluate: Callable
+  drivers: Drivers
+  num_rows: int
+  num_samples: int
+  num_val: int
+  phase: str = "fit"
+
+  @classmethod
+  def create(cls, objective: Objective, data: FitData, config: FitConfig, name: str = "fit") -> SequentialRunner:
+    """The runner of a fit: its arrays placed and padded, its drivers chosen (once, here).
+
+    The inputs of `data` may be `jax.ShapeDtypeStruct`s (`compile_ahead`): the arrays are then structs.
+
+    Args:
+      objective: the fit's objective.
+      data: its working set, training and validation arrays.
+      config: its settings.
+      name: what the fit is called in messages.
+
+    Returns:
+      The `SequentialRunner`.
+
+    Raises:
+      ValueError: the working set or the validation set is empty, or an epoch draws more samples than
+        the working set holds without class-balanced sampling.
+    """
+    num_rows, num_samples, num_val = _sizes(data, config, name)
+    mesh = parallel.current_mesh()
+    batch_size = parallel.round_up_batch(min(config.batch_size, num_samples), mesh)
+    eval_batch_size = parallel.round_up_batch(config.eval_batch_size, mesh)
+    # streamed views (`--input=stream`) stay on disk: the epoch and the validation pass read them in batches
+    streamed_train, streamed_val = is_streamed(data.train.images), is_streamed(data.val.images)
+    train_inputs, targets = _placed(data, mesh)
+    drivers = choose_drivers(
+      convolutions(objective.loss), config, streamed_train=streamed_train, streamed_val=streamed_val
+    )
+    statics = Statics(objective.loss, Adam(Mask.of(objective.trainable), config.weight_decay), mesh, drivers.conv)
+    per_epoch = not streamed_train and mesh is None
+    per_epoch = per_epoch and gathers_per_epoch(train_inputs.shape[1:], train_inputs.dtype, batch_size)
+    plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling, per_epoch)
+    eval_plan = EvalPlan(statics, eval_batch_size, drivers.rows_per_pass)
+    # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
+    bucket = max(data.bucket or 0, bucket_size(max(num_rows, num_samples)))
+    arrays = EpochArrays(
+      train_inputs,
+      targets,
+      pad_rows(np.asarray(data.rows, np.int32), bucket),
+      pad_rows(np.asarray(data.row_classes, np.int32), bucket),
+      device_array(np.int32(num_samples)),
+      device_array(np.int32(num_rows)),
+    )
+    val_rows = bucket_size(int(data.val.images.shape[0]))
+    val_images = data.val.images if streamed_val else pad_rows(data.val.images, val_rows)
+    val = Split(val_images, pad_rows(data.val.labels, val_rows))
+    return cls(objective, config, arrays, val, plan, eval_plan, drivers, num_rows, num_samples, num_val)
+
+  def finished(self, state: FitState) -> bool:
+    return state.schedule.finished(self.config)
+
+  def start(self, state: FitState) -> FitState:
+    train, mesh = state.train, self.plan.statics.mesh
+    if mesh is not None:  # every device gets the same rows; the extra ones of a rounded-up batch are masked
+      train = parallel.replicate(train, mesh)
+    # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
+    # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
+    return dataclasses.replace(state, train=_private_copy(train))
+
+  def _epoch_state(self, state: FitState) -> TrainState:
+    """The train state an epoch starts from: the schedule's learning rate, the epoch's hyperparameters."""
+    train = state.train.with_learning_rate(state.schedule.learning_rate)
+    if self.objective.hparams_at is not None:
+      train = train.replace(hparams=jax.tree.map(device_array, self.objective.hparams_at(state.schedule.epoch + 1)))
+    return train
+
+  def _val_state(self, train: TrainState) -> TrainState:
+    """Validation reads the loss's fixed hyperparameters, not an epoch's."""
+    return train if self.objective.hparams_at is None else train.replace(hparams=self.objective.hparams)
+
+  def train_epoch(self, state: FitState, key: jax.Array) -> tuple[TrainState, EpochScores]:
+    train, (loss, accuracy) = self.drivers.epoch.run(self._epoch_state(state), self.arrays, key, plan=self.plan)
+    return train, EpochScores(float(loss), float(accuracy))
+
+  def validate(self, state: FitState, train: TrainState) -> EpochScores:
+    del state
+    num_val = device_array(np.int32(self.num_val))
+    loss, accuracy = self.drivers.evaluate.run(self._val_state(train), self.val, num_val, plan=self.eval_plan)
+    return EpochScores(float(loss), float(accuracy))
+
+  def advance(
+    self, state: FitState, train: TrainState, trained: EpochScores, validated: EpochScores
+  ) -> tuple[FitState, dict, dict]:
+    schedule = state.schedule
+    score = monitored_score(self.config, trained.loss, validated.loss, validated.accuracy)
+    next_schedule = advance(schedule, self.config, score)
+    best = (state.best_params, state.best_model_state)
+    if next_schedule.best_epoch == next_schedule.epoch:
+      # copies: the next epoch donates (and so overwrites) the state's buffers
+      best = _private_copy((train.params, train.model_state))
+    head = dict(learning_rate=schedule.learning_rate, samples=self.num_samples)
+    tail = dict(working_set=self.num_rows) if self.num_samples != self.num_rows else {}
+    return FitState(train, *best, next_schedule, state.history), head, tail
+
+  def learning_rate(self, state: FitState) -> float:
+    return state.schedule.learning_rate
+
+  def training_flops(self, state: FitState) -> Optional[float]:
+    return None
+
+  def compile(self, state: FitState, key: jax.Array) -> None:
+    """Compiles the programs the first epoch and its validation pass run, without running them.
+
+    Args:
+      state: the state `create` returned.
+      key: a key of the kind the fit gets (its value is not read).
+    """
+    train = self._epoch_state(state)
+    if self.drivers.epoch.lower is not None:
+      self.drivers.epoch.lower(train, self.arrays, jax.random.fold_in(key, 0), self.plan)
+    if self.drivers.evaluate.lower is not None:
+      self.drivers.evaluate.lower(self._val_state(train), self.val, self.num_val, self.eval_plan)
 
 
-def _first_row(x):
-  """`x[:1]`, or zeros of one row's shape for a `jax.ShapeDtypeStruct` (only traced, never read)."""
-  if isinstance(x, jax.ShapeDtypeStruct):
-    return np.zeros((1, *x.shape[1:]), x.dtype)
-  return x[:1]
+def run_epochs(
+  runner: EpochRunner, state: FitState, config: FitConfig, key: jax.Array, *, name: str, hooks: FitHooks
+) -> FitState:
+  """The one epoch loop: runs `runner`'s epochs from `state` until it is finished.
 
+  Around every epoch it times the training steps and the validation pass (compiles included), stops on
+  a non-finite loss, writes the epoch's record, tells `hooks.events` and saves `hooks.checkpoint`. Epoch
+  e draws from `fold_in(key, e)`, so a run resumed from its checkpoint ends where an uninterrupted one
+  would.
 
-def _set_up(objective: Objective, state: FitState, data: FitData, config: FitConfig) -> tuple[FitState, _Loop]:
-  """The fit's state on its devices (private copies: the epochs donate them) and what its epochs run.
+  Args:
+    runner: what the epochs train and how the schedule moves on (`EpochRunner`).
+    state: the state to start from (fresh: the checkpoint's newest state replaces it, if any).
+    config: the run's settings (the checkpoint's finished test reads its `max_epochs`).
+    key: every random choice of the run derives from it.
+    name: what the run is called in messages ("block 1", "end-to-end", "decoupled").
+    hooks: its listeners, its checkpoint and its log (`FitHooks`).
 
-  The inputs of `data` may be `jax.ShapeDtypeStruct`s (`compile_ahead`): the arrays are then structs.
+  Returns:
+    The final `FitState`.
+
+  Raises:
+    NonFiniteLossError: a loss became NaN or inf (the message names the epoch and the checkpoint kept).
+    quicknets_jax.training.checkpoint.CheckpointError: the checkpoint to resume from is unreadable, or
+      an epoch's checkpoint could not be saved.
   """
-  num_rows = int(data.rows.shape[0])
-  num_samples = num_rows if data.epoch_draws is None else int(data.epoch_draws)
-  mesh = parallel.current_mesh()
-  batch_size = parallel.round_up_batch(min(config.batch_size, num_samples), mesh)
-  eval_batch_size = parallel.round_up_batch(config.eval_batch_size, mesh)
-  # streamed views (`--input=stream`) stay on disk: the epoch and the validation pass read them in batches
-  streamed_train, streamed_val = is_streamed(data.train.images), is_streamed(data.val.images)
-  train_inputs, targets, train = _placed(data, state.train, mesh)
-  # The epoch donates these buffers: the fit works on its own copies, so the caller's params (e.g. a
-  # model's init variables, reused by other fits) and a resumed state's arrays stay valid.
-  state = dataclasses.replace(state, train=_private_copy(train))
-  backend, convolves, left_convolving = jax.default_backend(), False, False
-  if backend == "cpu":
-    sample = np.asarray(train_inputs[:1]) if streamed_train else _first_row(train_inputs)
-    loss_inputs = (objective.loss, train.params, train.model_state, sample, targets, train.hparams)
-    with layers.conv_implementation("native"):
-      convolves = uses_convolution(*loss_inputs)
-    with loop_convolutions():  # what the epoch will trace: convolutions are then seldom left on CPU
-      left_convolving = convolves and uses_convolution(*loss_inputs)
-  host_loop = steps_from_host(backend, left_convolving) if config.host_loop is None else config.host_loop
-  statics = Statics(
-    objective.loss, Adam(Mask.of(objective.trainable), config.weight_decay), mesh, loop_conv_implementation()
-  )
-  per_epoch = not streamed_train and mesh is None
-  per_epoch = per_epoch and gathers_per_epoch(train_inputs.shape[1:], train_inputs.dtype, batch_size)
-  plan = EpochPlan(statics, batch_size, data.num_classes, config.balanced_sampling, per_epoch)
-  rows_per_pass = config.eval_rows_per_pass
-  if rows_per_pass is None:
-    rows_per_pass = eval_rows_per_pass(backend, convolves)
-  eval_plan = EvalPlan(statics, eval_batch_size, rows_per_pass or None)
-  run_epoch = epoch_streamed if streamed_train else (epoch_from_host if host_loop else epoch_on_device)
-  evaluate = evaluate_streamed if streamed_val else (evaluate_from_host if host_loop else evaluate_on_device)
-  # Pad the working set and the validation arrays to their buckets; the true sizes are traced.
-  bucket = max(data.bucket or 0, bucket_size(max(num_rows, num_samples)))
-  arrays = EpochArrays(
-    train_inputs,
-    targets,
-    pad_rows(np.asarray(data.rows, np.int32), bucket),
-    pad_rows(np.asarray(data.row_classes, np.int32), bucket),
-    device_array(np.int32(num_samples)),
-    device_array(np.int32(num_rows)),
-  )
-  val_rows = bucket_size(int(data.val.images.shape[0]))
-  val_images = data.val.images if streamed_val else pad_rows(data.val.images, val_rows)
-  val = Split(val_images, pad_rows(data.val.labels, val_rows))
-  return state, _Loop(arrays, val, plan, eval_plan, run_epoch, evaluate)
+  events, checkpoint, log = hooks.events, hooks.checkpoint, hooks.log
+  if checkpoint is not None:
+    resumed = checkpoint.restore(state)
+    if resumed is not None:
+      state = resumed
+      if log is not None:
+        log(f"{name}: resumed after epoch {state.epoch}" + (" (finished)" if state.schedule.finished(config) else ""))
+  state = runner.start(state)
+  try:
+    while not runner.finished(state):
+      start = time.perf_counter()
+      with CompileMeter() as compiled:
+        with CompileMeter() as train_compiled:
+          train, trained = runner.train_epoch(state, jax.random.fold_in(key, state.epoch))  # waits for the epoch
+        trained_at = time.perf_counter()
+        validated = runner.validate(state, train)
+      validated_at = time.perf_counter()
+      if not (math.isfinite(trained.loss) and math.isfinite(validated.loss)):
+        raise NonFiniteLossError(
+          f"{name}: non-finite loss at epoch {state.epoch + 1} (train {trained.loss}, val {validated.loss}); "
+          f"the last good parameters are kept — lower --learning_rate (now {runner.learning_rate(state):g})"
+          + _kept(checkpoint)
+        )
+      state, head, tail = runner.advance(state, train, trained, validated)
+      record = dict(
+        epoch=state.epoch,
+        train_loss=trained.loss,
+        train_accuracy=trained.accuracy,
+        val_loss=validated.loss,
+        val_accuracy=validated.accuracy,
+        **head,
+        seconds=validated_at - start,
+        train_seconds=trained_at - start,  # the epoch's steps, their compile included
+        val_seconds=validated_at - trained_at,
+        compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
+        train_compile_seconds=train_compiled.seconds,
+        **tail,
+        stopped=state.schedule.stopped,
+      )
+      state = dataclasses.replace(state, history=(*state.history, record))
+      try:
+        if events is not None:
+          events.epoch_done(EpochDone(runner.phase, None, state, record, runner.training_flops(state)))
+      finally:
+        if checkpoint is not None:
+          saving = time.perf_counter()
+          checkpoint.save(state)
+          # kept in memory only (the record on disk was written before the save could be timed)
+          record["checkpoint_seconds"] = time.perf_counter() - saving
+  except BaseException:
+    if checkpoint is not None:  # the epoch being written reaches the disk before the error goes on
+      checkpoint.wait(raise_failure=False)
+    raise
+  if checkpoint is not None:  # every epoch of the run is on disk when it returns
+    waiting = time.perf_counter()
+    checkpoint.wait()
+    if state.history:
+      last = state.history[-1]
+      last["checkpoint_seconds"] = last.get("checkpoint_seconds", 0.0) + time.perf_counter() - waiting
+  return state
 
 
 def fit(
@@ -891,7 +1246,7 @@ def fit(
   name: str = "fit",
   hooks: FitHooks = FitHooks(),
 ) -> FitState:
-  """Trains `params` on `data` under Appendix A's schedule.
+  """Trains `params` on `data` under Appendix A's schedule (`run_epochs` over a `SequentialRunner`).
 
   Runs data parallel on the mesh of an enclosing `parallel.data_parallel(mesh)` block, if any (batches
   split over its devices, params replicated).
@@ -916,85 +1271,9 @@ def fit(
     quicknets_jax.training.checkpoint.CheckpointError: the checkpoint to resume from is unreadable, or
       an epoch's checkpoint could not be saved.
   """
-  num_rows, num_samples, num_val = _sizes(data, config, name)
+  runner = SequentialRunner.create(objective, data, config, name)
   state = init_fit_state(objective, params, model_state, config)
-  events, checkpoint, log = hooks.events, hooks.checkpoint, hooks.log
-  if checkpoint is not None:
-    resumed = checkpoint.restore(state)
-    if resumed is not None:
-      state = resumed
-      if log is not None:
-        log(f"{name}: resumed after epoch {state.epoch}" + (" (finished)" if state.schedule.finished(config) else ""))
-  state, loop = _set_up(objective, state, data, config)
-  arrays, val, plan, eval_plan, run_epoch, evaluate = loop
-
-  try:
-    while not state.schedule.finished(config):
-      start = time.perf_counter()
-      schedule = state.schedule
-      train = state.train.with_learning_rate(schedule.learning_rate)
-      if objective.hparams_at is not None:
-        train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(schedule.epoch + 1)))
-      with CompileMeter() as compiled:
-        with CompileMeter() as train_compiled:
-          train, (train_loss, train_acc) = run_epoch(train, arrays, jax.random.fold_in(key, schedule.epoch), plan=plan)
-          train_loss, train_acc = float(train_loss), float(train_acc)  # waits for the epoch: its seconds end here
-        trained_at = time.perf_counter()
-        # validation reads the loss's fixed hyperparameters, not an epoch's
-        val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
-        val_loss, val_acc = (
-          float(v) for v in evaluate(val_state, val, device_array(np.int32(num_val)), plan=eval_plan)
-        )
-      validated_at = time.perf_counter()
-      if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-        raise NonFiniteLossError(
-          f"{name}: non-finite loss at epoch {schedule.epoch + 1} (train {train_loss}, val {val_loss}); "
-          f"the last good parameters are kept — lower --learning_rate (now {schedule.learning_rate:g})"
-          + _kept(checkpoint)
-        )
-      next_schedule = advance(schedule, config, monitored_score(config, train_loss, val_loss, val_acc))
-      record = dict(
-        epoch=next_schedule.epoch,
-        train_loss=train_loss,
-        train_accuracy=train_acc,
-        val_loss=val_loss,
-        val_accuracy=val_acc,
-        learning_rate=schedule.learning_rate,
-        samples=num_samples,
-        seconds=validated_at - start,
-        train_seconds=trained_at - start,  # the epoch's steps, their compile included
-        val_seconds=validated_at - trained_at,
-        compile_seconds=compiled.seconds,  # tracing + XLA compile (or the persistent cache's read) within it
-        train_compile_seconds=train_compiled.seconds,
-      )
-      if num_samples != num_rows:
-        record["working_set"] = num_rows
-      record["stopped"] = next_schedule.stopped
-      best = (state.best_params, state.best_model_state)
-      if next_schedule.best_epoch == next_schedule.epoch:
-        # copies: the next epoch donates (and so overwrites) the state's buffers
-        best = _private_copy((train.params, train.model_state))
-      state = FitState(train, *best, next_schedule, (*state.history, record))
-      try:
-        if events is not None:
-          events.epoch_done(EpochDone("fit", None, state, record, None))
-      finally:
-        if checkpoint is not None:
-          saving = time.perf_counter()
-          checkpoint.save(state)
-          # kept in memory only (the record on disk was written before the save could be timed)
-          record["checkpoint_seconds"] = time.perf_counter() - saving
-  except BaseException:
-    if checkpoint is not None:  # the epoch being written reaches the disk before the error goes on
-      checkpoint.wait(raise_failure=False)
-    raise
-  if checkpoint is not None:  # every epoch of the fit is on disk when it returns
-    waiting = time.perf_counter()
-    checkpoint.wait()
-    if state.history:
-      last = state.history[-1]
-      last["checkpoint_seconds"] = last.get("checkpoint_seconds", 0.0) + time.perf_counter() - waiting
-  return state
+  return run_epochs(runner, state, config, key, name=name, hooks=hooks)
 
 
 def compile_ahead(
@@ -1003,11 +1282,12 @@ def compile_ahead(
   """Compiles the programs `fit` would run for these arguments, without running any.
 
   Meant for a thread that compiles a fit's epoch, its draw and its validation pass while an earlier fit
-  trains: `fit` then finds them in jax's cache and starts at once. The programs are lowered from the
-  arguments `fit` passes its first epoch (the same shapes, dtypes and placements), so they are the ones
-  `fit` looks up. The training and validation inputs of `data` may be `jax.ShapeDtypeStruct`s: only
-  their shapes are read. Nothing is compiled on a mesh (its context is not the calling thread's) or for
-  streamed inputs; a fit left out here compiles its own programs as usual.
+  trains: `fit` then finds them in jax's cache and starts at once. The fit's runner lowers its own
+  drivers' programs (`SequentialRunner.compile`) from the arguments `fit` passes its first epoch (the
+  same shapes, dtypes and placements), so they are the ones `fit` looks up. The training and validation
+  inputs of `data` may be `jax.ShapeDtypeStruct`s: only their shapes are read. Nothing is compiled on a
+  mesh (its context is not the calling thread's) or for streamed inputs; a fit left out here compiles
+  its own programs as usual.
 
   Args:
     objective: the fit's objective.
@@ -1020,47 +1300,24 @@ def compile_ahead(
   Raises:
     ValueError: the data would be refused by `fit` (an empty working set or validation set).
   """
-  if parallel.current_mesh() is not None or is_streamed(data.train.images) or is_streamed(data.val.images):
+  if parallel.current_mesh() is not None:
     return
-  _, _, num_val = _sizes(data, config, "compile_ahead")
-  state, (arrays, val, plan, eval_plan, run_epoch, evaluate) = _set_up(
-    objective, init_fit_state(objective, params, model_state, config), data, config
-  )
-  train = state.train.with_learning_rate(state.schedule.learning_rate)
-  if objective.hparams_at is not None:
-    train = train.replace(hparams=jax.tree.map(device_array, objective.hparams_at(1)))
-  draw = dict(num_classes=plan.num_classes, balanced=plan.balanced, batch_size=plan.batch_size)
-  draw_args = (jax.random.fold_in(key, 0), arrays.sample_classes, arrays.num_valid)
-  _draw_on_device.lower(*draw_args, **draw, sort_on_host=sorts_on_host()).compile()
-  _, step_key = jax.eval_shape(functools.partial(_draw_on_device, **draw, sort_on_host=False), *draw_args)
-  order = jax.ShapeDtypeStruct((arrays.positions.shape[0] + plan.batch_size,), np.int32)
-  if plan.inputs_per_epoch:
-    epoch_rows.lower(arrays, order).compile()
-    arrays = jax.eval_shape(epoch_rows, arrays, order)
-  if run_epoch is epoch_on_device:
-    _steps_on_device.lower(train, arrays, order, step_key, plan=plan).compile()
-  else:
-    _step_jitted.lower(train, _zero_sums(), arrays, order, step_key, device_array(np.int32(0)), plan=plan).compile()
-  val_state = train if objective.hparams_at is None else train.replace(hparams=objective.hparams)
-  if evaluate is evaluate_on_device:
-    evaluate_on_device.lower(val_state, val, device_array(np.int32(num_val)), plan=eval_plan).compile()
-  else:
-    rows, mask = _chunks(val.images.shape[0], num_val, eval_plan.batch_size, np)
-    _chunk_sums_jitted.lower(val_state, val.images, val.labels, rows[0], mask[0], plan=eval_plan).compile()
+  runner = SequentialRunner.create(objective, data, config, "compile_ahead")
+  runner.compile(runner.start(init_fit_state(objective, params, model_state, config)), key)
 
 
-def _placed(data: FitData, train: TrainState, mesh):
-  """(training inputs, training targets, train state) where the fit's steps read them: replicated over
-  `mesh`, or on the default device. A streamed view stays a view: the epoch reads it batch by batch."""
+def _placed(data: FitData, mesh):
+  """(training inputs, training targets) where the fit's steps read them: replicated over `mesh`, or on
+  the default device. A streamed view stays a view: the epoch reads it batch by batch."""
   streamed = is_streamed(data.train.images)
   inputs = None if streamed else data.train.images
   if mesh is not None:  # every device gets the same rows; the extra ones of a rounded-up batch are masked
-    train, inputs, targets = parallel.replicate((train, inputs, data.train.labels), mesh)
+    inputs, targets = parallel.replicate((inputs, data.train.labels), mesh)
   else:  # the training arrays go to the device once (a no-op for device arrays): batches gather there
     inputs, targets = (
       x if isinstance(x, jax.ShapeDtypeStruct) else jax.device_put(x) for x in (inputs, data.train.labels)
     )
-  return (data.train.images if streamed else inputs), targets, train
+  return (data.train.images if streamed else inputs), targets
 
 
 def _kept(checkpoint: Optional[FitCheckpointer]) -> str:

@@ -20,10 +20,11 @@ differences, and the verdict against the paper's numbers.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 from quicknets_jax.core import curves, stats
+from quicknets_jax.core.progress import Log
 from quicknets_jax.reporting import figures
 from quicknets_jax.reporting.tables import conv_study_markdown, table1_row
 from quicknets_jax.workflows.experiment import train_and_evaluate
@@ -43,8 +44,6 @@ WALL_CLOCK_SPEEDUP = 2.0
 # faithful QuickNet already): the learned-set budget at the ablation's setting (`workflows.ablation`) ends a
 # block when its validation learned set (correct, confidence > τ) grows by less than 1 point for 2 epochs.
 VARIANTS = {"budget": dict(budget="learned_set", budget_min_delta=0.01, budget_patience=2)}
-
-Log = Callable[[str], None]
 
 
 def reach_costs(results: dict, fractions: Sequence[float] = REACH_FRACTIONS) -> dict:

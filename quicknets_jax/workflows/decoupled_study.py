@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 from quicknets_jax.algorithms import pipeline_cost
 from quicknets_jax.core import curves, stats
+from quicknets_jax.core.progress import Log
 from quicknets_jax.reporting.tables import decoupled_study_markdown
 from quicknets_jax.workflows.experiment import train_and_evaluate
 from quicknets_jax.workflows.workdir import finished, machine_description, read_json, saved, write_results
 
-Log = Callable[[str], None]
 METHODS = ("sequential", "decoupled", "end_to_end")
 
 
@@ -55,6 +55,19 @@ class ModelledNetwork:
   sizes: tuple
   epochs_from: str
   repeats: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceModel:
+  """The K-device model the study fits every part's runs into (`modelled_devices`).
+
+  Attributes:
+    max_devices: the largest K (the model covers K = 1..max_devices).
+    link: the device-to-device link.
+  """
+
+  max_devices: int = 8
+  link: pipeline_cost.Interconnect = pipeline_cost.Interconnect()
 
 
 def _method_row(results: dict, method: str) -> dict:
@@ -246,8 +259,7 @@ def run_decoupled_study(
   *,
   base_dirs: Optional[dict] = None,
   refresh_parts: Sequence[str] = (),
-  max_devices: int = 8,
-  link: pipeline_cost.Interconnect = pipeline_cost.Interconnect(),
+  devices: DeviceModel = DeviceModel(),
   modelled: Optional[dict] = None,
   decoupled_seeds: Optional[dict] = None,
   log: Log = print,
@@ -261,8 +273,7 @@ def run_decoupled_study(
     base_dirs: part name -> a directory that holds (or will hold) that comparison, e.g. a conv study's
       run of the same config; default WORKDIR/<part>.
     refresh_parts: the parts whose decoupled run is repeated with the learned rule refreshed per epoch.
-    max_devices: the largest K of the model.
-    link: the device-to-device link of the model.
+    devices: the K-device model: the largest K and the device-to-device link (`DeviceModel`).
     modelled: name -> `ModelledNetwork`, networks only modelled (their steps timed here).
     decoupled_seeds: part name -> the seeds of its decoupled runs, when fewer than the comparison's (a
       costly part); they are paired with the comparison's runs of the same seeds.
@@ -277,6 +288,7 @@ def run_decoupled_study(
       did not run or has another number of blocks.
   """
   os.makedirs(workdir, exist_ok=True)
+  max_devices, link = devices.max_devices, devices.link
   base_dirs = dict(base_dirs or {})
   summaries, measured = [], {}
   for name, config in parts.items():

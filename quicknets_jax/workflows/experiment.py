@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import Optional
 
 import jax
@@ -21,7 +20,7 @@ from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.end_to_end import test_accuracy_fn, train_end_to_end
 from quicknets_jax.algorithms.quicknet import train_quicknet
 from quicknets_jax.core import costs, curves, exits, stats
-from quicknets_jax.core.progress import format_seconds
+from quicknets_jax.core.progress import Log, format_seconds
 from quicknets_jax.data.datasets import Dataset
 from quicknets_jax.models.base import EXIT, SUBNET, MultiExitModel
 from quicknets_jax.reporting.tables import results_markdown
@@ -41,8 +40,6 @@ from quicknets_jax.workflows.workdir import (
   write_json,
   write_results,
 )
-
-Log = Callable[[str], None]
 
 
 def check_batch_size(batch_size: int, num_train: int) -> None:

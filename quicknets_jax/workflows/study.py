@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from quicknets_jax.algorithms import forward, quicknet, sdn
 from quicknets_jax.algorithms.commitment import train_commitment_heads
 from quicknets_jax.core import calibration, costs, curves, exits, rng, stats
 from quicknets_jax.core.curves import BUDGETS
+from quicknets_jax.core.progress import Log
 from quicknets_jax.reporting.tables import study_markdown
 from quicknets_jax.workflows.aggregate import average_curves
 from quicknets_jax.workflows.experiment_config import StudyConfig
@@ -48,8 +49,6 @@ RULE_TITLES = {
   "commitment": "confidence + commitment, most-confident fallback",
   "sdn_last": "confidence only, last-exit fallback (SDN/BranchyNet)",
 }
-
-Log = Callable[[str], None]
 
 
 def analyse(
