@@ -47,6 +47,7 @@ def study(tmp_path_factory):
   return workdir, summary
 
 
+@pytest.mark.slow  # a whole study (the deployable curve itself: test_quicknet)
 def test_every_block_epoch_has_a_deployable_point_and_the_curve_is_in_training_order(study):
   workdir, _ = study
   with open(os.path.join(workdir, "fashion_mnist", "results.json")) as f:
@@ -62,6 +63,7 @@ def test_every_block_epoch_has_a_deployable_point_and_the_curve_is_in_training_o
     assert accuracy[-1] == pytest.approx(seed["test_accuracy"])
 
 
+@pytest.mark.slow  # a whole study (the deployable curve itself: test_quicknet)
 def test_the_summary_has_a_row_the_reach_costs_and_a_verdict(study):
   _, summary = study
   (row,) = summary["rows"]
@@ -91,6 +93,7 @@ def summary_results(study):
     return json.load(f)
 
 
+@pytest.mark.slow  # a whole study (the deployable curve itself: test_quicknet)
 def test_the_report_and_the_figures_are_written(study, tmp_path):
   workdir, summary = study
   with open(os.path.join(workdir, "conv_study.md")) as f:
@@ -103,6 +106,7 @@ def test_the_report_and_the_figures_are_written(study, tmp_path):
   assert all(os.path.getsize(p) > 10_000 for p in paths)
 
 
+@pytest.mark.slow  # a whole study (the deployable curve itself: test_quicknet)
 def test_a_finished_study_is_read_back_not_redone(study):
   workdir, summary = study
   experiment = ExperimentConfig().replace(**TINY, deploy_curve=True)

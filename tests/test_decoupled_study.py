@@ -52,6 +52,7 @@ def study(tmp_path_factory):
   return workdir, proc, again
 
 
+@pytest.mark.slow  # a whole study (decoupled training itself: test_decoupled)
 def test_the_study_puts_the_three_methods_side_by_side(study):
   workdir, proc, _ = study
   summary = json.loads((workdir / "decoupled_study.json").read_text())
@@ -75,6 +76,7 @@ def test_the_study_puts_the_three_methods_side_by_side(study):
   assert (workdir / "decoupled_schedules.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # a whole study (decoupled training itself: test_decoupled)
 def test_the_device_model_covers_every_k_and_checks_itself_on_one_device(study):
   workdir, _, again = study
   devices = json.loads((workdir / "decoupled_study.json").read_text())["parts"][0]["devices"]

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, "docs", "your_own_network.md")
 
@@ -22,6 +24,7 @@ def code_lines(code: str) -> int:
   return sum(1 for line in code.splitlines() if line.strip() and not line.strip().startswith("#"))
 
 
+@pytest.mark.slow  # trains the page's example (its API: test_own_network)
 def test_the_pages_example_runs_as_written_in_at_most_30_lines(tmp_path):
   files = page_files()
   assert set(files) == {"my_cnn.py", "train_digits.py"}

@@ -173,7 +173,11 @@ def _check_resume(module, runs, cache, tmp_path, devices, num_devices, params_bo
     assert worst < params_bound, worst
 
 
-@pytest.mark.parametrize("devices,num_devices", COUNTS, ids=["8to1", "8to4", "8to8"])
+@pytest.mark.parametrize(
+  "devices,num_devices",
+  [*COUNTS[:2], pytest.param(*COUNTS[2], marks=pytest.mark.slow)],  # the 8 → 8 control: slow
+  ids=["8to1", "8to4", "8to8"],
+)
 def test_mlp_checkpointed_on_8_devices_resumes_on_1_4_and_8(mlp_runs, cache, tmp_path, devices, num_devices):
   _check_resume("mnist", mlp_runs, cache, tmp_path, devices, num_devices, params_bound=1e-5)
 

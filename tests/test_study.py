@@ -118,3 +118,15 @@ def test_study_config_refuses_bad_values():
     StudyConfig(methods=("sdn",))
   with pytest.raises(ValueError, match="budgets"):
     StudyConfig(budgets=(0.0,))
+
+
+def test_seeds_without_a_shared_cost_range_are_left_out_of_its_mean():
+  """One seed's rules share no cost range (None), another's do: the budget accuracies are averaged over
+  the seed that has them, and the table prints them."""
+  from quicknets_jax.core import stats
+
+  per_seed = [{"acc": {"a": [0.5, 0.7]}}, {"acc": {"a": None}}, {"acc": {"a": [0.7, 0.9]}}]
+  aggregated = stats.aggregate_tree(per_seed)["acc"]["a"]
+  assert [s["n"] for s in aggregated] == [2, 2]
+  np.testing.assert_allclose([s["mean"] for s in aggregated], [0.6, 0.8])
+  assert stats.aggregate_tree([{"a": None}, {"a": None}]) == {"a": None}

@@ -79,7 +79,8 @@ def is_number(value) -> bool:
 
 def aggregate_tree(trees: Sequence):
   """Mean ± std (`mean_std`) leaf by leaf over structurally equal trees (dicts / lists of numbers, None
-  allowed); a leaf that is not a number keeps the first tree's value.
+  allowed, also in place of a list that other trees have); a leaf that is not a number keeps the first
+  tree's value.
 
   Args:
     trees: one tree per seed, all of the same structure (dicts, lists, numbers, None, other values).
@@ -90,8 +91,10 @@ def aggregate_tree(trees: Sequence):
   first = trees[0]
   if isinstance(first, dict):
     return {k: aggregate_tree([t[k] for t in trees]) for k in first}
-  if isinstance(first, list) and all(isinstance(t, list) and len(t) == len(first) for t in trees):
-    return [aggregate_tree(list(v)) for v in zip(*trees)]
+  lists = [t for t in trees if isinstance(t, list)]
+  # a list some seeds lack (None: e.g. no shared cost range) is aggregated over the seeds that have it
+  if lists and all(t is None or (isinstance(t, list) and len(t) == len(lists[0])) for t in trees):
+    return [aggregate_tree([None if t is None else t[i] for t in trees]) for i in range(len(lists[0]))]
   if all(t is None or is_number(t) for t in trees):
     return mean_std(trees)
   return first
