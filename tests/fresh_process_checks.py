@@ -26,50 +26,36 @@ def run(name: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
   return subprocess.run(command(name, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def _print_config(flagfile: str, keys: tuple) -> None:
+  """Parses experiments/configs/FLAGFILE with the flags an entry point defined and prints the config's
+  values of `keys` on one line."""
+  from absl import flags
+
+  from experiments import common
+
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["x", f"--flagfile=experiments/configs/{flagfile}", "--workdir=/tmp/unused"])
+  config = common.config_from_flags().to_json()
+  print(*(config[key] for key in keys))
+
+
 def cifar10_paper_flags() -> None:
   """Prints the config experiments/configs/cifar10.flags parses into (model, width, blocks, learning rate,
   augment, cache_features, classifier width, VGG config)."""
-  from absl import flags
+  from experiments import cifar10  # noqa: F401  (defines the flags)
 
-  from experiments import cifar10, common  # noqa: F401  (cifar10 defines the flags)
-
-  flags.FLAGS(["x", "--flagfile=experiments/configs/cifar10.flags", "--workdir=/tmp/unused"])
-  c = common.config_from_flags().to_json()
-  print(
-    c["model"],
-    c["width"],
-    c["num_blocks"],
-    c["learning_rate"],
-    c["augment"],
-    c["cache_features"],
-    c["classifier_width"],
-    c["vgg_cfg"],
-  )
+  keys = ("model", "width", "num_blocks", "learning_rate", "augment", "cache_features", "classifier_width", "vgg_cfg")
+  _print_config("cifar10.flags", keys)
 
 
 def imagenet_paper_flags() -> None:
   """Prints the config experiments/configs/imagenet.flags parses into (a line), then imagenet_smoke.flags's
   (image size, epochs, block layers; a second line)."""
-  from absl import flags
+  from experiments import imagenet  # noqa: F401  (defines the flags)
 
-  from experiments import common, imagenet  # noqa: F401  (imagenet defines the flags)
-
-  flags.FLAGS(["x", "--flagfile=experiments/configs/imagenet.flags", "--workdir=/tmp/unused"])
-  c = common.config_from_flags().to_json()
-  print(
-    c["dataset"],
-    c["model"],
-    c["image_size"],
-    c["width"],
-    c["num_blocks"],
-    c["learning_rate"],
-    c["block_layers"],
-    c["cache_features"],
-  )
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["x", "--flagfile=experiments/configs/imagenet_smoke.flags", "--workdir=/tmp/unused"])
-  s = common.config_from_flags().to_json()
-  print(s["image_size"], s["max_epochs"], s["block_layers"])
+  keys = ("dataset", "model", "image_size", "width", "num_blocks", "learning_rate", "block_layers", "cache_features")
+  _print_config("imagenet.flags", keys)
+  _print_config("imagenet_smoke.flags", ("image_size", "max_epochs", "block_layers"))
 
 
 def compile_with_cache(folder: str) -> None:
