@@ -1,6 +1,6 @@
 """`python -m benchmarks.train_speed`: samples/s of the jitted per-block and end-to-end training steps.
 
-A whole epoch runs inside one jit (the trainer's own `epoch_on_device`), so the numbers include the
+A whole epoch runs inside one jit (the trainer's own `trainer.ON_DEVICE`), so the numbers include the
 on-device batch gathering and the class-balanced draw, not Python dispatch. Utilisation = model FLOP/s
 (3 × forward FLOPs per trained sample, docs/method.md, FLOP accounting) / the f32 matmul peak measured in the same run.
 """

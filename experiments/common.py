@@ -137,46 +137,41 @@ def main(argv) -> None:
   del argv
   if supervise.is_child():
     supervise.attach_child()
-    supervise.run_child(_run)
-  else:
-    _run()
-
-
-def _run() -> None:
-  start_process(interruptible=True, output_dirs=("workdir",))
-  config = config_from_flags()
-  if FLAGS.print_config:
-    print(json.dumps(config.to_json(), indent=1))
-    return
-  if FLAGS.distributed and not supervise.is_child():
-    check_distributed_flags()
-    if experiments.EARLY_SIGTERM:
-      print("interrupted by SIGTERM during start-up; nothing was written", file=sys.stderr, flush=True)
-      raise SystemExit(143)
-    raise SystemExit(
-      supervise.run(
-        FLAGS.coordinator_address,
-        FLAGS.num_processes,
-        FLAGS.process_id,
-        FLAGS.coordinator_timeout,
-        FLAGS.workdir,
-        resume_command(),
+  with supervise.child_exits():
+    start_process(interruptible=True, output_dirs=("workdir",))
+    config = config_from_flags()
+    if FLAGS.print_config:
+      print(json.dumps(config.to_json(), indent=1))
+      return
+    if FLAGS.distributed and not supervise.is_child():
+      check_distributed_flags()
+      if experiments.EARLY_SIGTERM:
+        print("interrupted by SIGTERM during start-up; nothing was written", file=sys.stderr, flush=True)
+        raise SystemExit(143)
+      raise SystemExit(
+        supervise.run(
+          FLAGS.coordinator_address,
+          FLAGS.num_processes,
+          FLAGS.process_id,
+          FLAGS.coordinator_timeout,
+          FLAGS.workdir,
+          resume_command(),
+        )
       )
-    )
-  if is_factory_path(config.model.name):  # before any data is read: an unimportable factory is one line now
-    try:
-      resolve_factory(config.model.name)
-    except ValueError as e:
-      fail(str(e))
-  mesh = devices_from_flags()
-  with one_line_errors(stderr_log) as log, parallel.data_parallel(mesh):
-    train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)
-  if not parallel.is_writer():  # process 0 wrote the results; the others of a distributed run say nothing
-    return
-  if FLAGS.flops_check:
-    add_flops_check(FLAGS.workdir, config)
-  with open(f"{FLAGS.workdir}/results.md") as f:
-    print(f.read())
+    if is_factory_path(config.model.name):  # before any data is read: an unimportable factory is one line now
+      try:
+        resolve_factory(config.model.name)
+      except ValueError as e:
+        fail(str(e))
+    mesh = devices_from_flags()
+    with one_line_errors(stderr_log) as log, parallel.data_parallel(mesh):
+      train_and_evaluate(config, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite)
+    if not parallel.is_writer():  # process 0 wrote the results; the others of a distributed run say nothing
+      return
+    if FLAGS.flops_check:
+      add_flops_check(FLAGS.workdir, config)
+    with open(f"{FLAGS.workdir}/results.md") as f:
+      print(f.read())
 
 
 def add_flops_check(workdir: str, config: ExperimentConfig) -> None:

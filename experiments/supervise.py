@@ -15,7 +15,7 @@ was not reached within `--coordinator_timeout` (the parent stops the child then)
 Python traceback from the child goes to the log, and to the terminal only when it is the child's own
 failure rather than the result of a dead peer.
 
-The child (`attach_child`, `run_child`) dies with its parent (PR_SET_PDEATHSIG on Linux), so killing the
+The child (`attach_child`, `child_exits`) dies with its parent (PR_SET_PDEATHSIG on Linux), so killing the
 command the user started kills the whole process; and when it stops on its own (an error, Ctrl-C,
 SIGTERM) it ends at once with `os._exit` after its line, because jax's exit-time shutdown barrier would
 otherwise hold it for minutes waiting for peers that are still training; they see it gone within
@@ -24,6 +24,7 @@ otherwise hold it for minutes waiting for peers that are still training; they se
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Optional
 
 CHILD_ENV = "QUICKNETS_JAX_SUPERVISOR"  # in the child's environment: "<message pipe fd>:<parent pid>"
@@ -72,15 +73,23 @@ def mark(status: str) -> None:
     print(_MARK + status, file=sys.stderr, flush=True)
 
 
-def run_child(body: Callable[[], None]) -> None:
-  """Runs `body` in the child; any end but success ends the process at once, with its line.
+@contextlib.contextmanager
+def child_exits() -> Iterator[None]:
+  """Around the command's body: in a supervised child, any end but success ends the process at once,
+  with its line; unsupervised, nothing.
 
   `os._exit` rather than a normal exit: jax's `atexit` shutdown waits (300 s) at a barrier for the
   other processes, which are still training; ended at once, they see this one gone within
   `--heartbeat_timeout` instead.
+
+  Yields:
+    None, once.
   """
+  if not _attached:
+    yield
+    return
   try:
-    body()
+    yield
   except SystemExit as e:
     if e.code is None or e.code == 0:
       raise

@@ -39,6 +39,28 @@ def _print_config(flagfile: str, keys: tuple) -> None:
   print(*(config[key] for key in keys))
 
 
+def print_configs(module: str, *flagfiles: str) -> None:
+  """Runs experiments.MODULE's main with --print_config on each flagfile, in this one process (an entry
+  point's flags are defined once per process); prints one JSON line per flagfile: {"flagfile", "config"}."""
+  import contextlib
+  import importlib
+  import io
+
+  from absl import flags
+
+  from experiments import common
+
+  entry = importlib.import_module(f"experiments.{module}")
+  main = getattr(entry, "main", common.main)
+  for path in flagfiles:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["x", f"--flagfile={path}", "--workdir=/tmp/unused", "--print_config"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      main([])
+    print(json.dumps(dict(flagfile=path, config=json.loads(printed.getvalue()))))
+
+
 def cifar10_paper_flags() -> None:
   """Prints the config experiments/configs/cifar10.flags parses into (model, width, blocks, learning rate,
   augment, cache_features, classifier width, VGG config)."""
@@ -87,6 +109,7 @@ def download(name: str, url: str, md5: str, folder: str) -> None:
 
 
 CHECKS = {
+  "print_configs": print_configs,
   "cifar10_paper_flags": cifar10_paper_flags,
   "imagenet_paper_flags": imagenet_paper_flags,
   "compile_with_cache": compile_with_cache,

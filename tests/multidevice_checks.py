@@ -28,25 +28,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(name: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
   """Runs check `name` with `args` on 8 host devices in a fresh process; returns the finished process."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  from conftest import xla_flags  # the tests' process: tests/ is on its path
+
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "tests.multidevice_checks", name, *map(str, args)]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def pipelined_epoch(*stages: str) -> None:
-  """The pipelined epoch (8 blocks as `stages` pipeline stages) trains what the one-device decoupled epoch
-  trains; with 2 stages, a stage buffer of 8 rows drops rows and still trains. Prints one `stages` line
-  per stage count, then `ok`."""
+  """The pipelined epoch (the blocks as `stages` pipeline stages: 8 blocks, or 4 when no count exceeds 4)
+  trains what the one-device decoupled epoch trains; with 2 stages, a stage buffer of 8 rows drops rows and
+  still trains. Prints one `stages` line per stage count, then `ok`."""
   # importing conftest makes the tests' set-up call (quicknets_jax.configure_cpu) before JAX starts its backend
   from tests.conftest import make_blobs
 
   stages = tuple(int(s) for s in stages)
   assert jax.device_count() == 8, jax.devices()
   x, y = make_blobs(300)
-  model = models.mlp((6, 6, 1), 4, hidden=(16, 12, 12, 10, 10, 8, 8, 8), num_blocks=8)
+  blocks = 8 if max(stages) > 4 else 4
+  model = models.mlp((6, 6, 1), 4, hidden=(16, 12, 12, 10, 10, 8, 8, 8)[:blocks], num_blocks=blocks)
   params, state = split_blocks(model.init(jax.random.PRNGKey(0)))
-  loss = decoupled.DecoupledLoss(model, 8, (False,) * 8, 0.5, 0.0)
-  optimizer = BlockwiseAdam((False,) * 8)
+  loss = decoupled.DecoupledLoss(model, blocks, (False,) * blocks, 0.5, 0.0)
+  optimizer = BlockwiseAdam((False,) * blocks)
   plan = trainer.EpochPlan(Statics(loss, optimizer, None, "patches"), 64, 4, True)
   bucket = trainer.bucket_size(300)
   arrays = trainer.EpochArrays(
@@ -59,15 +62,15 @@ def pipelined_epoch(*stages: str) -> None:
   )
 
   def fresh():
-    return TrainState.create(optimizer, jax.tree.map(jnp.copy, params), state, [1e-2] * 8)
+    return TrainState.create(optimizer, jax.tree.map(jnp.copy, params), state, [1e-2] * blocks)
 
   def max_difference(a, b):
     return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
   key = jax.random.PRNGKey(4)
-  want, want_metrics = trainer.epoch_on_device(fresh(), arrays, key, plan=plan)
+  want, want_metrics = trainer.ON_DEVICE.run(fresh(), arrays, key, plan=plan)
   for count in stages:
-    pplan = pipeline.PipelinePlan(plan, pipeline.stage_mesh(count), pipeline.block_stages(8, count), 64)
+    pplan = pipeline.PipelinePlan(plan, pipeline.stage_mesh(count), pipeline.block_stages(blocks, count), 64)
     got, metrics = pipeline.pipelined_epoch(fresh(), arrays, key, plan=pplan)
     worst = max_difference(want.params, got.params)
     moments = max_difference(want.opt_state, got.opt_state)
@@ -77,7 +80,7 @@ def pipelined_epoch(*stages: str) -> None:
     assert abs(float(metrics[0]) - float(want_metrics[0])) < 1e-4 and float(metrics[1]) == float(want_metrics[1])
   if 2 in stages:
     # a buffer of 8 rows of 64: the first stage sends on only 8 of the rows later blocks still need
-    small = pipeline.PipelinePlan(plan, pipeline.stage_mesh(2), pipeline.block_stages(8, 2), 8)
+    small = pipeline.PipelinePlan(plan, pipeline.stage_mesh(2), pipeline.block_stages(blocks, 2), 8)
     got, metrics = pipeline.pipelined_epoch(fresh(), arrays, key, plan=small)
     assert float(metrics[2]) > 0 and all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(got.params))
     moved = max_difference(params, want.params)
@@ -119,10 +122,10 @@ def data_parallel_step(model_name: str, batch: str) -> None:
   key = jax.random.PRNGKey(3)
   # the epoch donates its state: each call gets its own copy
   plan = trainer.EpochPlan(Statics(loss, Sgd(), None, "auto"), batch, 4, False)
-  single, single_metrics = trainer.epoch_on_device(jax.tree.map(jnp.copy, state), arrays, key, plan=plan)
+  single, single_metrics = trainer.ON_DEVICE.run(jax.tree.map(jnp.copy, state), arrays, key, plan=plan)
   mesh = parallel.make_mesh()
   plan8 = trainer.EpochPlan(Statics(loss, Sgd(), mesh, "auto"), parallel.round_up_batch(batch, mesh), 4, False)
-  sharded, sharded_metrics = trainer.epoch_on_device(
+  sharded, sharded_metrics = trainer.ON_DEVICE.run(
     parallel.replicate(jax.tree.map(jnp.copy, state), mesh), parallel.replicate(arrays, mesh), key, plan=plan8
   )
   assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded.params))

@@ -38,7 +38,7 @@ def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="
   np.testing.assert_allclose(cost, np.asarray(exits.sample_costs(want, costs)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.6, 1.0])
+@pytest.mark.parametrize("threshold", [0.0, pytest.param(0.3, marks=pytest.mark.slow), 0.6, 1.0])
 @pytest.mark.parametrize("fallback", ["most_confident", "last"])
 @pytest.mark.parametrize("use_commitment", [True, False])
 def test_cascade_equals_select_exits(trained_like, threshold, fallback, use_commitment):

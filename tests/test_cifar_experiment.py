@@ -9,6 +9,7 @@ import sys
 
 import fresh_process_checks
 import pytest
+from conftest import xla_flags
 
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
 
@@ -24,8 +25,7 @@ SMALLER = ["--max_train=300", "--max_test=100", "--augment", "--nocache_features
 
 def _run(workdir, data_dir, devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(devices)
   cmd = [
     sys.executable,
     "-m",

@@ -1,6 +1,6 @@
 """Every hyperparameter declared once: configs nest, read and write as one flat dict of unique names, the
 absl flags are generated from them, and every flagfile in experiments/configs parses into the config
-its lines say (each through its own entry point, in its own process)."""
+its lines say (each through its own entry point, one process per entry point)."""
 
 import glob
 import json
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import fresh_process_checks
 import pytest
 
 from experiments import flags as flags_lib
@@ -18,6 +19,7 @@ from quicknets_jax.workflows.experiment_config import ExperimentConfig, StudyCon
 from scripts import compare_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDIES = ("commitment_study", "sdn_cifar10")
 ENTRY_POINTS = {
   "fashion_mnist": "fashion_mnist",
   "mnist": "mnist",
@@ -79,39 +81,43 @@ def _entry_point(flagfile: str) -> str:
   raise AssertionError(f"no entry point for {flagfile}")
 
 
-def test_every_flagfile_parses_into_its_config(tmp_path):
+def test_every_flagfile_parses_into_its_config():
   flagfiles = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "*.flags")))
   assert len(flagfiles) >= 12
+  by_entry_point = {}
+  for path in flagfiles:
+    by_entry_point.setdefault(_entry_point(path), []).append(path)
+  # all at once: one process per entry point whose module defines its flags (once per process), one per
+  # flagfile of the studies (their flags are defined when they run as __main__)
+  commands = []
+  for entry, paths in by_entry_point.items():
+    if entry in STUDIES:
+      commands += [
+        [sys.executable, "-m", f"experiments.{entry}", f"--flagfile={p}", "--workdir=/tmp/unused", "--print_config"]
+        for p in paths
+      ]
+    else:
+      commands.append(fresh_process_checks.command("print_configs", entry, *paths))
   procs = [
-    (
-      path,
-      subprocess.Popen(
-        [
-          sys.executable,
-          "-m",
-          f"experiments.{_entry_point(path)}",
-          f"--flagfile={path}",
-          f"--workdir={tmp_path}/unused",
-          "--print_config",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-      ),
-    )
-    for path in flagfiles
+    (command, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for command in commands
   ]
-  for path, proc in procs:
+  printed = {}
+  for command, proc in procs:
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, (path, err[-2000:])
-    printed = json.loads(out)
-    cls = StudyConfig if _entry_point(path) in ("commitment_study", "sdn_cifar10") else ExperimentConfig
+    assert proc.returncode == 0, (command, err[-2000:])
+    if command[2] == "tests.fresh_process_checks":
+      printed.update((line["flagfile"], line["config"]) for line in map(json.loads, out.splitlines()))
+    else:
+      printed[command[3].split("=", 1)[1]] = json.loads(out)
+  assert sorted(printed) == flagfiles
+  for path in flagfiles:
+    cls = StudyConfig if _entry_point(path) in STUDIES else ExperimentConfig
     expected = flags_lib.flagfile_settings(cls, path)
     assert expected, path
     for name, value in expected.items():
       value = list(value) if isinstance(value, tuple) else value
-      assert printed[name] == value, (path, name, printed[name], value)
+      assert printed[path][name] == value, (path, name, printed[path][name], value)
 
 
 def test_flag_values_are_parsed_by_the_settings_type():

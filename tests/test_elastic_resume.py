@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from benchmarks.fault_injection import saved_arrays, untimed, write_tiny_idx
 from scripts.compare_results import TIMING_KEYS, compare
@@ -44,9 +45,7 @@ TOLERANCE = 1e-3  # on every float of results.json when the device count changed
 
 def _env(devices: int, cache: str) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(devices)
   # compiles dominate these tiny runs; a cache kept across test sessions pays them once per machine
   env.update(
     JAX_COMPILATION_CACHE_DIR=cache,
@@ -178,7 +177,7 @@ def _resume_problems(module, runs, cache, tmp_path, devices, num_devices, params
 
 @pytest.mark.parametrize(
   "devices,num_devices",
-  [*COUNTS[:2], pytest.param(*COUNTS[2], marks=pytest.mark.slow)],  # the 8 → 8 control: slow
+  [COUNTS[0], *(pytest.param(*c, marks=pytest.mark.slow) for c in COUNTS[1:])],  # 8 → 4 and the 8 → 8 control: slow
   ids=["8to1", "8to4", "8to8"],
 )
 def test_mlp_checkpointed_on_8_devices_resumes_on_1_4_and_8(mlp_runs, cache, tmp_path, devices, num_devices):

@@ -3,6 +3,7 @@ results.json schema, the workdir guard, and one-line errors for bad input before
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -64,10 +65,8 @@ def _check_schema(results, num_blocks):
   assert {"threshold", "test_accuracy", "inference_flops", "exit_fractions"} <= set(point)
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="apt-get install dataset-fashion-mnist")
-def test_real_fashion_mnist_slice_every_exit_beats_chance(tmp_path):
-  config = ExperimentConfig().replace(dataset="fashion_mnist", max_train=6000, max_test=2000, **TINY)
-  results = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
+def test_real_fashion_mnist_slice_every_exit_beats_chance(fashion_mnist_run):
+  workdir, results = fashion_mnist_run
   _check_schema(results, 3)
   per_exit = results["quicknet"]["per_seed"][0]["per_exit_test_accuracy"]
   assert len(per_exit) == results["quicknet"]["trained_blocks"] >= 2
@@ -75,13 +74,22 @@ def test_real_fashion_mnist_slice_every_exit_beats_chance(tmp_path):
   assert results["end_to_end"]["test_accuracy"] > 0.6
   # the threshold was chosen on validation, and the curve is on test
   assert results["exit_threshold_chosen_on"] == "validation"
-  with open(tmp_path / "results.json") as f:
+  with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["quicknet"]["test_accuracy"] == results["quicknet"]["test_accuracy"]
-  table = (tmp_path / "results.md").read_text()
+  with open(os.path.join(workdir, "results.md")) as f:
+    table = f.read()
   assert "| Fashion-MNIST | QuickNet |" in table and "| Fashion-MNIST | End-to-End |" in table
-  # a second call finds every seed finished and redoes nothing
-  again = train_and_evaluate(config, str(tmp_path), log=lambda m: None)
+
+
+def test_a_finished_run_is_read_back_not_redone(fashion_mnist_run, tmp_path):
+  workdir, results = fashion_mnist_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  config = ExperimentConfig.from_json(json.loads((copy / "config.json").read_text()))
+  lines = []
+  again = train_and_evaluate(config, str(copy), log=lines.append)
   assert again["quicknet"]["test_accuracy"] == results["quicknet"]["test_accuracy"]
+  assert not any("epoch" in line for line in lines), lines  # nothing trained
 
 
 def _write_mnist_like(directory):
@@ -135,21 +143,40 @@ def test_workdir_guard_names_the_differing_flags(tmp_path):
   guard_workdir(ExperimentConfig().replace(width=64), str(tmp_path), overwrite=True)
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (["--exit_threshold=1.5"], "exit_threshold must be in [0, 1]"),
-    (["--train_threshold=-0.2"], "train_threshold"),
-    (["--num_blocks=0"], "num_blocks"),
-    (["--dataset=cifar100"], "dataset"),
-    (["--model=transformer"], "model"),
-    (["--seeds=a,b"], "--seeds must be integers"),
-    (["--data_source=idx", "--data_dir=/nonexistent"], "/nonexistent"),
-  ],
-)
-def test_bad_input_fails_in_one_line_before_training(tmp_path, args, message):
-  proc = _run_cli("experiments.fashion_mnist", f"--workdir={tmp_path}", *args)
-  assert proc.returncode != 0
-  assert message in proc.stderr, proc.stderr[-1500:]
-  assert "epoch" not in proc.stderr  # nothing trained
-  assert "Traceback" not in proc.stderr
+BAD_INPUTS = [
+  (["--exit_threshold=1.5"], "exit_threshold must be in [0, 1]"),
+  (["--train_threshold=-0.2"], "train_threshold"),
+  (["--num_blocks=0"], "num_blocks"),
+  (["--dataset=cifar100"], "dataset"),
+  (["--model=transformer"], "model"),
+  (["--seeds=a,b"], "--seeds must be integers"),
+  (["--data_source=idx", "--data_dir=/nonexistent"], "/nonexistent"),
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+  """stderr of the command line with each of BAD_INPUTS's arguments, by arguments: all started at once
+  (most of each run is importing jax, which the two cores share)."""
+  root = tmp_path_factory.mktemp("refused")
+  procs = {
+    tuple(args): subprocess.Popen(
+      [sys.executable, "-m", "experiments.fashion_mnist", f"--workdir={root / str(i)}", *args],
+      cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": ROOT},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i, (args, _) in enumerate(BAD_INPUTS)
+  }
+  return {args: (proc.communicate(timeout=300)[1], proc.returncode) for args, proc in procs.items()}
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_fails_in_one_line_before_training(refusals, args, message):
+  stderr, returncode = refusals[tuple(args)]
+  assert returncode != 0
+  assert message in stderr, stderr[-1500:]
+  assert "epoch" not in stderr  # nothing trained
+  assert "Traceback" not in stderr

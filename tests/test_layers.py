@@ -13,9 +13,9 @@ from quicknets_jax.training.trainer import loop_convolutions
 
 CASES = [  # (side, in channels, out channels, kernel, stride, padding)
   (28, 1, 16, 3, 1, "SAME"),
-  (7, 32, 64, 3, 1, "SAME"),
+  pytest.param(7, 32, 64, 3, 1, "SAME", marks=pytest.mark.slow),  # wider channels: the same lowering
   (9, 4, 8, 3, 2, "SAME"),  # ResNet's strided 3×3 on an odd side
-  (32, 3, 8, 7, 2, ((3, 3), (3, 3))),  # DenseNet's stem
+  pytest.param(32, 3, 8, 7, 2, ((3, 3), (3, 3)), marks=pytest.mark.slow),  # DenseNet's stem (slow to compile)
   (8, 4, 4, 1, 2, "VALID"),  # ResNet's projection shortcut
   (10, 4, 4, 3, 1, ((1, 1), (1, 1))),  # DenseNet's 3×3
 ]

@@ -1,8 +1,9 @@
 """Multi-process runs for real: 2 local processes joined by `jax.distributed.initialize` (coordinator on
 127.0.0.1, gloo collectives on CPU), 2 devices each, against 1 process with 4 devices.
 
-Default suite: the MLP on tiny IDX data (the reduced form). `-m slow`: the CIFAR-10 smoke (VGG-11 with
-batch norm, 8 blocks) on a synthetic tarball in the real format.
+Default suite: the MLP on tiny IDX data (the reduced form), one process against two. `-m slow`: a process
+killed mid-run and the run resumed, streamed and decoupled runs, and the CIFAR-10 smoke (VGG-11 with batch
+norm, 8 blocks) on a synthetic tarball in the real format.
 """
 
 import json
@@ -15,6 +16,7 @@ import sys
 import time
 
 import pytest
+from conftest import xla_flags
 
 from benchmarks.fault_injection import write_tiny_idx
 from experiments import supervise
@@ -37,7 +39,7 @@ def _env(devices: int) -> dict:
   return {
     **os.environ,
     "PYTHONPATH": ROOT,
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "XLA_FLAGS": xla_flags(devices),
     "PYTHONUNBUFFERED": "1",
   }
 
@@ -130,14 +132,18 @@ def _one_process_then_two(tmp_path, one_process_run, *pair_args):
   return args, single, pair, json.loads((pair / "results.json").read_text())
 
 
-def test_two_processes_give_one_process_results_write_once_and_resume_after_a_kill(tmp_path, one_process_run):
-  args, single, pair, both = _one_process_then_two(tmp_path, one_process_run)
+def test_two_processes_give_one_process_results_and_write_once(tmp_path, one_process_run):
+  _, single, pair, both = _one_process_then_two(tmp_path, one_process_run)
   assert _numbers_close(single, both) == []
   assert both["quicknet"]["test_accuracy"] == single["quicknet"]["test_accuracy"]
   # process 0 writes: one metrics line per epoch, as one process writes; only process 0 prints the table
   assert len(metrics_lib.read_metrics(str(pair))) == len(metrics_lib.read_metrics(str(one_process_run[1])))
   assert "QuickNet" in open(f"{pair}.p0.out").read() and "QuickNet" not in open(f"{pair}.p1.out").read()
 
+
+@pytest.mark.slow  # three more two-process runs
+def test_a_killed_process_stops_its_peer_in_one_line_and_the_printed_command_resumes_the_run(tmp_path, one_process_run):
+  args, _, _, both = _one_process_then_two(tmp_path, one_process_run)
   # kill process 1 once a whole epoch is checkpointed: process 0 stops (no hang) within the heartbeat,
   # with one line that names the dead process and the command that resumes it
   killed = tmp_path / "killed"

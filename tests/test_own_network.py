@@ -26,7 +26,7 @@ from quicknets_jax.workflows.trained import TrainedRunError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
-CONFIG = qn.QuickNetConfig(fit=qn.FitConfig(batch_size=64, learning_rate=3e-3, max_epochs=12))
+CONFIG = qn.QuickNetConfig(fit=qn.FitConfig(batch_size=64, learning_rate=3e-3, max_epochs=6))
 
 
 @pytest.fixture(scope="module")

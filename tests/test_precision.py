@@ -120,11 +120,11 @@ def test_fit_runs_one_jitted_epoch_over_device_arrays_off_cpu(monkeypatch, backe
   seen = []
 
   def recording(driver):
-    def run(state, arrays, key, *, plan):
-      seen.append((driver.run.__name__, type(arrays.inputs), type(arrays.targets)))
-      return driver.run(state, arrays, key, plan=plan)
+    def steps(state, arrays, order, step_key, *, plan):
+      seen.append((driver.steps.__name__, type(arrays.inputs), type(arrays.targets)))
+      return driver.steps(state, arrays, order, step_key, plan=plan)
 
-    return dataclasses.replace(driver, run=run)
+    return dataclasses.replace(driver, steps=steps)
 
   for name in ("ON_DEVICE", "FROM_HOST"):
     monkeypatch.setattr(trainer, name, recording(getattr(trainer, name)))
@@ -134,5 +134,5 @@ def test_fit_runs_one_jitted_epoch_over_device_arrays_off_cpu(monkeypatch, backe
   monkeypatch.setattr(trainer, "loop_conv_implementation", lambda backend=None: "native")
   objective = Objective(losses.BlockLoss(model.blocks[0]))
   fit(objective, params, state, data, FitConfig(batch_size=16, max_epochs=1), jax.random.PRNGKey(3))
-  assert [name for name, _, _ in seen] == ["epoch_from_host" if backend == "cpu" else "epoch_on_device"]
+  assert [name for name, _, _ in seen] == ["steps_in_host_loop" if backend == "cpu" else "steps_on_device"]
   assert all(issubclass(a, jax.Array) and issubclass(b, jax.Array) for _, a, b in seen)

@@ -1,7 +1,7 @@
 """Using a trained workdir: images in, thresholds for a target, predictions out, an exported cascade.
 
-The workdir is a small QuickNet trained here on the real Fashion-MNIST (first 6,000 training images, 2
-epochs per block); the exported cascade must decide exactly like the in-process one on 1,000 real test
+The workdir is the session's small QuickNet on the real Fashion-MNIST (`conftest.fashion_mnist_run`: first
+6,000 training images, 2 epochs per block); the exported cascade must decide exactly like the in-process one on 1,000 real test
 images, run by its loader in a process that never imports quicknets_jax.
 """
 
@@ -26,8 +26,6 @@ from quicknets_jax.data.images import check_image_shape, read_images
 from quicknets_jax.data.normalisation import Normalisation
 from quicknets_jax.workflows import cascade_loader as loader
 from quicknets_jax.workflows import predict as predict_lib
-from quicknets_jax.workflows.experiment import train_and_evaluate
-from quicknets_jax.workflows.experiment_config import ExperimentConfig
 from quicknets_jax.workflows.export import export_cascade, export_trained
 from quicknets_jax.workflows.trained import TrainedRunError, load_trained
 
@@ -40,15 +38,10 @@ def _test_pixels(n):
   return read_idx(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz"))[:n, :, :, None]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A finished 3-block MLP QuickNet on real Fashion-MNIST (seed 0, no end-to-end baseline)."""
-  path = str(tmp_path_factory.mktemp("trained") / "run")
-  config = ExperimentConfig().replace(
-    max_train=6000, width=32, max_epochs=2, seeds=(0,), end_to_end=False, eval_batch_size=2048
-  )
-  train_and_evaluate(config, path, log=lambda m: None, metrics=False)
-  return path
+@pytest.fixture
+def workdir(fashion_mnist_run):
+  """The session's finished 3-block MLP QuickNet on real Fashion-MNIST (`conftest.fashion_mnist_run`)."""
+  return fashion_mnist_run[0]
 
 
 # --- thresholds for a target --------------------------------------------------------------------------
@@ -179,7 +172,7 @@ def test_a_target_is_met_on_validation_and_reported_on_test(workdir):
   budget = (trained.cascade_costs()[0] + trained.cascade_costs()[-1]) / 2  # between exit 0's and the whole's
   threshold, info = predict_lib.operating_threshold(trained, target_mflops=budget / 1e6, log=lines.append)
   assert info["validation"]["inference_flops"] <= budget and info["validation"]["threshold"] == threshold
-  assert "expected on the 10000 test images" in lines[0]
+  assert "expected on the 2000 test images" in lines[0]  # the run keeps 2,000 test images
   _, info = predict_lib.operating_threshold(trained, target_exit_fraction=0.5, log=lines.append)
   assert info["validation"]["early_exit_fraction"] >= 0.5
   with pytest.raises(ValueError, match="no threshold reaches"):
@@ -215,30 +208,35 @@ def test_the_predict_command_writes_csv_and_refuses_bad_input_in_one_line(workdi
   np.save(tmp_path / "rgb.npy", np.zeros((3, 28, 28, 3), np.uint8))
   env = {**os.environ, "PYTHONPATH": ROOT}
 
-  def predict(*args):
-    return subprocess.run(
+  def predict(*args):  # started at once, waited for below: the four runs share the two cores
+    return subprocess.Popen(
       [sys.executable, "-m", "experiments.predict", f"--workdir={workdir}", *args],
       cwd=ROOT,
       env=env,
-      capture_output=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
       text=True,
-      timeout=300,
     )
 
-  done = predict(f"--images={tmp_path / 'images.npy'}", f"--out={tmp_path / 'out.csv'}")
-  assert done.returncode == 0, done.stderr
+  written = predict(f"--images={tmp_path / 'images.npy'}", f"--out={tmp_path / 'out.csv'}")
+  refused = [
+    (predict(*args), phrase)
+    for args, phrase in [
+      ((f"--images={tmp_path / 'rgb.npy'}",), "3 channel(s) but the model reads 1"),
+      ((f"--images={tmp_path / 'images.npy'}", "--blocks=5"), "choose 1 to 3 blocks"),
+      ((f"--images={tmp_path / 'images.npy'}", "--target_mflops=0.001"), "no threshold reaches"),
+    ]
+  ]
+  _, err = written.communicate(timeout=300)
+  assert written.returncode == 0, err
   with open(tmp_path / "out.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 40 and set(rows[0]) == set(predict_lib.COLUMNS)
-  assert "40 images; leaving at exits 0..2" in done.stderr
-  for args, phrase in [
-    ((f"--images={tmp_path / 'rgb.npy'}",), "3 channel(s) but the model reads 1"),
-    ((f"--images={tmp_path / 'images.npy'}", "--blocks=5"), "choose 1 to 3 blocks"),
-    ((f"--images={tmp_path / 'images.npy'}", "--target_mflops=0.001"), "no threshold reaches"),
-  ]:
-    failed = predict(*args)
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
-    assert phrase in failed.stderr.strip().splitlines()[-1], failed.stderr
+  assert "40 images; leaving at exits 0..2" in err
+  for proc, phrase in refused:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert phrase in err.strip().splitlines()[-1], err
 
 
 # --- the exported cascade ------------------------------------------------------------------------------

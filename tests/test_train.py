@@ -132,7 +132,7 @@ def test_one_compiled_epoch_serves_every_fit_with_equal_settings(blobs):
     params, state = split_variables(model.init(jax.random.PRNGKey(seed))[0])
     objective = Objective(losses.BlockLoss(model.blocks[0], learned_threshold=0.321))
     fit(objective, params, state, data, config, jax.random.PRNGKey(seed))
-    return trainer._steps_on_device._cache_size(), trainer.evaluate_on_device._cache_size()
+    return trainer.steps_on_device._cache_size(), trainer.evaluate_on_device._cache_size()
 
   first = one_fit(0)
   assert one_fit(1) == first
@@ -211,21 +211,21 @@ def test_epochs_that_gather_their_rows_once_equal_epochs_that_gather_every_step(
   for balanced in (False, True):
     for per_epoch in (False, True):
       plan = trainer.EpochPlan(Statics(loss, optimizer, None, "auto"), 32, 4, balanced, per_epoch)
-      for run_epoch in (trainer.epoch_on_device, trainer.epoch_from_host):
+      for driver in (trainer.ON_DEVICE, trainer.FROM_HOST):
         trained = jax.tree.map(jnp.copy, state)
         for epoch in range(2):
-          trained, metrics = run_epoch(trained, arrays, jax.random.PRNGKey(10 + epoch), plan=plan)
-        results[balanced, per_epoch, run_epoch] = jax.tree.map(np.asarray, (trained.params, metrics))
-  for (balanced, _, run_epoch), result in results.items():
-    reference = results[balanced, False, trainer.epoch_on_device]
-    if run_epoch is trainer.epoch_on_device:  # the drivers agree to round-off; each equals itself exactly
+          trained, metrics = driver.run(trained, arrays, jax.random.PRNGKey(10 + epoch), plan=plan)
+        results[balanced, per_epoch, driver] = jax.tree.map(np.asarray, (trained.params, metrics))
+  for (balanced, _, driver), result in results.items():
+    reference = results[balanced, False, trainer.ON_DEVICE]
+    if driver is trainer.ON_DEVICE:  # the drivers agree to round-off; each equals itself exactly
       jax.tree.map(np.testing.assert_array_equal, result, reference)
-    reference = results[balanced, False, run_epoch]
+    reference = results[balanced, False, driver]
     jax.tree.map(np.testing.assert_array_equal, result, reference)
   moved = jax.tree.leaves(
     jax.tree.map(
       lambda a, b: float(np.abs(a - b).max()),
-      results[False, True, trainer.epoch_on_device][0],
+      results[False, True, trainer.ON_DEVICE][0],
       jax.tree.map(np.asarray, params),
     )
   )

@@ -69,7 +69,7 @@ def test_28x28_inputs_skip_pools_on_maps_narrower_than_two():
   assert [s[0] for s in shapes] == [14, 7, 7, 3, 3, 1, 1, 1]
 
 
-@pytest.mark.parametrize("input_shape", [(32, 32, 3), (28, 28, 1)])
+@pytest.mark.parametrize("input_shape", [(32, 32, 3), pytest.param((28, 28, 1), marks=pytest.mark.slow)])
 @pytest.mark.usefixtures("native_convs")
 def test_analytic_flops_of_every_part_match_xla_within_two_percent(input_shape):
   """Parts are compiled separately: compiled whole, XLA duplicates fused elementwise ops (BN+ReLU

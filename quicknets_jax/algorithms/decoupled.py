@@ -316,6 +316,57 @@ class DecoupledRunner:
   log: Log
   phase: str = "decoupled"
 
+  @classmethod
+  def create(
+    cls, model: MultiExitModel, train: Split, val: Split, config: QuickNetConfig, seed: int, *, log: Log = print
+  ) -> tuple[DecoupledRunner, FitState]:
+    """The runner of a decoupled run and the state it starts from (every block at its initialisation).
+
+    Args:
+      model: the multi-exit model.
+      train: the training split.
+      val: the validation split.
+      config: the QuickNet's settings (see the class doc).
+      seed: the initialisation (the sequential schedule's: `rng.Stream.INIT`).
+      log: where the pipeline's dropped-rows lines go.
+
+    Returns:
+      A tuple `(runner, state)`: the state's schedule is a `schedule.BlockSchedules` with no block frozen.
+    """
+    train, val = Split.of(train), Split.of(val)
+    fit_config, num_blocks, n_train = config.fit, model.num_blocks, len(train.labels)
+    params, model_state = split_blocks(model.init(rng.stream(rng.seed_key(seed), rng.Stream.INIT)))
+    optimizer = BlockwiseAdam((False,) * num_blocks, fit_config.weight_decay)
+    schedules = tuple(Schedule(learning_rate=fit_config.learning_rate) for _ in range(num_blocks))
+    state = FitState(
+      TrainState.create(optimizer, params, model_state, [fit_config.learning_rate] * num_blocks),
+      params,
+      model_state,
+      BlockSchedules(schedules, (False,) * num_blocks),
+    )
+    labels = np.asarray(train.labels, np.int32)
+    bucket = bucket_size(n_train)
+    arrays = EpochArrays(
+      device_array(train.images),
+      device_array(labels),
+      pad_rows(np.arange(n_train, dtype=np.int32), bucket),
+      pad_rows(labels, bucket),
+      device_array(np.int32(n_train)),
+      device_array(np.int32(n_train)),
+    )
+    runner = cls(
+      model,
+      config,
+      train,
+      val,
+      arrays,
+      optimizer,
+      choose_drivers(model.convolutions, fit_config),
+      parallel.round_up_batch(min(fit_config.batch_size, n_train), parallel.current_mesh()),
+      log,
+    )
+    return runner, state
+
   @property
   def rule(self) -> tuple[float, float]:
     """(τ, commitment logit) of the learned rule."""
@@ -488,43 +539,12 @@ def train_decoupled(
     NonFiniteLossError: a NaN/inf loss.
   """
   start = time.perf_counter()
-  train, val = Split.of(train), Split.of(val)
-  fit_config, num_blocks, n_train = config.fit, model.num_blocks, len(train.labels)
+  runner, state = DecoupledRunner.create(model, train, val, config, seed, log=log)
   key = rng.seed_key(seed)
-  params, model_state = split_blocks(model.init(rng.stream(key, rng.Stream.INIT)))
   # the key of the sequential schedule's block-0 fit: a one-block decoupled run is that fit
   fit_key = jax.random.split(rng.per_item(rng.stream(key, rng.Stream.BLOCKS), 0))[0]
-  optimizer = BlockwiseAdam((False,) * num_blocks, fit_config.weight_decay)
-  schedules = tuple(Schedule(learning_rate=fit_config.learning_rate) for _ in range(num_blocks))
-  state = FitState(
-    TrainState.create(optimizer, params, model_state, [fit_config.learning_rate] * num_blocks),
-    params,
-    model_state,
-    BlockSchedules(schedules, (False,) * num_blocks),
-  )
-  labels = np.asarray(train.labels, np.int32)
-  bucket = bucket_size(n_train)
-  arrays = EpochArrays(
-    device_array(train.images),
-    device_array(labels),
-    pad_rows(np.arange(n_train, dtype=np.int32), bucket),
-    pad_rows(labels, bucket),
-    device_array(np.int32(n_train)),
-    device_array(np.int32(n_train)),
-  )
-  runner = DecoupledRunner(
-    model,
-    config,
-    train,
-    val,
-    arrays,
-    optimizer,
-    choose_drivers(model.convolutions, fit_config),
-    parallel.round_up_batch(min(fit_config.batch_size, n_train), parallel.current_mesh()),
-    log,
-  )
   hooks = FitHooks(events, checkpoint, log)
-  state = run_epochs(runner, state, fit_config, fit_key, name="decoupled", hooks=hooks)
+  state = run_epochs(runner, state, config.fit, fit_key, name="decoupled", hooks=hooks)
   seconds = time.perf_counter() - start + (checkpoint.resumed_seconds if checkpoint is not None else 0.0)
   variables = merge_blocks(state.best_params, state.best_model_state)
-  return variables, state, spent_flops(state.history, num_blocks), seconds
+  return variables, state, spent_flops(state.history, model.num_blocks), seconds

@@ -183,7 +183,7 @@ class PipelinePlan:
 
 
 def pipelined_epoch(state: TrainState, arrays: EpochArrays, key, *, plan: PipelinePlan):
-  """One decoupled epoch on the pipeline: the same draws and step keys as `trainer.epoch_on_device`.
+  """One decoupled epoch on the pipeline: the same draws and step keys as `trainer.ON_DEVICE`.
 
   Args:
     state: the train state of every block (replicated).

@@ -44,10 +44,12 @@ from quicknets_jax.training.trainer import (
   FitHooks,
   FitState,
   Objective,
+  SequentialRunner,
   bucket_size,
   compile_ahead,
-  fit,
+  init_fit_state,
   pad_rows,
+  run_epochs,
 )
 
 
@@ -674,14 +676,14 @@ def train_block(
     return flops_before + costs.total(inputs.block_flops(task.model, stage=stage, **progress))
 
   params, state = split_variables(task.init_variables[j])
-  fitted = fit(
-    inputs.objective,
-    params,
-    state,
-    inputs.data,
-    task.config.block_fit(),
+  # `trainer.fit`'s two steps, spelled out: the block's epochs run one call below this function
+  block_config, name = task.config.block_fit(), f"block {j}"
+  fitted = run_epochs(
+    SequentialRunner.create(inputs.objective, inputs.data, block_config, name),
+    init_fit_state(inputs.objective, params, state, block_config),
+    block_config,
     fit_key,
-    name=f"block {j}",
+    name=name,
     hooks=FitHooks(
       AllOf(InPhase(task.events, "block", j, lambda record: spent("block", epochs=record["epoch"])), task.ahead),
       block_ckpt,

@@ -19,10 +19,10 @@ set's index array (shuffled, or class-balanced), the last partial batch padded a
 that run it are chosen once per fit (`choose_drivers`), from what the loss declares (`convolves`) and
 the settings:
 
-- `epoch_on_device`: the whole epoch inside one jit (`lax.fori_loop` over the steps);
-- `epoch_from_host`: the same jitted step called from a Python loop, for losses that convolve on CPU
+- `steps_on_device`: the whole epoch inside one jit (`lax.fori_loop` over the steps);
+- `steps_in_host_loop`: the same jitted step called from a Python loop, for losses that convolve on CPU
   (XLA:CPU runs convolutions inside a while loop ~40× slower than at the top level of a program);
-- `epoch_streamed`: the images of each step read from disk (`--input=stream`), the same rows in the
+- `steps_streamed`: the images of each step read from disk (`--input=stream`), the same rows in the
   same order as in memory;
 
 with the matching validation passes. Each driver compiles its own programs ahead of a fit
@@ -456,18 +456,24 @@ def _gathered_step(state: TrainState, sums, arrays: EpochArrays, order, step_key
   return state, (sums[0] + metrics["loss_sum"], sums[1] + metrics["correct_sum"])
 
 
-def _for_steps(arrays: EpochArrays, order, plan: EpochPlan) -> EpochArrays:
-  """`arrays` as the epoch's steps read them: with `plan.inputs_per_epoch`, the epoch's rows in order."""
-  return epoch_rows(arrays, order) if plan.inputs_per_epoch else arrays
-
-
 def _zero_sums():
   return device_array(np.float32(0.0)), device_array(np.float32(0.0))
 
 
 # params, optimizer and model state are donated: XLA writes the new ones into their buffers
 @functools.partial(jax.jit, static_argnames=("plan",), donate_argnames=("state",))
-def _steps_on_device(state: TrainState, arrays: EpochArrays, order, step_key, *, plan: EpochPlan):
+def steps_on_device(state: TrainState, arrays: EpochArrays, order, step_key, *, plan: EpochPlan):
+  """An epoch's steps inside one jit (`lax.fori_loop`).
+
+  Args:
+    state: the train state before the epoch; its buffers are donated (do not use it afterwards).
+    arrays, order, step_key: what `prepare_epoch` returned.
+    plan: the epoch's static part.
+
+  Returns:
+    A tuple `(state, (mean_loss, accuracy))` of the state after the epoch and two float32 scalars
+    averaged over the samples it trained on (accuracy is the mean of the loss's per-sample correct flags).
+  """
   num_steps = (arrays.num_samples + plan.batch_size - 1) // plan.batch_size
   state, (loss_sum, correct_sum) = jax.lax.fori_loop(
     0,
@@ -478,42 +484,40 @@ def _steps_on_device(state: TrainState, arrays: EpochArrays, order, step_key, *,
   return state, (loss_sum / arrays.num_samples, correct_sum / arrays.num_samples)
 
 
-def epoch_on_device(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
-  """One epoch: its order drawn (`draw_order`), then every step inside one jit.
+def prepare_epoch(arrays: EpochArrays, key, plan: EpochPlan):
+  """An epoch's draw (`draw_order`), and with `plan.inputs_per_epoch` its rows gathered in order.
 
   Args:
-    state: the train state before the epoch; its buffers are donated (do not use it afterwards).
     arrays: the working set and the arrays its batches are gathered from.
     key: the epoch's key (the draw, then each step's key).
     plan: the epoch's static part (statics, batch size, sampling).
 
   Returns:
-    A tuple `(state, (mean_loss, accuracy))` of the state after the epoch and two float32 scalars
-    averaged over the samples it trained on (accuracy is the mean of the loss's per-sample correct flags).
+    A tuple `(arrays, order, step_key)`: the arrays as the epoch's steps read them, the order of
+    working-set positions and the key every step folds its number into.
   """
   order, step_key = _draw(key, arrays, plan)
-  return _steps_on_device(state, _for_steps(arrays, order, plan), order, step_key, plan=plan)
+  return (epoch_rows(arrays, order) if plan.inputs_per_epoch else arrays), order, step_key
 
 
 _step_jitted = jax.jit(_gathered_step, static_argnames=("plan",), donate_argnames=("state", "sums"))
 
 
-def epoch_from_host(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
-  """`epoch_on_device`'s steps, each a jitted call from a Python loop (same draws, same keys).
+def steps_in_host_loop(state: TrainState, arrays: EpochArrays, order, step_key, *, plan: EpochPlan):
+  """An epoch's steps, each a jitted call from a Python loop (the same batches and keys as `steps_on_device`).
 
   For models that convolve on CPU, where XLA runs convolutions inside a loop far slower.
 
   Args:
     state: the train state before the epoch; its buffers are donated (do not use it afterwards).
-    arrays: the working set and the arrays its batches are gathered from.
-    key: the epoch's key.
+    arrays, order, step_key: what `prepare_epoch` returned.
     plan: the epoch's static part.
 
   Returns:
-    A tuple `(state, (mean_loss, accuracy))`, as `epoch_on_device` returns it.
+    A tuple `(state, (mean_loss, accuracy))` of the state after the epoch and two float32 scalars
+    averaged over the samples it trained on.
   """
-  order, step_key = _draw(key, arrays, plan)
-  sums, arrays = _zero_sums(), _for_steps(arrays, order, plan)
+  sums = _zero_sums()
   for i in range(-(-int(arrays.num_samples) // plan.batch_size)):
     state, sums = _step_jitted(state, sums, arrays, order, step_key, device_array(np.int32(i)), plan=plan)
   return state, (sums[0] / arrays.num_samples, sums[1] / arrays.num_samples)
@@ -529,8 +533,8 @@ def _streamed_step(state: TrainState, sums, x, rows, targets, num_samples, step_
 _streamed_step_jitted = jax.jit(_streamed_step, static_argnames=("plan",), donate_argnames=("state", "sums"))
 
 
-def epoch_streamed(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
-  """`epoch_on_device` with the images of each step read from disk (`arrays.inputs` is a streamed view).
+def steps_streamed(state: TrainState, arrays: EpochArrays, order, step_key, *, plan: EpochPlan):
+  """An epoch's steps with the images of each read from disk (`arrays.inputs` is a streamed view).
 
   The rows of step i are `positions[order[i·B : (i+1)·B]]`, padding included, exactly the rows the
   in-memory epoch gathers; a multi-process run reads only the part of each batch its own devices take
@@ -540,14 +544,13 @@ def epoch_streamed(state: TrainState, arrays: EpochArrays, key, *, plan: EpochPl
   Args:
     state: the train state before the epoch; its buffers are donated (do not use it afterwards).
     arrays: the working set; `inputs` is a streamed view, `targets` an array.
-    key: the epoch's key.
+    order, step_key: what `prepare_epoch` returned.
     plan: the epoch's static part.
 
   Returns:
-    A tuple `(state, (mean_loss, accuracy))`, as `epoch_on_device` returns it.
+    A tuple `(state, (mean_loss, accuracy))`, as `steps_on_device` returns it.
   """
   mesh, batch_size = plan.statics.mesh, plan.batch_size
-  order, step_key = _draw(key, arrays, plan)
   order, host_positions = np.asarray(order), np.asarray(arrays.positions)
   num_steps = -(-int(arrays.num_samples) // batch_size)
   batch_rows = [host_positions[order[i * batch_size : (i + 1) * batch_size]] for i in range(num_steps)]
@@ -638,7 +641,7 @@ _chunk_sums_jitted = jax.jit(_chunk_sums, static_argnames=("plan",))
 
 
 def evaluate_from_host(state: TrainState, val: Split, num_rows, *, plan: EvalPlan):
-  """`evaluate_on_device`'s chunks, each a jitted call from a Python loop (see `epoch_from_host`).
+  """`evaluate_on_device`'s chunks, each a jitted call from a Python loop (see `steps_in_host_loop`).
 
   Args:
     state: the train state evaluated (in inference mode).
@@ -721,7 +724,7 @@ def loop_convolutions():
 
 
 def steps_from_host(backend: str, convolves: bool) -> bool:
-  """Whether `fit` runs an epoch's steps from a Python loop (`epoch_from_host`) on `backend`.
+  """Whether `fit` runs an epoch's steps from a Python loop (`steps_in_host_loop`) on `backend`.
 
   Only for models that convolve, only on CPU, where XLA runs convolutions inside a while loop ~40×
   slower. On GPU and TPU every epoch is one jitted call over data already on the device: no host round
@@ -771,13 +774,29 @@ class EpochDriver:
   """One way to run an epoch's steps, and the programs it compiles.
 
   Attributes:
-    run: the epoch (`epoch_on_device`, `epoch_from_host` or `epoch_streamed`).
-    lower: compiles `run`'s programs for (train state, arrays, key, plan) without running them; None
-      for a driver that compiles nothing ahead (streamed inputs).
+    steps: the epoch's steps from what `prepare_epoch` returned (`steps_on_device`,
+      `steps_in_host_loop` or `steps_streamed`).
+    lower: compiles the epoch's programs for (train state, arrays, key, plan) without running them;
+      None for a driver that compiles nothing ahead (streamed inputs).
   """
 
-  run: Callable
+  steps: Callable
   lower: Optional[Callable] = None
+
+  def run(self, state: TrainState, arrays: EpochArrays, key, *, plan: EpochPlan):
+    """One epoch: `prepare_epoch`, then `steps`.
+
+    Args:
+      state: the train state before the epoch; its buffers are donated (do not use it afterwards).
+      arrays: the working set and the arrays its batches are gathered from.
+      key: the epoch's key.
+      plan: the epoch's static part.
+
+    Returns:
+      A tuple `(state, (mean_loss, accuracy))` of the state after the epoch and two float32 scalars
+      averaged over the samples it trained on.
+    """
+    return self.steps(state, *prepare_epoch(arrays, key, plan), plan=plan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -810,7 +829,7 @@ def _lower_draw(arrays: EpochArrays, key, plan: EpochPlan):
 
 def _lower_on_device(train: TrainState, arrays: EpochArrays, key, plan: EpochPlan) -> None:
   arrays, order, step_key = _lower_draw(arrays, key, plan)
-  _steps_on_device.lower(train, arrays, order, step_key, plan=plan).compile()
+  steps_on_device.lower(train, arrays, order, step_key, plan=plan).compile()
 
 
 def _lower_from_host(train: TrainState, arrays: EpochArrays, key, plan: EpochPlan) -> None:
@@ -827,9 +846,9 @@ def _lower_evaluate_from_host(state: TrainState, val: Split, num_rows, plan: Eva
   _chunk_sums_jitted.lower(state, val.images, val.labels, rows[0], mask[0], plan=plan).compile()
 
 
-ON_DEVICE = EpochDriver(epoch_on_device, _lower_on_device)
-FROM_HOST = EpochDriver(epoch_from_host, _lower_from_host)
-STREAMED = EpochDriver(epoch_streamed)
+ON_DEVICE = EpochDriver(steps_on_device, _lower_on_device)
+FROM_HOST = EpochDriver(steps_in_host_loop, _lower_from_host)
+STREAMED = EpochDriver(steps_streamed)
 EVAL_ON_DEVICE = EvalDriver(evaluate_on_device, _lower_evaluate_on_device)
 EVAL_FROM_HOST = EvalDriver(evaluate_from_host, _lower_evaluate_from_host)
 EVAL_STREAMED = EvalDriver(evaluate_streamed)
@@ -1104,7 +1123,11 @@ class SequentialRunner:
     return train if self.objective.hparams_at is None else train.replace(hparams=self.objective.hparams)
 
   def train_epoch(self, state: FitState, key: jax.Array) -> tuple[TrainState, EpochScores]:
-    train, (loss, accuracy) = self.drivers.epoch.run(self._epoch_state(state), self.arrays, key, plan=self.plan)
+    # `EpochDriver.run`'s two parts, called here: the jitted steps one frame below the epoch loop
+    arrays, order, step_key = prepare_epoch(self.arrays, key, self.plan)
+    train, (loss, accuracy) = self.drivers.epoch.steps(
+      self._epoch_state(state), arrays, order, step_key, plan=self.plan
+    )
     return train, EpochScores(float(loss), float(accuracy))
 
   def validate(self, state: FitState, train: TrainState) -> EpochScores:

@@ -9,6 +9,7 @@ kept in WORKDIR/seed_<s>/ and not redone, so a stopped run picks up where it was
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -18,7 +19,7 @@ import numpy as np
 
 from quicknets_jax.algorithms import forward
 from quicknets_jax.algorithms.end_to_end import test_accuracy_fn, train_end_to_end
-from quicknets_jax.algorithms.quicknet import train_quicknet
+from quicknets_jax.algorithms.quicknet import QuickNetRun, train_quicknet
 from quicknets_jax.core import costs, curves, exits, stats
 from quicknets_jax.core.progress import Log, format_seconds
 from quicknets_jax.data.datasets import Dataset
@@ -163,7 +164,28 @@ def _figure_data(
   )
 
 
-def run_quicknet_seed(
+@dataclasses.dataclass
+class SeedWatchers:
+  """What watches one seed's QuickNet while it trains, and what its results read afterwards.
+
+  Attributes:
+    seed: the seed.
+    checkpointer: where its blocks (and its fits' epochs) are saved and resumed from.
+    events: told after every epoch and every frozen block.
+    log: where its progress lines go, tagged with the seed.
+    tracker: the seed's metrics.jsonl lines (None without a metrics writer).
+    deploy: the deployable cascade's accuracy after each epoch (None unless `config.deploy_curve`).
+  """
+
+  seed: int
+  checkpointer: BlockCheckpointer
+  events: AllOf
+  log: Log
+  tracker: Optional[metrics_lib.QuickNetMetrics] = None
+  deploy: Optional[DeployableCurve] = None
+
+
+def watch_quicknet_seed(
   model,
   dataset,
   config: ExperimentConfig,
@@ -171,8 +193,8 @@ def run_quicknet_seed(
   seed_dir: str,
   log: Log,
   metrics: Optional[metrics_lib.MetricsWriter] = None,
-) -> dict:
-  """Trains (or resumes) one seed's QuickNet and evaluates it.
+) -> SeedWatchers:
+  """The checkpointer, events and log of one seed's QuickNet (`train_quicknet`'s observers).
 
   Args:
     model: the multi-exit model.
@@ -184,9 +206,8 @@ def run_quicknet_seed(
     metrics: with a writer, every block and commitment epoch becomes a line of WORKDIR/metrics.jsonl.
 
   Returns:
-    The seed's results (quicknet.json).
+    The seed's `SeedWatchers`.
   """
-  checkpointer = BlockCheckpointer(os.path.join(seed_dir, "quicknet_checkpoints"))
   tag = f"[seed {seed} quicknet]"
   tracker = metrics_lib.QuickNetMetrics(metrics, seed) if metrics is not None else None
   deploy = None
@@ -201,18 +222,31 @@ def run_quicknet_seed(
       fallback=rule.fallback,
       batch_size=config.fit.eval_batch_size,
     )
-  events = AllOf(deploy, metrics_lib.ProgressLines(tag, config.fit.max_epochs, log), tracker)
-  run = train_quicknet(
-    model,
-    dataset.train,
-    dataset.val,
-    config.quicknet,
+  return SeedWatchers(
     seed,
-    checkpointer=checkpointer,
-    log=lambda m: log(f"{tag} {m}"),
-    events=events,
+    BlockCheckpointer(os.path.join(seed_dir, "quicknet_checkpoints")),
+    AllOf(deploy, metrics_lib.ProgressLines(tag, config.fit.max_epochs, log), tracker),
+    lambda m: log(f"{tag} {m}"),
+    tracker,
+    deploy,
   )
-  checkpointer.close()
+
+
+def quicknet_seed_results(run: QuickNetRun, watchers: SeedWatchers, model, dataset, config: ExperimentConfig) -> dict:
+  """One seed's results (quicknet.json): its QuickNet evaluated, its costs and records; closes its checkpointer.
+
+  Args:
+    run: what `train_quicknet` returned.
+    watchers: what watched it (`watch_quicknet_seed`).
+    model: the multi-exit model.
+    dataset: the data.
+    config: the run's settings.
+
+  Returns:
+    The seed's results.
+  """
+  watchers.checkpointer.close()
+  deploy, tracker = watchers.deploy, watchers.tracker
   result = evaluate_quicknet(model, run.variables, dataset, config)
   records = run.records
   measuring = deploy.seconds if deploy is not None else 0.0  # inside the training's clock, not training
@@ -221,7 +255,7 @@ def run_quicknet_seed(
   if phases:
     phases["other"] = max(phases.get("other", 0.0) - measuring, 0.0)
   result.update(
-    seed=seed,
+    seed=watchers.seed,
     params=param_count([v["params"] for v in run.variables]),
     training_flops=run.training_flops,
     train_seconds=train_seconds,
@@ -378,9 +412,21 @@ def train_and_evaluate(
       eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
       log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
       path = os.path.join(seed_dir, "quicknet.json")
-      quicknet_seeds.append(
-        finished(path) or saved(path, run_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer))
-      )
+      result = finished(path)
+      if result is None:
+        watch = watch_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer)
+        run = train_quicknet(
+          model,
+          dataset.train,
+          dataset.val,
+          config.quicknet,
+          seed,
+          checkpointer=watch.checkpointer,
+          log=watch.log,
+          events=watch.events,
+        )
+        result = saved(path, quicknet_seed_results(run, watch, model, dataset, config))
+      quicknet_seeds.append(result)
       path = os.path.join(seed_dir, "end_to_end.json")
       if config.end_to_end:
         e2e_seeds.append(
