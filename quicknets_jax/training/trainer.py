@@ -509,13 +509,12 @@ def steps_in_host_loop(state: TrainState, arrays: EpochArrays, order, step_key, 
   For models that convolve on CPU, where XLA runs convolutions inside a loop far slower.
 
   Args:
-    state: the train state before the epoch; its buffers are donated (do not use it afterwards).
+    state: the train state before the epoch (donated, step by step).
     arrays, order, step_key: what `prepare_epoch` returned.
     plan: the epoch's static part.
 
   Returns:
-    A tuple `(state, (mean_loss, accuracy))` of the state after the epoch and two float32 scalars
-    averaged over the samples it trained on.
+    What `steps_on_device` returns for the same arguments, to round-off.
   """
   sums = _zero_sums()
   for i in range(-(-int(arrays.num_samples) // plan.batch_size)):
