@@ -12,7 +12,7 @@ Every stop hits a run that already has a checkpoint: the benchmark waits until t
 finished checkpoint (a frozen block's orbax directory or an epoch's `.npz` file) and the process has
 printed its first line (a resumed run finds its checkpoints before it is past start-up). A fresh run is
 then stopped at the next moment a checkpoint is being written (a `*.orbax-checkpoint-tmp` directory or a
-`*.npz.tmp` file exists) after a random delay; a resumed run at a random moment within what is left of
+`.*.npz.tmp-<pid>` file exists) after a random delay; a resumed run at a random moment within what is left of
 the reference run. The first N trials stop the run with SIGKILL; the next M with SIGTERM (a preemption
 notice), which must end the run within 30 s, exit 143, with its last line
 `interrupted by SIGTERM ...; ... resume with: <command>` naming this very command (and no traceback);
@@ -44,6 +44,7 @@ from typing import Optional
 
 import numpy as np
 
+from quicknets_jax.core import files as files_lib
 from quicknets_jax.data import idx
 from quicknets_jax.workflows.workdir import is_wall_clock
 
@@ -54,11 +55,13 @@ TMP_MARK = ".orbax-checkpoint-tmp"
 SIGTERM_EXIT = 143  # what the experiments exit with after SIGTERM (experiments/flags.py one_line_errors)
 
 
-def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200, noise: float = 60.0) -> None:
-  """MNIST-format IDX files of class-dependent blobs: a run that takes seconds (for the test)."""
+def write_tiny_idx(directory: str, n_train: int = 600, n_test: int = 200, noise: float = 60.0, seed: int = 0) -> None:
+  """MNIST-format IDX files of class-dependent blobs: a run that takes seconds (for the test). `seed`
+  draws the images and labels (the class centres stay those of seed 0)."""
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(0)
   centres = rng.integers(0, 256, size=(10, 28, 28))
+  rng = rng if seed == 0 else np.random.default_rng(seed)
   for prefix, n in (("train", n_train), ("t10k", n_test)):
     labels = rng.integers(0, 10, n).astype(np.uint8)
     images = np.clip(centres[labels] + rng.normal(0, noise, (n, 28, 28)), 0, 255).astype(np.uint8)
@@ -97,9 +100,10 @@ def _start(flags: Sequence[str], workdir: str, log_path: str, cache_dir: Optiona
 
 def _saving(workdir: str) -> bool:
   """Whether a checkpoint save is under way: a frozen block's orbax tmp directory, or an epoch's
-  `<e>.npz.tmp` file, exists until its atomic rename."""
-  for _, dirs, files in os.walk(workdir):
-    if any(TMP_MARK in d for d in dirs) or any(f.endswith(".npz.tmp") for f in files):
+  temporary `.<e>.npz.tmp-<pid>` file (`core.files`), exists until its atomic rename."""
+  for _, dirs, names in os.walk(workdir):
+    temporary = (files_lib.TEMPORARY.fullmatch(n) for n in names)
+    if any(TMP_MARK in d for d in dirs) or any(t and t["name"].endswith(".npz") for t in temporary):
       return True
   return False
 
@@ -115,7 +119,7 @@ def _started(log_path: str, offset: int) -> bool:
 
 def _finished(name: str) -> Optional[int]:
   """The step a finished checkpoint is named by: a frozen block's orbax directory `<j>`, or an epoch's
-  file `<e>.npz` (ones still being written are `<j>.orbax-checkpoint-tmp...` and `<e>.npz.tmp`)."""
+  file `<e>.npz` (ones still being written are `<j>.orbax-checkpoint-tmp...` and `.<e>.npz.tmp-<pid>`)."""
   stem = name[: -len(".npz")] if name.endswith(".npz") else name
   return int(stem) if stem.isdigit() else None
 

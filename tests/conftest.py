@@ -1,7 +1,11 @@
 """Shared fixtures: small synthetic classification data (for unit tests only, never for results), and one
 small QuickNet trained once per session on the real Fashion-MNIST for the tests that read a finished run."""
 
+import contextlib
+import fcntl
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -33,6 +37,7 @@ def xla_flags(devices: int = 1) -> str:
 quicknets_jax.configure_cpu()
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+_OWN_FOLDER = pytest.StashKey[str]()
 
 
 def make_blobs(n, num_classes=4, shape=(6, 6, 1), seed=0, noise=1.0):
@@ -62,15 +67,44 @@ def native_convs():
     yield
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compile_cache_in_tmp(tmp_path_factory):
-  """Entry points the tests start keep their persistent compilation cache (`--compile_cache=auto`:
-  $XDG_CACHE_HOME/quicknets_jax/xla) in a folder of this test session, not in the user's home."""
-  import os
+RUN_FOLDER_ENV = "QUICKNETS_JAX_TEST_RUN_FOLDER"  # the test run's folder, shared by the xdist workers
 
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
-  yield
+
+def pytest_configure(config):
+  """One folder for the whole test run (the xdist workers inherit the controller's): `shared/` for what the
+  workers build once between them (`shared_between_workers`), and `xla/`, the persistent compilation cache
+  of every process of the run. The tests build many small networks of the same shapes, in this process,
+  in the other worker and in the processes they start (entry points with `--compile_cache=auto` read
+  $JAX_COMPILATION_CACHE_DIR): each program is compiled once, and a cache hit runs the executable XLA
+  compiled, so results are those of a fresh compile. A user's own $JAX_COMPILATION_CACHE_DIR is used as it
+  is. The folder is removed at the end."""
+  from quicknets_jax.training import compilation
+
+  if not os.environ.get(RUN_FOLDER_ENV):  # the controller, or a run without xdist
+    os.environ[RUN_FOLDER_ENV] = tempfile.mkdtemp(prefix="quicknets-jax-tests-")
+    config.stash[_OWN_FOLDER] = os.environ[RUN_FOLDER_ENV]
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ[RUN_FOLDER_ENV], "xla"))
+  compilation.enable_persistent_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+def pytest_unconfigure(config):
+  folder = config.stash.get(_OWN_FOLDER, None)
+  if folder:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def shared_between_workers(name: str):
+  """A folder of this test run that one process at a time holds (`with shared_between_workers("x") as
+  folder:`): what the first one builds there, the next one finds."""
+  folder = os.path.join(os.environ[RUN_FOLDER_ENV], "shared", name)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield folder
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def fit_data_of(x, y, vx, vy, num_classes=4):
@@ -90,7 +124,7 @@ def blobs_fit_data(blobs):
 
 
 @pytest.fixture(scope="session")
-def fashion_mnist_run(tmp_path_factory):
+def fashion_mnist_run():
   """A finished run on the real Fashion-MNIST, trained once per session: a 3-block MLP QuickNet (width 32,
   2 epochs per fit, seed 0) and its end-to-end baseline on the first 6,000 training images, 2,000 test
   images. Returns (workdir, results); tests read the workdir, never write to it."""
@@ -102,5 +136,7 @@ def fashion_mnist_run(tmp_path_factory):
   config = ExperimentConfig().replace(
     dataset="fashion_mnist", max_train=6000, max_test=2000, width=32, seeds=(0,), max_epochs=2, batch_size=64
   )
-  workdir = str(tmp_path_factory.mktemp("fashion_mnist_run") / "run")
-  return workdir, train_and_evaluate(config, workdir, log=lambda m: None)
+  # the first worker trains it; the other reads the finished run back (a finished run is not redone)
+  with shared_between_workers("fashion_mnist_run") as folder:
+    workdir = os.path.join(folder, "run")
+    return workdir, train_and_evaluate(config, workdir, log=lambda m: None)

@@ -108,7 +108,26 @@ def download(name: str, url: str, md5: str, folder: str) -> None:
   d.download(d.RemoteFile(name, url, md5), folder, log=lambda m: None)
 
 
+def killed_while_writing(kind: str, path: str) -> None:
+  """Replaces the file or folder `path` (kind "file" or "folder", `core.files`) and kills itself with
+  SIGKILL halfway through writing the new one: what a kill at the worst moment leaves."""
+  import signal
+
+  from quicknets_jax.core import files
+
+  if kind == "file":
+    with files.replaced_file(path) as f:
+      f.write("the new file's first half\n")
+      f.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+  with files.replaced_folder(path) as folder:
+    with open(os.path.join(folder, "block_0.jax"), "w") as f:
+      f.write("the new export's first block")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 CHECKS = {
+  "killed_while_writing": killed_while_writing,
   "print_configs": print_configs,
   "cifar10_paper_flags": cifar10_paper_flags,
   "imagenet_paper_flags": imagenet_paper_flags,

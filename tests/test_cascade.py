@@ -38,9 +38,21 @@ def _assert_same_as_select_exits(model, variables, x, got, threshold, fallback="
   np.testing.assert_allclose(cost, np.asarray(exits.sample_costs(want, costs)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("threshold", [0.0, pytest.param(0.3, marks=pytest.mark.slow), 0.6, 1.0])
-@pytest.mark.parametrize("fallback", ["most_confident", "last"])
-@pytest.mark.parametrize("use_commitment", [True, False])
+def _rules():
+  """Every (threshold, fallback, use_commitment): at 0.6 every rule; at the ends (every exit confident,
+  none) two opposite rules in the default suite, the others in `slow` (each threshold compiles its own
+  bucket sizes)."""
+  for threshold in (0.0, 0.3, 0.6, 1.0):
+    for fallback in ("most_confident", "last"):
+      for use_commitment in (True, False):
+        default = threshold == 0.6 or (threshold in (0.0, 1.0) and (fallback == "last") != use_commitment)
+        marks = () if default else (pytest.mark.slow,)
+        yield pytest.param(
+          threshold, fallback, use_commitment, marks=marks, id=f"{use_commitment}-{fallback}-{threshold}"
+        )
+
+
+@pytest.mark.parametrize("threshold,fallback,use_commitment", list(_rules()))
 def test_cascade_equals_select_exits(trained_like, threshold, fallback, use_commitment):
   model, variables, x = trained_like
   # 700 = 256 + 256 + 188: the last batch is short

@@ -92,9 +92,9 @@ def test_a_finished_run_is_read_back_not_redone(fashion_mnist_run, tmp_path):
   assert not any("epoch" in line for line in lines), lines  # nothing trained
 
 
-def _write_mnist_like(directory):
+def _write_mnist_like(directory, seed=0):
   """Small IDX files in the real MNIST format (test data only)."""
-  write_tiny_idx(str(directory), noise=40.0)
+  write_tiny_idx(str(directory), noise=40.0, seed=seed)
 
 
 def _run_cli(module, *args):
@@ -122,6 +122,13 @@ def test_mnist_cli_on_an_idx_directory(tmp_path):
   assert results["dataset"] == "mnist" and results["num_train"] == 540 and results["num_val"] == 60
   assert "block 0" in proc.stderr and "samples/s" in proc.stderr  # progress lines
   assert "| MNIST | QuickNet |" in proc.stdout
+  # the same command on changed data files is refused before anything trains: one line naming the split
+  _write_mnist_like(data_dir, seed=1)
+  again = _run_cli(*proc.args[2:])
+  last = again.stderr.strip().splitlines()[-1]
+  assert again.returncode == 1 and "Traceback" not in again.stderr and "epoch" not in again.stderr, again.stderr
+  assert "holds a run trained on other data (train: 540 rows" in last and "--overwrite" in last, last
+  assert json.loads((workdir / "results.json").read_text()) == results
 
 
 @pytest.mark.slow  # a whole run through TFDS's mock data

@@ -84,8 +84,8 @@ def read_images(path: str, pixels: bool = True) -> tuple[np.ndarray, list]:
   if path.endswith(".npy"):
     try:
       array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise DataError(f"{path} is not a readable .npy array ({e}): save it with numpy.save") from None
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or cut-off file
+      raise DataError(f"{path} is not a readable .npy array ({e or 'empty'}): save it with numpy.save") from None
     where = path
   else:
     array, where = read_idx(path), path

@@ -11,6 +11,8 @@ here with one line naming the part and the fix.
 
 from __future__ import annotations
 
+import importlib
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
@@ -20,7 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from quicknets_jax.core.costs import BlockCost
-from quicknets_jax.models import nnx_bridge
 from quicknets_jax.models.base import COMMIT_HEADS, Block, MultiExitModel, commitment_head
 from quicknets_jax.models.mlp import LinearExit
 from quicknets_jax.models.xla_check import convolutions, measured_costs
@@ -34,8 +35,17 @@ class CostMismatchWarning(UserWarning):
   """Analytic costs given for a part differ from XLA's count of it by more than `COST_TOLERANCE`."""
 
 
+def _is_nnx(part) -> bool:
+  # An NNX module exists only once the code that built it imported flax.nnx; importing flax.nnx (and so
+  # `nnx_bridge`) costs a process ~0.7 s (it brings IPython where that is installed), so networks without
+  # NNX modules never pay it.
+  loaded = sys.modules.get("flax.nnx")
+  return loaded is not None and isinstance(part, loaded.Module)
+
+
 def _linen(part, what: str) -> nn.Module:
-  if nnx_bridge.is_nnx(part):
+  if _is_nnx(part):
+    nnx_bridge = importlib.import_module("quicknets_jax.models.nnx_bridge")
     return nnx_bridge.NNXPart(nnx_bridge.split_nnx(part, what))
   if not isinstance(part, nn.Module):
     raise ValueError(f"{what} is a {type(part).__name__}, not a Flax module: pass a flax.linen or flax.nnx Module")

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from quicknets_jax.core import files
 from quicknets_jax.training import parallel
 
 
@@ -426,7 +427,7 @@ def _flat_with_paths(tree) -> tuple[list, list]:
 def save_tree(path: str, tree, meta: dict) -> None:
   """Writes the arrays of `tree` (fetched from the devices) and the JSON-ready `meta` to one .npz file.
 
-  Atomic: the file is written to `path` + ".tmp", flushed and renamed into place; the temporary file
+  Atomic (`core.files.replaced_file`): the file is written beside `path`, then renamed into place; the temporary file
   never outlives the call, and a process killed at any moment leaves either no file or the whole one.
   It is not synced to disk (that took ~60 % of a save, after every epoch of every fit): only a crash of
   the machine itself can lose the newest files, and a fit then resumes from an earlier epoch, or names
@@ -472,14 +473,8 @@ def write_contents(path: str, contents: dict) -> None:
     OSError: the file could not be written (e.g. no space left on the device).
   """
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f, **contents)
-    os.replace(tmp, path)
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
+  with files.replaced_file(path, "wb") as f:
+    np.savez(f, **contents)
 
 
 def load_tree(path: str, template):

@@ -25,7 +25,6 @@ from quicknets_jax.data.normalisation import Normalisation
 from quicknets_jax.data.split import Split
 from quicknets_jax.models.base import MultiExitModel
 from quicknets_jax.models.registry import ModelConfig, factory_path
-from quicknets_jax.training import parallel
 from quicknets_jax.workflows.experiment import train_and_evaluate
 from quicknets_jax.workflows.experiment_config import ExperimentConfig
 from quicknets_jax.workflows.export import export_trained
@@ -117,6 +116,7 @@ def train(
   seeds: Optional[Sequence[int]] = None,
   workdir: str,
   log: Callable[[str], None] = print,
+  overwrite: bool = False,
 ) -> dict:
   """Trains your network as a QuickNet and as its end-to-end baseline, on your arrays, into `workdir`.
 
@@ -129,15 +129,19 @@ def train(
     config: the QuickNet's settings and schedule (`QuickNetConfig`), or a whole `ExperimentConfig` (exit
       rule, end-to-end baseline on or off, ...); default: the paper's MLP schedule.
     seeds: the runs (results are mean ± std over them); default: an `ExperimentConfig`'s seeds, else (0,).
-    workdir: where the run goes; calling again with the same arguments resumes it.
+    workdir: where the run goes; calling again with the same arguments resumes it (other arrays or
+      settings there are refused, naming what differs).
     log: where progress lines go.
+    overwrite: start over in a workdir that holds a run with other settings or data (the run's files
+      are deleted; a folder holding other files is refused).
 
   Returns:
     The results dict, as written to WORKDIR/results.json, with the QuickNet's and the end-to-end
     network's accuracy, inference and training FLOPs and exit fractions, per seed and their mean.
 
   Raises:
-    ValueError: a factory another process could not import, bad arrays, or another run in `workdir`.
+    ValueError: a factory another process could not import, bad arrays, or a run with other settings or
+      data in `workdir`.
   """
   factory, kwargs = _factory_and_args(model)
   name = factory_path(factory)
@@ -152,12 +156,8 @@ def train(
   built = factory(tuple(dataset.image_shape), dataset.num_classes, **kwargs)
   if not isinstance(built, MultiExitModel):
     raise ValueError(f"{name} returned a {type(built).__name__}, not a MultiExitModel: return multi_exit_model(...)")
-  if parallel.is_writer():
-    os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
-    for split in ("val", "test"):
-      kept = getattr(dataset, split)
-      np.savez(os.path.join(workdir, KEPT[split]), images=kept.images, labels=kept.labels)
-  return train_and_evaluate(experiment, workdir, log=log, dataset=dataset, model=built)
+  # the validation and test splits are kept in WORKDIR/arrays/ once the workdir is known to hold this data
+  return train_and_evaluate(experiment, workdir, log=log, overwrite=overwrite, dataset=dataset, model=built)
 
 
 def load(workdir: str, seed: Optional[int] = None, blocks: Optional[int] = None) -> TrainedQuickNet:

@@ -37,8 +37,9 @@ from quicknets_jax.workflows.workdir import (
   finished,
   guard_workdir,
   machine_description,
+  record_data,
   saved,
-  write_json,
+  workdir_lock,
   write_results,
 )
 
@@ -389,80 +390,82 @@ def train_and_evaluate(
     The results dict (results.json).
 
   Raises:
-    ValueError: another run's config in `workdir`, a batch larger than the training split, bad data.
+    ValueError: another run's config or data in `workdir`, a batch larger than the training split, bad
+      data.
+    quicknets_jax.workflows.workdir.WorkdirInUseError: another live run holds `workdir`.
   """
-  guard_workdir(config, workdir, overwrite)
-  if dataset is None:
-    dataset = config.data.load(log=log)
-  log(f"data: {dataset.summary()}")
-  # what `workflows.trained` needs to read new images with this run's blocks, even while it still trains
-  write_json(os.path.join(workdir, "data.json"), dataset.card(), indent=1)
-  check_batch_size(config.fit.batch_size, len(dataset.train.labels))
-  if model is None:
-    model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
-  quicknet_seeds, e2e_seeds = [], []
-  start = time.perf_counter()
-  writer = metrics_lib.MetricsWriter(workdir) if metrics else None
-  entries_at_start = cache_entries()
-  with CompileMeter(every_thread=True) as compiled:
-    for i, seed in enumerate(config.seeds):
-      seed_dir = os.path.join(workdir, f"seed_{seed}")
-      os.makedirs(seed_dir, exist_ok=True)
-      elapsed = time.perf_counter() - start
-      eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
-      log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
-      path = os.path.join(seed_dir, "quicknet.json")
-      result = finished(path)
-      if result is None:
-        watch = watch_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer)
-        run = train_quicknet(
-          model,
-          dataset.train,
-          dataset.val,
-          config.quicknet,
-          seed,
-          checkpointer=watch.checkpointer,
-          log=watch.log,
-          events=watch.events,
-        )
-        result = saved(path, quicknet_seed_results(run, watch, model, dataset, config))
-      quicknet_seeds.append(result)
-      path = os.path.join(seed_dir, "end_to_end.json")
-      if config.end_to_end:
-        e2e_seeds.append(
-          finished(path)
-          or saved(path, run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer))
-        )
-  if writer is not None:
-    writer.close()
-  rule = config.exit_rule
-  results = dict(
-    dataset=dataset.name,
-    model=config.model.name,
-    seeds=list(config.seeds),
-    exit_threshold=stats.mean([s["exit_threshold"] for s in quicknet_seeds]),
-    exit_threshold_chosen_on="validation" if rule.exit_threshold is None else "flag",
-    train_threshold=config.quicknet.train_threshold,
-    fallback=rule.fallback,
-    num_train=int(len(dataset.train.labels)),
-    num_val=int(len(dataset.val.labels)),
-    num_test=int(len(dataset.test.labels)),
-    config=config.to_json(),
-    class_names=list(dataset.class_names),
-    machine=machine_description(),
-    compute_dtype=config.fit.compute_dtype or "float32",  # --dtype as this backend resolved it
-    # this process's compiles (seeds read back from an earlier run add none) and the cache's state
-    compile_seconds=compile_summary(compiled, entries_at_start),
-    flops_convention="1 multiply-add = 2 FLOPs; training = 3 x forward per trained sample + "
-    "cache, selection and validation forwards (docs/method.md, FLOP accounting)",
-    quicknet=aggregate(quicknet_seeds),
-  )
-  if e2e_seeds:
-    results["end_to_end"] = aggregate(e2e_seeds)
-    results["ratios"] = ratios(results["quicknet"], results["end_to_end"])
-    # QuickNet's training FLOP rate as a fraction of end-to-end's (1: it spends its FLOPs as fast)
-    results["training_flops_per_second_efficiency"] = (
-      results["quicknet"]["training_flops_per_second"] / results["end_to_end"]["training_flops_per_second"]
+  with workdir_lock(workdir, log):  # a second run in this workdir is refused
+    guard_workdir(config, workdir, overwrite)
+    if dataset is None:
+      dataset = config.data.load(log=log)
+    log(f"data: {dataset.summary()}")
+    record_data(workdir, dataset)
+    check_batch_size(config.fit.batch_size, len(dataset.train.labels))
+    if model is None:
+      model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
+    quicknet_seeds, e2e_seeds = [], []
+    start = time.perf_counter()
+    writer = metrics_lib.MetricsWriter(workdir) if metrics else None
+    entries_at_start = cache_entries()
+    with CompileMeter(every_thread=True) as compiled:
+      for i, seed in enumerate(config.seeds):
+        seed_dir = os.path.join(workdir, f"seed_{seed}")
+        os.makedirs(seed_dir, exist_ok=True)
+        elapsed = time.perf_counter() - start
+        eta = f", eta ~{format_seconds(elapsed / i * (len(config.seeds) - i))}" if i else ""
+        log(f"seed {seed} ({i + 1}/{len(config.seeds)}), {elapsed:.0f}s elapsed{eta}")
+        path = os.path.join(seed_dir, "quicknet.json")
+        result = finished(path)
+        if result is None:
+          watch = watch_quicknet_seed(model, dataset, config, seed, seed_dir, log, metrics=writer)
+          run = train_quicknet(
+            model,
+            dataset.train,
+            dataset.val,
+            config.quicknet,
+            seed,
+            checkpointer=watch.checkpointer,
+            log=watch.log,
+            events=watch.events,
+          )
+          result = saved(path, quicknet_seed_results(run, watch, model, dataset, config))
+        quicknet_seeds.append(result)
+        path = os.path.join(seed_dir, "end_to_end.json")
+        if config.end_to_end:
+          e2e_seeds.append(
+            finished(path)
+            or saved(path, run_end_to_end_seed(model, dataset, config, seed, log, seed_dir, metrics=writer))
+          )
+    if writer is not None:
+      writer.close()
+    rule = config.exit_rule
+    results = dict(
+      dataset=dataset.name,
+      model=config.model.name,
+      seeds=list(config.seeds),
+      exit_threshold=stats.mean([s["exit_threshold"] for s in quicknet_seeds]),
+      exit_threshold_chosen_on="validation" if rule.exit_threshold is None else "flag",
+      train_threshold=config.quicknet.train_threshold,
+      fallback=rule.fallback,
+      num_train=int(len(dataset.train.labels)),
+      num_val=int(len(dataset.val.labels)),
+      num_test=int(len(dataset.test.labels)),
+      config=config.to_json(),
+      class_names=list(dataset.class_names),
+      machine=machine_description(),
+      compute_dtype=config.fit.compute_dtype or "float32",  # --dtype as this backend resolved it
+      # this process's compiles (seeds read back from an earlier run add none) and the cache's state
+      compile_seconds=compile_summary(compiled, entries_at_start),
+      flops_convention="1 multiply-add = 2 FLOPs; training = 3 x forward per trained sample + "
+      "cache, selection and validation forwards (docs/method.md, FLOP accounting)",
+      quicknet=aggregate(quicknet_seeds),
     )
-  write_results(workdir, "results", results, results_markdown(results), log)
-  return results
+    if e2e_seeds:
+      results["end_to_end"] = aggregate(e2e_seeds)
+      results["ratios"] = ratios(results["quicknet"], results["end_to_end"])
+      # QuickNet's training FLOP rate as a fraction of end-to-end's (1: it spends its FLOPs as fast)
+      results["training_flops_per_second_efficiency"] = (
+        results["quicknet"]["training_flops_per_second"] / results["end_to_end"]["training_flops_per_second"]
+      )
+    write_results(workdir, "results", results, results_markdown(results), log)
+    return results

@@ -73,7 +73,8 @@ class MetricsWriter:
     self._file = None
     if self._writes:
       os.makedirs(workdir, exist_ok=True)
-      self._file = open(self.path, "a")
+      _drop_a_cut_off_line(self.path)
+      self._file = open(self.path, "ab", buffering=0)  # one write call per line: a line is whole or absent
     self._tensorboard = tensorboard and self._writes
     self._writers = {}
     if tensorboard:
@@ -104,8 +105,7 @@ class MetricsWriter:
     if not self._writes:
       return
     line = dict(line, time=time.time())
-    self._file.write(json.dumps(line) + "\n")
-    self._file.flush()  # a reader (or a killed run) sees every finished epoch
+    self._file.write((json.dumps(line) + "\n").encode())  # unbuffered: a reader sees every finished epoch
     if not self._tensorboard:
       return
     writer = self._writer(line["run"])
@@ -139,23 +139,45 @@ class MetricsWriter:
     self.close()
 
 
+def _drop_a_cut_off_line(path: str) -> None:
+  """Truncates `path` after its last newline: a run killed while writing a line leaves part of it, which
+  the next line would otherwise be glued onto."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(workdir: str) -> list:
   """Every line of WORKDIR/metrics.jsonl as a dict ([] when there is none).
+
+  A last line without its newline (a run killed while writing it, or one still writing) is left out.
 
   Args:
     workdir: the run's folder.
 
   Returns:
     The lines, in the order written.
+
+  Raises:
+    ValueError: a line is not JSON (one line naming the file, the line number and the fix).
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   lines = []
   with open(path) as f:
-    for text in f:
-      if text.strip():
+    for number, text in enumerate(f, 1):
+      if not text.endswith("\n") or not text.strip():
+        continue
+      try:
         lines.append(json.loads(text))
+      except json.JSONDecodeError:
+        raise ValueError(
+          f"{path}, line {number}, is not a metrics record: delete that line (the others stay readable)"
+        ) from None
   return lines
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from quicknets_jax.algorithms.cascade import CascadeResult, cascade_flops
-from quicknets_jax.core import exits
+from quicknets_jax.core import exits, files
 from quicknets_jax.workflows.trained import TrainedQuickNet
 
 FORMATS = ("jsonl", "csv")
@@ -125,7 +125,8 @@ def prediction_rows(result: CascadeResult, names, class_names) -> list[dict]:
 
 
 def write_predictions(rows: list, out: str = "-", fmt: str = "jsonl") -> None:
-  """Writes `rows` as JSON lines or CSV to the file `out` ("-": standard output).
+  """Writes `rows` as JSON lines or CSV to the file `out` ("-": standard output), in one step: a
+  temporary file beside `out` renamed into place, so a kill leaves the previous file whole.
 
   Args:
     rows: dicts with the keys of `COLUMNS` (`prediction_rows`).
@@ -137,18 +138,21 @@ def write_predictions(rows: list, out: str = "-", fmt: str = "jsonl") -> None:
   """
   if fmt not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-  stream = sys.stdout if out == "-" else open(out, "w", newline="")
-  try:
-    if fmt == "csv":
-      writer = csv.DictWriter(stream, fieldnames=COLUMNS)
-      writer.writeheader()
-      writer.writerows(rows)
-    else:
-      for row in rows:
-        stream.write(json.dumps(row) + "\n")
-  finally:
-    if stream is not sys.stdout:
-      stream.close()
+  if out == "-":
+    _write_rows(rows, sys.stdout, fmt)
+    return
+  with files.replaced_file(out, newline="") as stream:  # a kill leaves the previous file, never part of one
+    _write_rows(rows, stream, fmt)
+
+
+def _write_rows(rows: list, stream, fmt: str) -> None:
+  if fmt == "csv":
+    writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  else:
+    for row in rows:
+      stream.write(json.dumps(row) + "\n")
 
 
 def summary(result: CascadeResult, trained: TrainedQuickNet) -> str:

@@ -22,7 +22,6 @@ each on the test split and writes WORKDIR/results.json and results.md with mean 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -37,7 +36,15 @@ from quicknets_jax.core.progress import Log
 from quicknets_jax.reporting.tables import study_markdown
 from quicknets_jax.workflows.aggregate import average_curves
 from quicknets_jax.workflows.experiment_config import StudyConfig
-from quicknets_jax.workflows.workdir import guard_workdir, machine_description, write_json, write_results
+from quicknets_jax.workflows.workdir import (
+  guard_workdir,
+  machine_description,
+  read_json,
+  record_data,
+  workdir_lock,
+  write_json,
+  write_results,
+)
 
 RULES = {  # name: (fallback, use_commitment)
   "confidence": ("most_confident", False),
@@ -268,50 +275,51 @@ def run_study(config: StudyConfig, workdir: str, log: Log = print, overwrite: bo
   Raises:
     ValueError: the workdir holds a run with another config and `overwrite` is False.
   """
-  guard_workdir(config, workdir, overwrite)
-  if dataset is None:
-    dataset = config.data.load()
-  log(f"data: {dataset.summary()}")
-  model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
-  results = dict(
-    dataset=config.data.dataset,
-    model=config.model.name,
-    seeds=list(config.seeds),
-    smoke=config.smoke,
-    num_train=int(len(dataset.train.labels)),
-    num_val=int(len(dataset.val.labels)),
-    num_test=int(len(dataset.test.labels)),
-    data_source=dataset.source,
-    config=config.to_json(),
-    machine=machine_description(),
-    rules=RULE_TITLES,
-    conventions=dict(
-      cost="inference FLOPs per sample (1 multiply-add = 2 FLOPs): blocks and exit heads up to the "
-      "exit taken, plus commitment heads only under the 'commitment' rule; a sample no exit "
-      "accepts pays the whole cascade (docs/method.md, inference cost)",
-      budgets="fractions of the full network's cost (all blocks + final exit, no other heads)",
-      auc="area under accuracy vs cost fraction over each curve's own range",
-      mean_accuracy_shared_range="area over the cost range all three curves reach / its width",
-      confidence="1 - H(p)/log C; ECE uses the top-class probability, 15 equal-width bins",
-      overconfident_wrong="fraction of samples with confidence > t that are wrong "
-      "(with_commitment: confidence > t and commitment logit > 0)",
-    ),
-  )
-  if config.smoke:
-    results["warning"] = "smoke run on stand-in data: a pipeline check, the numbers mean nothing"
-  for method in config.methods:
-    per_seed = []
-    for seed in config.seeds:
-      seed_dir = os.path.join(workdir, f"seed_{seed}")
-      os.makedirs(seed_dir, exist_ok=True)
-      path = os.path.join(seed_dir, f"{method}.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          per_seed.append(json.load(f))
-        continue
-      result = run_method_seed(method, model, dataset, config, seed, log)
-      write_json(path, result)
-      per_seed.append(result)
-    results[method] = dict(aggregate_analyses(per_seed), per_seed=per_seed)
-  write_results(workdir, "results", results, study_markdown(results), log)
-  return results
+  with workdir_lock(workdir, log):  # a second run in this workdir is refused
+    guard_workdir(config, workdir, overwrite)
+    if dataset is None:
+      dataset = config.data.load()
+    log(f"data: {dataset.summary()}")
+    record_data(workdir, dataset)  # a resumed study on changed data is refused
+    model = config.model.build(dataset.train.images.shape[1:], dataset.num_classes)
+    results = dict(
+      dataset=config.data.dataset,
+      model=config.model.name,
+      seeds=list(config.seeds),
+      smoke=config.smoke,
+      num_train=int(len(dataset.train.labels)),
+      num_val=int(len(dataset.val.labels)),
+      num_test=int(len(dataset.test.labels)),
+      data_source=dataset.source,
+      config=config.to_json(),
+      machine=machine_description(),
+      rules=RULE_TITLES,
+      conventions=dict(
+        cost="inference FLOPs per sample (1 multiply-add = 2 FLOPs): blocks and exit heads up to the "
+        "exit taken, plus commitment heads only under the 'commitment' rule; a sample no exit "
+        "accepts pays the whole cascade (docs/method.md, inference cost)",
+        budgets="fractions of the full network's cost (all blocks + final exit, no other heads)",
+        auc="area under accuracy vs cost fraction over each curve's own range",
+        mean_accuracy_shared_range="area over the cost range all three curves reach / its width",
+        confidence="1 - H(p)/log C; ECE uses the top-class probability, 15 equal-width bins",
+        overconfident_wrong="fraction of samples with confidence > t that are wrong "
+        "(with_commitment: confidence > t and commitment logit > 0)",
+      ),
+    )
+    if config.smoke:
+      results["warning"] = "smoke run on stand-in data: a pipeline check, the numbers mean nothing"
+    for method in config.methods:
+      per_seed = []
+      for seed in config.seeds:
+        seed_dir = os.path.join(workdir, f"seed_{seed}")
+        os.makedirs(seed_dir, exist_ok=True)
+        path = os.path.join(seed_dir, f"{method}.json")
+        if os.path.exists(path):
+          per_seed.append(read_json(path))
+          continue
+        result = run_method_seed(method, model, dataset, config, seed, log)
+        write_json(path, result)
+        per_seed.append(result)
+      results[method] = dict(aggregate_analyses(per_seed), per_seed=per_seed)
+    write_results(workdir, "results", results, study_markdown(results), log)
+    return results

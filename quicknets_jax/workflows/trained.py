@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from typing import Optional
 
 import jax
@@ -219,8 +220,13 @@ class TrainedQuickNet:
       path = os.path.join(self.workdir, splits[name])
       if not os.path.exists(path):
         raise TrainedRunError(f"{self.workdir}: its {name} split ({path}) is missing: restore it or retrain the run")
-      with np.load(path) as f:
-        loaded[name] = Split(f["images"], f["labels"])
+      try:
+        with np.load(path) as f:
+          loaded[name] = Split(f["images"], f["labels"])
+      except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise TrainedRunError(
+          f"{self.workdir}: its {name} split ({path}) is unreadable ({type(e).__name__}): restore it or retrain the run"
+        ) from None
     card, norm = self.data_card, self.normalisation
     return Dataset(
       name=card.get("name", "arrays"),

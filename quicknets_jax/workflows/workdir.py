@@ -1,18 +1,25 @@
-"""A run's working directory: its config guard, atomic JSON files, per-seed results that are not redone,
-and the line that says which machine the numbers came from."""
+"""A run's working directory: its lock, its config guard, atomic JSON files, per-seed results that are not
+redone, and the line that says which machine the numbers came from."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
+import re
 import shutil
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import jax
+import numpy as np
 
-from quicknets_jax.core import options
+from quicknets_jax.core import files, options
+from quicknets_jax.data import fingerprint
 from quicknets_jax.training import parallel
 
 
@@ -57,6 +64,14 @@ def machine_description() -> str:
 
 
 # Entries of results files that are wall-clock measurements or describe the machine: no rerun reproduces them.
+# What an experiment or a study writes in its workdir (its files, its seeds' folders, the report's figures,
+# a multi-process run's per-process logs, the temporary files of `core.files`): `--overwrite` deletes
+# these, and refuses a folder holding anything else.
+RUN_ENTRIES = re.compile(
+  r"config\.json|data\.json|results\.(json|md)|metrics\.jsonl|tensorboard|seed_\d+|figures|arrays"
+  r"|process_\d+\.log|run\.lock|" + files.TEMPORARY.pattern
+)
+LOCK_FILE = "run.lock"
 WALL_CLOCK_KEYS = frozenset({"time", "machine", "training_flops_per_second_efficiency"})
 
 
@@ -72,6 +87,10 @@ def is_wall_clock(key: str) -> bool:
   return key in WALL_CLOCK_KEYS or "seconds" in key or "per_second" in key
 
 
+class UnreadableRunFileError(ValueError):
+  """A run's file exists but does not parse (cut off, emptied or edited)."""
+
+
 def read_json(path: str):
   """The JSON value stored at `path`.
 
@@ -80,9 +99,19 @@ def read_json(path: str):
 
   Returns:
     Its parsed contents.
+
+  Raises:
+    UnreadableRunFileError: the file is not valid JSON (one line naming it and the fix).
   """
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    what = "empty" if os.path.getsize(path) == 0 else f"not valid JSON ({getattr(e, 'msg', e)})"
+    raise UnreadableRunFileError(
+      f"{path} is {what}: it was cut off or edited; restore it, or delete it to redo what it records "
+      "(a seed's result, or the whole run for config.json and data.json)"
+    ) from None
 
 
 def write_json(path: str, obj, indent=None) -> None:
@@ -96,10 +125,8 @@ def write_json(path: str, obj, indent=None) -> None:
   """
   if not parallel.is_writer():
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with files.replaced_file(path) as f:
     json.dump(obj, f, indent=indent)
-  os.replace(tmp, path)
 
 
 def write_results(workdir: str, name: str, results: dict, markdown: str, log: Callable[[str], None]) -> None:
@@ -115,10 +142,8 @@ def write_results(workdir: str, name: str, results: dict, markdown: str, log: Ca
   if not parallel.is_writer():
     return
   write_json(os.path.join(workdir, f"{name}.json"), results, indent=1)
-  tmp = os.path.join(workdir, f"{name}.md.tmp")
-  with open(tmp, "w") as f:
+  with files.replaced_file(os.path.join(workdir, f"{name}.md")) as f:
     f.write(markdown)
-  os.replace(tmp, os.path.join(workdir, f"{name}.md"))
   log(f"wrote {os.path.join(workdir, name + '.json')} and {name}.md")
 
 
@@ -150,6 +175,49 @@ def saved(path: str, result: dict) -> dict:
   return result
 
 
+def record_data(workdir: str, dataset) -> None:
+  """Writes WORKDIR/data.json (the dataset's card and fingerprint) and, for arrays a user passed, the kept
+  validation and test splits, after checking that the run already there trained on the same data.
+
+  Args:
+    workdir: the run's folder.
+    dataset: the run's `data.Dataset`.
+
+  Raises:
+    ValueError: WORKDIR/data.json records other data (a split's rows or contents, or the class count
+      differ; the message names what changed and the two ways on).
+  """
+  path = os.path.join(workdir, "data.json")
+  current = fingerprint.dataset_fingerprint(dataset)
+  if os.path.exists(path):
+    changed = fingerprint.differences(read_json(path).get("fingerprint"), current)
+    if changed:
+      raise ValueError(
+        f"{workdir} holds a run trained on other data ({'; '.join(changed)}): choose another workdir, "
+        "or start over there with --overwrite (overwrite=True in the API)"
+      )
+  # what `workflows.trained` needs to read new images with this run's blocks, even while it still trains
+  write_json(path, dict(dataset.card(), fingerprint=current), indent=1)
+  if dataset.kept_splits and parallel.is_writer():
+    for split, name in dataset.kept_splits.items():
+      os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)
+      with files.replaced_file(os.path.join(workdir, name), "wb") as f:
+        kept = getattr(dataset, split)
+        np.savez(f, images=kept.images, labels=kept.labels)
+
+
+def not_written_by_runs(workdir: str) -> list[str]:
+  """The names in `workdir` that no experiment or study writes there (`RUN_ENTRIES`), sorted.
+
+  Args:
+    workdir: an existing folder.
+
+  Returns:
+    The names of the files and folders a run did not write.
+  """
+  return sorted(name for name in os.listdir(workdir) if not RUN_ENTRIES.fullmatch(name))
+
+
 def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
   """Stores `config` (a run config with `to_json()`) in WORKDIR/config.json; refuses to resume under a
   different one, naming the settings that differ. Settings marked resumable (seeds, the evaluation
@@ -158,19 +226,29 @@ def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
   Args:
     config: the run's config.
     workdir: the run's folder (created if missing).
-    overwrite: empty the folder first and start over.
+    overwrite: delete the run's files first and start over (a folder holding files no run writes, see
+      `not_written_by_runs`, is refused instead).
 
   Raises:
-    ValueError: the folder holds a run with another config and `overwrite` is False.
+    ValueError: the folder holds a run with another config and `overwrite` is False, or `overwrite` is
+      True and the folder holds files no run writes.
   """
   path = os.path.join(workdir, "config.json")
   writer = parallel.is_writer()  # the other processes of a multi-process run only check
   if writer:
     os.makedirs(workdir, exist_ok=True)
   if overwrite and writer and os.path.exists(workdir):
+    foreign = not_written_by_runs(workdir)
+    if foreign:
+      listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+      raise ValueError(
+        f"--overwrite deletes a run's files, and {workdir} also holds others ({listed}): move them out, "
+        "or choose another --workdir"
+      )
     for name in os.listdir(workdir):
       target = os.path.join(workdir, name)
-      shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+      if name != LOCK_FILE:  # this run's own
+        shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
   if os.path.exists(path):
     stored = read_json(path)
     current = config.to_json()
@@ -186,3 +264,65 @@ def guard_workdir(config, workdir: str, overwrite: bool = False) -> None:
         "over or choose another --workdir"
       )
   write_json(path, config.to_json(), indent=2)  # atomic: another process may be reading it
+
+
+class WorkdirInUseError(ValueError):
+  """Another live run holds the workdir's lock."""
+
+
+def _holder(text: str) -> str:
+  try:
+    held = json.loads(text)
+    return f"pid {held['pid']} on {held['host']}, since {held['since']}"
+  except (ValueError, KeyError, TypeError):
+    return "a run that left no details"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, log: Callable[[str], None]) -> Iterator[None]:
+  """Holds WORKDIR/run.lock while a run writes in its workdir: a second run there is refused.
+
+  The lock is the kernel's (`flock`), so a run that dies, however it dies, releases it; the file also
+  names the holder (pid, host, start), which a refusal shows. A file still naming a holder when the lock
+  is free was left by a run that was killed: the lock is taken over, with a line saying so. In a
+  multi-process run only process 0 takes it (the others write nothing).
+
+  Args:
+    workdir: the run's folder (created if missing).
+    log: where the take-over line goes.
+
+  Yields:
+    Nothing; the lock is held until the block ends.
+
+  Raises:
+    WorkdirInUseError: another live run holds the lock (the message names its pid and host).
+  """
+  if not parallel.is_writer():
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  with open(path, "a+") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      raise WorkdirInUseError(
+        f"{workdir} is in use by another run ({_holder(lock.read())}): wait for it to end, or choose another --workdir"
+      ) from None
+    lock.seek(0)
+    left = lock.read().strip()
+    if left:
+      log(f"took over {path}: the run that held it ({_holder(left)}) ended without releasing it")
+    lock.seek(0)
+    lock.truncate()
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    lock.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=since)))
+    lock.flush()
+    try:
+      yield
+    finally:
+      lock.seek(0)
+      lock.truncate()
+      lock.flush()
+      fcntl.flock(lock, fcntl.LOCK_UN)
