@@ -273,6 +273,19 @@ def test_the_exported_cascade_decides_like_the_in_process_one_with_jax_alone(wor
     got = np.load(tmp_path / "a.npz")
     np.testing.assert_array_equal(got["class"], want.prediction)
     np.testing.assert_array_equal(got["exit"], want.exit_index)
+  # a damaged export is one error naming the file, never a cascade that answers wrong
+  flipped = bytearray((out / "block_1.jax").read_bytes())
+  flipped[len(flipped) // 2] ^= 0x10
+  (out / "block_1.jax").write_bytes(bytes(flipped))
+  with pytest.raises(ValueError, match=r"block_1\.jax is damaged \(it does not match its sha256"):
+    loader.load(str(out))
+  manifest = json.loads((out / "manifest.json").read_text())
+  for block in manifest["blocks"]:
+    block.pop("sha256")  # an export without checksums: a cut-off file is still named
+  (out / "manifest.json").write_text(json.dumps(manifest))
+  (out / "block_1.jax").write_bytes(bytes(flipped[:100]))
+  with pytest.raises(ValueError, match=r"block_1\.jax is damaged \(\w+: it is not a whole exported block"):
+    loader.load(str(out))
     np.testing.assert_array_equal(got["qualified"], want.qualified)
     np.testing.assert_array_equal(got["blocks_run"], want.blocks_run)
     np.testing.assert_allclose(got["confidence"], want.confidence, atol=1e-5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -101,8 +102,52 @@ def deferred_interrupts(signals=(signal.SIGINT, signal.SIGTERM)):
       signal.raise_signal(s)
 
 
+CHECKSUMS = "sha256.json"  # in a frozen block's checkpoint folder: the sha256 of each of its files
+
+
+def _file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _write_checksums(folder: str) -> None:
+  """Writes FOLDER/sha256.json: the sha256 of every file under `folder` (a finished checkpoint)."""
+  sums = {}
+  for parent, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(parent, name)
+      sums[os.path.relpath(path, folder)] = _file_sha256(path)
+  sums.pop(CHECKSUMS, None)
+  with files.replaced_file(os.path.join(folder, CHECKSUMS)) as f:
+    json.dump(dict(sorted(sums.items())), f, indent=0)
+
+
+def _damaged_file(folder: str) -> Optional[str]:
+  """The first file under `folder` that is missing or differs from its sha256 in FOLDER/sha256.json, or
+  None (also for a checkpoint written before checksums existed)."""
+  path = os.path.join(folder, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      sums = json.load(f)
+  except ValueError:  # the checksums themselves are damaged
+    return CHECKSUMS
+  for name, expected in sums.items():
+    if not os.path.exists(os.path.join(folder, name)) or _file_sha256(os.path.join(folder, name)) != expected:
+      return name
+  return None
+
+
 class BlockCheckpointer:
   """One orbax checkpoint per frozen block under `directory`; fits in progress under `in_progress/`.
+
+  A frozen block's folder also holds `sha256.json`, the sha256 of each of its files, written once the
+  save is complete and checked before the block is restored: a damaged file is one `CheckpointError`
+  naming it, never weights that load silently wrong.
 
   Args:
     directory: the folder of the checkpoints (created if missing).
@@ -149,6 +194,8 @@ class BlockCheckpointer:
           ),
         )
         self._manager.wait_until_finished()
+        if saved:
+          _write_checksums(os.path.join(self.directory, str(block)))
       except Exception as e:  # the in-progress checkpoints of this block stay, so a rerun redoes only this
         raise _save_failed(
           f"frozen block {block}", self.directory, f"block {block - 1}" if block > 0 else None, e
@@ -183,6 +230,12 @@ class BlockCheckpointer:
       )
     variables, records, remaining = [], [], None
     for j in steps:
+      damaged = _damaged_file(os.path.join(self.directory, str(j)))
+      if damaged:
+        raise CheckpointError(
+          f"checkpoint of block {j} in {self.directory} is damaged ({damaged} does not match its sha256); "
+          f"delete {self.directory}/{j} to retrain from block {j}"
+        )
       try:
         target = jax.tree.map(np.asarray, jax.device_get(init_variables[j]))
         restored = self._manager.restore(

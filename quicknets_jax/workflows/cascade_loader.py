@@ -19,6 +19,7 @@ compiles for a handful of batch sizes only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -60,7 +61,8 @@ class ExportedCascade:
 
   Raises:
     FileNotFoundError: the folder holds no manifest.json.
-    ValueError: the manifest is not of this loader's format and version.
+    ValueError: the manifest is not of this loader's format and version, or a block's file is damaged
+      (it differs from its sha256 in the manifest, or is not a whole exported block).
   """
 
   def __init__(self, directory: str):
@@ -73,8 +75,16 @@ class ExportedCascade:
       raise ValueError(f"{path} is not a version-{VERSION} {FORMAT} manifest: re-export with this loader's package")
     self.blocks = []
     for block in self.manifest["blocks"]:
-      with open(os.path.join(directory, block["file"]), "rb") as f:
-        self.blocks.append(jax.jit(jax.export.deserialize(bytearray(f.read())).call))
+      path = os.path.join(directory, block["file"])
+      with open(path, "rb") as f:
+        serialized = f.read()
+      damaged = f"{path} is damaged"
+      if "sha256" in block and hashlib.sha256(serialized).hexdigest() != block["sha256"]:
+        raise ValueError(f"{damaged} (it does not match its sha256 in {MANIFEST}): export the cascade again")
+      try:
+        self.blocks.append(jax.jit(jax.export.deserialize(bytearray(serialized)).call))
+      except Exception as e:  # a cut-off or foreign file: jax raises struct, flatbuffer and value errors
+        raise ValueError(f"{damaged} ({type(e).__name__}: it is not a whole exported block): export again") from None
     self.threshold = float(self.manifest["threshold"])
     self.class_names = list(self.manifest["class_names"])
     self.image_shape = tuple(self.manifest["image_shape"])

@@ -7,6 +7,7 @@ feed it, and cascade_loader.py (a copy of `workflows.cascade_loader`) runs it wi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -114,10 +115,17 @@ def _write_cascade(model, variables, threshold, normalisation, out_dir, class_na
   for j, (block_vars, shape) in enumerate(zip(variables, input_shapes)):
     fn = jax.jit(_block_fn(model.blocks[j], jax.tree.map(np.asarray, block_vars)))
     exported = jax.export.export(fn, platforms=platforms)(jax.ShapeDtypeStruct((batch, *shape), jnp.float32))
-    name = f"block_{j}.jax"
+    name, serialized = f"block_{j}.jax", exported.serialize()
     with open(os.path.join(out_dir, name), "wb") as f:
-      f.write(exported.serialize())
-    blocks.append(dict(file=name, input_shape=list(shape), flops_after=float(cascade[j])))
+      f.write(serialized)
+    blocks.append(
+      dict(
+        file=name,
+        input_shape=list(shape),
+        flops_after=float(cascade[j]),
+        sha256=hashlib.sha256(serialized).hexdigest(),  # the loader checks it
+      )
+    )
   manifest = dict(
     format=loader.FORMAT,
     version=loader.VERSION,
