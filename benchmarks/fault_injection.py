@@ -1,5 +1,9 @@
 """Stop a training run at random moments and check that resuming gives the same result, bit for bit.
 
+`python -m benchmarks.fault_injection --cases` runs the faults around a finished run instead
+(`benchmarks.fault_cases`: changed data, a second run, `--overwrite`, flipped bytes, kills during predict
+and export).
+
 `python -m benchmarks.fault_injection --trials N --term_trials M [--config=mlp|conv]` runs a smoke
 config once uninterrupted as the reference, then for each trial starts the same run in a fresh workdir
 in a subprocess, stops it (`--kills_per_trial` times, rerunning in between), and reruns the same
@@ -461,7 +465,7 @@ def conv_smoke_flags(root: str) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command line: --trials N [--term_trials M] [--config mlp|conv] [--kills_per_trial K] [--seed S]
-  [--root DIR] [--flagfile F] [-- flags]."""
+  [--root DIR] [--flagfile F] [-- flags]; or --cases [--kills N] [--seed S] [--root DIR]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trials", type=int, default=20, help="SIGKILL trials")
   parser.add_argument("--term_trials", type=int, default=0, help="SIGTERM trials, after the SIGKILL ones")
@@ -481,8 +485,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     action="store_true",
     help="compile afresh in every run instead of sharing a persistent XLA cache",
   )
+  parser.add_argument(
+    "--cases",
+    action="store_true",
+    help="instead of the kill-and-resume trials, the fault cases around a finished run (benchmarks/fault_cases.py)",
+  )
+  parser.add_argument("--kills", type=int, default=10, help="with --cases: SIGKILLs per kill case")
   parser.add_argument("extra", nargs="*", help="more experiment flags, after --")
   args = parser.parse_args(argv)
+  if args.cases:
+    from benchmarks.fault_cases import run_cases
+
+    outcomes = run_cases(args.root or tempfile.mkdtemp(prefix="fault_cases_"), args.kills, args.seed, print)
+    return 0 if all(o.ok for o in outcomes) else 1
   if args.trials < 0 or args.term_trials < 0 or args.trials + args.term_trials < 1 or args.kills_per_trial < 1:
     parser.error("--trials + --term_trials and --kills_per_trial must be ≥ 1")
   root = args.root or tempfile.mkdtemp(prefix=f"fault_injection_{args.config}_")

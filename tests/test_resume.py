@@ -265,3 +265,11 @@ def test_epoch_checkpoints_are_written_in_the_background_and_waited_for(tmp_path
     ckpt.close()
   assert ckpt.latest_epoch() == 2
   ckpt.close()  # the failure was raised once
+
+
+@pytest.mark.slow  # a small run, then seven faults around it (~2 min)
+def test_the_fault_cases_around_a_finished_run_end_in_one_line_or_a_whole_output(tmp_path):
+  from benchmarks.fault_cases import run_cases
+
+  outcomes = run_cases(str(tmp_path), kills=2, seed=0, log=lambda m: None)
+  assert len(outcomes) == 7 and [o.case for o in outcomes if not o.ok] == [], outcomes
