@@ -310,15 +310,24 @@ def resume_command() -> str:
   return " ".join(shlex.quote(a) for a in start + sys.argv[1:])
 
 
+TRAINING_LEFT = "finished epochs and blocks are checkpointed — resume with"
+TOOL_LEFT = "nothing was written (an earlier output is kept whole) — run it again with"
+
+
 @contextlib.contextmanager
-def one_line_errors(log: Callable[[str], None]) -> Iterator[Callable[[str], None]]:
+def one_line_errors(log: Callable[[str], None], left: str = TRAINING_LEFT) -> Iterator[Callable[[str], None]]:
   """The body of an entry point's run: whatever stops it ends the process with one line on stderr.
 
   Yields the log to train with (it remembers the last progress line). Ctrl-C or SIGTERM ends it within
-  a step with what it was doing and the command that resumes it (every finished epoch and frozen block
-  is already checkpointed, so nothing else needs saving): exit status 130 (Ctrl-C) or 143 (SIGTERM).
+  a step with what it was doing, what it leaves (`left`) and the command that started it: exit status
+  130 (Ctrl-C) or 143 (SIGTERM); a second Ctrl-C or SIGTERM while that line is printed is ignored.
   Bad data or settings (`DataError`, `ValueError`) and a workdir that cannot be written (`OSError`) end
   it with `error: ...` and exit status 1.
+
+  Args:
+    log: where progress lines go.
+    left: what an interrupted run leaves, before the command (training: every finished epoch and
+      block is checkpointed, and the command resumes).
   """
   last = []
 
@@ -338,13 +347,11 @@ def one_line_errors(log: Callable[[str], None]) -> Iterator[Callable[[str], None
       raise Preempted()
     yield tracking_log
   except (KeyboardInterrupt, Preempted) as e:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut the line short
+      signal.signal(sig, signal.SIG_IGN)
     what = "SIGTERM" if isinstance(e, Preempted) else "Ctrl-C"
     where = f" during: {last[0].strip()[:160]}" if last else ""
-    print(
-      f"interrupted by {what}{where}; finished epochs and blocks are checkpointed — resume with: {resume_command()}",
-      file=sys.stderr,
-      flush=True,
-    )
+    print(f"interrupted by {what}{where}; {left}: {resume_command()}", file=sys.stderr, flush=True)
     raise SystemExit(143 if isinstance(e, Preempted) else 130) from None
   except (DataError, ValueError) as e:
     fail(str(e))

@@ -126,7 +126,27 @@ def killed_while_writing(kind: str, path: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def interrupted_predict(signal_name: str, workdir: str, images: str, out: str) -> None:
+  """Runs `python -m experiments.predict` (its main, with these flags) and sends itself SIGNAL_NAME
+  ("SIGINT" or "SIGTERM") once the cascade starts: the process must end with the tool's one line."""
+  import signal
+
+  from absl import app
+
+  from experiments import predict
+  from quicknets_jax.workflows.trained import TrainedQuickNet
+
+  def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, signal_name))
+    raise AssertionError("the signal did not stop the tool")
+
+  TrainedQuickNet.predict = interrupted
+  sys.argv = ["experiments/predict.py", f"--workdir={workdir}", f"--images={images}", f"--out={out}"]
+  app.run(predict.main)
+
+
 CHECKS = {
+  "interrupted_predict": interrupted_predict,
   "killed_while_writing": killed_while_writing,
   "print_configs": print_configs,
   "cifar10_paper_flags": cifar10_paper_flags,

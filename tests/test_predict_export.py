@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import fresh_process_checks
 import jax
 import numpy as np
 import pytest
@@ -317,3 +318,15 @@ def test_padded_sizes_are_few():
   assert all(loader.padded_size(n) >= n for n in range(1, 4097))
   assert all(loader.padded_size(n) <= 1.25 * n for n in range(17, 4097))
   assert len(sizes) <= 16 + 4 * 9
+
+
+@pytest.mark.parametrize("signal_name,status,what", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")])
+def test_an_interrupted_predict_is_one_line_and_keeps_the_previous_output(workdir, tmp_path, signal_name, status, what):
+  np.save(tmp_path / "pixels.npy", _test_pixels(10))
+  out = tmp_path / "answers.jsonl"
+  out.write_text("the previous answers\n")
+  proc = fresh_process_checks.run("interrupted_predict", signal_name, workdir, tmp_path / "pixels.npy", out)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert last.startswith(f"interrupted by {what}; nothing was written (an earlier output is kept whole)"), last
+  assert out.read_text() == "the previous answers\n"
