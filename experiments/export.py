@@ -11,16 +11,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments.flags import (
-  TOOL_LEFT,
-  define_trained_run_flags,
-  fail,
-  one_line_errors,
-  start_process,
-  trained_run_from_flags,
-)
+from experiments.flags import define_trained_run_flags, start_process, tool_errors, trained_run_from_flags
 from quicknets_jax.core.progress import stderr_log
-from quicknets_jax.data.errors import DataError
 from quicknets_jax.workflows.export import export_trained
 
 flags.DEFINE_string("out", None, "Directory the cascade is written to.", required=True)
@@ -32,12 +24,9 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
   del argv
   start_process(interruptible=True, output_dirs=("out",))
-  with one_line_errors(stderr_log, left=TOOL_LEFT):  # Ctrl-C and SIGTERM: one line, 130 / 143
-    try:
-      trained, threshold = trained_run_from_flags(stderr_log)
-      path = export_trained(trained, FLAGS.out, threshold, FLAGS.platforms or None)
-    except (DataError, ValueError, OSError) as e:
-      fail(str(e))
+  with tool_errors():  # Ctrl-C and SIGTERM, bad input: one line
+    trained, threshold = trained_run_from_flags(stderr_log)
+    path = export_trained(trained, FLAGS.out, threshold, FLAGS.platforms or None)
     stderr_log(
       f"exported blocks 0..{trained.num_blocks - 1} of {FLAGS.workdir} seed {trained.seed} (threshold "
       f"{threshold:.4g}) to {FLAGS.out}: {path}; run it with cascade_loader.load({FLAGS.out!r}).predict(pixels)"

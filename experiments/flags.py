@@ -24,6 +24,7 @@ from absl import flags, logging
 import experiments
 from quicknets_jax.core import options
 from quicknets_jax.core.platform import configure_cpu
+from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.errors import DataError
 from quicknets_jax.training import compilation
 from quicknets_jax.workflows.predict import operating_threshold
@@ -312,6 +313,18 @@ def resume_command() -> str:
 
 TRAINING_LEFT = "finished epochs and blocks are checkpointed — resume with"
 TOOL_LEFT = "nothing was written (an earlier output is kept whole) — run it again with"
+
+
+@contextlib.contextmanager
+def tool_errors() -> Iterator[None]:
+  """The body of a tool that reads a trained run (predict, export): Ctrl-C or SIGTERM ends it with one
+  line and 130 / 143 (`one_line_errors`, saying its earlier output is kept), and bad data, settings or
+  files (`DataError`, `ValueError`, `OSError`) with `error: <the message>` and exit status 1."""
+  with one_line_errors(stderr_log, left=TOOL_LEFT):
+    try:
+      yield
+    except (DataError, ValueError, OSError) as e:
+      fail(str(e))
 
 
 @contextlib.contextmanager

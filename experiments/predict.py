@@ -14,16 +14,8 @@ import os
 
 from absl import app, flags
 
-from experiments.flags import (
-  TOOL_LEFT,
-  define_trained_run_flags,
-  fail,
-  one_line_errors,
-  start_process,
-  trained_run_from_flags,
-)
+from experiments.flags import define_trained_run_flags, start_process, tool_errors, trained_run_from_flags
 from quicknets_jax.core.progress import stderr_log
-from quicknets_jax.data.errors import DataError
 from quicknets_jax.data.images import check_image_shape, read_images
 from quicknets_jax.workflows import predict as predict_lib
 
@@ -41,20 +33,17 @@ def main(argv) -> None:
   del argv
   start_process(interruptible=True)
   fmt = FLAGS.format or ("csv" if FLAGS.out.endswith(".csv") else "jsonl")
-  with one_line_errors(stderr_log, left=TOOL_LEFT):  # Ctrl-C and SIGTERM: one line, 130 / 143
-    try:
-      trained, threshold = trained_run_from_flags(stderr_log)
-      # a built-in dataset's model reads pixel values; one trained on arrays reads them as they are
-      pixels, names = read_images(FLAGS.images, pixels=trained.normalisation.divisor == 255.0)
-      check_image_shape(pixels, trained.image_shape, FLAGS.images)
-      stderr_log(
-        f"{FLAGS.workdir} seed {trained.seed}: {trained.num_blocks} of {trained.model.num_blocks} blocks, "
-        f"threshold {threshold:.4g}; {len(pixels)} images from {FLAGS.images}"
-      )
-      result = trained.predict(pixels, threshold, FLAGS.batch_size)
-      predict_lib.write_predictions(predict_lib.prediction_rows(result, names, trained.class_names), FLAGS.out, fmt)
-    except (DataError, ValueError, OSError) as e:
-      fail(str(e))
+  with tool_errors():  # Ctrl-C and SIGTERM, bad input: one line
+    trained, threshold = trained_run_from_flags(stderr_log)
+    # a built-in dataset's model reads pixel values; one trained on arrays reads them as they are
+    pixels, names = read_images(FLAGS.images, pixels=trained.normalisation.divisor == 255.0)
+    check_image_shape(pixels, trained.image_shape, FLAGS.images)
+    stderr_log(
+      f"{FLAGS.workdir} seed {trained.seed}: {trained.num_blocks} of {trained.model.num_blocks} blocks, "
+      f"threshold {threshold:.4g}; {len(pixels)} images from {FLAGS.images}"
+    )
+    result = trained.predict(pixels, threshold, FLAGS.batch_size)
+    predict_lib.write_predictions(predict_lib.prediction_rows(result, names, trained.class_names), FLAGS.out, fmt)
     stderr_log(
       predict_lib.summary(result, trained) + ("" if FLAGS.out == "-" else f"; wrote {os.path.abspath(FLAGS.out)}")
     )
