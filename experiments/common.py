@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import jax
 from absl import flags
 
-import experiments
 from experiments import supervise
 from experiments.flags import config_from_flags as _from_flags
-from experiments.flags import define_config_flags, fail, one_line_errors, resume_command, start_process
+from experiments.flags import (
+  define_config_flags,
+  fail,
+  one_line_errors,
+  resume_command,
+  start_process,
+  stop_if_signalled_during_start_up,
+)
 from quicknets_jax.core.progress import stderr_log
 from quicknets_jax.data.datasets import CLASS_NAMES
 from quicknets_jax.models.registry import is_factory_path, resolve_factory
@@ -145,9 +150,7 @@ def main(argv) -> None:
       return
     if FLAGS.distributed and not supervise.is_child():
       check_distributed_flags()
-      if experiments.EARLY_SIGTERM:
-        print("interrupted by SIGTERM during start-up; nothing was written", file=sys.stderr, flush=True)
-        raise SystemExit(143)
+      stop_if_signalled_during_start_up()
       raise SystemExit(
         supervise.run(
           FLAGS.coordinator_address,

@@ -8,7 +8,9 @@ what is not a hyperparameter (`--workdir`, `--overwrite`, where to run).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import errno
 import logging as std_logging
 import os
 import shlex
@@ -42,6 +44,19 @@ flags.DEFINE_string(
 )
 
 
+def stop_if_signalled_during_start_up() -> None:
+  """Ends the process with one line and 130 (Ctrl-C) / 143 (SIGTERM) if either came during start-up.
+
+  Raises:
+    SystemExit: when `experiments.EARLY_SIGNALS` holds one; nothing has been written yet.
+  """
+  if experiments.EARLY_SIGNALS:
+    sigterm = experiments.EARLY_SIGNALS[0] == signal.SIGTERM
+    what = "SIGTERM" if sigterm else "Ctrl-C"
+    print(f"interrupted by {what} during start-up; nothing was written", file=sys.stderr, flush=True)
+    raise SystemExit(143 if sigterm else 130)
+
+
 def start_process(interruptible: bool = False, output_dirs: Sequence[str] = ()) -> None:
   """What every entry point's main does first, before JAX starts: the XLA:CPU flags the project's steps
   run faster with (`quicknets_jax.configure_cpu`), quiet absl logging (orbax and jax log every save and
@@ -49,18 +64,17 @@ def start_process(interruptible: bool = False, output_dirs: Sequence[str] = ()) 
   a check that every folder the run will write can be written (`check_output_dirs`).
 
   Args:
-    interruptible: the entry point trains inside `one_line_errors`, which acts on a SIGTERM noted
-      during start-up (`experiments.EARLY_SIGTERM`). Other entry points stop here on one, with a line,
-      and get SIGTERM's default action back.
+    interruptible: the entry point runs inside `one_line_errors`, which acts on a Ctrl-C or SIGTERM
+      noted during start-up (`experiments.EARLY_SIGNALS`). Other entry points stop here on one, with a
+      line, and get the default handling of both back.
     output_dirs: the entry point's own flags that name a folder it writes (e.g. "workdir", "out");
       `--records_dir`, `--data_cache` and `--compile_cache` are checked wherever they are defined.
   """
   if not interruptible:
-    if experiments.EARLY_SIGTERM:
-      print("interrupted by SIGTERM during start-up; nothing was written", file=sys.stderr, flush=True)
-      raise SystemExit(143)
-    if signal.getsignal(signal.SIGTERM) is experiments._note_sigterm:
-      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop_if_signalled_during_start_up()
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+      if signal.getsignal(signum) is experiments._note_signal:
+        signal.signal(signum, default)
   check_output_dirs((*output_dirs, *_SHARED_OUTPUT_DIRS))
   configure_cpu()
   logging.set_verbosity(logging.WARNING)
@@ -298,6 +312,20 @@ def trained_run_from_flags(log):
   return trained, threshold
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_RERUN = "finished blocks and epochs are checkpointed: rerun the same command to resume"
+
+
+def _write_failed(e: OSError) -> str:
+  """The line for a run that could not write a file: what, why, and how to go on."""
+  where = e.filename or "the workdir"
+  if e.errno == errno.ENOSPC:
+    return f"no space left on device writing {where}: free disk space (or move --workdir); {_RERUN}"
+  if e.errno == errno.EROFS:
+    return f"cannot write {where}: read-only file system: make it writable (or move --workdir); {_RERUN}"
+  return f"cannot write {where}: {e.strerror or e}; choose a writable --workdir"
+
+
 class Preempted(BaseException):
   """SIGTERM arrived (Cloud TPU's preemption notice, or `kill`); like KeyboardInterrupt, not an
   `Exception`, so no `except Exception` on the way up mistakes it for a failure."""
@@ -333,7 +361,8 @@ def one_line_errors(log: Callable[[str], None], left: str = TRAINING_LEFT) -> It
 
   Yields the log to train with (it remembers the last progress line). Ctrl-C or SIGTERM ends it within
   a step with what it was doing, what it leaves (`left`) and the command that started it: exit status
-  130 (Ctrl-C) or 143 (SIGTERM); a second Ctrl-C or SIGTERM while that line is printed is ignored.
+  130 (Ctrl-C) or 143 (SIGTERM), also when it came during start-up (`experiments.EARLY_SIGNALS`) or
+  inside one of jax's callbacks; a second Ctrl-C or SIGTERM after the first is ignored.
   Bad data or settings (`DataError`, `ValueError`) and a workdir that cannot be written (`OSError`) end
   it with `error: ...` and exit status 1.
 
@@ -348,20 +377,47 @@ def one_line_errors(log: Callable[[str], None], left: str = TRAINING_LEFT) -> It
     last[:] = [message]
     log(message)
 
-  def on_sigterm(signum, frame):
-    # one notice is enough: a second (a scheduler signalling every process of the job) must not cut
-    # the line that the first is printing short
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Preempted()
+  in_unraisable_hook = []
 
-  previous = signal.signal(signal.SIGTERM, on_sigterm)
+  def send_again(signum):
+    # from a thread nobody waits for: raising it here (signal.raise_signal, or waiting for a thread to
+    # start) would run the handler at once, inside the hook
+    _thread.start_new_thread(os.kill, (os.getpid(), signum))
+
+  def on_signal(signum, frame):
+    del frame
+    if in_unraisable_hook:  # an exception raised now would be dropped too
+      send_again(signum)
+      return
+    # one is enough: a second (Ctrl-C pressed twice, a scheduler signalling every process of the job)
+    # must neither raise again inside the clean-up the first one starts nor cut its line short
+    for s in _STOP_SIGNALS:
+      signal.signal(s, signal.SIG_IGN)
+    raise Preempted() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+  def on_unraisable(unraisable):
+    if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Preempted)):
+      previous_hook(unraisable)
+      return
+    # it was raised inside a callback whose exceptions Python prints and drops (jax's gc callback):
+    # deliver it again, to be raised where it ends the run
+    signum = signal.SIGTERM if isinstance(unraisable.exc_value, Preempted) else signal.SIGINT
+    in_unraisable_hook.append(signum)
+    try:
+      signal.signal(signum, on_signal)
+      send_again(signum)
+    finally:
+      in_unraisable_hook.clear()
+
+  previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
+  previous_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
   try:
-    if experiments.EARLY_SIGTERM:  # it came during start-up, before this handler existed
-      raise Preempted()
+    if experiments.EARLY_SIGNALS:  # it came during start-up, before these handlers existed
+      raise Preempted() if experiments.EARLY_SIGNALS[0] == signal.SIGTERM else KeyboardInterrupt()
     yield tracking_log
   except (KeyboardInterrupt, Preempted) as e:
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut the line short
-      signal.signal(sig, signal.SIG_IGN)
+    for s in _STOP_SIGNALS:  # a second one must not cut the line short
+      signal.signal(s, signal.SIG_IGN)
     what = "SIGTERM" if isinstance(e, Preempted) else "Ctrl-C"
     where = f" during: {last[0].strip()[:160]}" if last else ""
     print(f"interrupted by {what}{where}; {left}: {resume_command()}", file=sys.stderr, flush=True)
@@ -369,6 +425,8 @@ def one_line_errors(log: Callable[[str], None], left: str = TRAINING_LEFT) -> It
   except (DataError, ValueError) as e:
     fail(str(e))
   except OSError as e:  # an unwritable workdir, a file where a folder should be, a full disk
-    fail(f"cannot write {e.filename or 'the workdir'}: {e.strerror or e}; choose a writable --workdir")
+    fail(_write_failed(e))
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    sys.unraisablehook = previous_hook
+    for s, handler in previous.items():
+      signal.signal(s, handler)

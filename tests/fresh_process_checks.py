@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,7 +146,81 @@ def interrupted_predict(signal_name: str, workdir: str, images: str, out: str) -
   app.run(predict.main)
 
 
+def _train_until(folder: str, name: str, event: str, then) -> dict:
+  """Runs the smoke training into FOLDER/mnt/run, calls `then()` once its stderr shows `event`, and
+  returns {"rc", "stderr", "temporary": files a writer left behind} when it ends."""
+  import glob
+
+  from quicknets_jax.core import files
+
+  err_path = os.path.join(folder, f"{name}.err")
+  with open(err_path, "w") as err:
+    proc = subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "experiments.fashion_mnist",
+        "--flagfile=experiments/configs/fashion_mnist_smoke.flags",
+        f"--workdir={os.path.join(folder, 'mnt', 'run')}",
+      ],
+      cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": ROOT},
+      stdout=subprocess.DEVNULL,
+      stderr=err,
+    )
+    while proc.poll() is None and event not in open(err_path).read():
+      time.sleep(0.02)
+    then()
+    rc = proc.wait(timeout=600)
+  paths = glob.glob(os.path.join(folder, "mnt", "**", "*"), recursive=True) + glob.glob(
+    os.path.join(folder, "mnt", "**", ".*"), recursive=True
+  )
+  temporary = [p for p in paths if files.TEMPORARY.fullmatch(os.path.basename(p)) or "checkpoint-tmp" in p]
+  return {"rc": rc, "stderr": open(err_path).read(), "temporary": temporary}
+
+
+def full_then_read_only_disk(folder: str) -> None:
+  """In a mount namespace of its own (the test starts it under `unshare`): trains the smoke run on a
+  small tmpfs at FOLDER/mnt that fills up once block 0 trains; frees the space and resumes until the
+  end-to-end network trains, when the file system turns read-only; makes it writable and resumes to the
+  end. Writes FOLDER/report.json ({"skip": why} where tmpfs cannot be mounted here) and the finished
+  run's results as FOLDER/results.json."""
+  import shutil
+
+  mnt = os.path.join(folder, "mnt")
+  os.makedirs(mnt, exist_ok=True)
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt], capture_output=True, text=True)
+  if mounted.returncode:
+    with open(os.path.join(folder, "report.json"), "w") as f:
+      json.dump({"skip": f"cannot mount a tmpfs: {mounted.stderr.strip()}"}, f)
+    return
+
+  def fill():
+    with open(os.path.join(mnt, "filler"), "wb") as f:
+      try:
+        while True:
+          f.write(b"\0" * (1 << 20))
+          f.flush()
+      except OSError:
+        pass
+
+  def remount(mode):
+    # refused while a file there is open for writing (a checkpoint being written): again until it is not
+    while subprocess.run(["mount", "-o", f"remount,{mode}", mnt], capture_output=True).returncode:
+      time.sleep(0.01)
+
+  report = {"full": _train_until(folder, "full", "block epoch   1", fill)}
+  os.remove(os.path.join(mnt, "filler"))
+  report["read_only"] = _train_until(folder, "read_only", "[seed 0 end-to-end]", lambda: remount("ro"))
+  remount("rw")
+  report["resumed"] = _train_until(folder, "resumed", "\n", lambda: None)
+  shutil.copy(os.path.join(mnt, "run", "results.json"), os.path.join(folder, "results.json"))
+  with open(os.path.join(folder, "report.json"), "w") as f:
+    json.dump(report, f)
+
+
 CHECKS = {
+  "full_then_read_only_disk": full_then_read_only_disk,
   "interrupted_predict": interrupted_predict,
   "killed_while_writing": killed_while_writing,
   "print_configs": print_configs,

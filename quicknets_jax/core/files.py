@@ -49,6 +49,10 @@ def replaced_file(path: str, mode: str = "w", **open_args) -> Iterator[IO]:
     with open(tmp, mode, **open_args) as f:
       yield f
     os.replace(tmp, path)
+  except OSError as e:
+    if e.filename is None:  # a failed write names no file
+      e.filename = path
+    raise
   finally:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -62,15 +65,68 @@ class CheckpointError(RuntimeError, ValueError):
 def _save_failed(what: str, directory: str, previous, e: BaseException) -> CheckpointError:
   """One-line error for a failed save; names what is still on disk and how to go on."""
   kept = f"the checkpoint of {previous} is intact" if previous is not None else "no earlier checkpoint is affected"
-  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+  # tensorstore (orbax's writer) reports a full disk as a ValueError naming RESOURCE_EXHAUSTED
+  if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
     return CheckpointError(
       f"no space left on device while saving {what} to {directory}; {kept}: free disk "
       "space (or move --workdir) and rerun the same command to resume"
+    )
+  if isinstance(e, OSError) and e.errno == errno.EROFS:
+    return CheckpointError(
+      f"read-only file system while saving {what} to {directory}; {kept}: make it writable "
+      "(or move --workdir) and rerun the same command to resume"
     )
   return CheckpointError(
     f"could not save {what} to {directory} ({_first_line(e)}); {kept}: fix the "
     "cause and rerun the same command to resume"
   )
+
+
+class _OrbaxErrorsDropped(logging.Filter):
+  """Drops the error records of orbax's writers (through absl) and of their asyncio tasks."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    return record.name != "asyncio" and f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_ORBAX_ERRORS_DROPPED = _OrbaxErrorsDropped()
+# Bytes a frozen block's orbax checkpoint takes beside its arrays': a few dozen metadata files, each
+# rounded up to the file system's blocks.
+_ORBAX_OVERHEAD = 1 << 20
+
+
+@contextlib.contextmanager
+def _orbax_errors_dropped():
+  """While orbax saves, the logs and callback errors of its writers are dropped: a failed write is
+  logged with its traceback by each writer (and their callbacks find asyncio's loop closed) before the
+  caller raises it once, as a `CheckpointError` that names what is intact. After a failure the logs stay
+  dropped until the process ends: asyncio logs the failed tasks again as they are collected."""
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]  # orbax logs through absl
+  for logger in loggers:
+    logger.addFilter(_ORBAX_ERRORS_DROPPED)
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "loop is closed" in str(unraisable.exc_value)):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous_hook
+  for logger in loggers:
+    logger.removeFilter(_ORBAX_ERRORS_DROPPED)
+
+
+def _check_space(directory: str, arrays, what: str, intact: Optional[str]) -> None:
+  """Raises the no-space error before a save that would not fit: orbax's own failure midway is a
+  dozen writers failing at once."""
+  needed = sum(np.asarray(x).nbytes for x in jax.tree.leaves(arrays)) + _ORBAX_OVERHEAD
+  if shutil.disk_usage(directory).free < needed:
+    raise _save_failed(what, directory, intact, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
 
 @contextlib.contextmanager
@@ -159,7 +215,14 @@ class BlockCheckpointer:
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=None,
+        create=True,
+        # the save is waited for anyway; done in the caller's thread, a failure ends every writer before
+        # it is raised, instead of their tracebacks following the run's one-line error
+        enable_async_checkpointing=False,
+      ),
     )
 
   def save(self, block: int, variables: dict, record: dict, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
@@ -176,20 +239,24 @@ class BlockCheckpointer:
       CheckpointError: the save failed (the message names what is intact), or `directory` already holds a
         checkpoint of this block or a later one.
     """
-    with deferred_interrupts():
+    what, intact = f"frozen block {block}", f"block {block - 1}" if block > 0 else None
+    arrays = {
+      "variables": jax.device_get(variables),
+      "remaining": {
+        "train_idx": _nonempty(train_idx),
+        "val_idx": _nonempty(val_idx),
+        # orbax refuses zero-size arrays: store the lengths beside them
+        "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32),
+      },
+    }
+    _check_space(self.directory, arrays, what, intact)
+    with deferred_interrupts(), _orbax_errors_dropped():
       try:
         saved = self._manager.save(
           block,
           args=ocp.args.Composite(
-            variables=ocp.args.StandardSave(jax.device_get(variables)),
-            remaining=ocp.args.StandardSave(
-              {
-                "train_idx": _nonempty(train_idx),
-                "val_idx": _nonempty(val_idx),
-                # orbax refuses zero-size arrays: store the lengths beside them
-                "sizes": np.asarray([len(train_idx), len(val_idx)], np.int32),
-              }
-            ),
+            variables=ocp.args.StandardSave(arrays["variables"]),
+            remaining=ocp.args.StandardSave(arrays["remaining"]),
             record=ocp.args.JsonSave(dict(record)),
           ),
         )
@@ -197,9 +264,9 @@ class BlockCheckpointer:
         if saved:
           _write_checksums(os.path.join(self.directory, str(block)))
       except Exception as e:  # the in-progress checkpoints of this block stay, so a rerun redoes only this
-        raise _save_failed(
-          f"frozen block {block}", self.directory, f"block {block - 1}" if block > 0 else None, e
-        ) from e
+        for unfinished in glob.glob(os.path.join(glob.escape(self.directory), f"{block}.orbax-checkpoint-tmp*")):
+          shutil.rmtree(unfinished, ignore_errors=True)
+        raise _save_failed(what, self.directory, intact, e) from e
     if not saved:
       raise CheckpointError(
         f"block {block} was not saved: {self.directory} already holds a checkpoint "

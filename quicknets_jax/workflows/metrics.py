@@ -2,9 +2,10 @@
 a person can browse.
 
 `MetricsWriter(workdir)` appends one JSON object per epoch to `WORKDIR/metrics.jsonl` and writes the
-same numbers as TensorBoard scalars under `WORKDIR/tensorboard/<run>/` through tensorboardX, which
-needs no TensorFlow (`tensorboard --logdir WORKDIR/tensorboard` shows them; TensorBoard itself is not
-a dependency). Every line carries the keys of `REQUIRED_KEYS`: which block, which epoch, how many
+same numbers as TensorBoard scalars under `WORKDIR/tensorboard/<run>/` with tensorboardX's protos, which
+need no TensorFlow (`tensorboard --logdir WORKDIR/tensorboard` shows them; TensorBoard itself is not
+a dependency). Both are written in the training thread, one unbuffered write per line or event: a
+reader sees every finished epoch, and a full disk is the run's own error, not a writer thread's. Every line carries the keys of `REQUIRED_KEYS`: which block, which epoch, how many
 training samples are left in the working set, train loss and accuracy, the learning rate, the
 cumulative training FLOPs so far (counted as the method page, docs/method.md, describes) and the wall
 time so far.
@@ -17,8 +18,11 @@ in the results (up to the block's final selection pass, which runs after its las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -47,6 +51,46 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
+@contextlib.contextmanager
+def _naming(path: str):
+  """Adds `path` to an OSError raised without a file name (a failed write or flush names none)."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None:
+      e.filename = path
+    raise
+
+
+class _EventFile:
+  """A TensorBoard event file (TFRecord framing, tensorboardX's protos) written in the caller's thread,
+  opened for each event and written in one unbuffered call. tensorboardX's SummaryWriter writes from a thread of its own and again
+  at exit, where a full disk becomes tracebacks after the run's own one-line error; here a failed write
+  is the caller's `OSError`, naming this file."""
+
+  def __init__(self, folder: str):
+    from tensorboardX.proto import event_pb2
+
+    os.makedirs(folder, exist_ok=True)
+    self.path = os.path.join(folder, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write(self, event) -> None:
+    from tensorboardX.record_writer import masked_crc32c
+
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    with _naming(self.path), open(self.path, "ab", buffering=0) as f:
+      f.write(header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data)))
+
+  def write(self, scalars: dict, step: int, wall_time: float) -> None:
+    """Writes `scalars` ({tag: number}) as one event at `step`."""
+    from tensorboardX.proto import event_pb2, summary_pb2
+
+    values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
+    self._write(event_pb2.Event(summary=summary_pb2.Summary(value=values), step=step, wall_time=wall_time))
+
+
 class MetricsWriter:
   """Appends metric lines to WORKDIR/metrics.jsonl and mirrors them as TensorBoard scalars.
 
@@ -70,11 +114,9 @@ class MetricsWriter:
     self.workdir = workdir
     self.path = os.path.join(workdir, METRICS_FILE)
     self._writes = parallel.is_writer()
-    self._file = None
     if self._writes:
       os.makedirs(workdir, exist_ok=True)
       _drop_a_cut_off_line(self.path)
-      self._file = open(self.path, "ab", buffering=0)  # one write call per line: a line is whole or absent
     self._tensorboard = tensorboard and self._writes
     self._writers = {}
     if tensorboard:
@@ -85,11 +127,9 @@ class MetricsWriter:
           "tensorboardX is missing: pip install tensorboardX (or -r requirements.txt), or pass tensorboard=False"
         ) from e
 
-  def _writer(self, run: str):
+  def _writer(self, run: str) -> _EventFile:
     if run not in self._writers:
-      from tensorboardX import SummaryWriter
-
-      self._writers[run] = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR, run), flush_secs=10)
+      self._writers[run] = _EventFile(os.path.join(self.workdir, TENSORBOARD_DIR, run))
     return self._writers[run]
 
   def write(self, line: dict, step: Optional[int] = None) -> None:
@@ -105,32 +145,26 @@ class MetricsWriter:
     if not self._writes:
       return
     line = dict(line, time=time.time())
-    self._file.write((json.dumps(line) + "\n").encode())  # unbuffered: a reader sees every finished epoch
+    # opened for each line, one unbuffered write: a line is whole or absent, a reader sees every finished
+    # epoch, and no file stays open for writing between epochs
+    with _naming(self.path), open(self.path, "ab", buffering=0) as f:
+      f.write((json.dumps(line) + "\n").encode())
     if not self._tensorboard:
       return
-    writer = self._writer(line["run"])
     step = int(line.get("epoch", 0) if step is None else step)
     phase = line.get("phase", "train")
-    for key, value in line.items():
-      if key in ("run", "seed", "model", "phase", "epoch", "time") or isinstance(value, bool):
-        continue
-      if isinstance(value, (int, float)):
-        writer.add_scalar(f"{phase}/{key}", value, step, walltime=line["time"])
-
-  def flush(self) -> None:
-    """Flushes the log file and every event file (each line is flushed as written anyway)."""
-    if self._file is not None:
-      self._file.flush()
-    for writer in self._writers.values():
-      writer.flush()
+    scalars = {
+      f"{phase}/{key}": value
+      for key, value in line.items()
+      if key not in ("run", "seed", "model", "phase", "epoch", "time")
+      and isinstance(value, (int, float))
+      and not isinstance(value, bool)
+    }
+    self._writer(line["run"]).write(scalars, step, line["time"])
 
   def close(self) -> None:
-    """Flushes and closes the log file and every event file."""
-    for writer in self._writers.values():
-      writer.close()
+    """Ends the writer (each line and event was written whole when it came; no file is held open)."""
     self._writers = {}
-    if self._file is not None:
-      self._file.close()
 
   def __enter__(self):
     return self

@@ -302,27 +302,27 @@ def workdir_lock(workdir: str, log: Callable[[str], None]) -> Iterator[None]:
     return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  with open(path, "a+") as lock:
+  with open(path, "a"):
+    pass
+  # held open read-only (flock needs no more): no file stays open for writing while the run trains
+  with open(path) as lock:
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      lock.seek(0)
       raise WorkdirInUseError(
         f"{workdir} is in use by another run ({_holder(lock.read())}): wait for it to end, or choose another --workdir"
       ) from None
-    lock.seek(0)
     left = lock.read().strip()
     if left:
       log(f"took over {path}: the run that held it ({_holder(left)}) ended without releasing it")
-    lock.seek(0)
-    lock.truncate()
     since = time.strftime("%Y-%m-%d %H:%M:%S")
-    lock.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=since)))
-    lock.flush()
+    with open(path, "w") as holder:
+      holder.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=since)))
     try:
       yield
     finally:
-      lock.seek(0)
-      lock.truncate()
-      lock.flush()
+      # emptied, so the next run finds no holder; where the disk is full or read-only now, the next
+      # run takes the lock over with a line instead, and the error that ended this one is kept
+      with contextlib.suppress(OSError):
+        open(path, "w").close()
       fcntl.flock(lock, fcntl.LOCK_UN)
