@@ -13,11 +13,14 @@ import pytest
 import quicknets_jax
 
 # The tests compile far more programs than they run steps: XLA:CPU is told to skip its expensive LLVM
-# passes on the machine code it compiles (the programs and their results are the same up to round-off; no
-# test compares against numbers computed outside the tests). Processes the tests start inherit the setting.
-# (`--xla_backend_optimization_level=0` would save more, but it turns a VGG's block-2 loss on 8 host
-# devices into NaN: XLA:CPU at level 0 is not a configuration the library runs in.)
-TEST_XLA_FLAGS = ("--xla_llvm_disable_expensive_passes=true",)
+# passes and to emit fusions the older way, which compiles faster (the programs and their results are the
+# same up to round-off; no test compares against numbers computed outside the tests). Processes the tests
+# start inherit the setting. (`--xla_backend_optimization_level=0` would save more, but it turns a VGG's
+# block-2 loss on 8 host devices into NaN: XLA:CPU at level 0 is not a configuration the library runs in.)
+TEST_XLA_FLAGS = (
+  "--xla_llvm_disable_expensive_passes=true",
+  "--xla_cpu_use_fusion_emitters=false",
+)
 os.environ["XLA_FLAGS"] = " ".join(
   [
     os.environ.get("XLA_FLAGS", ""),
