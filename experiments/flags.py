@@ -412,8 +412,7 @@ def one_line_errors(log: Callable[[str], None], left: str = TRAINING_LEFT) -> It
   previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
   previous_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
   try:
-    if experiments.EARLY_SIGNALS:  # it came during start-up, before these handlers existed
-      raise Preempted() if experiments.EARLY_SIGNALS[0] == signal.SIGTERM else KeyboardInterrupt()
+    stop_if_signalled_during_start_up()  # before these handlers existed
     yield tracking_log
   except (KeyboardInterrupt, Preempted) as e:
     for s in _STOP_SIGNALS:  # a second one must not cut the line short

@@ -389,3 +389,34 @@ def test_an_epoch_order_sorted_on_the_host_is_the_device_sort():
     np.testing.assert_array_equal(np.asarray(order), np.asarray(on_device))
     np.testing.assert_array_equal(jax.random.key_data(host_step_key), jax.random.key_data(step_key))
     assert sorted(np.asarray(order)[:num_valid].tolist()) == list(range(num_valid))
+
+
+def test_labels_outside_the_class_count_are_refused_naming_the_split_row_and_value():
+  from quicknets_jax.workflows.api import absent_classes, arrays_dataset
+
+  x, y = np.zeros((20, 4), np.float32), np.arange(20) % 4
+  stray = y.copy()
+  stray[3] = 99  # one test label of 99 would make the task 100 classes
+  with pytest.raises(ValueError, match=r"test label 99 \(row 3\) is outside \[0, 4\) \(4 classes, from the largest"):
+    arrays_dataset((x, y), (x, stray), 0.25)
+  with pytest.raises(ValueError, match=r"train label 3 \(row 3\) is outside \[0, 3\) \(num_classes=3\).*num_classes=C"):
+    arrays_dataset((x, y), (x, y), 0.25, num_classes=3)
+  declared = arrays_dataset((x, y), (x, y), 0.25, num_classes=6)
+  assert declared.num_classes == 6 and absent_classes(declared) == [4, 5]
+  from_one = arrays_dataset((x, y + 1), (x, y + 1), 0.25)  # labels 1 .. 4: class 0 is never seen
+  assert from_one.num_classes == 5 and absent_classes(from_one) == [0]
+
+
+def test_train_warns_of_a_class_without_training_samples(monkeypatch, tmp_path):
+  import own_networks
+
+  from quicknets_jax.workflows import api
+
+  monkeypatch.setattr(api, "train_and_evaluate", lambda *args, **kwargs: {})
+  x, y = np.zeros((20, 8, 8, 1), np.float32), np.arange(20) % 4 + 1
+  lines = []
+  api.train(own_networks.linen_cnn, train=(x, y), test=(x, y), workdir=str(tmp_path), log=lines.append)
+  assert lines == [
+    "warning: 1 of 5 classes have no training sample (e.g. class 0): the exits can never answer them; labels "
+    "1 .. C train as C + 1 classes, so start them at 0"
+  ]

@@ -109,9 +109,9 @@ def test_an_unwritable_workdir_is_one_line(tmp_path):
 @pytest.mark.parametrize(
   "module,sig,code,name,line",
   [
-    ("experiments.fashion_mnist", signal.SIGTERM, 143, "SIGTERM", "resume with: "),
-    ("experiments.fashion_mnist", signal.SIGINT, 130, "Ctrl-C", "resume with: "),
-    ("experiments.predict", signal.SIGTERM, 143, "SIGTERM", ""),
+    ("experiments.fashion_mnist", signal.SIGTERM, 143, "SIGTERM", "during start-up; nothing was written"),
+    ("experiments.fashion_mnist", signal.SIGINT, 130, "Ctrl-C", "during start-up; nothing was written"),
+    ("experiments.predict", signal.SIGTERM, 143, "SIGTERM", "during start-up; nothing was written"),
   ],
 )
 def test_a_signal_during_start_up_is_one_line_too(tmp_path, module, sig, code, name, line):

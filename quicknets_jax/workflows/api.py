@@ -56,6 +56,7 @@ def arrays_dataset(
   test: Split,
   val: Union[Split, float] = 0.1,
   class_names: Optional[Sequence[str]] = None,
+  num_classes: Optional[int] = None,
 ) -> Dataset:
   """A `Dataset` of arrays used as they are (identity normalisation).
 
@@ -64,13 +65,16 @@ def arrays_dataset(
     test: the test (images, labels) pair, shaped likewise.
     val: an (images, labels) pair, or the fraction of `train` (its last rows) to hold out for validation.
     class_names: one name per class (default "0", "1", ...).
+    num_classes: the number of classes C; labels are class indices in [0, C). Default: as many as
+      `class_names` lists, else the largest training label + 1.
 
   Returns:
-    The dataset (name "arrays"), its images float32 and labels int32, with as many classes as the
-    largest label says (or as `class_names` lists, if more).
+    The dataset (name "arrays"), its images float32 and labels int32, with `num_classes` classes.
 
   Raises:
-    ValueError: mismatched lengths or shapes, labels that are not integers, or an empty split.
+    ValueError: mismatched lengths or shapes, labels that are not integers, an empty split, fewer class
+      names than classes, or a label of any split outside [0, C) (the message names the split, the row
+      and the value).
   """
   train, test = Split.of(train), Split.of(test)
   if isinstance(val, (int, float)) and not isinstance(val, bool):
@@ -86,17 +90,33 @@ def arrays_dataset(
       raise ValueError(f"{name} images are {split.images.shape[1:]} per sample, train images {shape}: pass one shape")
     if not len(split.labels):
       raise ValueError(f"the {name} split is empty")
-  num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
-  if min(int(s.labels.min()) for s in splits.values()) < 0:
-    raise ValueError("labels must be class indices ≥ 0")
-  names = tuple(str(c) for c in range(num_classes)) if class_names is None else tuple(class_names)
-  if len(names) < num_classes:
-    raise ValueError(f"{len(names)} class names for labels up to {num_classes - 1}: give one name per class")
+  declared = num_classes if num_classes is not None else (len(class_names) if class_names is not None else None)
+  if declared is not None and declared < 1:
+    raise ValueError(f"num_classes={declared}: pass the number of classes (at least 1)")
+  classes = int(splits["train"].labels.max()) + 1 if declared is None else int(declared)
+  whence = (
+    f"num_classes={classes}"
+    if num_classes is not None
+    else f"{classes} class names"
+    if class_names is not None
+    else f"{classes} classes, from the largest training label"
+  )
+  for name, split in splits.items():
+    outside = (split.labels < 0) | (split.labels >= classes)
+    if outside.any():
+      row = int(np.argmax(outside))
+      raise ValueError(
+        f"{name} label {int(split.labels[row])} (row {row}) is outside [0, {classes}) ({whence}): labels are "
+        "class indices 0 .. C-1; fix the label, or pass num_classes=C"
+      )
+  names = tuple(str(c) for c in range(classes)) if class_names is None else tuple(class_names)
+  if len(names) != classes:
+    raise ValueError(f"{len(names)} class names for {classes} classes: give one name per class")
   identity = Normalisation.identity(shape[-1] if len(shape) else 1)
   return Dataset(
     name=ARRAYS,
     **splits,
-    num_classes=len(names),
+    num_classes=classes,
     class_names=names,
     mean=np.asarray(identity.mean, np.float32),
     std=np.asarray(identity.std, np.float32),
@@ -104,6 +124,19 @@ def arrays_dataset(
     divisor=identity.divisor,
     kept_splits=dict(KEPT),
   )
+
+
+def absent_classes(dataset: Dataset) -> list[int]:
+  """The classes in [0, num_classes) that no training label names.
+
+  Args:
+    dataset: the data set.
+
+  Returns:
+    Those classes, in order (empty when every class has a training sample).
+  """
+  counts = np.bincount(np.asarray(dataset.train.labels), minlength=dataset.num_classes)
+  return [int(c) for c in np.flatnonzero(counts == 0)]
 
 
 def train(
@@ -117,6 +150,7 @@ def train(
   workdir: str,
   log: Callable[[str], None] = print,
   overwrite: bool = False,
+  num_classes: Optional[int] = None,
 ) -> dict:
   """Trains your network as a QuickNet and as its end-to-end baseline, on your arrays, into `workdir`.
 
@@ -134,14 +168,17 @@ def train(
     log: where progress lines go.
     overwrite: start over in a workdir that holds a run with other settings or data (the run's files
       are deleted; a folder holding other files is refused).
+    num_classes: the number of classes C (labels are class indices in [0, C)); default: the largest
+      training label + 1. A label of any split outside [0, C) is refused; a class without a training
+      sample is logged as a warning.
 
   Returns:
     The results dict, as written to WORKDIR/results.json, with the QuickNet's and the end-to-end
     network's accuracy, inference and training FLOPs and exit fractions, per seed and their mean.
 
   Raises:
-    ValueError: a factory another process could not import, bad arrays, or a run with other settings or
-      data in `workdir`.
+    ValueError: a factory another process could not import, bad arrays (a label outside [0, C) names
+      its split, row and value), or a run with other settings or data in `workdir`.
   """
   factory, kwargs = _factory_and_args(model)
   name = factory_path(factory)
@@ -152,7 +189,13 @@ def train(
     model=ModelConfig(name=name, model_args=json.dumps(kwargs, sort_keys=True) if kwargs else None),
     seeds=experiment.seeds if seeds is None and isinstance(config, ExperimentConfig) else tuple(seeds or (0,)),
   )
-  dataset = arrays_dataset(train, test, val)
+  dataset = arrays_dataset(train, test, val, num_classes=num_classes)
+  unseen = absent_classes(dataset)
+  if unseen:
+    log(
+      f"warning: {len(unseen)} of {dataset.num_classes} classes have no training sample (e.g. class {unseen[0]}): "
+      "the exits can never answer them; labels 1 .. C train as C + 1 classes, so start them at 0"
+    )
   built = factory(tuple(dataset.image_shape), dataset.num_classes, **kwargs)
   if not isinstance(built, MultiExitModel):
     raise ValueError(f"{name} returned a {type(built).__name__}, not a MultiExitModel: return multi_exit_model(...)")
