@@ -300,6 +300,12 @@ def define_trained_run_flags() -> None:
   flags.DEFINE_float(
     "target_exit_fraction", None, "Choose the most accurate threshold letting this share leave before the last exit."
   )
+  flags.DEFINE_float(
+    "confidence",
+    None,
+    "With --target_accuracy: the cheapest threshold whose accuracy is at least the target with this "
+    "probability over the draw of the validation split (e.g. 0.9).",
+  )
 
 
 def trained_run_from_flags(log):
@@ -307,7 +313,13 @@ def trained_run_from_flags(log):
   Raises what `load_trained` and `operating_threshold` raise (DataError, ValueError)."""
   trained = load_trained(FLAGS.workdir, FLAGS.seed, FLAGS.blocks)
   threshold, _ = operating_threshold(
-    trained, FLAGS.threshold, FLAGS.target_mflops, FLAGS.target_accuracy, FLAGS.target_exit_fraction, log=log
+    trained,
+    FLAGS.threshold,
+    FLAGS.target_mflops,
+    FLAGS.target_accuracy,
+    FLAGS.target_exit_fraction,
+    log=log,
+    confidence=FLAGS.confidence,
   )
   return trained, threshold
 

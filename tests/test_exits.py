@@ -124,3 +124,51 @@ def test_threshold_outside_unit_interval_is_refused(bad):
 def test_unknown_fallback_is_refused():
   with pytest.raises(ValueError, match="fallback"):
     exits.select_exits(jnp.ones((1, 1, 2)) / 2, None, 0.5, fallback="first")
+
+
+def _population(n: int, seed: int = 0):
+  """Two exits over 3 classes: exit 0 right with probability equal to its confidence, exit 1 right 90 %
+  of the time; (probs [2, n, 3], labels [n])."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 3, n)
+  probs = np.zeros((2, n, 3), np.float32)
+  for e, confidence in enumerate((rng.uniform(0.34, 1.0, n), np.full(n, 0.9))):
+    right = rng.uniform(size=n) < confidence
+    answer = np.where(right, labels, (labels + 1) % 3)
+    probs[e] = ((1 - confidence) / 2)[:, None]
+    probs[e, np.arange(n), answer] = confidence
+  return probs, labels
+
+
+def test_a_guaranteed_threshold_meets_its_target_in_at_least_the_confidence_share_of_draws():
+  """Validation splits of 1,000 drawn from a population of 100,000: the threshold chosen with confidence 0.9
+  has a population accuracy >= the target in >= 90 % of 100 draws; the plain validation choice, which
+  only reaches the target on its own split, misses it far more often."""
+  probs, labels = _population(100_000)
+  costs, target = np.asarray([1.0, 3.0]), 0.865
+  population = exits.sweep_thresholds(probs, None, labels, costs, use_commitment=False)
+  truth = {round(float(t), 4): a for t, a in zip(population.thresholds, population.accuracy)}
+  rng = np.random.default_rng(1)
+  guaranteed, plain = [], []
+  for _ in range(100):
+    rows = rng.choice(len(labels), 1000, replace=False)
+    split = (probs[:, rows], None, labels[rows], costs)
+    chosen = exits.threshold_with_guarantee(*split, min_accuracy=target, confidence=0.9, use_commitment=False)
+    guaranteed.append(truth[round(chosen.threshold, 4)] >= target)
+    point = exits.threshold_for_target(*split, min_accuracy=target, use_commitment=False)
+    plain.append(truth[round(point.threshold, 4)] >= target)
+  assert np.mean(guaranteed) >= 0.9 and np.mean(plain) < 0.8, (np.mean(guaranteed), np.mean(plain))
+
+
+def test_the_binomial_bounds_and_a_target_that_cannot_be_guaranteed():
+  # P(X >= 90) for X ~ Bin(100, 0.85), and the one-sided 90 % Clopper-Pearson bound for 90 / 100
+  assert abs(exits.binomial_tail(90, 100, 0.85) - 0.0994474) < 1e-6
+  assert abs(exits.accuracy_lower_bound(90, 100, 0.9) - 0.8501174) < 1e-6
+  assert exits.binomial_tail(0, 10, 0.5) == 1.0 and exits.accuracy_lower_bound(0, 10, 0.9) == 0.0
+  probs, labels = _population(300)
+  with pytest.raises(
+    ValueError, match=r"at least 0\.9900 with confidence 0\.90 on 300 validation samples: at most 0\.\d+"
+  ):
+    exits.threshold_with_guarantee(
+      probs, None, labels, [1.0, 3.0], min_accuracy=0.99, confidence=0.9, use_commitment=False
+    )

@@ -178,6 +178,15 @@ def test_a_target_is_met_on_validation_and_reported_on_test(workdir):
   assert info["validation"]["early_exit_fraction"] >= 0.5
   with pytest.raises(ValueError, match="no threshold reaches"):
     predict_lib.operating_threshold(trained, target_mflops=0.01, log=lines.append)
+  # with a confidence: a threshold whose validation accuracy bounds the target from above at 90 %
+  val = len(trained.load_dataset().val.labels)
+  threshold, info = predict_lib.operating_threshold(trained, target_accuracy=0.6, confidence=0.9, log=lines.append)
+  correct = round(info["validation"]["accuracy"] * val)
+  assert exits.accuracy_lower_bound(correct, val, 0.9) >= 0.6 and "with probability 0.90" in lines[-1]
+  with pytest.raises(ValueError, match=r"at least 0\.9990 with confidence 0\.90 on \d+ validation samples"):
+    predict_lib.operating_threshold(trained, target_accuracy=0.999, confidence=0.9, log=lines.append)
+  with pytest.raises(ValueError, match="a confidence goes with target_accuracy"):
+    predict_lib.operating_threshold(trained, target_mflops=budget / 1e6, confidence=0.9, log=lines.append)
 
 
 @real_data

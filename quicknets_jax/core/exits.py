@@ -10,6 +10,7 @@ exit), or the last exit with `fallback="last"` (the SDN/BranchyNet rule).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -348,3 +349,123 @@ def threshold_for_target(
     order = np.lexsort((sweep.thresholds[c], cost[c], -accuracy[c]))
   i = c[order[0]]
   return OperatingPoint(float(sweep.thresholds[i]), float(accuracy[i]), float(cost[i]), float(early[i]))
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+  """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact for any n a validation split has).
+
+  Args:
+    k: the count.
+    n: the number of trials.
+    p: the success probability, in [0, 1].
+
+  Returns:
+    The probability.
+  """
+  if k <= 0:
+    return 1.0
+  if k > n or p <= 0.0:
+    return 0.0
+  if p >= 1.0:
+    return 1.0
+  i = np.arange(k, n + 1, dtype=np.float64)
+  log_choose = math.lgamma(n + 1) - np.asarray([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+  terms = log_choose + i * math.log(p) + (n - i) * math.log1p(-p)
+  top = float(terms.max())
+  return float(min(1.0, math.exp(top) * np.exp(terms - top).sum()))
+
+
+def accuracy_lower_bound(correct: int, n: int, confidence: float) -> float:
+  """The one-sided Clopper-Pearson lower bound: an accuracy the true one is at least, with probability
+  `confidence` over the draw of the `n` samples of which `correct` were right.
+
+  Args:
+    correct: how many samples were right.
+    n: how many samples.
+    confidence: in (0, 1), e.g. 0.9.
+
+  Returns:
+    The bound, in [0, 1]: the smallest accuracy at which `correct` or more right answers are not less
+    likely than 1 - `confidence`.
+  """
+  if correct <= 0:
+    return 0.0
+  low, high = 0.0, 1.0
+  for _ in range(60):  # bisection: the tail grows with the accuracy
+    mid = (low + high) / 2
+    if binomial_tail(correct, n, mid) > 1.0 - confidence:
+      high = mid
+    else:
+      low = mid
+  return low
+
+
+def threshold_with_guarantee(
+  probs,
+  commit_logits,
+  labels,
+  cascade_costs,
+  *,
+  min_accuracy: float,
+  confidence: float,
+  thresholds: Sequence[float] | None = None,
+  fallback: str = "most_confident",
+  use_commitment: bool = True,
+) -> OperatingPoint:
+  """The cheapest threshold whose accuracy is at least `min_accuracy` with probability at least
+  `confidence` over the draw of the split given — pass the *validation* split's exit outputs.
+
+  Learn-then-Test: for each threshold the hypothesis "its accuracy is below `min_accuracy`" gets an
+  exact binomial p-value from its right answers on the split; the hypotheses are tested at level
+  1 - `confidence` in a fixed order, from the highest threshold (the costliest: fewest samples leave
+  early) down, until one cannot be rejected. Every threshold rejected before then meets the target,
+  all of them together with probability at least `confidence` (fixed-sequence testing controls the
+  family-wise error); the cheapest of them is returned. The guarantee is about the accuracy on the
+  population the split was drawn from (new samples like them), not about one more finite split.
+
+  Args:
+    probs: [E, B, C] class probabilities of every exit.
+    commit_logits: [E, B] commitment logits, or None.
+    labels: [B] true classes.
+    cascade_costs: [E] FLOPs per sample to reach and decide at each exit.
+    min_accuracy: the accuracy to guarantee, in (0, 1).
+    confidence: the probability of the guarantee, in (0, 1), e.g. 0.9.
+    thresholds: the thresholds to choose from (default: `default_thresholds()`).
+    fallback: "most_confident" or "last".
+    use_commitment: whether the rule reads the commitment logits.
+
+  Returns:
+    The chosen `OperatingPoint`, measured on the split given.
+
+  Raises:
+    ValueError: a target or confidence out of range, or no threshold whose accuracy can be guaranteed
+      (the message names the best accuracy the split can guarantee at that confidence).
+  """
+  if not 0.0 < min_accuracy < 1.0:
+    raise ValueError(f"min_accuracy is a fraction in (0, 1) (e.g. 0.9 for 90 %), got {min_accuracy}")
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence is a probability in (0, 1) (e.g. 0.9), got {confidence}")
+  if thresholds is None:
+    thresholds = default_thresholds()
+  sweep = sweep_thresholds(probs, commit_logits, labels, cascade_costs, thresholds, fallback, use_commitment)
+  n = int(np.asarray(labels).shape[0])
+  correct = np.rint(sweep.accuracy * n).astype(int)
+  order = np.argsort(-sweep.thresholds, kind="stable")  # a fixed order, chosen before the data is seen
+  passed = []
+  for i in order:
+    if binomial_tail(int(correct[i]), n, min_accuracy) > 1.0 - confidence:
+      break
+    passed.append(i)
+  if not passed:  # the first in the order decides how much the procedure can guarantee
+    best = accuracy_lower_bound(int(correct[order[0]]), n, confidence)
+    raise ValueError(
+      f"no threshold has an accuracy of at least {min_accuracy:.4f} with confidence {confidence:.2f} on "
+      f"{n} validation samples: at most {best:.4f} can be guaranteed there; ask for less, or a lower confidence"
+    )
+  i = min(passed, key=lambda j: (sweep.inference_flops[j], -sweep.accuracy[j], sweep.thresholds[j]))
+  early = np.asarray(
+    _early_exit_fractions(probs, commit_logits, jnp.asarray(sweep.thresholds[i : i + 1], jnp.float32), use_commitment)
+  )
+  return OperatingPoint(
+    float(sweep.thresholds[i]), float(sweep.accuracy[i]), float(sweep.inference_flops[i]), float(early[0])
+  )

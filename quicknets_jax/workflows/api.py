@@ -229,6 +229,7 @@ def threshold_for(
   target_mflops: Optional[float] = None,
   target_accuracy: Optional[float] = None,
   target_exit_fraction: Optional[float] = None,
+  confidence: Optional[float] = None,
   log: Callable[[str], None] = print,
 ) -> float:
   """The exit threshold that meets one target on the run's validation split.
@@ -243,6 +244,10 @@ def threshold_for(
     target_mflops: the largest mean inference cost per image, in MFLOPs.
     target_accuracy: the lowest accuracy, a fraction in [0, 1].
     target_exit_fraction: the lowest fraction of images that leave before the last exit.
+    confidence: with `target_accuracy`, a probability (e.g. 0.9): the cheapest threshold whose accuracy
+      is at least the target with this probability over the draw of the validation split (a
+      finite-sample guarantee, `exits.threshold_with_guarantee`), instead of one that merely reaches it
+      there.
     log: where the test split's measurement is logged.
 
   Returns:
@@ -251,7 +256,9 @@ def threshold_for(
   Raises:
     ValueError: more than one target, or a target no threshold meets (the message says what is reachable).
   """
-  threshold, _ = operating_threshold(trained, None, target_mflops, target_accuracy, target_exit_fraction, log=log)
+  threshold, _ = operating_threshold(
+    trained, None, target_mflops, target_accuracy, target_exit_fraction, log=log, confidence=confidence
+  )
   return threshold
 
 

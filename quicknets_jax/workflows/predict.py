@@ -31,6 +31,7 @@ def operating_threshold(
   target_accuracy: Optional[float] = None,
   target_exit_fraction: Optional[float] = None,
   log: Callable[[str], None] = print,
+  confidence: Optional[float] = None,
 ) -> tuple[float, dict]:
   """(the exit threshold to use, what is known of it).
 
@@ -46,6 +47,8 @@ def operating_threshold(
     target_accuracy: an accuracy in [0, 1]: the cheapest threshold that reaches it.
     target_exit_fraction: a share in [0, 1] of images that must leave before the last exit.
     log: where the line about a target's threshold goes.
+    confidence: with `target_accuracy`: the cheapest threshold whose accuracy is at least the target
+      with this probability over the draw of the validation split (`exits.threshold_with_guarantee`).
 
   Returns:
     (threshold, info): `info["source"]` says where the threshold came from ("given", "the run's",
@@ -64,6 +67,8 @@ def operating_threshold(
   given = [k for k, v in targets.items() if v is not None]
   if len(given) + (threshold is not None) > 1:
     raise ValueError("give at most one of a threshold, target_mflops, target_accuracy, target_exit_fraction")
+  if confidence is not None and target_accuracy is None:
+    raise ValueError("a confidence goes with target_accuracy: pass target_accuracy= (the accuracy to guarantee)")
   if threshold is not None:
     return exits.check_threshold(threshold), dict(source="given")
   if not given:
@@ -73,9 +78,20 @@ def operating_threshold(
   dataset = trained.load_dataset()
   rule, costs = trained.config.exit_rule, trained.cascade_costs()
   val_probs, val_commits = trained.exit_outputs(dataset.val.images)
-  chosen = exits.threshold_for_target(
-    val_probs, val_commits, dataset.val.labels, costs, fallback=rule.fallback, **targets
-  )
+  if confidence is None:
+    chosen = exits.threshold_for_target(
+      val_probs, val_commits, dataset.val.labels, costs, fallback=rule.fallback, **targets
+    )
+  else:
+    chosen = exits.threshold_with_guarantee(
+      val_probs,
+      val_commits,
+      dataset.val.labels,
+      costs,
+      min_accuracy=target_accuracy,
+      confidence=confidence,
+      fallback=rule.fallback,
+    )
   test_probs, test_commits = trained.exit_outputs(dataset.test.images)
   accuracy, flops, _ = exits.evaluate_rule(
     test_probs, test_commits, dataset.test.labels, chosen.threshold, costs, rule.fallback
@@ -86,8 +102,9 @@ def operating_threshold(
     expected_test=dict(accuracy=float(accuracy), inference_flops=float(flops)),
     end_to_end_flops=float(trained.model.end_to_end_cost()),
   )
+  guarantee = "" if confidence is None else f"accuracy >= {target_accuracy:.4f} with probability {confidence:.2f}; "
   log(
-    f"threshold {chosen.threshold:.4g} (chosen on {len(dataset.val.labels)} validation images: accuracy "
+    f"threshold {chosen.threshold:.4g} ({guarantee}chosen on {len(dataset.val.labels)} validation images: accuracy "
     f"{chosen.accuracy:.4f}, {chosen.inference_flops / 1e6:.4g} MFLOPs/image, {chosen.early_exit_fraction:.1%} "
     f"leave before the last exit) — expected on the {len(dataset.test.labels)} test images: accuracy "
     f"{float(accuracy):.4f} at {float(flops) / 1e6:.4g} MFLOPs/image (end-to-end network "
