@@ -30,6 +30,28 @@ def _temporary_beside(path: str, what: str) -> str:
 
 
 @contextlib.contextmanager
+def named_errors(path: str) -> Iterator[None]:
+  """Adds `path` to an OSError raised in the block without a file name (a failed write or flush names
+  none), so that its one-line message says which file could not be written.
+
+  Args:
+    path: the file the block writes.
+
+  Yields:
+    None, once.
+
+  Raises:
+    OSError: the block's, with `filename` set.
+  """
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None:
+      e.filename = path
+    raise
+
+
+@contextlib.contextmanager
 def replaced_file(path: str, mode: str = "w", **open_args) -> Iterator[IO]:
   """Opens a temporary file beside `path`, which replaces `path` when the block ends without an error.
 
@@ -46,13 +68,9 @@ def replaced_file(path: str, mode: str = "w", **open_args) -> Iterator[IO]:
   """
   tmp = _temporary_beside(path, "tmp")
   try:
-    with open(tmp, mode, **open_args) as f:
+    with named_errors(path), open(tmp, mode, **open_args) as f:
       yield f
     os.replace(tmp, path)
-  except OSError as e:
-    if e.filename is None:  # a failed write names no file
-      e.filename = path
-    raise
   finally:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)

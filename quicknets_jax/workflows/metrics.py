@@ -18,7 +18,6 @@ in the results (up to the block's final selection pass, which runs after its las
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from quicknets_jax.core import costs
+from quicknets_jax.core import costs, files
 from quicknets_jax.core.progress import EpochProgress
 from quicknets_jax.training import parallel
 from quicknets_jax.training.events import BlockFrozen, EpochDone, Events
@@ -51,17 +50,6 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-@contextlib.contextmanager
-def _naming(path: str):
-  """Adds `path` to an OSError raised without a file name (a failed write or flush names none)."""
-  try:
-    yield
-  except OSError as e:
-    if e.filename is None:
-      e.filename = path
-    raise
-
-
 class _EventFile:
   """A TensorBoard event file (TFRecord framing, tensorboardX's protos) written in the caller's thread,
   opened for each event and written in one unbuffered call. tensorboardX's SummaryWriter writes from a thread of its own and again
@@ -80,7 +68,7 @@ class _EventFile:
 
     data = event.SerializeToString()
     header = struct.pack("<Q", len(data))
-    with _naming(self.path), open(self.path, "ab", buffering=0) as f:
+    with files.named_errors(self.path), open(self.path, "ab", buffering=0) as f:
       f.write(header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data)))
 
   def write(self, scalars: dict, step: int, wall_time: float) -> None:
@@ -147,7 +135,7 @@ class MetricsWriter:
     line = dict(line, time=time.time())
     # opened for each line, one unbuffered write: a line is whole or absent, a reader sees every finished
     # epoch, and no file stays open for writing between epochs
-    with _naming(self.path), open(self.path, "ab", buffering=0) as f:
+    with files.named_errors(self.path), open(self.path, "ab", buffering=0) as f:
       f.write((json.dumps(line) + "\n").encode())
     if not self._tensorboard:
       return
