@@ -3,7 +3,8 @@ images — for each one its class, class name, the exit that answered, that exit
 commitment logit — as JSON lines or CSV (README "Use what you trained").
 
 PATH is IDX image file(s) (e.g. t10k-images-idx3-ubyte.gz), a .npy array of pixel values 0..255
-([N, H, W] or [N, H, W, C]) or a folder of PNG/JPEG files. The workdir may still be training: the blocks
+([N, H, W] or [N, H, W, C]; for a run trained on arrays, its values as they are, and for one trained on
+tabular rows, [N, F]) or a folder of PNG/JPEG files. The workdir may still be training: the blocks
 frozen so far answer. The threshold is the run's operating threshold unless --threshold or one target
 (--target_mflops, --target_accuracy, --target_exit_fraction, met on the run's validation split) is given.
 """
@@ -36,7 +37,9 @@ def main(argv) -> None:
   with tool_errors():  # Ctrl-C and SIGTERM, bad input: one line
     trained, threshold = trained_run_from_flags(stderr_log)
     # a built-in dataset's model reads pixel values; one trained on arrays reads them as they are
-    pixels, names = read_images(FLAGS.images, pixels=trained.normalisation.divisor == 255.0)
+    pixels, names = read_images(
+      FLAGS.images, pixels=trained.normalisation.divisor == 255.0, shape=tuple(trained.image_shape)
+    )
     check_image_shape(pixels, trained.image_shape, FLAGS.images)
     stderr_log(
       f"{FLAGS.workdir} seed {trained.seed}: {trained.num_blocks} of {trained.model.num_blocks} blocks, "

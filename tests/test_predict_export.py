@@ -112,6 +112,17 @@ def test_images_from_idx_npy_and_image_folders(tmp_path):
   check_image_shape(images, (8, 8, 1), "pngs")  # accepted
 
 
+def test_tabular_rows_are_read_as_they_are_for_a_model_of_rows(tmp_path):
+  rows = np.linspace(-3, 3, 12, dtype=np.float64).reshape(4, 3)  # a run trained on [N, 3] arrays
+  np.save(tmp_path / "rows.npy", rows)
+  got, names = read_images(str(tmp_path / "rows.npy"), pixels=False, shape=(3,))
+  assert got.dtype == np.float32 and got.shape == (4, 3) and names == ["0", "1", "2", "3"]
+  np.testing.assert_array_equal(got, rows.astype(np.float32))
+  check_image_shape(got, (3,), "rows.npy")  # accepted
+  with pytest.raises(DataError, match=r"shape \(4, 3\): the model reads rows of 5 features, \[N, 5\]"):
+    read_images(str(tmp_path / "rows.npy"), pixels=False, shape=(5,))
+
+
 @pytest.mark.parametrize(
   "make,phrase",
   [

@@ -4,6 +4,7 @@ uint8 pixels [N, H, W, C] and checked against the shape the model was trained on
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -61,15 +62,18 @@ def _read_folder(path: str) -> tuple[np.ndarray, list]:
   return np.stack(images), names
 
 
-def read_images(path: str, pixels: bool = True) -> tuple[np.ndarray, list]:
+def read_images(path: str, pixels: bool = True, shape: Optional[tuple] = None) -> tuple[np.ndarray, list]:
   """(images [N, H, W, C], a name per image) from an IDX image file, a .npy array ([N, H, W] or
   [N, H, W, C]) or a folder of PNG/JPEG files (sorted by name; names are the file names, else the row
-  numbers).
+  numbers). For a model trained on arrays of another rank (tabular rows: `shape` (F,)), a .npy array
+  [N, *shape] is taken as it is.
 
   Args:
     path: the file or folder.
     pixels: read uint8 pixel values 0..255 (what the built-in datasets' models read), refusing other
       values; False: a .npy array's values as they are (float32), for a model trained on arrays.
+    shape: the model's input shape per sample, when known (a .npy array of exactly that shape per row
+      is read as it is; with `pixels` False and a shape of rank 1, [N, F] rows are required).
 
   Returns:
     (images, names).
@@ -87,6 +91,14 @@ def read_images(path: str, pixels: bool = True) -> tuple[np.ndarray, list]:
     except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or cut-off file
       raise DataError(f"{path} is not a readable .npy array ({e or 'empty'}): save it with numpy.save") from None
     where = path
+    if not pixels and shape is not None and len(shape) == 1:  # a model of tabular rows
+      if array.ndim != 2 or array.shape[1] != shape[0]:
+        raise DataError(
+          f"{where} holds an array of shape {array.shape}: the model reads rows of {shape[0]} features, [N, {shape[0]}]"
+        )
+      if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise DataError(f"{where} holds {array.dtype} values: give a numeric array")
+      return np.asarray(array, np.float32), [str(i) for i in range(len(array))]
   else:
     array, where = read_idx(path), path
   if array.ndim not in (3, 4):
