@@ -420,3 +420,13 @@ def test_train_warns_of_a_class_without_training_samples(monkeypatch, tmp_path):
     "warning: 1 of 5 classes have no training sample (e.g. class 0): the exits can never answer them; labels "
     "1 .. C train as C + 1 classes, so start them at 0"
   ]
+
+
+def test_nan_or_inf_among_the_images_is_refused_naming_the_split_and_row():
+  from quicknets_jax.workflows.api import arrays_dataset
+
+  x, y = np.zeros((20, 4), np.float32), np.arange(20) % 4
+  bad = x.copy()
+  bad[5, 2], bad[9, 0] = np.nan, np.inf
+  with pytest.raises(ValueError, match=r"train images hold NaN or inf values \(first in row 5, 2 rows in all\)"):
+    arrays_dataset((bad, y), (x, y), 0.25)

@@ -172,3 +172,12 @@ def test_the_binomial_bounds_and_a_target_that_cannot_be_guaranteed():
     exits.threshold_with_guarantee(
       probs, None, labels, [1.0, 3.0], min_accuracy=0.99, confidence=0.9, use_commitment=False
     )
+
+
+def test_an_unreachable_accuracy_shows_the_best_with_the_digits_that_tell_it_apart():
+  probs = np.asarray([[[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]], np.float32)  # one exit, always class 0
+  labels = np.asarray([0, 0, 1])  # 2 of 3 right: 0.666667
+  with pytest.raises(
+    ValueError, match=r"an accuracy of 0\.6667 on this split: the best threshold reaches 0\.666667, below"
+  ):
+    exits.threshold_for_target(probs, None, labels, [1.0], min_accuracy=0.66667, use_commitment=False)

@@ -335,7 +335,9 @@ def threshold_for_target(
     reachable = f"the cheapest threshold costs {cost.min() / 1e6:.4g} MFLOPs"
   elif name == "min_accuracy":
     meets, what = accuracy >= target - 1e-12, f"an accuracy of {target:.4f}"
-    reachable = f"the best threshold reaches {accuracy.max():.4f}"
+    # as many digits as it takes to show the best below the target (0.96996 is not "0.9700")
+    digits = next((d for d in range(4, 9) if round(float(accuracy.max()), d) < round(target, d)), 9)
+    reachable = f"the best threshold reaches {accuracy.max():.{digits}f}, below it"
   else:
     meets, what = early >= target - 1e-12, f"{target:.1%} of the samples leaving before the last exit"
     reachable = f"at most {early.max():.1%} leave early"

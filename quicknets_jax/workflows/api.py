@@ -72,9 +72,9 @@ def arrays_dataset(
     The dataset (name "arrays"), its images float32 and labels int32, with `num_classes` classes.
 
   Raises:
-    ValueError: mismatched lengths or shapes, labels that are not integers, an empty split, fewer class
-      names than classes, or a label of any split outside [0, C) (the message names the split, the row
-      and the value).
+    ValueError: mismatched lengths or shapes, labels that are not integers, an empty split, NaN or inf
+      among the images (naming the split and the first row), fewer class names than classes, or a label
+      of any split outside [0, C) (the message names the split, the row and the value).
   """
   train, test = Split.of(train), Split.of(test)
   if isinstance(val, (int, float)) and not isinstance(val, bool):
@@ -90,6 +90,13 @@ def arrays_dataset(
       raise ValueError(f"{name} images are {split.images.shape[1:]} per sample, train images {shape}: pass one shape")
     if not len(split.labels):
       raise ValueError(f"the {name} split is empty")
+    finite = np.isfinite(split.images.reshape(len(split.images), -1)).all(axis=1)
+    if not finite.all():
+      row = int(np.argmin(finite))
+      raise ValueError(
+        f"{name} images hold NaN or inf values (first in row {row}, {int((~finite).sum())} rows in all): "
+        "replace or drop those rows before training"
+      )
   declared = num_classes if num_classes is not None else (len(class_names) if class_names is not None else None)
   if declared is not None and declared < 1:
     raise ValueError(f"num_classes={declared}: pass the number of classes (at least 1)")
